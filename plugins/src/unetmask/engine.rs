@@ -1,0 +1,444 @@
+//! Everything that touches ONNX Runtime (`ort`): finding and loading the library, the
+//! session, execution providers, the probe/warm-up run and inference. The rest of the
+//! element sees plain slices and the [`Contract`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{TensorRef, ValueType};
+
+use super::contract::{self, Contract, ContractError, InputSize, OutputLayout, Overrides, TensorInfo};
+use super::postprocess::OutputSpec;
+
+/// Where the element runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceRequest {
+    /// CUDA when a GPU and ONNX Runtime's CUDA provider are present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(u32),
+    TensorRt(u32),
+}
+
+impl FromStr for DeviceRequest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        let index = |rest: &str| -> Result<u32, String> {
+            if rest.is_empty() {
+                return Ok(0);
+            }
+            rest.strip_prefix(':')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("device '{s}' is not understood: use auto, cpu, cuda:N or tensorrt:N"))
+        };
+        match s.as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            _ if s.starts_with("cuda") => Ok(Self::Cuda(index(&s[4..])?)),
+            _ if s.starts_with("tensorrt") => Ok(Self::TensorRt(index(&s[8..])?)),
+            _ => Err(format!("device '{s}' is not understood: use auto, cpu, cuda:N or tensorrt:N")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::TensorRt(n) => write!(f, "tensorrt:{n}"),
+        }
+    }
+}
+
+/// Everything needed to open a model.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    pub model: PathBuf,
+    /// The element's `onnxruntime-library` property.
+    pub library: Option<PathBuf>,
+    pub device: DeviceRequest,
+    /// Intra-op threads; 0 lets ONNX Runtime decide.
+    pub threads: u32,
+    pub overrides: Overrides,
+}
+
+/// Why a model could not be opened or run. Messages name the problem and the fix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineError {
+    NoModel,
+    ModelMissing(PathBuf),
+    ModelInvalid(PathBuf, String),
+    LibraryNotFound(Vec<String>),
+    Contract(ContractError),
+    Provider(String),
+    Inference(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoModel => f.write_str("no model set: set the model property to the path of an .onnx file"),
+            Self::ModelMissing(p) => write!(
+                f,
+                "model file '{}' does not exist or is not a file: set model= to the path of an .onnx file",
+                p.display()
+            ),
+            Self::ModelInvalid(p, e) => write!(
+                f,
+                "'{}' is not a valid ONNX model ({e}); export the network with torch.onnx.export \
+                 (or tf2onnx) and point model= at the .onnx file",
+                p.display()
+            ),
+            Self::LibraryNotFound(tried) => write!(
+                f,
+                "ONNX Runtime library (libonnxruntime.so, version 1.31 or newer) not found. Looked at: {}. \
+                 Run scripts/setup.sh, or point at the library with ORT_DYLIB_PATH=/path/to/libonnxruntime.so \
+                 or the element's onnxruntime-library property",
+                tried.join("; ")
+            ),
+            Self::Contract(e) => write!(f, "model cannot be served: {e}"),
+            Self::Provider(e) => f.write_str(e),
+            Self::Inference(e) => write!(f, "inference failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<ContractError> for EngineError {
+    fn from(e: ContractError) -> Self {
+        Self::Contract(e)
+    }
+}
+
+/// The project-local library that `scripts/setup.sh` installs.
+pub fn project_library() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/onnxruntime/lib/libonnxruntime.so")
+}
+
+/// The process-wide ONNX Runtime environment (ONNX Runtime allows one per process).
+static ENVIRONMENT: Mutex<Option<(Environment, PathBuf)>> = Mutex::new(None);
+
+fn load_environment(path: &Path) -> Result<Environment, String> {
+    let builder = ort::init_from(path).map_err(|e| e.to_string())?;
+    builder.with_name("unetmask").build().map_err(|e| e.to_string())
+}
+
+/// Loads ONNX Runtime once per process, in this order: the element property, then
+/// `ORT_DYLIB_PATH`, then the project-local `.deps/onnxruntime/lib`, then the system's
+/// library search path. A path that was set explicitly and fails is an error, not a fallback.
+pub fn environment(property: Option<&Path>) -> Result<(Environment, PathBuf), EngineError> {
+    let mut guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((env, path)) = guard.as_ref() {
+        return Ok((env.clone(), path.clone()));
+    }
+    let from_env = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let explicit = match (property, from_env) {
+        (Some(p), _) => Some((p.to_path_buf(), "property onnxruntime-library")),
+        (None, Some(p)) => Some((p, "ORT_DYLIB_PATH")),
+        (None, None) => None,
+    };
+    let mut tried = Vec::new();
+    let candidates: Vec<(PathBuf, &str)> = match explicit {
+        Some(c) => vec![c],
+        None => {
+            tried.push("property onnxruntime-library (unset)".to_string());
+            tried.push("ORT_DYLIB_PATH (unset)".to_string());
+            vec![
+                (project_library(), "project-local"),
+                (PathBuf::from("libonnxruntime.so.1"), "system library path"),
+                (PathBuf::from("libonnxruntime.so"), "system library path"),
+            ]
+        }
+    };
+    for (path, origin) in candidates {
+        if path.is_absolute() && !path.exists() {
+            tried.push(format!("{origin} {} (missing)", path.display()));
+            continue;
+        }
+        match load_environment(&path) {
+            Ok(env) => {
+                *guard = Some((env.clone(), path.clone()));
+                return Ok((env, path));
+            }
+            Err(e) => tried.push(format!("{origin} {} ({e})", path.display())),
+        }
+    }
+    Err(EngineError::LibraryNotFound(tried))
+}
+
+fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
+    match dtype {
+        ValueType::Tensor { ty, shape, .. } => {
+            TensorInfo { name: name.to_string(), elem: Some(ty.to_string()), shape: shape.to_vec() }
+        }
+        _ => TensorInfo { name: name.to_string(), elem: None, shape: Vec::new() },
+    }
+}
+
+/// An opened model, ready to run.
+pub struct Engine {
+    session: Session,
+    pub contract: Contract,
+    /// Execution provider in use: `cpu`, `cuda:N` or `tensorrt:N`.
+    pub provider: String,
+    pub library: PathBuf,
+    overrides: Overrides,
+    prepared: Option<Prepared>,
+}
+
+/// What the probe run established for one input size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prepared {
+    pub input_size: (u32, u32),
+    pub output_size: (u32, u32),
+    pub spec: OutputSpec,
+    /// Median time of one inference during warm-up.
+    pub inference_time: Duration,
+}
+
+impl Engine {
+    /// Opens the model: library, session (on the requested device) and contract detection.
+    pub fn open(cfg: &EngineConfig) -> Result<Engine, EngineError> {
+        if cfg.model.as_os_str().is_empty() {
+            return Err(EngineError::NoModel);
+        }
+        if !cfg.model.is_file() {
+            return Err(EngineError::ModelMissing(cfg.model.clone()));
+        }
+        let (env, library) = environment(cfg.library.as_deref())?;
+        let (session, provider) = providers::open_session(&env, cfg)?;
+        let inputs: Vec<TensorInfo> = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+        let outputs: Vec<TensorInfo> = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+        let contract = contract::detect(&inputs, &outputs, &cfg.overrides)?;
+        Ok(Engine { session, contract, provider, library, overrides: cfg.overrides.clone(), prepared: None })
+    }
+
+    /// The model input size for frames of `frame` size.
+    pub fn input_size_for(&self, frame: (u32, u32)) -> (u32, u32) {
+        match self.contract.input_size {
+            InputSize::Fixed(w, h) => (w, h),
+            InputSize::Dynamic => contract::dynamic_input_size(frame.0, frame.1, 320),
+        }
+    }
+
+    fn input_shape(&self, (w, h): (u32, u32)) -> [i64; 4] {
+        match self.contract.layout {
+            contract::Layout::Nchw => [1, 3, h as i64, w as i64],
+            contract::Layout::Nhwc => [1, h as i64, w as i64, 3],
+        }
+    }
+
+    /// Probes and warms up the model at `input_size`: learns the output size and activation,
+    /// and measures the inference time. Cached per input size.
+    pub fn prepare(&mut self, input_size: (u32, u32)) -> Result<Prepared, EngineError> {
+        if let Some(p) = self.prepared.filter(|p| p.input_size == input_size) {
+            return Ok(p);
+        }
+        let n = (input_size.0 * input_size.1 * 3) as usize;
+        // Two probes in the normalised value range: flat mid-grey and a smooth pattern.
+        let grey = vec![0.5f32; n];
+        let pattern: Vec<f32> = (0..n).map(|i| (i as f32 * 0.013).sin() * 0.5 + 0.5).collect();
+        let mut probe = Vec::new();
+        let mut shape = Vec::new();
+        let mut times = Vec::new();
+        for input in [&grey, &pattern, &grey] {
+            let t = Instant::now();
+            let (s, data) = self.run(input, input_size, |s, d| (s.to_vec(), d.to_vec()))?;
+            times.push(t.elapsed());
+            probe.extend(data);
+            shape = s;
+        }
+        times.sort();
+        let (layout, channels, oh, ow) = match (shape.len(), self.contract.output_layout) {
+            (3, _) => (OutputLayout::ChannelsFirst, 1, shape[1], shape[2]),
+            (4, OutputLayout::ChannelsFirst) => (OutputLayout::ChannelsFirst, shape[1], shape[2], shape[3]),
+            (4, OutputLayout::ChannelsLast) => (OutputLayout::ChannelsLast, shape[3], shape[1], shape[2]),
+            _ => {
+                return Err(EngineError::Inference(format!(
+                    "the model returned an output of shape {shape:?}; unetmask reads [1,C,H,W], [1,H,W,C] or [1,H,W]"
+                )));
+            }
+        };
+        let channels = channels.max(1) as u32;
+        let person = contract::person_class(channels, self.overrides.person_class)?;
+        let activation = contract::detect_activation(self.overrides.activation, channels, &probe, layout)?;
+        let prepared = Prepared {
+            input_size,
+            output_size: (ow as u32, oh as u32),
+            spec: OutputSpec { layout, channels: channels as usize, person: person as usize, activation },
+            inference_time: times[times.len() / 2],
+        };
+        self.prepared = Some(prepared);
+        Ok(prepared)
+    }
+
+    /// Runs the model on a ready input tensor (`input_size`, the contract's layout) and hands
+    /// the output shape and values to `f`.
+    pub fn run<R>(
+        &mut self,
+        input: &[f32],
+        input_size: (u32, u32),
+        f: impl FnOnce(&[i64], &[f32]) -> R,
+    ) -> Result<R, EngineError> {
+        let shape = self.input_shape(input_size);
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| EngineError::Inference(e.to_string()))?;
+        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| EngineError::Inference(e.to_string()))?;
+        let value = outputs
+            .get(self.contract.output_name.as_str())
+            .ok_or_else(|| EngineError::Inference(format!("output '{}' missing", self.contract.output_name)))?;
+        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| EngineError::Inference(e.to_string()))?;
+        Ok(f(shape, data))
+    }
+}
+
+/// Execution-provider selection.
+mod providers {
+    use super::*;
+
+    fn builder(env: &Environment, cfg: &EngineConfig) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+        let err = |e: ort::Error<_>| EngineError::Inference(e.to_string());
+        let mut b = Session::builder(env)
+            .map_err(|e| EngineError::Inference(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(err)?;
+        if cfg.threads > 0 {
+            b = b.with_intra_threads(cfg.threads as usize).map_err(err)?;
+        }
+        Ok(b)
+    }
+
+    pub(super) fn commit(
+        mut b: ort::session::builder::SessionBuilder,
+        model: &Path,
+    ) -> Result<Session, EngineError> {
+        b.commit_from_file(model).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("rotobuf") || msg.contains("INVALID_PROTOBUF") || msg.contains("INVALID_GRAPH") {
+                EngineError::ModelInvalid(model.to_path_buf(), msg)
+            } else if msg.contains("EP") || msg.contains("xecution provider") || msg.contains("CUDA") {
+                EngineError::Provider(msg)
+            } else {
+                EngineError::ModelInvalid(model.to_path_buf(), msg)
+            }
+        })
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    pub(super) fn open_session(env: &Environment, cfg: &EngineConfig) -> Result<(Session, String), EngineError> {
+        match cfg.device {
+            DeviceRequest::Auto | DeviceRequest::Cpu => {
+                Ok((commit(builder(env, cfg)?, &cfg.model)?, "cpu".to_string()))
+            }
+            d => Err(EngineError::Provider(format!(
+                "device={d} asks for a GPU, but this build of unetmask has no CUDA support: rebuild the plugin \
+                 with `cargo build --release -p gst-plugin-unetmask --features cuda` and install onnxruntime-gpu \
+                 (EDGEMASK_GPU=1 scripts/setup.sh), or use device=cpu"
+            ))),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(super) fn open_session(env: &Environment, cfg: &EngineConfig) -> Result<(Session, String), EngineError> {
+        use crate::unetmask::gpu;
+        use ort::ep::ExecutionProvider;
+        let cpu = || -> Result<(Session, String), EngineError> {
+            Ok((commit(builder(env, cfg)?, &cfg.model)?, "cpu".to_string()))
+        };
+        let cuda_provider = ort::ep::CUDA::is_available().unwrap_or(false);
+        let gpu = |n: u32, what: &str| -> Result<(), EngineError> {
+            if !cuda_provider {
+                return Err(EngineError::Provider(format!(
+                    "device={what}: the ONNX Runtime library in use has no CUDA execution provider; install \
+                     onnxruntime-gpu (EDGEMASK_GPU=1 scripts/setup.sh) or use device=cpu"
+                )));
+            }
+            let count = gpu::device_count().map_err(|e| EngineError::Provider(format!("device={what}: {e}")))?;
+            if n >= count {
+                return Err(EngineError::Provider(format!(
+                    "device={what}: there is no CUDA device {n} (found {count}); use cuda:0..cuda:{}",
+                    count.saturating_sub(1)
+                )));
+            }
+            Ok(())
+        };
+        let with_cuda = |n: u32| -> Result<(Session, String), EngineError> {
+            let ep = ort::ep::CUDA::default().with_device_id(n as i32).build().error_on_failure();
+            let b = builder(env, cfg)?.with_execution_providers([ep]).map_err(|e| EngineError::Provider(e.to_string()))?;
+            Ok((commit(b, &cfg.model)?, format!("cuda:{n}")))
+        };
+        match cfg.device {
+            DeviceRequest::Cpu => cpu(),
+            DeviceRequest::Cuda(n) => {
+                gpu(n, &cfg.device.to_string())?;
+                with_cuda(n)
+            }
+            DeviceRequest::TensorRt(n) => {
+                gpu(n, &cfg.device.to_string())?;
+                tensorrt(env, cfg, n)
+            }
+            DeviceRequest::Auto => match gpu(0, "auto") {
+                Ok(()) => with_cuda(0).or_else(|e| {
+                    gpu::log_fallback(&format!("CUDA session failed ({e})"));
+                    cpu()
+                }),
+                Err(e) => {
+                    gpu::log_fallback(&e.to_string());
+                    cpu()
+                }
+            },
+        }
+    }
+
+    #[cfg(all(feature = "cuda", feature = "tensorrt"))]
+    fn tensorrt(env: &Environment, cfg: &EngineConfig, n: u32) -> Result<(Session, String), EngineError> {
+        let cache = super::super::gpu::engine_cache_dir(&cfg.model)
+            .map_err(|e| EngineError::Provider(format!("device=tensorrt:{n}: {e}")))?;
+        let trt = ort::ep::TensorRT::default()
+            .with_device_id(n as i32)
+            .with_engine_cache(true)
+            .with_engine_cache_path(cache.display())
+            .with_timing_cache(true)
+            .build()
+            .error_on_failure();
+        let cuda = ort::ep::CUDA::default().with_device_id(n as i32).build();
+        let b = builder(env, cfg)?.with_execution_providers([trt, cuda]).map_err(|e| EngineError::Provider(e.to_string()))?;
+        Ok((commit(b, &cfg.model)?, format!("tensorrt:{n}")))
+    }
+
+    #[cfg(all(feature = "cuda", not(feature = "tensorrt")))]
+    fn tensorrt(_env: &Environment, _cfg: &EngineConfig, n: u32) -> Result<(Session, String), EngineError> {
+        Err(EngineError::Provider(format!(
+            "device=tensorrt:{n}: this build of unetmask has no TensorRT support; rebuild the plugin with \
+             --features tensorrt, or use device=cuda:{n}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_strings() {
+        assert_eq!("auto".parse(), Ok(DeviceRequest::Auto));
+        assert_eq!("CPU".parse(), Ok(DeviceRequest::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceRequest::Cuda(0)));
+        assert_eq!("cuda:1".parse(), Ok(DeviceRequest::Cuda(1)));
+        assert_eq!("tensorrt:2".parse(), Ok(DeviceRequest::TensorRt(2)));
+        let e = "gpu".parse::<DeviceRequest>().unwrap_err();
+        assert!(e.contains("cuda:N"), "{e}");
+        assert!("cuda:x".parse::<DeviceRequest>().is_err());
+        assert_eq!(DeviceRequest::TensorRt(2).to_string(), "tensorrt:2");
+    }
+}

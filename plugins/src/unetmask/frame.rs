@@ -1,0 +1,136 @@
+//! Raw video frames as plain slices: the pixel formats the element accepts, their plane
+//! geometry and the YUV <-> RGB arithmetic. No GStreamer types here, so the pixel code
+//! built on it is unit-tested on hand-made frames.
+
+/// The raw formats `unetmask` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelFormat {
+    Rgba,
+    Bgra,
+    Rgbx,
+    Bgrx,
+    Rgb,
+    Bgr,
+    Nv12,
+    I420,
+}
+
+impl PixelFormat {
+    /// Byte offsets of R, G and B inside one pixel and the pixel size, for packed formats.
+    pub fn packed_rgb(self) -> Option<([usize; 3], usize)> {
+        match self {
+            Self::Rgba | Self::Rgbx => Some(([0, 1, 2], 4)),
+            Self::Bgra | Self::Bgrx => Some(([2, 1, 0], 4)),
+            Self::Rgb => Some(([0, 1, 2], 3)),
+            Self::Bgr => Some(([2, 1, 0], 3)),
+            Self::Nv12 | Self::I420 => None,
+        }
+    }
+
+    pub fn is_yuv(self) -> bool {
+        self.packed_rgb().is_none()
+    }
+}
+
+/// One frame's planes, borrowed. `width`/`height` are the frame's size in pixels.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    pub format: PixelFormat,
+    pub width: usize,
+    pub height: usize,
+    pub planes: [&'a [u8]; 3],
+    pub strides: [usize; 3],
+}
+
+/// Size of the chroma planes of a 4:2:0 frame (rounded up for odd sizes).
+pub fn chroma_size(width: usize, height: usize) -> (usize, usize) {
+    (width.div_ceil(2), height.div_ceil(2))
+}
+
+/// YUV <-> RGB conversion for 8-bit video (BT.601 / BT.709 / BT.2020 coefficients,
+/// limited or full range), as the stream's colorimetry says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct YuvMatrix {
+    pub kr: f32,
+    pub kb: f32,
+    pub full_range: bool,
+}
+
+impl YuvMatrix {
+    pub const BT601: YuvMatrix = YuvMatrix { kr: 0.299, kb: 0.114, full_range: false };
+    pub const BT709: YuvMatrix = YuvMatrix { kr: 0.2126, kb: 0.0722, full_range: false };
+    pub const BT2020: YuvMatrix = YuvMatrix { kr: 0.2627, kb: 0.0593, full_range: false };
+
+    /// Coefficients of `R = a_y*Y + a_v*V + off`, ... in the form used by the pixel loops.
+    pub fn to_rgb_coeffs(&self) -> YuvToRgb {
+        let kg = 1.0 - self.kr - self.kb;
+        let (ys, yo, cs) = if self.full_range { (1.0, 0.0, 1.0) } else { (255.0 / 219.0, 16.0, 255.0 / 224.0) };
+        YuvToRgb {
+            y_mul: ys,
+            y_off: -yo * ys,
+            r_v: 2.0 * (1.0 - self.kr) * cs,
+            g_u: -2.0 * self.kb * (1.0 - self.kb) / kg * cs,
+            g_v: -2.0 * self.kr * (1.0 - self.kr) / kg * cs,
+            b_u: 2.0 * (1.0 - self.kb) * cs,
+        }
+    }
+
+    /// Converts one RGB colour to this matrix's Y, U, V (rounded, clamped).
+    pub fn rgb_to_yuv(&self, rgb: [u8; 3]) -> [u8; 3] {
+        let [r, g, b] = rgb.map(f32::from);
+        let kg = 1.0 - self.kr - self.kb;
+        let y = self.kr * r + kg * g + self.kb * b;
+        let u = (b - y) / (2.0 * (1.0 - self.kb));
+        let v = (r - y) / (2.0 * (1.0 - self.kr));
+        let (ys, yo, cs) = if self.full_range { (1.0, 0.0, 1.0) } else { (219.0 / 255.0, 16.0, 224.0 / 255.0) };
+        let q = |x: f32| x.round().clamp(0.0, 255.0) as u8;
+        [q(y * ys + yo), q(u * cs + 128.0), q(v * cs + 128.0)]
+    }
+}
+
+/// Precomputed YUV -> RGB coefficients (inputs are raw 8-bit Y, U, V).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct YuvToRgb {
+    pub y_mul: f32,
+    pub y_off: f32,
+    pub r_v: f32,
+    pub g_u: f32,
+    pub g_v: f32,
+    pub b_u: f32,
+}
+
+impl YuvToRgb {
+    /// RGB in 0..=255 (unclamped floats) from raw Y, U, V.
+    #[inline(always)]
+    pub fn rgb(&self, y: f32, u: f32, v: f32) -> [f32; 3] {
+        let yy = y * self.y_mul + self.y_off;
+        let (u, v) = (u - 128.0, v - 128.0);
+        [yy + self.r_v * v, yy + self.g_u * u + self.g_v * v, yy + self.b_u * u]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuv_round_trip() {
+        for m in [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix { full_range: true, ..YuvMatrix::BT601 }] {
+            let c = m.to_rgb_coeffs();
+            for rgb in [[0u8, 0, 0], [255, 255, 255], [255, 220, 0], [12, 200, 90], [128, 128, 128]] {
+                let [y, u, v] = m.rgb_to_yuv(rgb).map(f32::from);
+                let back = c.rgb(y, u, v);
+                for k in 0..3 {
+                    assert!((back[k].clamp(0.0, 255.0) - rgb[k] as f32).abs() <= 2.5, "{m:?} {rgb:?} {back:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn limited_range_black_and_white() {
+        assert_eq!(YuvMatrix::BT601.rgb_to_yuv([0, 0, 0]), [16, 128, 128]);
+        assert_eq!(YuvMatrix::BT709.rgb_to_yuv([255, 255, 255]), [235, 128, 128]);
+        assert_eq!(chroma_size(401, 601), (201, 301));
+    }
+}

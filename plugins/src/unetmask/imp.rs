@@ -1,0 +1,1153 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The `unetmask` element (a `GstBaseTransform`).
+//!
+//! * `start` (READY -> PAUSED) opens the model: missing files, invalid models, models whose
+//!   tensors cannot be served and a missing ONNX Runtime fail the state change with an
+//!   element error that says what to do.
+//! * `set_caps` builds the per-stream machinery once: sampling tables, tensor and mask
+//!   buffers, the replacement picture.
+//! * Each frame: decide whether to run the model (inference-interval, QoS), pre-process,
+//!   infer, post-process, attach `GstUnetMaskMeta`, composite.
+
+use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::prelude::*;
+use gst_video::VideoFrameExt;
+
+use super::composite::{self, BlurPlane, MaskScaler, PlaneGeom, Scratch, Target};
+use super::contract::{Activation, Layout, Overrides};
+use super::engine::{DeviceRequest, Engine, EngineConfig, EngineError, Prepared};
+use super::frame::{Frame, PixelFormat, YuvMatrix};
+use super::postprocess::{self, MaskStats, Smoother};
+use super::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
+use super::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice};
+use crate::meta::MaskMeta;
+
+pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new("unetmask", gst::DebugColorFlags::empty(), Some("ONNX person segmentation"))
+});
+
+const FORMATS: [gst_video::VideoFormat; 8] = [
+    gst_video::VideoFormat::Rgba,
+    gst_video::VideoFormat::Bgra,
+    gst_video::VideoFormat::Rgbx,
+    gst_video::VideoFormat::Bgrx,
+    gst_video::VideoFormat::Rgb,
+    gst_video::VideoFormat::Bgr,
+    gst_video::VideoFormat::Nv12,
+    gst_video::VideoFormat::I420,
+];
+
+const DEFAULT_OVERLAY_COLOR: u32 = 0xFFFF00;
+const DEFAULT_REPLACE_COLOR: u32 = 0x00B140;
+
+/// Properties that may change while playing; read once per frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Live {
+    threshold: f64,
+    smoothing: f64,
+    inference_interval: u32,
+    skip_late: bool,
+    overlay_color: u32,
+    overlay_opacity: f64,
+    blur_radius: u32,
+    replace_color: u32,
+    stats_interval: u32,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            smoothing: 0.0,
+            inference_interval: 1,
+            skip_late: true,
+            overlay_color: DEFAULT_OVERLAY_COLOR,
+            overlay_opacity: 0.5,
+            blur_radius: 24,
+            replace_color: DEFAULT_REPLACE_COLOR,
+            stats_interval: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    model: Option<PathBuf>,
+    library: Option<PathBuf>,
+    device: String,
+    threads: u32,
+    mode: Mode,
+    layout: LayoutChoice,
+    channel_order: ChannelOrderChoice,
+    resize: ResizeChoice,
+    input_size: String,
+    scale: f64,
+    mean: String,
+    std: String,
+    activation: ActivationChoice,
+    person_class: i32,
+    replace_image: Option<PathBuf>,
+    live: Live,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            library: None,
+            device: "auto".into(),
+            threads: 0,
+            mode: Mode::Overlay,
+            layout: LayoutChoice::Auto,
+            channel_order: ChannelOrderChoice::Rgb,
+            resize: ResizeChoice::Antialias,
+            input_size: String::new(),
+            scale: 1.0 / 255.0,
+            mean: "0,0,0".into(),
+            std: "1,1,1".into(),
+            activation: ActivationChoice::Auto,
+            person_class: -1,
+            replace_image: None,
+            live: Live::default(),
+        }
+    }
+}
+
+/// Parses "a,b,c" (or one number for all three channels).
+fn parse_triplet(name: &str, s: &str) -> Result<[f32; 3], String> {
+    let v: Result<Vec<f32>, _> = s.split(',').map(|p| p.trim().parse::<f32>()).collect();
+    match v.as_deref() {
+        Ok([a]) => Ok([*a; 3]),
+        Ok([a, b, c]) => Ok([*a, *b, *c]),
+        _ => Err(format!("{name}='{s}' is not understood: give three comma-separated numbers, e.g. 0.485,0.456,0.406")),
+    }
+}
+
+fn parse_size(s: &str) -> Result<Option<(u32, u32)>, String> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    let err = || format!("input-size='{s}' is not understood: give WIDTHxHEIGHT, e.g. 320x192");
+    let (w, h) = s.trim().split_once(['x', 'X']).ok_or_else(err)?;
+    match (w.parse::<u32>(), h.parse::<u32>()) {
+        (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok(Some((w, h))),
+        _ => Err(err()),
+    }
+}
+
+fn rgb_of(c: u32) -> [u8; 3] {
+    [(c >> 16) as u8, (c >> 8) as u8, c as u8]
+}
+
+/// Running counters for the stats message and property.
+#[derive(Debug)]
+struct Stats {
+    frames: u64,
+    fresh: u64,
+    carried: u64,
+    qos_skipped: u64,
+    window_start: Instant,
+    window_frames: u64,
+    window_fresh: u64,
+    pre: Duration,
+    infer: Duration,
+    post: Duration,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            frames: 0,
+            fresh: 0,
+            carried: 0,
+            qos_skipped: 0,
+            window_start: Instant::now(),
+            window_frames: 0,
+            window_fresh: 0,
+            pre: Duration::ZERO,
+            infer: Duration::ZERO,
+            post: Duration::ZERO,
+        }
+    }
+}
+
+impl Stats {
+    fn structure(&self, provider: &str) -> gst::Structure {
+        let ms = |d: Duration, n: u64| if n == 0 { 0.0 } else { d.as_secs_f64() * 1e3 / n as f64 };
+        let secs = self.window_start.elapsed().as_secs_f64();
+        gst::Structure::builder("unetmask-stats")
+            .field("frames", self.frames)
+            .field("fresh", self.fresh)
+            .field("carried", self.carried)
+            .field("qos-skipped", self.qos_skipped)
+            .field("inference-ms", ms(self.infer, self.window_fresh))
+            .field("preprocess-ms", ms(self.pre, self.window_fresh))
+            .field("postprocess-ms", ms(self.post, self.window_frames))
+            .field("fps", if secs > 0.0 { self.window_frames as f64 / secs } else { 0.0 })
+            .field("provider", provider)
+            .build()
+    }
+
+    fn reset_window(&mut self) {
+        self.window_start = Instant::now();
+        self.window_frames = 0;
+        self.window_fresh = 0;
+        self.pre = Duration::ZERO;
+        self.infer = Duration::ZERO;
+        self.post = Duration::ZERO;
+    }
+}
+
+/// What one caps configuration needs.
+struct Stream {
+    mode: Mode,
+    in_info: gst_video::VideoInfo,
+    out_info: gst_video::VideoInfo,
+    format: PixelFormat,
+    matrix: YuvMatrix,
+    prepared: Prepared,
+    pre: TensorBuilder,
+    input: Vec<f32>,
+    prob: Vec<f32>,
+    planes: Vec<PlaneGeom>,
+    /// Mask upscalers: [luma/packed, chroma].
+    scalers: Vec<MaskScaler>,
+    blur: Vec<BlurPlane>,
+    /// Replacement picture in the frame's own planes.
+    replace_planes: Option<Vec<Vec<u8>>>,
+    scratch: Scratch,
+}
+
+/// The last mask and how it was made.
+#[derive(Clone)]
+struct LastMask {
+    buffer: gst::Buffer,
+    stats: MaskStats,
+}
+
+struct State {
+    engine: Engine,
+    stream: Option<Stream>,
+    smoother: Smoother,
+    last: Option<LastMask>,
+    frame_index: u64,
+    since_inference: u32,
+    stats: Stats,
+    last_stats: Option<gst::Structure>,
+    mask_u8: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct UnetMask {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    /// Running time before which frames are late, from downstream QoS events.
+    qos_earliest: Mutex<Option<gst::ClockTime>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for UnetMask {
+    const NAME: &'static str = "GstUnetMask";
+    type Type = super::UnetMask;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl UnetMask {
+    fn engine_config(&self, s: &Settings) -> Result<EngineConfig, gst::ErrorMessage> {
+        let settings_err = |m: String| gst::error_msg!(gst::ResourceError::Settings, ["{}", m]);
+        let device: DeviceRequest = s.device.parse().map_err(settings_err)?;
+        let input_size = parse_size(&s.input_size).map_err(settings_err)?;
+        Ok(EngineConfig {
+            model: s.model.clone().unwrap_or_default(),
+            library: s.library.clone(),
+            device,
+            threads: s.threads,
+            overrides: Overrides {
+                layout: match s.layout {
+                    LayoutChoice::Auto => None,
+                    LayoutChoice::Nchw => Some(Layout::Nchw),
+                    LayoutChoice::Nhwc => Some(Layout::Nhwc),
+                },
+                input_size,
+                activation: match s.activation {
+                    ActivationChoice::Auto => None,
+                    ActivationChoice::None => Some(Activation::None),
+                    ActivationChoice::Sigmoid => Some(Activation::Sigmoid),
+                    ActivationChoice::Softmax => Some(Activation::Softmax),
+                },
+                person_class: u32::try_from(s.person_class).ok(),
+            },
+        })
+    }
+
+    fn normalization(s: &Settings) -> Result<Normalization, String> {
+        let mean = parse_triplet("mean", &s.mean)?;
+        let std = parse_triplet("std", &s.std)?;
+        if std.iter().any(|v| *v == 0.0) {
+            return Err(format!("std='{}' contains 0: every channel needs a non-zero std", s.std));
+        }
+        Ok(Normalization { scale: s.scale as f32, mean, std })
+    }
+
+    fn engine_error(e: &EngineError) -> gst::ErrorMessage {
+        match e {
+            EngineError::NoModel | EngineError::ModelMissing(_) => {
+                gst::error_msg!(gst::ResourceError::NotFound, ["{}", e])
+            }
+            EngineError::LibraryNotFound(_) => gst::error_msg!(gst::LibraryError::Init, ["{}", e]),
+            EngineError::ModelInvalid(..) | EngineError::Contract(_) => {
+                gst::error_msg!(gst::StreamError::Format, ["{}", e])
+            }
+            EngineError::Provider(_) => gst::error_msg!(gst::ResourceError::OpenRead, ["{}", e]),
+            EngineError::Inference(_) => gst::error_msg!(gst::StreamError::Failed, ["{}", e]),
+        }
+    }
+
+    fn matrix_of(info: &gst_video::VideoInfo) -> YuvMatrix {
+        let c = info.colorimetry();
+        let mut m = match c.matrix() {
+            gst_video::VideoColorMatrix::Bt709 => YuvMatrix::BT709,
+            gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::BT2020,
+            _ => YuvMatrix::BT601,
+        };
+        m.full_range = c.range() == gst_video::VideoColorRange::Range0_255;
+        m
+    }
+
+    fn pixel_format(f: gst_video::VideoFormat) -> Option<PixelFormat> {
+        use gst_video::VideoFormat as V;
+        Some(match f {
+            V::Rgba => PixelFormat::Rgba,
+            V::Bgra => PixelFormat::Bgra,
+            V::Rgbx => PixelFormat::Rgbx,
+            V::Bgrx => PixelFormat::Bgrx,
+            V::Rgb => PixelFormat::Rgb,
+            V::Bgr => PixelFormat::Bgr,
+            V::Nv12 => PixelFormat::Nv12,
+            V::I420 => PixelFormat::I420,
+            _ => return None,
+        })
+    }
+
+    /// Loads the replacement picture and lays it out in the frame's planes.
+    fn load_replace_image(
+        path: &std::path::Path,
+        format: PixelFormat,
+        matrix: YuvMatrix,
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        use fast_image_resize as fr;
+        let img = image::open(path)
+            .map_err(|e| format!("replace-image '{}' cannot be read ({e}); give a PNG or JPEG file", path.display()))?
+            .to_rgb8();
+        let src = fr::images::Image::from_vec_u8(img.width(), img.height(), img.into_raw(), fr::PixelType::U8x3)
+            .map_err(|e| e.to_string())?;
+        let mut dst = fr::images::Image::new(width as u32, height as u32, fr::PixelType::U8x3);
+        fr::Resizer::new().resize(&src, &mut dst, None).map_err(|e| e.to_string())?;
+        let rgb = dst.buffer();
+        let planes = composite::planes_of(format, width, height);
+        let mut out: Vec<Vec<u8>> = planes.iter().map(|p| vec![0u8; p.width * p.height * p.pstride]).collect();
+        match format.packed_rgb() {
+            Some((off, bpp)) => {
+                for (i, px) in rgb.chunks_exact(3).enumerate() {
+                    for k in 0..3 {
+                        out[0][i * bpp + off[k]] = px[k];
+                    }
+                }
+            }
+            None => {
+                for (i, px) in rgb.chunks_exact(3).enumerate() {
+                    let (x, y) = (i % width, i / width);
+                    let yuv = matrix.rgb_to_yuv([px[0], px[1], px[2]]);
+                    out[0][i] = yuv[0];
+                    if x % 2 == 0 && y % 2 == 0 {
+                        let ci = (y / 2) * planes[1].width + x / 2;
+                        if format == PixelFormat::Nv12 {
+                            out[1][ci * 2] = yuv[1];
+                            out[1][ci * 2 + 1] = yuv[2];
+                        } else {
+                            out[1][ci] = yuv[1];
+                            out[2][ci] = yuv[2];
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn frame_of<T>(frame: &gst_video::VideoFrameRef<T>, format: PixelFormat) -> Frame<'_> {
+        let n = frame.n_planes() as usize;
+        let mut planes: [&[u8]; 3] = [&[]; 3];
+        let mut strides = [0usize; 3];
+        for i in 0..n.min(3) {
+            planes[i] = frame.plane_data(i as u32).unwrap_or(&[]);
+            strides[i] = frame.plane_stride()[i] as usize;
+        }
+        Frame { format, width: frame.width() as usize, height: frame.height() as usize, planes, strides }
+    }
+
+    /// Runs the model if this frame needs a fresh mask; attaches the meta. Returns the mask
+    /// to composite with.
+    fn update_mask(
+        &self,
+        state: &mut State,
+        live: &Live,
+        frame: &Frame<'_>,
+        buffer: &gst::BufferRef,
+    ) -> Result<(LastMask, MaskMeta), gst::FlowError> {
+        let index = state.frame_index;
+        state.frame_index += 1;
+        state.stats.frames += 1;
+        state.stats.window_frames += 1;
+        if buffer.flags().contains(gst::BufferFlags::DISCONT) {
+            state.smoother.reset();
+        }
+        let interval = live.inference_interval.max(1);
+        let due = state.last.is_none() || state.since_inference + 1 >= interval;
+        let late = live.skip_late && state.last.is_some() && self.is_late(buffer.pts());
+        let fresh = due && !late;
+        if due && late {
+            state.stats.qos_skipped += 1;
+        }
+        if fresh {
+            state.since_inference = 0;
+            let stream = state.stream.as_mut().expect("caps are set");
+            let t0 = Instant::now();
+            stream.pre.run(frame, &mut stream.input);
+            let t1 = Instant::now();
+            let spec = stream.prepared.spec;
+            let (iw, ih) = stream.prepared.input_size;
+            let prob = &mut stream.prob;
+            state
+                .engine
+                .run(&stream.input, (iw, ih), |_, out| {
+                    if out.len() == prob.len() * spec.channels {
+                        postprocess::person_probability(out, &spec, prob);
+                        true
+                    } else {
+                        false
+                    }
+                })
+                .map_err(|e| {
+                    gst::element_imp_error!(self, gst::StreamError::Failed, ["{}", e]);
+                    gst::FlowError::Error
+                })?
+                .then_some(())
+                .ok_or_else(|| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Failed,
+                        ["the model's output size changed between frames; unetmask needs a fixed output size per input size"]
+                    );
+                    gst::FlowError::Error
+                })?;
+            let t2 = Instant::now();
+            state.smoother.apply(&mut stream.prob, live.smoothing as f32);
+            let threshold = (live.threshold >= 0.0).then_some(live.threshold as f32);
+            state.mask_u8.resize(stream.prob.len(), 0);
+            let stats = postprocess::quantize(&stream.prob, threshold, &mut state.mask_u8);
+            let mask = gst::Buffer::from_slice(state.mask_u8.clone());
+            state.last = Some(LastMask { buffer: mask, stats });
+            state.stats.fresh += 1;
+            state.stats.window_fresh += 1;
+            state.stats.pre += t1 - t0;
+            state.stats.infer += t2 - t1;
+            state.stats.post += t2.elapsed();
+        } else {
+            state.since_inference += 1;
+            state.stats.carried += 1;
+        }
+        let last = state.last.clone().expect("a mask exists after the first frame");
+        let stream = state.stream.as_ref().expect("caps are set");
+        let meta = MaskMeta {
+            mask: last.buffer.clone(),
+            width: stream.prepared.output_size.0,
+            height: stream.prepared.output_size.1,
+            threshold: (live.threshold >= 0.0).then_some(live.threshold),
+            fresh,
+            frame: index,
+            coverage: last.stats.coverage as f64,
+            uncertain: last.stats.uncertain as f64,
+        };
+        Ok((last, meta))
+    }
+
+    fn is_late(&self, pts: Option<gst::ClockTime>) -> bool {
+        let Some(earliest) = *self.qos_earliest.lock().unwrap() else { return false };
+        let segment = self.obj().segment();
+        let Some(segment) = segment.downcast_ref::<gst::ClockTime>() else { return false };
+        match segment.to_running_time(pts) {
+            Some(rt) => rt < earliest,
+            None => false,
+        }
+    }
+
+    fn finish_frame(&self, state: &mut State, live: &Live, t_post: Instant) {
+        state.stats.post += t_post.elapsed();
+        if live.stats_interval > 0 && state.stats.frames % live.stats_interval as u64 == 0 {
+            let s = state.stats.structure(&state.engine.provider);
+            state.last_stats = Some(s.clone());
+            state.stats.reset_window();
+            let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+        }
+    }
+
+    /// In-place modes: the frame is modified (or not, in meta mode) where it is.
+    fn process_in_place(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let live = self.settings.lock().unwrap().live;
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let stream = state.stream.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
+        let (mode, info, format) = (stream.mode, stream.in_info.clone(), stream.format);
+        let last = {
+            // Read-only mapping for the model; the meta goes on the buffer afterwards.
+            let buf_ro: &gst::BufferRef = buf;
+            let vframe = gst_video::VideoFrameRef::from_buffer_ref_readable(buf_ro, &info).map_err(|_| {
+                gst::element_imp_error!(self, gst::StreamError::Decode, ["cannot map the frame for reading"]);
+                gst::FlowError::Error
+            })?;
+            let frame = Self::frame_of(&vframe, format);
+            let (last, meta) = self.update_mask(state, &live, &frame, buf_ro)?;
+            drop(vframe);
+            meta.attach(buf);
+            last
+        };
+        let t_post = Instant::now();
+        if mode != Mode::Meta {
+            let stream = state.stream.as_mut().unwrap();
+            let map = last.buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+            let mask_lut = composite::mask_lut((live.threshold >= 0.0).then_some(live.threshold as f32));
+            let colors;
+            let weights = match mode {
+                Mode::Overlay => {
+                    let op = (live.overlay_opacity.clamp(0.0, 1.0) * 255.0).round() as u32;
+                    colors = composite::plane_colors(format, stream.matrix, rgb_of(live.overlay_color));
+                    composite::weight_lut(&mask_lut, |m| ((m as u32 * op + 127) / 255) as u8)
+                }
+                _ => {
+                    colors = composite::plane_colors(format, stream.matrix, rgb_of(live.replace_color));
+                    composite::weight_lut(&mask_lut, |m| 255 - m)
+                }
+            };
+            let mut vframe = gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &info).map_err(|_| {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ["cannot map the frame for writing"]);
+                gst::FlowError::Error
+            })?;
+            let Stream { planes, scalers, blur, replace_planes, scratch, .. } = stream;
+            for (p, geom) in planes.iter().enumerate() {
+                let stride = vframe.plane_stride()[p] as usize;
+                let scaler = &mut scalers[geom.chroma as usize];
+                if mode == Mode::Blur {
+                    let data = vframe.plane_data(p as u32).map_err(|_| gst::FlowError::Error)?;
+                    blur[p].compute(data, stride, geom, scaler, &map, &mask_lut, live.blur_radius as usize);
+                }
+                let target = match (mode, replace_planes.as_ref()) {
+                    (Mode::Blur, _) => Target::Blurred(&blur[p]),
+                    (Mode::Replace, Some(img)) => Target::Plane { data: &img[p], stride: geom.width * geom.pstride },
+                    _ => Target::Color(&colors[p]),
+                };
+                let data = vframe.plane_data_mut(p as u32).map_err(|_| gst::FlowError::Error)?;
+                composite::mix_plane(data, stride, geom, scaler, &map, &weights, target, scratch);
+            }
+        }
+        self.finish_frame(state, &live, t_post);
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// `mask` and `alpha` modes: a new frame in the output caps.
+    fn process_to_output(
+        &self,
+        inbuf: &gst::Buffer,
+        outbuf: &mut gst::BufferRef,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let live = self.settings.lock().unwrap().live;
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let stream = state.stream.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
+        let (mode, in_info, out_info, format) =
+            (stream.mode, stream.in_info.clone(), stream.out_info.clone(), stream.format);
+        let vin = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &in_info).map_err(|_| {
+            gst::element_imp_error!(self, gst::StreamError::Decode, ["cannot map the input frame"]);
+            gst::FlowError::Error
+        })?;
+        let frame = Self::frame_of(&vin, format);
+        let (last, meta) = self.update_mask(state, &live, &frame, inbuf)?;
+        meta.attach(outbuf);
+        let t_post = Instant::now();
+        let stream = state.stream.as_mut().unwrap();
+        let map = last.buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+        let lut = composite::mask_lut((live.threshold >= 0.0).then_some(live.threshold as f32));
+        let mut vout = gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out_info).map_err(|_| {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ["cannot map the output frame"]);
+            gst::FlowError::Error
+        })?;
+        let stride = vout.plane_stride()[0] as usize;
+        let out = vout.plane_data_mut(0).map_err(|_| gst::FlowError::Error)?;
+        if mode == Mode::Mask {
+            composite::write_mask(out, stride, frame.height, &mut stream.scalers[0], &map, &lut);
+        } else {
+            composite::write_alpha(&frame, stream.matrix, out, stride, &mut stream.scalers[0], &map, &lut, &mut stream.scratch);
+        }
+        drop(vout);
+        self.finish_frame(state, &live, t_post);
+        Ok(gst::FlowSuccess::Ok)
+    }
+}
+
+impl ObjectImpl for UnetMask {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            let live = Live::default();
+            vec![
+                glib::ParamSpecString::builder("model")
+                    .nick("Model")
+                    .blurb("Path of the ONNX segmentation model (float32 [1,3,H,W] or [1,H,W,3] input)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("onnxruntime-library")
+                    .nick("ONNX Runtime library")
+                    .blurb(
+                        "Path of libonnxruntime.so (>= 1.31). Unset: ORT_DYLIB_PATH, then the project's \
+                         .deps/onnxruntime/lib, then the system library path. First load wins per process",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("device")
+                    .nick("Device")
+                    .blurb("auto (CUDA when a GPU and the provider are present, else CPU), cpu, cuda:N or tensorrt:N")
+                    .default_value(Some("auto"))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("threads")
+                    .nick("Threads")
+                    .blurb("ONNX Runtime intra-op threads (0 = ONNX Runtime's default: one per core)")
+                    .maximum(256)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("mode", Mode::Overlay)
+                    .nick("Mode")
+                    .blurb("What to output; the mask meta is attached in every mode")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("threshold")
+                    .nick("Threshold")
+                    .blurb("Person where probability > threshold (hard mask); < 0 keeps the soft mask")
+                    .minimum(-1.0)
+                    .maximum(1.0)
+                    .default_value(live.threshold)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("smoothing")
+                    .nick("Smoothing")
+                    .blurb(
+                        "Temporal smoothing: weight of the previous mask in an exponential average (0 = off); \
+                         reset on DISCONT and flush",
+                    )
+                    .minimum(0.0)
+                    .maximum(0.99)
+                    .default_value(live.smoothing)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("inference-interval")
+                    .nick("Inference interval")
+                    .blurb("Run the model every N frames and reuse the mask in between")
+                    .minimum(1)
+                    .maximum(1000)
+                    .default_value(live.inference_interval)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("skip-late")
+                    .nick("Skip late frames")
+                    .blurb("When downstream reports lateness (QoS), reuse the last mask instead of running the model")
+                    .default_value(live.skip_late)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("layout", LayoutChoice::Auto)
+                    .nick("Layout")
+                    .blurb("Model input layout (auto: from the input shape)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("channel-order", ChannelOrderChoice::Rgb)
+                    .nick("Channel order")
+                    .blurb("Colour order the model was trained on")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("resize", ResizeChoice::Antialias)
+                    .nick("Resize filter")
+                    .blurb("How frames are scaled to the model's input size")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("input-size")
+                    .nick("Input size")
+                    .blurb(
+                        "WIDTHxHEIGHT for models with dynamic height/width (empty: the model's fixed size, or \
+                         the frame's aspect with the long side at 320, multiples of 32)",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("scale")
+                    .nick("Scale")
+                    .blurb("Pixel scale before mean/std: tensor = (pixel * scale - mean) / std")
+                    .minimum(f64::MIN_POSITIVE)
+                    .maximum(1.0)
+                    .default_value(1.0 / 255.0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("mean")
+                    .nick("Mean")
+                    .blurb("Per-channel mean in the model's channel order, e.g. 0.485,0.456,0.406")
+                    .default_value(Some("0,0,0"))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("std")
+                    .nick("Std")
+                    .blurb("Per-channel standard deviation, e.g. 0.229,0.224,0.225")
+                    .default_value(Some("1,1,1"))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("output-activation", ActivationChoice::Auto)
+                    .nick("Output activation")
+                    .blurb("How the output becomes a probability (auto: detected with a probe run)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("person-class")
+                    .nick("Person class")
+                    .blurb("Person channel of a C-channel output (-1: 1 for 2 classes, 15 for 21 VOC classes)")
+                    .minimum(-1)
+                    .maximum(1023)
+                    .default_value(-1)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("overlay-color")
+                    .nick("Overlay colour")
+                    .blurb("Tint of the person in overlay mode, 0xRRGGBB")
+                    .maximum(0xFFFFFF)
+                    .default_value(DEFAULT_OVERLAY_COLOR)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("overlay-opacity")
+                    .nick("Overlay opacity")
+                    .blurb("Opacity of the tint in overlay mode")
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(live.overlay_opacity)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("blur-radius")
+                    .nick("Blur radius")
+                    .blurb("Background blur radius in pixels (blur mode)")
+                    .minimum(1)
+                    .maximum(512)
+                    .default_value(live.blur_radius)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("replace-color")
+                    .nick("Replacement colour")
+                    .blurb("Background colour in replace mode when no replace-image is set, 0xRRGGBB")
+                    .maximum(0xFFFFFF)
+                    .default_value(DEFAULT_REPLACE_COLOR)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("replace-image")
+                    .nick("Replacement image")
+                    .blurb("PNG or JPEG shown behind the person in replace mode (scaled to the frame)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("stats-interval")
+                    .nick("Stats interval")
+                    .blurb("Post an 'unetmask-stats' element message every N frames (0 = never)")
+                    .default_value(live.stats_interval)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "frames, fresh, carried, qos-skipped, inference-ms, preprocess-ms, postprocess-ms, fps, \
+                         provider",
+                    )
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        let path = |v: &glib::Value| v.get::<Option<String>>().unwrap().filter(|s| !s.is_empty()).map(PathBuf::from);
+        match pspec.name() {
+            "model" => s.model = path(value),
+            "onnxruntime-library" => s.library = path(value),
+            "device" => s.device = value.get::<Option<String>>().unwrap().unwrap_or_else(|| "auto".into()),
+            "threads" => s.threads = value.get().unwrap(),
+            "mode" => {
+                let mode = value.get().unwrap();
+                if mode != s.mode {
+                    s.mode = mode;
+                    drop(s);
+                    self.obj().reconfigure_src();
+                }
+            }
+            "threshold" => s.live.threshold = value.get().unwrap(),
+            "smoothing" => s.live.smoothing = value.get().unwrap(),
+            "inference-interval" => s.live.inference_interval = value.get().unwrap(),
+            "skip-late" => s.live.skip_late = value.get().unwrap(),
+            "layout" => s.layout = value.get().unwrap(),
+            "channel-order" => s.channel_order = value.get().unwrap(),
+            "resize" => s.resize = value.get().unwrap(),
+            "input-size" => s.input_size = value.get::<Option<String>>().unwrap().unwrap_or_default(),
+            "scale" => s.scale = value.get().unwrap(),
+            "mean" => s.mean = value.get::<Option<String>>().unwrap().unwrap_or_else(|| "0,0,0".into()),
+            "std" => s.std = value.get::<Option<String>>().unwrap().unwrap_or_else(|| "1,1,1".into()),
+            "output-activation" => s.activation = value.get().unwrap(),
+            "person-class" => s.person_class = value.get().unwrap(),
+            "overlay-color" => s.live.overlay_color = value.get().unwrap(),
+            "overlay-opacity" => s.live.overlay_opacity = value.get().unwrap(),
+            "blur-radius" => s.live.blur_radius = value.get().unwrap(),
+            "replace-color" => s.live.replace_color = value.get().unwrap(),
+            "replace-image" => s.replace_image = path(value),
+            "stats-interval" => s.live.stats_interval = value.get().unwrap(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings.lock().unwrap();
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).to_value();
+        match pspec.name() {
+            "model" => path(&s.model),
+            "onnxruntime-library" => path(&s.library),
+            "device" => s.device.to_value(),
+            "threads" => s.threads.to_value(),
+            "mode" => s.mode.to_value(),
+            "threshold" => s.live.threshold.to_value(),
+            "smoothing" => s.live.smoothing.to_value(),
+            "inference-interval" => s.live.inference_interval.to_value(),
+            "skip-late" => s.live.skip_late.to_value(),
+            "layout" => s.layout.to_value(),
+            "channel-order" => s.channel_order.to_value(),
+            "resize" => s.resize.to_value(),
+            "input-size" => s.input_size.to_value(),
+            "scale" => s.scale.to_value(),
+            "mean" => s.mean.to_value(),
+            "std" => s.std.to_value(),
+            "output-activation" => s.activation.to_value(),
+            "person-class" => s.person_class.to_value(),
+            "overlay-color" => s.live.overlay_color.to_value(),
+            "overlay-opacity" => s.live.overlay_opacity.to_value(),
+            "blur-radius" => s.live.blur_radius.to_value(),
+            "replace-color" => s.live.replace_color.to_value(),
+            "replace-image" => path(&s.replace_image),
+            "stats-interval" => s.live.stats_interval.to_value(),
+            "stats" => {
+                drop(s);
+                let state = self.state.lock().unwrap();
+                match state.as_ref() {
+                    Some(st) => st.stats.structure(&st.engine.provider).to_value(),
+                    None => Stats::default().structure("none").to_value(),
+                }
+            }
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for UnetMask {}
+
+impl ElementImpl for UnetMask {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "UNet person mask",
+                "Filter/Effect/Video/Analyzer",
+                "Runs an ONNX person-segmentation network (UNet, MediaPipe, ...) through ONNX Runtime on \
+                 every frame; attaches the mask as GstUnetMaskMeta and outputs the frame, the mask, RGBA \
+                 with alpha, an overlay, or a blurred or replaced background",
+                "edgemask developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let sink_caps = gst_video::VideoCapsBuilder::new().format_list(FORMATS).build();
+            let mut src_formats = FORMATS.to_vec();
+            src_formats.push(gst_video::VideoFormat::Gray8);
+            let src_caps = gst_video::VideoCapsBuilder::new().format_list(src_formats).build();
+            vec![
+                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &sink_caps).unwrap(),
+                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &src_caps).unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for UnetMask {
+    const MODE: gst_base::subclass::BaseTransformMode = gst_base::subclass::BaseTransformMode::Both;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let cfg = self.engine_config(&settings)?;
+        Self::normalization(&settings).map_err(|m| gst::error_msg!(gst::ResourceError::Settings, ["{}", m]))?;
+        if let Some(img) = &settings.replace_image
+            && !img.is_file()
+        {
+            return Err(gst::error_msg!(
+                gst::ResourceError::NotFound,
+                ["replace-image '{}' does not exist: give the path of a PNG or JPEG file", img.display()]
+            ));
+        }
+        let mut engine = Engine::open(&cfg).map_err(|e| Self::engine_error(&e))?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "model {} on {} (requested device={}), ONNX Runtime {}; contract {:?}",
+            cfg.model.display(),
+            engine.provider,
+            cfg.device,
+            engine.library.display(),
+            engine.contract
+        );
+        if let super::contract::InputSize::Fixed(w, h) = engine.contract.input_size {
+            // Fixed-size models are probed now, so contract errors fail the state change.
+            let p = engine.prepare((w, h)).map_err(|e| Self::engine_error(&e))?;
+            gst::info!(CAT, imp = self, "probe: {p:?}");
+        }
+        *self.state.lock().unwrap() = Some(State {
+            engine,
+            stream: None,
+            smoother: Smoother::default(),
+            last: None,
+            frame_index: 0,
+            since_inference: 0,
+            stats: Stats::default(),
+            last_stats: None,
+            mask_u8: Vec::new(),
+        });
+        *self.qos_earliest.lock().unwrap() = None;
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.state.lock().unwrap() = None;
+        Ok(())
+    }
+
+    fn transform_caps(
+        &self,
+        direction: gst::PadDirection,
+        caps: &gst::Caps,
+        filter: Option<&gst::Caps>,
+    ) -> Option<gst::Caps> {
+        let mode = self.settings.lock().unwrap().mode;
+        let mut out = caps.clone();
+        if !mode.in_place() {
+            let out = out.make_mut();
+            for s in out.iter_mut() {
+                s.remove_fields(["colorimetry", "chroma-site"]);
+                if direction == gst::PadDirection::Sink {
+                    let f = if mode == Mode::Mask { gst_video::VideoFormat::Gray8 } else { gst_video::VideoFormat::Rgba };
+                    s.set("format", f.to_str());
+                } else {
+                    s.set("format", gst::List::new(FORMATS.iter().map(|f| f.to_str())));
+                }
+            }
+        }
+        gst::debug!(CAT, imp = self, "transformed {caps:?} ({direction:?}) into {out:?}");
+        Some(match filter {
+            Some(f) => f.intersect_with_mode(&out, gst::CapsIntersectMode::First),
+            None => out,
+        })
+    }
+
+    fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let fail = |msg: String| {
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", msg]);
+            Err(gst::loggable_error!(CAT, "{}", msg))
+        };
+        let Ok(in_info) = gst_video::VideoInfo::from_caps(incaps) else {
+            return fail(format!("unetmask cannot handle caps {incaps}: it takes raw video in {FORMATS:?}"));
+        };
+        let Ok(out_info) = gst_video::VideoInfo::from_caps(outcaps) else {
+            return fail(format!("unetmask cannot produce caps {outcaps}"));
+        };
+        let Some(format) = Self::pixel_format(in_info.format()) else {
+            return fail(format!(
+                "unetmask cannot handle format {:?}: use one of {FORMATS:?} (add videoconvert before it)",
+                in_info.format()
+            ));
+        };
+        let settings = self.settings.lock().unwrap().clone();
+        let mode = settings.mode;
+        let (w, h) = (in_info.width() as usize, in_info.height() as usize);
+        let matrix = Self::matrix_of(&in_info);
+        let norm = match Self::normalization(&settings) {
+            Ok(n) => n,
+            Err(m) => return fail(m),
+        };
+        let replace_planes = match (&settings.replace_image, mode) {
+            (Some(p), Mode::Replace) => match Self::load_replace_image(p, format, matrix, w, h) {
+                Ok(planes) => Some(planes),
+                Err(m) => return fail(m),
+            },
+            _ => None,
+        };
+        let mut guard = self.state.lock().unwrap();
+        let Some(state) = guard.as_mut() else {
+            return Err(gst::loggable_error!(CAT, "caps before start"));
+        };
+        let input_size = state.engine.input_size_for((w as u32, h as u32));
+        let prepared = match state.engine.prepare(input_size) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = Self::engine_error(&e);
+                self.post_error_message(msg);
+                return Err(gst::loggable_error!(CAT, "{}", e));
+            }
+        };
+        let order = match settings.channel_order {
+            ChannelOrderChoice::Rgb => ChannelOrder::Rgb,
+            ChannelOrderChoice::Bgr => ChannelOrder::Bgr,
+        };
+        let filter = match settings.resize {
+            ResizeChoice::Antialias => ResizeFilter::Antialias,
+            ResizeChoice::Bilinear => ResizeFilter::Bilinear,
+        };
+        let pre = TensorBuilder::new(
+            filter,
+            format,
+            w,
+            h,
+            (input_size.0 as usize, input_size.1 as usize),
+            state.engine.contract.layout,
+            order,
+            norm,
+            matrix,
+        );
+        let (mw, mh) = (prepared.output_size.0 as usize, prepared.output_size.1 as usize);
+        let planes = composite::planes_of(format, w, h);
+        let mut scalers = vec![MaskScaler::new((mw, mh), (w, h))];
+        if let Some(c) = planes.iter().find(|p| p.chroma) {
+            scalers.push(MaskScaler::new((mw, mh), (c.width, c.height)));
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "{mode:?} on {w}x{h} {format:?}: model input {input_size:?}, mask {mw}x{mh}, {:?}",
+            prepared.spec
+        );
+        state.stream = Some(Stream {
+            mode,
+            in_info,
+            out_info,
+            format,
+            matrix,
+            prepared,
+            input: vec![0.0; pre.tensor_len()],
+            pre,
+            prob: vec![0.0; mw * mh],
+            blur: planes.iter().map(|_| BlurPlane::default()).collect(),
+            planes,
+            scalers,
+            replace_planes,
+            scratch: Scratch::default(),
+        });
+        state.smoother.reset();
+        state.last = None;
+        drop(guard);
+        let obj = self.obj();
+        obj.set_passthrough(false);
+        obj.set_in_place(mode.in_place());
+        Ok(())
+    }
+
+    fn unit_size(&self, caps: &gst::Caps) -> Option<usize> {
+        gst_video::VideoInfo::from_caps(caps).ok().map(|info| info.size())
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::FlushStop(_) = event.view() {
+            if let Some(state) = self.state.lock().unwrap().as_mut() {
+                state.smoother.reset();
+                state.last = None;
+                state.since_inference = 0;
+            }
+            *self.qos_earliest.lock().unwrap() = None;
+        }
+        self.parent_sink_event(event)
+    }
+
+    fn src_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::Qos(q) = event.view() {
+            let (_type, _proportion, diff, timestamp) = q.get();
+            let earliest = timestamp.map(|ts| {
+                if diff > 0 { ts + gst::ClockTime::from_nseconds(2 * diff as u64) } else { ts }
+            });
+            gst::trace!(CAT, imp = self, "QoS: diff {diff} ns, frames before {earliest:?} are late");
+            *self.qos_earliest.lock().unwrap() = if diff > 0 { earliest } else { None };
+        }
+        self.parent_src_event(event)
+    }
+
+    fn query(&self, direction: gst::PadDirection, query: &mut gst::QueryRef) -> bool {
+        if direction == gst::PadDirection::Src
+            && let gst::QueryViewMut::Latency(q) = query.view_mut()
+        {
+            if !BaseTransformImplExt::parent_query(self, direction, q.query_mut()) {
+                return false;
+            }
+            let ours = self
+                .state
+                .lock()
+                .unwrap()
+                .as_ref()
+                .and_then(|s| s.stream.as_ref().map(|st| st.prepared.inference_time))
+                .unwrap_or(Duration::ZERO);
+            let ours = gst::ClockTime::from_nseconds(ours.as_nanos() as u64);
+            let (live, min, max) = q.result();
+            gst::debug!(CAT, imp = self, "adding {ours} of processing latency");
+            q.set(live, min + ours, max.map(|m| m + ours));
+            return true;
+        }
+        BaseTransformImplExt::parent_query(self, direction, query)
+    }
+
+    fn transform(&self, inbuf: &gst::Buffer, outbuf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.process_to_output(inbuf, outbuf)
+    }
+
+    fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.process_in_place(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triplets_and_sizes() {
+        assert_eq!(parse_triplet("mean", "0.5"), Ok([0.5; 3]));
+        assert_eq!(parse_triplet("mean", "1, 2,3"), Ok([1.0, 2.0, 3.0]));
+        assert!(parse_triplet("std", "1,2").unwrap_err().contains("std='1,2'"));
+        assert_eq!(parse_size(""), Ok(None));
+        assert_eq!(parse_size("320x192"), Ok(Some((320, 192))));
+        assert!(parse_size("320").unwrap_err().contains("WIDTHxHEIGHT"));
+        assert!(parse_size("0x10").is_err());
+        assert_eq!(rgb_of(0xFFAA01), [255, 170, 1]);
+    }
+}

@@ -1,0 +1,171 @@
+//! Network output -> person probability map at the model's resolution: activation,
+//! person channel, temporal smoothing, 8-bit quantisation and per-frame statistics.
+
+use super::contract::{Activation, OutputLayout};
+
+/// How to read the person probability out of the output tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutputSpec {
+    pub layout: OutputLayout,
+    pub channels: usize,
+    pub person: usize,
+    pub activation: Activation,
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Writes the person probability of every output pixel into `prob`.
+pub fn person_probability(out: &[f32], spec: &OutputSpec, prob: &mut [f32]) {
+    let pixels = prob.len();
+    let c = spec.channels;
+    assert_eq!(out.len(), pixels * c, "output tensor does not hold {c} channels of {pixels} pixels");
+    let at = |i: usize, k: usize| match spec.layout {
+        OutputLayout::ChannelsLast => out[i * c + k],
+        OutputLayout::ChannelsFirst => out[k * pixels + i],
+    };
+    match (spec.activation, c) {
+        (Activation::Sigmoid, _) => {
+            for (i, p) in prob.iter_mut().enumerate() {
+                *p = sigmoid(at(i, spec.person));
+            }
+        }
+        (Activation::None, _) => {
+            for (i, p) in prob.iter_mut().enumerate() {
+                *p = at(i, spec.person).clamp(0.0, 1.0);
+            }
+        }
+        (Activation::Softmax, 2) => {
+            // softmax over two classes is the sigmoid of their difference.
+            let other = 1 - spec.person;
+            for (i, p) in prob.iter_mut().enumerate() {
+                *p = sigmoid(at(i, spec.person) - at(i, other));
+            }
+        }
+        (Activation::Softmax, _) => {
+            for (i, p) in prob.iter_mut().enumerate() {
+                let max = (0..c).map(|k| at(i, k)).fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = (0..c).map(|k| (at(i, k) - max).exp()).sum();
+                *p = (at(i, spec.person) - max).exp() / sum;
+            }
+        }
+    }
+}
+
+/// Temporal exponential average of the probability map against flicker.
+#[derive(Debug, Default)]
+pub struct Smoother {
+    state: Vec<f32>,
+}
+
+impl Smoother {
+    /// `prob = weight * previous + (1 - weight) * prob`; the first frame after a reset passes as it is.
+    pub fn apply(&mut self, prob: &mut [f32], weight: f32) {
+        if weight <= 0.0 {
+            return;
+        }
+        if self.state.len() != prob.len() {
+            self.state.clear();
+            self.state.extend_from_slice(prob);
+            return;
+        }
+        for (s, p) in self.state.iter_mut().zip(prob.iter_mut()) {
+            *s = weight * *s + (1.0 - weight) * *p;
+            *p = *s;
+        }
+    }
+
+    /// Forgets the history (discontinuity, flush, new caps).
+    pub fn reset(&mut self) {
+        self.state.clear();
+    }
+}
+
+/// Share of the frame that is person and share that is uncertain.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MaskStats {
+    /// Fraction of pixels with probability above the threshold (0.5 for a soft mask).
+    pub coverage: f32,
+    /// Fraction of pixels with probability inside the uncertainty band.
+    pub uncertain: f32,
+}
+
+/// Probability band counted as "uncertain" in [`MaskStats`].
+pub const UNCERTAIN_BAND: (f32, f32) = (0.25, 0.75);
+
+/// Quantises probabilities to 0..=255 and measures coverage and uncertainty.
+pub fn quantize(prob: &[f32], threshold: Option<f32>, out: &mut [u8]) -> MaskStats {
+    assert_eq!(prob.len(), out.len());
+    let thr = threshold.unwrap_or(0.5);
+    let (mut person, mut uncertain) = (0usize, 0usize);
+    for (o, &p) in out.iter_mut().zip(prob) {
+        *o = (p * 255.0 + 0.5) as u8;
+        person += (p > thr) as usize;
+        uncertain += (p >= UNCERTAIN_BAND.0 && p <= UNCERTAIN_BAND.1) as usize;
+    }
+    let n = prob.len().max(1) as f32;
+    MaskStats { coverage: person as f32 / n, uncertain: uncertain as f32 / n }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigmoid_logits_channels_first() {
+        let spec = OutputSpec { layout: OutputLayout::ChannelsFirst, channels: 1, person: 0, activation: Activation::Sigmoid };
+        let mut p = [0.0; 3];
+        person_probability(&[0.0, 10.0, -10.0], &spec, &mut p);
+        assert!((p[0] - 0.5).abs() < 1e-6 && p[1] > 0.999 && p[2] < 0.001);
+    }
+
+    #[test]
+    fn two_class_softmax_channels_last_matches_full_softmax() {
+        let logits = [1.0, 3.0, 2.0, -1.0]; // pixel 0: (1,3), pixel 1: (2,-1)
+        let mut two = [0.0; 2];
+        let spec = OutputSpec { layout: OutputLayout::ChannelsLast, channels: 2, person: 1, activation: Activation::Softmax };
+        person_probability(&logits, &spec, &mut two);
+        let e = |a: f32, b: f32| b.exp() / (a.exp() + b.exp());
+        assert!((two[0] - e(1.0, 3.0)).abs() < 1e-6 && (two[1] - e(2.0, -1.0)).abs() < 1e-6);
+        // Three classes, channels first, person = 2.
+        let logits = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0];
+        let spec = OutputSpec { layout: OutputLayout::ChannelsFirst, channels: 3, person: 2, activation: Activation::Softmax };
+        person_probability(&logits, &spec, &mut two);
+        assert!((two[0] - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn probabilities_are_clamped() {
+        let spec = OutputSpec { layout: OutputLayout::ChannelsLast, channels: 1, person: 0, activation: Activation::None };
+        let mut p = [0.0; 2];
+        person_probability(&[1.2, -0.1], &spec, &mut p);
+        assert_eq!(p, [1.0, 0.0]);
+    }
+
+    #[test]
+    fn smoothing_is_an_exponential_average_and_resets() {
+        let mut s = Smoother::default();
+        let mut a = [1.0, 0.0];
+        s.apply(&mut a, 0.75);
+        assert_eq!(a, [1.0, 0.0]);
+        let mut b = [0.0, 1.0];
+        s.apply(&mut b, 0.75);
+        assert_eq!(b, [0.75, 0.25]);
+        s.reset();
+        let mut c = [0.0, 1.0];
+        s.apply(&mut c, 0.75);
+        assert_eq!(c, [0.0, 1.0]);
+    }
+
+    #[test]
+    fn quantize_counts() {
+        let mut out = [0u8; 4];
+        let st = quantize(&[0.0, 0.3, 0.6, 1.0], None, &mut out);
+        assert_eq!(out, [0, 77, 153, 255]);
+        assert_eq!(st, MaskStats { coverage: 0.5, uncertain: 0.5 });
+        let st = quantize(&[0.0, 0.3, 0.6, 1.0], Some(0.9), &mut out);
+        assert_eq!(st.coverage, 0.25);
+    }
+}

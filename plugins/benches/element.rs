@@ -1,1 +1,243 @@
-fn main() {}
+//! Element vs bare ONNX Runtime, side by side in one run.
+//!
+//! `cargo bench -p gst-plugin-unetmask --bench element` (after `scripts/setup.sh`).
+//! For each model, frame size and format, it times bare inference on a ready tensor
+//! (the plugin's own ONNX Runtime session wrapper, nothing else) and the element on real
+//! frames in every mode, interleaving short chunks of each and taking medians, because the
+//! machine is shared and noisy. It prints fps and the ratio element/bare, plus the time of
+//! one `memcpy` of the frame as the memory-bandwidth yardstick for the compositing modes.
+//!
+//! Knobs (environment): BENCH_THREADS (ONNX Runtime intra-op threads, default 2),
+//! BENCH_FRAMES (frames per measurement, default 48), BENCH_SIZES (e.g. "1280x720,1920x1080"),
+//! BENCH_UNET=0 to skip the original-contract UNet rows (slow: ~1 s per inference on 2 cores).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gstunetmask::unetmask::engine::{DeviceRequest, Engine, EngineConfig};
+
+const MODES: [&str; 7] = [
+    "meta",
+    "meta resize=bilinear",
+    "mask",
+    "alpha",
+    "overlay",
+    "blur",
+    "replace",
+];
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn shared() -> PathBuf {
+    std::env::var_os("EDGEMASK_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"))
+}
+
+/// The person photo scaled to `w`x`h` in `format`.
+fn frame(format: &str, w: u32, h: u32) -> gst::Sample {
+    let photo = shared().join("testdata/person_400x600.png");
+    let desc = format!(
+        "filesrc location={} ! decodebin ! videoconvert ! videoscale add-borders=false ! \
+         video/x-raw,width={w},height={h} ! videoconvert ! video/x-raw,format={format} ! appsink name=sink",
+        photo.display()
+    );
+    let p = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = p.by_name("sink").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let s = sink.pull_sample().unwrap();
+    p.set_state(gst::State::Null).unwrap();
+    s
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Bare {
+    engine: Engine,
+    input: Vec<f32>,
+    size: (u32, u32),
+}
+
+impl Bare {
+    fn new(model: &Path, threads: u32, frame: (u32, u32)) -> Bare {
+        let cfg = EngineConfig {
+            model: model.into(),
+            device: DeviceRequest::Cpu,
+            threads,
+            ..Default::default()
+        };
+        let mut engine = Engine::open(&cfg).expect("open model");
+        let size = engine.input_size_for(frame);
+        engine.prepare(size).unwrap();
+        let input = (0..size.0 * size.1 * 3)
+            .map(|i| (i % 255) as f32 / 255.0)
+            .collect();
+        Bare { engine, input, size }
+    }
+
+    fn run(&mut self, n: usize) -> Duration {
+        let t = Instant::now();
+        for _ in 0..n {
+            self.engine.run(&self.input, self.size, |_, d| d[0]).unwrap();
+        }
+        t.elapsed()
+    }
+}
+
+struct Element {
+    h: gst_check::Harness,
+    buf: Option<gst::Buffer>,
+    in_place: bool,
+}
+
+impl Element {
+    fn new(props: &str, mode: &str, input: &gst::Sample) -> Element {
+        let mut h = gst_check::Harness::new_parse(&format!("unetmask {props} stats-interval=0"));
+        h.set_src_caps(input.caps().unwrap().to_owned());
+        let in_place = !(mode.starts_with("mask") || mode.starts_with("alpha"));
+        let mut e = Element {
+            h,
+            buf: Some(input.buffer().unwrap().copy_deep().unwrap()),
+            in_place,
+        };
+        e.run(2); // warm-up and negotiation
+        e
+    }
+
+    fn run(&mut self, n: usize) -> Duration {
+        let t = Instant::now();
+        for _ in 0..n {
+            if self.in_place {
+                // In-place modes hand back the same buffer, writable again: feed it back, so
+                // no frame copy is timed that a live source (fresh buffers) would not cause.
+                let out = self.h.push_and_pull(self.buf.take().unwrap()).unwrap();
+                self.buf = Some(out);
+            } else {
+                // mask/alpha only read the input: a shared reference is enough.
+                let out = self.h.push_and_pull(self.buf.clone().unwrap()).unwrap();
+                drop(out);
+            }
+        }
+        t.elapsed()
+    }
+}
+
+fn memcpy_time(bytes: usize) -> Duration {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let mut times = Vec::new();
+    for _ in 0..15 {
+        let t = Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&src));
+        times.push(t.elapsed());
+        std::hint::black_box(&dst);
+    }
+    median(times)
+}
+
+fn unet_model() -> Option<PathBuf> {
+    let dir = root().join("target/bench-fixtures");
+    let model = dir.join("unet_240x160.onnx");
+    if !model.exists() {
+        let python = root().join(".deps/venv/bin/python");
+        let script = root().join("plugins/tests/fixtures/make_models.py");
+        let ok = Command::new(python)
+            .arg(script)
+            .arg("unet")
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("could not build the UNet fixture; skipping its rows");
+            return None;
+        }
+    }
+    Some(model)
+}
+
+fn main() {
+    gst::init().unwrap();
+    gstunetmask::plugin_register_static().unwrap();
+    let threads: u32 = env_or("BENCH_THREADS", "2").parse().unwrap();
+    let frames: usize = env_or("BENCH_FRAMES", "48").parse().unwrap();
+    let sizes: Vec<(u32, u32)> = env_or("BENCH_SIZES", "1280x720,1920x1080,3840x2160")
+        .split(',')
+        .map(|s| {
+            let (w, h) = s.split_once('x').unwrap();
+            (w.parse().unwrap(), h.parse().unwrap())
+        })
+        .collect();
+    let mut models = vec![(
+        shared().join("models/selfie_segmentation_256x256.onnx"),
+        frames,
+        MODES.to_vec(),
+    )];
+    if env_or("BENCH_UNET", "1") != "0"
+        && let Some(m) = unet_model()
+    {
+        models.push((m, 4, vec!["meta", "overlay"]));
+    }
+    let chunk = 8usize;
+    println!("threads={threads}; medians of interleaved chunks; ratio = element fps / bare fps");
+    println!(
+        "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9} | {:>9} | {:>6} | {:>11} | {:>10} |",
+        "model", "frame", "fmt", "mode", "elem fps", "bare fps", "ratio", "over bare ms", "memcpy ms"
+    );
+    println!(
+        "|{:-<30}|{:-<11}|{:-<7}|{:-<22}|{:-<11}|{:-<11}|{:-<8}|{:-<13}|{:-<12}|",
+        "", "", "", "", "", "", "", "", ""
+    );
+    for (model, n, modes) in &models {
+        let name = model.file_name().unwrap().to_string_lossy().to_string();
+        for &(w, h) in &sizes {
+            let mut bare = Bare::new(model, threads, (w, h));
+            for fmt in ["RGBA", "NV12"] {
+                let input = frame(fmt, w, h);
+                let bytes = input.buffer().unwrap().size();
+                let copy = memcpy_time(bytes);
+                for mode in modes {
+                    let props = format!(
+                        "model={} threads={threads} device=cpu mode={mode}",
+                        model.display()
+                    );
+                    let mut el = Element::new(&props, mode, &input);
+                    let c = chunk.min(*n);
+                    let (mut te, mut tb) = (Vec::new(), Vec::new());
+                    for _ in 0..(n / c).max(1) {
+                        tb.push(bare.run(c) / c as u32);
+                        te.push(el.run(c) / c as u32);
+                    }
+                    let (e, b) = (median(te), median(tb));
+                    let fps = |d: Duration| 1.0 / d.as_secs_f64();
+                    println!(
+                        "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9.1} | {:>9.1} | {:>6.3} | {:>11.2} | {:>10.2} |",
+                        name,
+                        format!("{w}x{h}"),
+                        fmt,
+                        mode,
+                        fps(e),
+                        fps(b),
+                        fps(e) / fps(b),
+                        (e.as_secs_f64() - b.as_secs_f64()) * 1e3,
+                        copy.as_secs_f64() * 1e3
+                    );
+                }
+            }
+        }
+    }
+}

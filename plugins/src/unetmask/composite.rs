@@ -101,14 +101,41 @@ pub struct PlaneGeom {
 /// The planes of a frame of `format` and size `width`x`height`.
 pub fn planes_of(format: PixelFormat, width: usize, height: usize) -> Vec<PlaneGeom> {
     let (cw, ch) = chroma_size(width, height);
-    let luma = PlaneGeom { width, height, pstride: 1, chans: vec![0], chroma: false };
+    let luma = PlaneGeom {
+        width,
+        height,
+        pstride: 1,
+        chans: vec![0],
+        chroma: false,
+    };
     match format.packed_rgb() {
-        Some((off, bpp)) => vec![PlaneGeom { width, height, pstride: bpp, chans: off.to_vec(), chroma: false }],
+        Some((off, bpp)) => vec![PlaneGeom {
+            width,
+            height,
+            pstride: bpp,
+            chans: off.to_vec(),
+            chroma: false,
+        }],
         None if format == PixelFormat::Nv12 => {
-            vec![luma, PlaneGeom { width: cw, height: ch, pstride: 2, chans: vec![0, 1], chroma: true }]
+            vec![
+                luma,
+                PlaneGeom {
+                    width: cw,
+                    height: ch,
+                    pstride: 2,
+                    chans: vec![0, 1],
+                    chroma: true,
+                },
+            ]
         }
         None => {
-            let c = PlaneGeom { width: cw, height: ch, pstride: 1, chans: vec![0], chroma: true };
+            let c = PlaneGeom {
+                width: cw,
+                height: ch,
+                pstride: 1,
+                chans: vec![0],
+                chroma: true,
+            };
             vec![luma, c.clone(), c]
         }
     }
@@ -120,7 +147,11 @@ pub fn plane_colors(format: PixelFormat, matrix: YuvMatrix, rgb: [u8; 3]) -> Vec
         return vec![rgb.to_vec()];
     }
     let [y, u, v] = matrix.rgb_to_yuv(rgb);
-    if format == PixelFormat::Nv12 { vec![vec![y], vec![u, v]] } else { vec![vec![y], vec![u], vec![v]] }
+    if format == PixelFormat::Nv12 {
+        vec![vec![y], vec![u, v]]
+    } else {
+        vec![vec![y], vec![u], vec![v]]
+    }
 }
 
 /// What a plane is mixed towards.
@@ -207,7 +238,14 @@ impl Scratch {
 }
 
 /// Writes the GRAY8 mask of the frame into `out` (`mask` output mode).
-pub fn write_mask(out: &mut [u8], stride: usize, height: usize, scaler: &mut MaskScaler, mask: &[u8], lut: &[u8; 256]) {
+pub fn write_mask(
+    out: &mut [u8],
+    stride: usize,
+    height: usize,
+    scaler: &mut MaskScaler,
+    mask: &[u8],
+    lut: &[u8; 256],
+) {
     let w = scaler.width();
     for y in 0..height {
         let row = &mut out[y * stride..][..w];
@@ -241,7 +279,12 @@ pub fn write_alpha(
                 let src = &frame.planes[0][y * frame.strides[0]..];
                 for x in 0..w {
                     let s = &src[x * bpp..];
-                    row[x * 4..x * 4 + 4].copy_from_slice(&[s[off[0]], s[off[1]], s[off[2]], lut[scratch.mask[x] as usize]]);
+                    row[x * 4..x * 4 + 4].copy_from_slice(&[
+                        s[off[0]],
+                        s[off[1]],
+                        s[off[2]],
+                        lut[scratch.mask[x] as usize],
+                    ]);
                 }
             }
             None => {
@@ -256,7 +299,12 @@ pub fn write_alpha(
                     };
                     let rgb = conv.rgb(ys[x] as f32, u as f32, v as f32);
                     let q = |c: f32| (c + 0.5).clamp(0.0, 255.0) as u8;
-                    row[x * 4..x * 4 + 4].copy_from_slice(&[q(rgb[0]), q(rgb[1]), q(rgb[2]), lut[scratch.mask[x] as usize]]);
+                    row[x * 4..x * 4 + 4].copy_from_slice(&[
+                        q(rgb[0]),
+                        q(rgb[1]),
+                        q(rgb[2]),
+                        lut[scratch.mask[x] as usize],
+                    ]);
                 }
             }
         }
@@ -328,7 +376,8 @@ impl BlurPlane {
         let factor = (geom.width.min(geom.height) / 96).clamp(1, 16);
         let (sw, sh) = (geom.width.div_ceil(factor), geom.height.div_ceil(factor));
         let chans = geom.chans.len();
-        if (self.factor, self.sw, self.sh, self.chans, self.pstride) != (factor, sw, sh, chans, geom.pstride) {
+        if (self.factor, self.sw, self.sh, self.chans, self.pstride) != (factor, sw, sh, chans, geom.pstride)
+        {
             *self = BlurPlane {
                 factor,
                 sw,
@@ -453,7 +502,16 @@ mod tests {
         let geom = &planes_of(PixelFormat::Rgbx, w, h)[0];
         let mut sc = MaskScaler::new((2, 1), (w, h));
         let lut = weight_lut(&mask_lut(Some(0.5)), |m| m);
-        mix_plane(&mut data, w * 4, geom, &mut sc, &mask, &lut, Target::Color(&[255, 255, 0]), &mut Scratch::default());
+        mix_plane(
+            &mut data,
+            w * 4,
+            geom,
+            &mut sc,
+            &mask,
+            &lut,
+            Target::Color(&[255, 255, 0]),
+            &mut Scratch::default(),
+        );
         for y in 0..h {
             assert_eq!(&data[y * w * 4..y * w * 4 + 4], &[255, 255, 0, 50]);
             assert_eq!(&data[y * w * 4 + 28..y * w * 4 + 32], &[50, 50, 50, 50]);
@@ -469,20 +527,45 @@ mod tests {
         for y in 0..h {
             data[y * w..y * w + w / 2].fill(250);
         }
-        let mask: Vec<u8> = (0..h).flat_map(|_| (0..w).map(|x| if x < w / 2 { 255 } else { 0 })).collect();
-        let geom = PlaneGeom { width: w, height: h, pstride: 1, chans: vec![0], chroma: false };
+        let mask: Vec<u8> = (0..h)
+            .flat_map(|_| (0..w).map(|x| if x < w / 2 { 255 } else { 0 }))
+            .collect();
+        let geom = PlaneGeom {
+            width: w,
+            height: h,
+            pstride: 1,
+            chans: vec![0],
+            chroma: false,
+        };
         let mut sc = MaskScaler::new((w, h), (w, h));
         let lut = mask_lut(Some(0.5));
         let mut b = BlurPlane::default();
         b.compute(&data, w, &geom, &mut sc, &mask, &lut, 20);
         let mut row = vec![0u8; w];
         b.row(h / 2, &mut row);
-        assert!(row[w / 2 + 1..].iter().all(|&v| v <= 12), "halo: {:?}", &row[w / 2..w / 2 + 8]);
+        assert!(
+            row[w / 2 + 1..].iter().all(|&v| v <= 12),
+            "halo: {:?}",
+            &row[w / 2..w / 2 + 8]
+        );
         let weights = weight_lut(&lut, |m| 255 - m);
         let before = data.clone();
-        mix_plane(&mut data, w, &geom, &mut sc, &mask, &weights, Target::Blurred(&b), &mut Scratch::default());
+        mix_plane(
+            &mut data,
+            w,
+            &geom,
+            &mut sc,
+            &mask,
+            &weights,
+            Target::Blurred(&b),
+            &mut Scratch::default(),
+        );
         for y in 0..h {
-            assert_eq!(&data[y * w..y * w + w / 2], &before[y * w..y * w + w / 2], "person changed");
+            assert_eq!(
+                &data[y * w..y * w + w / 2],
+                &before[y * w..y * w + w / 2],
+                "person changed"
+            );
         }
     }
 
@@ -491,7 +574,10 @@ mod tests {
         let p = planes_of(PixelFormat::Nv12, 5, 3);
         assert_eq!((p.len(), p[1].width, p[1].height, p[1].pstride), (2, 3, 2, 2));
         assert_eq!(planes_of(PixelFormat::Bgra, 2, 2)[0].chans, vec![2, 1, 0]);
-        assert_eq!(plane_colors(PixelFormat::I420, YuvMatrix::BT601, [0, 0, 0]), vec![vec![16], vec![128], vec![128]]);
+        assert_eq!(
+            plane_colors(PixelFormat::I420, YuvMatrix::BT601, [0, 0, 0]),
+            vec![vec![16], vec![128], vec![128]]
+        );
     }
 
     #[test]
@@ -500,12 +586,31 @@ mod tests {
         let m = YuvMatrix::BT601;
         let [y, u, v] = m.rgb_to_yuv([200, 100, 50]);
         let (yp, up, vp) = (vec![y; 8], vec![u; 2], vec![v; 2]);
-        let frame = Frame { format: PixelFormat::I420, width: w, height: h, planes: [&yp, &up, &vp], strides: [4, 2, 2] };
+        let frame = Frame {
+            format: PixelFormat::I420,
+            width: w,
+            height: h,
+            planes: [&yp, &up, &vp],
+            strides: [4, 2, 2],
+        };
         let mut out = vec![0u8; w * h * 4];
         let mut sc = MaskScaler::new((1, 1), (w, h));
-        write_alpha(&frame, m, &mut out, w * 4, &mut sc, &[200], &mask_lut(None), &mut Scratch::default());
+        write_alpha(
+            &frame,
+            m,
+            &mut out,
+            w * 4,
+            &mut sc,
+            &[200],
+            &mask_lut(None),
+            &mut Scratch::default(),
+        );
         let px = &out[..4];
-        assert!((px[0] as i32 - 200).abs() <= 2 && (px[1] as i32 - 100).abs() <= 2 && (px[2] as i32 - 50).abs() <= 2);
+        assert!(
+            (px[0] as i32 - 200).abs() <= 2
+                && (px[1] as i32 - 100).abs() <= 2
+                && (px[2] as i32 - 50).abs() <= 2
+        );
         assert_eq!(px[3], 200);
     }
 }

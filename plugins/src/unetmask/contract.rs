@@ -190,7 +190,11 @@ pub fn detect(
     let input = match inputs {
         [] => return Err(ContractError::NoInput),
         [one] => one,
-        many => return Err(ContractError::TooManyInputs(many.iter().map(TensorInfo::describe).collect())),
+        many => {
+            return Err(ContractError::TooManyInputs(
+                many.iter().map(TensorInfo::describe).collect(),
+            ));
+        }
     };
     if input.elem.as_deref() != Some("f32") {
         return Err(ContractError::InputNotFloat(input.describe()));
@@ -291,11 +295,19 @@ pub fn detect_activation(
             Activation::Sigmoid => channels == 1,
             Activation::Softmax => channels > 1,
         };
-        return if fits { Ok(a) } else { Err(ContractError::ActivationMismatch(a, channels)) };
+        return if fits {
+            Ok(a)
+        } else {
+            Err(ContractError::ActivationMismatch(a, channels))
+        };
     }
     let in_unit = probe.iter().all(|v| (-1e-4..=1.0 + 1e-4).contains(v));
     if channels == 1 {
-        return Ok(if in_unit { Activation::None } else { Activation::Sigmoid });
+        return Ok(if in_unit {
+            Activation::None
+        } else {
+            Activation::Sigmoid
+        });
     }
     if !in_unit {
         return Ok(Activation::Softmax);
@@ -309,7 +321,11 @@ pub fn detect_activation(
         };
         (sum - 1.0).abs() < 1e-3
     });
-    Ok(if sums_to_one { Activation::None } else { Activation::Softmax })
+    Ok(if sums_to_one {
+        Activation::None
+    } else {
+        Activation::Softmax
+    })
 }
 
 /// Input size for a model with dynamic height and width: the frame's aspect ratio with the
@@ -327,7 +343,11 @@ mod tests {
     use super::*;
 
     fn t(name: &str, elem: &str, shape: &[i64]) -> TensorInfo {
-        TensorInfo { name: name.into(), elem: Some(elem.into()), shape: shape.to_vec() }
+        TensorInfo {
+            name: name.into(),
+            elem: Some(elem.into()),
+            shape: shape.to_vec(),
+        }
     }
 
     #[test]
@@ -352,7 +372,10 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap();
-        assert_eq!((c.layout, c.output_layout), (Layout::Nhwc, OutputLayout::ChannelsLast));
+        assert_eq!(
+            (c.layout, c.output_layout),
+            (Layout::Nhwc, OutputLayout::ChannelsLast)
+        );
         let c = detect(
             &[t("input_1:0", "f32", &[1, 144, 256, 3])],
             &[t("segment:0", "f32", &[1, 144, 256, 2])],
@@ -360,7 +383,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.input_size, InputSize::Fixed(256, 144));
-        assert_eq!((c.output_layout, c.output_channels), (OutputLayout::ChannelsLast, Some(2)));
+        assert_eq!(
+            (c.output_layout, c.output_channels),
+            (OutputLayout::ChannelsLast, Some(2))
+        );
     }
 
     #[test]
@@ -369,8 +395,14 @@ mod tests {
         let outputs = [t("y", "f32", &[-1, 1, -1, -1])];
         let c = detect(&inputs, &outputs, &Overrides::default()).unwrap();
         assert_eq!(c.input_size, InputSize::Dynamic);
-        let ov = Overrides { input_size: Some((320, 192)), ..Default::default() };
-        assert_eq!(detect(&inputs, &outputs, &ov).unwrap().input_size, InputSize::Fixed(320, 192));
+        let ov = Overrides {
+            input_size: Some((320, 192)),
+            ..Default::default()
+        };
+        assert_eq!(
+            detect(&inputs, &outputs, &ov).unwrap().input_size,
+            InputSize::Fixed(320, 192)
+        );
         let fixed = [t("x", "f32", &[1, 3, 240, 160])];
         let err = detect(&fixed, &outputs, &ov).unwrap_err();
         assert!(err.to_string().contains("fixed size"), "{err}");
@@ -380,7 +412,10 @@ mod tests {
     fn unservable_inputs_are_named() {
         let out = [t("y", "f32", &[1, 1, 8, 8])];
         let e = detect(&[t("img", "u8", &[1, 3, 8, 8])], &out, &Overrides::default()).unwrap_err();
-        assert!(e.to_string().contains("'img' u8 [1,3,8,8]") && e.to_string().contains("float32"), "{e}");
+        assert!(
+            e.to_string().contains("'img' u8 [1,3,8,8]") && e.to_string().contains("float32"),
+            "{e}"
+        );
         let e = detect(&[t("img", "f32", &[1, 4, 8, 8])], &out, &Overrides::default()).unwrap_err();
         assert!(matches!(e, ContractError::InputChannels(_)), "{e}");
         let e = detect(&[t("img", "f32", &[1, -1, 8, -1])], &out, &Overrides::default()).unwrap_err();
@@ -390,8 +425,12 @@ mod tests {
         let two = [t("a", "f32", &[1, 3, 8, 8]), t("b", "f32", &[1])];
         let e = detect(&two, &out, &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("2 inputs"), "{e}");
-        let e = detect(&[t("a", "f32", &[1, 3, 8, 8])], &[t("s", "f32", &[1, 10])], &Overrides::default())
-            .unwrap_err();
+        let e = detect(
+            &[t("a", "f32", &[1, 3, 8, 8])],
+            &[t("s", "f32", &[1, 10])],
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("'s' f32 [1,10]"), "{e}");
     }
 
@@ -401,23 +440,52 @@ mod tests {
         assert_eq!(person_class(2, None), Ok(1));
         assert_eq!(person_class(21, None), Ok(15));
         assert_eq!(person_class(5, Some(3)), Ok(3));
-        assert!(person_class(5, None).unwrap_err().to_string().contains("person-class"));
-        assert!(matches!(person_class(5, Some(5)), Err(ContractError::PersonClassOutOfRange(5, 5))));
+        assert!(
+            person_class(5, None)
+                .unwrap_err()
+                .to_string()
+                .contains("person-class")
+        );
+        assert!(matches!(
+            person_class(5, Some(5)),
+            Err(ContractError::PersonClassOutOfRange(5, 5))
+        ));
     }
 
     #[test]
     fn activation_from_probe() {
         let cl = OutputLayout::ChannelsLast;
-        assert_eq!(detect_activation(None, 1, &[0.0, 0.3, 1.0], cl), Ok(Activation::None));
-        assert_eq!(detect_activation(None, 1, &[-3.0, 0.3, 4.0], cl), Ok(Activation::Sigmoid));
-        assert_eq!(detect_activation(None, 2, &[0.2, 0.8, 0.6, 0.4], cl), Ok(Activation::None));
-        assert_eq!(detect_activation(None, 2, &[0.2, 0.3, 0.6, 0.4], cl), Ok(Activation::Softmax));
-        assert_eq!(detect_activation(None, 2, &[-2.0, 0.3, 5.0, 0.4], cl), Ok(Activation::Softmax));
+        assert_eq!(
+            detect_activation(None, 1, &[0.0, 0.3, 1.0], cl),
+            Ok(Activation::None)
+        );
+        assert_eq!(
+            detect_activation(None, 1, &[-3.0, 0.3, 4.0], cl),
+            Ok(Activation::Sigmoid)
+        );
+        assert_eq!(
+            detect_activation(None, 2, &[0.2, 0.8, 0.6, 0.4], cl),
+            Ok(Activation::None)
+        );
+        assert_eq!(
+            detect_activation(None, 2, &[0.2, 0.3, 0.6, 0.4], cl),
+            Ok(Activation::Softmax)
+        );
+        assert_eq!(
+            detect_activation(None, 2, &[-2.0, 0.3, 5.0, 0.4], cl),
+            Ok(Activation::Softmax)
+        );
         // Channels-first: [c0 p0, c0 p1, c1 p0, c1 p1]
         let cf = OutputLayout::ChannelsFirst;
-        assert_eq!(detect_activation(None, 2, &[0.2, 0.6, 0.8, 0.4], cf), Ok(Activation::None));
+        assert_eq!(
+            detect_activation(None, 2, &[0.2, 0.6, 0.8, 0.4], cf),
+            Ok(Activation::None)
+        );
         assert!(detect_activation(Some(Activation::Sigmoid), 2, &[], cl).is_err());
-        assert_eq!(detect_activation(Some(Activation::Softmax), 3, &[], cl), Ok(Activation::Softmax));
+        assert_eq!(
+            detect_activation(Some(Activation::Softmax), 3, &[], cl),
+            Ok(Activation::Softmax)
+        );
     }
 
     #[test]

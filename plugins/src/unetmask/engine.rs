@@ -44,7 +44,9 @@ impl FromStr for DeviceRequest {
             "cpu" => Ok(Self::Cpu),
             _ if s.starts_with("cuda") => Ok(Self::Cuda(index(&s[4..])?)),
             _ if s.starts_with("tensorrt") => Ok(Self::TensorRt(index(&s[8..])?)),
-            _ => Err(format!("device '{s}' is not understood: use auto, cpu, cuda:N or tensorrt:N")),
+            _ => Err(format!(
+                "device '{s}' is not understood: use auto, cpu, cuda:N or tensorrt:N"
+            )),
         }
     }
 }
@@ -142,7 +144,9 @@ pub fn environment(property: Option<&Path>) -> Result<(Environment, PathBuf), En
     if let Some((env, path)) = guard.as_ref() {
         return Ok((env.clone(), path.clone()));
     }
-    let from_env = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let from_env = std::env::var_os("ORT_DYLIB_PATH")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
     let explicit = match (property, from_env) {
         (Some(p), _) => Some((p.to_path_buf(), "property onnxruntime-library")),
         (None, Some(p)) => Some((p, "ORT_DYLIB_PATH")),
@@ -179,10 +183,16 @@ pub fn environment(property: Option<&Path>) -> Result<(Environment, PathBuf), En
 
 fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
     match dtype {
-        ValueType::Tensor { ty, shape, .. } => {
-            TensorInfo { name: name.to_string(), elem: Some(ty.to_string()), shape: shape.to_vec() }
-        }
-        _ => TensorInfo { name: name.to_string(), elem: None, shape: Vec::new() },
+        ValueType::Tensor { ty, shape, .. } => TensorInfo {
+            name: name.to_string(),
+            elem: Some(ty.to_string()),
+            shape: shape.to_vec(),
+        },
+        _ => TensorInfo {
+            name: name.to_string(),
+            elem: None,
+            shape: Vec::new(),
+        },
     }
 }
 
@@ -218,10 +228,25 @@ impl Engine {
         }
         let (env, library) = environment(cfg.library.as_deref())?;
         let (session, provider) = providers::open_session(&env, cfg)?;
-        let inputs: Vec<TensorInfo> = session.inputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
-        let outputs: Vec<TensorInfo> = session.outputs().iter().map(|o| tensor_info(o.name(), o.dtype())).collect();
+        let inputs: Vec<TensorInfo> = session
+            .inputs()
+            .iter()
+            .map(|o| tensor_info(o.name(), o.dtype()))
+            .collect();
+        let outputs: Vec<TensorInfo> = session
+            .outputs()
+            .iter()
+            .map(|o| tensor_info(o.name(), o.dtype()))
+            .collect();
         let contract = contract::detect(&inputs, &outputs, &cfg.overrides)?;
-        Ok(Engine { session, contract, provider, library, overrides: cfg.overrides.clone(), prepared: None })
+        Ok(Engine {
+            session,
+            contract,
+            provider,
+            library,
+            overrides: cfg.overrides.clone(),
+            prepared: None,
+        })
     }
 
     /// The model input size for frames of `frame` size.
@@ -276,7 +301,12 @@ impl Engine {
         let prepared = Prepared {
             input_size,
             output_size: (ow as u32, oh as u32),
-            spec: OutputSpec { layout, channels: channels as usize, person: person as usize, activation },
+            spec: OutputSpec {
+                layout,
+                channels: channels as usize,
+                person: person as usize,
+                activation,
+            },
             inference_time: times[times.len() / 2],
         };
         self.prepared = Some(prepared);
@@ -292,12 +322,18 @@ impl Engine {
         f: impl FnOnce(&[i64], &[f32]) -> R,
     ) -> Result<R, EngineError> {
         let shape = self.input_shape(input_size);
-        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| EngineError::Inference(e.to_string()))?;
-        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| EngineError::Inference(e.to_string()))?;
-        let value = outputs
-            .get(self.contract.output_name.as_str())
-            .ok_or_else(|| EngineError::Inference(format!("output '{}' missing", self.contract.output_name)))?;
-        let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| EngineError::Inference(e.to_string()))?;
+        let tensor =
+            TensorRef::from_array_view((shape, input)).map_err(|e| EngineError::Inference(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![tensor])
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        let value = outputs.get(self.contract.output_name.as_str()).ok_or_else(|| {
+            EngineError::Inference(format!("output '{}' missing", self.contract.output_name))
+        })?;
+        let (shape, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
         Ok(f(shape, data))
     }
 }
@@ -306,7 +342,10 @@ impl Engine {
 mod providers {
     use super::*;
 
-    fn builder(env: &Environment, cfg: &EngineConfig) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    fn builder(
+        env: &Environment,
+        cfg: &EngineConfig,
+    ) -> Result<ort::session::builder::SessionBuilder, EngineError> {
         let err = |e: ort::Error<_>| EngineError::Inference(e.to_string());
         let mut b = Session::builder(env)
             .map_err(|e| EngineError::Inference(e.to_string()))?
@@ -335,7 +374,10 @@ mod providers {
     }
 
     #[cfg(not(feature = "cuda"))]
-    pub(super) fn open_session(env: &Environment, cfg: &EngineConfig) -> Result<(Session, String), EngineError> {
+    pub(super) fn open_session(
+        env: &Environment,
+        cfg: &EngineConfig,
+    ) -> Result<(Session, String), EngineError> {
         match cfg.device {
             DeviceRequest::Auto | DeviceRequest::Cpu => {
                 Ok((commit(builder(env, cfg)?, &cfg.model)?, "cpu".to_string()))
@@ -349,7 +391,10 @@ mod providers {
     }
 
     #[cfg(feature = "cuda")]
-    pub(super) fn open_session(env: &Environment, cfg: &EngineConfig) -> Result<(Session, String), EngineError> {
+    pub(super) fn open_session(
+        env: &Environment,
+        cfg: &EngineConfig,
+    ) -> Result<(Session, String), EngineError> {
         use crate::unetmask::gpu;
         use ort::ep::ExecutionProvider;
         let cpu = || -> Result<(Session, String), EngineError> {
@@ -363,7 +408,8 @@ mod providers {
                      onnxruntime-gpu (EDGEMASK_GPU=1 scripts/setup.sh) or use device=cpu"
                 )));
             }
-            let count = gpu::device_count().map_err(|e| EngineError::Provider(format!("device={what}: {e}")))?;
+            let count =
+                gpu::device_count().map_err(|e| EngineError::Provider(format!("device={what}: {e}")))?;
             if n >= count {
                 return Err(EngineError::Provider(format!(
                     "device={what}: there is no CUDA device {n} (found {count}); use cuda:0..cuda:{}",
@@ -373,8 +419,13 @@ mod providers {
             Ok(())
         };
         let with_cuda = |n: u32| -> Result<(Session, String), EngineError> {
-            let ep = ort::ep::CUDA::default().with_device_id(n as i32).build().error_on_failure();
-            let b = builder(env, cfg)?.with_execution_providers([ep]).map_err(|e| EngineError::Provider(e.to_string()))?;
+            let ep = ort::ep::CUDA::default()
+                .with_device_id(n as i32)
+                .build()
+                .error_on_failure();
+            let b = builder(env, cfg)?
+                .with_execution_providers([ep])
+                .map_err(|e| EngineError::Provider(e.to_string()))?;
             Ok((commit(b, &cfg.model)?, format!("cuda:{n}")))
         };
         match cfg.device {
@@ -412,7 +463,9 @@ mod providers {
             .build()
             .error_on_failure();
         let cuda = ort::ep::CUDA::default().with_device_id(n as i32).build();
-        let b = builder(env, cfg)?.with_execution_providers([trt, cuda]).map_err(|e| EngineError::Provider(e.to_string()))?;
+        let b = builder(env, cfg)?
+            .with_execution_providers([trt, cuda])
+            .map_err(|e| EngineError::Provider(e.to_string()))?;
         Ok((commit(b, &cfg.model)?, format!("tensorrt:{n}")))
     }
 

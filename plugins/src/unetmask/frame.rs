@@ -57,14 +57,30 @@ pub struct YuvMatrix {
 }
 
 impl YuvMatrix {
-    pub const BT601: YuvMatrix = YuvMatrix { kr: 0.299, kb: 0.114, full_range: false };
-    pub const BT709: YuvMatrix = YuvMatrix { kr: 0.2126, kb: 0.0722, full_range: false };
-    pub const BT2020: YuvMatrix = YuvMatrix { kr: 0.2627, kb: 0.0593, full_range: false };
+    pub const BT601: YuvMatrix = YuvMatrix {
+        kr: 0.299,
+        kb: 0.114,
+        full_range: false,
+    };
+    pub const BT709: YuvMatrix = YuvMatrix {
+        kr: 0.2126,
+        kb: 0.0722,
+        full_range: false,
+    };
+    pub const BT2020: YuvMatrix = YuvMatrix {
+        kr: 0.2627,
+        kb: 0.0593,
+        full_range: false,
+    };
 
     /// Coefficients of `R = a_y*Y + a_v*V + off`, ... in the form used by the pixel loops.
     pub fn to_rgb_coeffs(&self) -> YuvToRgb {
         let kg = 1.0 - self.kr - self.kb;
-        let (ys, yo, cs) = if self.full_range { (1.0, 0.0, 1.0) } else { (255.0 / 219.0, 16.0, 255.0 / 224.0) };
+        let (ys, yo, cs) = if self.full_range {
+            (1.0, 0.0, 1.0)
+        } else {
+            (255.0 / 219.0, 16.0, 255.0 / 224.0)
+        };
         YuvToRgb {
             y_mul: ys,
             y_off: -yo * ys,
@@ -82,7 +98,11 @@ impl YuvMatrix {
         let y = self.kr * r + kg * g + self.kb * b;
         let u = (b - y) / (2.0 * (1.0 - self.kb));
         let v = (r - y) / (2.0 * (1.0 - self.kr));
-        let (ys, yo, cs) = if self.full_range { (1.0, 0.0, 1.0) } else { (219.0 / 255.0, 16.0, 224.0 / 255.0) };
+        let (ys, yo, cs) = if self.full_range {
+            (1.0, 0.0, 1.0)
+        } else {
+            (219.0 / 255.0, 16.0, 224.0 / 255.0)
+        };
         let q = |x: f32| x.round().clamp(0.0, 255.0) as u8;
         [q(y * ys + yo), q(u * cs + 128.0), q(v * cs + 128.0)]
     }
@@ -105,7 +125,11 @@ impl YuvToRgb {
     pub fn rgb(&self, y: f32, u: f32, v: f32) -> [f32; 3] {
         let yy = y * self.y_mul + self.y_off;
         let (u, v) = (u - 128.0, v - 128.0);
-        [yy + self.r_v * v, yy + self.g_u * u + self.g_v * v, yy + self.b_u * u]
+        [
+            yy + self.r_v * v,
+            yy + self.g_u * u + self.g_v * v,
+            yy + self.b_u * u,
+        ]
     }
 }
 
@@ -115,13 +139,29 @@ mod tests {
 
     #[test]
     fn yuv_round_trip() {
-        for m in [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix { full_range: true, ..YuvMatrix::BT601 }] {
+        for m in [
+            YuvMatrix::BT601,
+            YuvMatrix::BT709,
+            YuvMatrix {
+                full_range: true,
+                ..YuvMatrix::BT601
+            },
+        ] {
             let c = m.to_rgb_coeffs();
-            for rgb in [[0u8, 0, 0], [255, 255, 255], [255, 220, 0], [12, 200, 90], [128, 128, 128]] {
+            for rgb in [
+                [0u8, 0, 0],
+                [255, 255, 255],
+                [255, 220, 0],
+                [12, 200, 90],
+                [128, 128, 128],
+            ] {
                 let [y, u, v] = m.rgb_to_yuv(rgb).map(f32::from);
                 let back = c.rgb(y, u, v);
                 for k in 0..3 {
-                    assert!((back[k].clamp(0.0, 255.0) - rgb[k] as f32).abs() <= 2.5, "{m:?} {rgb:?} {back:?}");
+                    assert!(
+                        (back[k].clamp(0.0, 255.0) - rgb[k] as f32).abs() <= 2.5,
+                        "{m:?} {rgb:?} {back:?}"
+                    );
                 }
             }
         }

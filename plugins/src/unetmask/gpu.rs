@@ -12,7 +12,8 @@ pub fn device_count() -> Result<u32, String> {
         return Err("no NVIDIA driver: libcuda.so.1 was not found on the library path".to_string());
     }
     cudarc::driver::result::init().map_err(|e| format!("the CUDA driver failed to initialise: {e}"))?;
-    let n = cudarc::driver::result::device::get_count().map_err(|e| format!("cuDeviceGetCount failed: {e}"))?;
+    let n =
+        cudarc::driver::result::device::get_count().map_err(|e| format!("cuDeviceGetCount failed: {e}"))?;
     if n <= 0 {
         return Err("the NVIDIA driver reports no CUDA device".to_string());
     }
@@ -21,7 +22,10 @@ pub fn device_count() -> Result<u32, String> {
 
 /// Logs why `device=auto` runs on the CPU.
 pub fn log_fallback(reason: &str) {
-    gst::warning!(super::imp::CAT, "device=auto: no usable GPU ({reason}); running on the CPU");
+    gst::warning!(
+        super::imp::CAT,
+        "device=auto: no usable GPU ({reason}); running on the CPU"
+    );
 }
 
 /// Where TensorRT keeps built engines for `model`, so restarts do not rebuild them.
@@ -32,7 +36,9 @@ pub fn engine_cache_dir(model: &Path) -> Result<PathBuf, String> {
         .ok_or("neither XDG_CACHE_HOME nor HOME is set for the TensorRT engine cache")?;
     let meta = std::fs::metadata(model).map_err(|e| format!("{}: {e}", model.display()))?;
     let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    let dir = base.join("edgemask/tensorrt").join(format!("{stem}-{}", meta.len()));
+    let dir = base
+        .join("edgemask/tensorrt")
+        .join(format!("{stem}-{}", meta.len()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
 }

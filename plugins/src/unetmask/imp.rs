@@ -31,7 +31,11 @@ use super::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoi
 use crate::meta::MaskMeta;
 
 pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new("unetmask", gst::DebugColorFlags::empty(), Some("ONNX person segmentation"))
+    gst::DebugCategory::new(
+        "unetmask",
+        gst::DebugColorFlags::empty(),
+        Some("ONNX person segmentation"),
+    )
 });
 
 const FORMATS: [gst_video::VideoFormat; 8] = [
@@ -127,7 +131,9 @@ fn parse_triplet(name: &str, s: &str) -> Result<[f32; 3], String> {
     match v.as_deref() {
         Ok([a]) => Ok([*a; 3]),
         Ok([a, b, c]) => Ok([*a, *b, *c]),
-        _ => Err(format!("{name}='{s}' is not understood: give three comma-separated numbers, e.g. 0.485,0.456,0.406")),
+        _ => Err(format!(
+            "{name}='{s}' is not understood: give three comma-separated numbers, e.g. 0.485,0.456,0.406"
+        )),
     }
 }
 
@@ -181,7 +187,13 @@ impl Default for Stats {
 
 impl Stats {
     fn structure(&self, provider: &str) -> gst::Structure {
-        let ms = |d: Duration, n: u64| if n == 0 { 0.0 } else { d.as_secs_f64() * 1e3 / n as f64 };
+        let ms = |d: Duration, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                d.as_secs_f64() * 1e3 / n as f64
+            }
+        };
         let secs = self.window_start.elapsed().as_secs_f64();
         gst::Structure::builder("unetmask-stats")
             .field("frames", self.frames)
@@ -191,7 +203,14 @@ impl Stats {
             .field("inference-ms", ms(self.infer, self.window_fresh))
             .field("preprocess-ms", ms(self.pre, self.window_fresh))
             .field("postprocess-ms", ms(self.post, self.window_frames))
-            .field("fps", if secs > 0.0 { self.window_frames as f64 / secs } else { 0.0 })
+            .field(
+                "fps",
+                if secs > 0.0 {
+                    self.window_frames as f64 / secs
+                } else {
+                    0.0
+                },
+            )
             .field("provider", provider)
             .build()
     }
@@ -251,6 +270,8 @@ pub struct UnetMask {
     state: Mutex<Option<State>>,
     /// Running time before which frames are late, from downstream QoS events.
     qos_earliest: Mutex<Option<gst::ClockTime>>,
+    /// Last caps refused on the sink pad (warned about once).
+    refused_caps: Mutex<Option<gst::Caps>>,
 }
 
 #[glib::object_subclass]
@@ -262,7 +283,7 @@ impl ObjectSubclass for UnetMask {
 
 impl UnetMask {
     fn engine_config(&self, s: &Settings) -> Result<EngineConfig, gst::ErrorMessage> {
-        let settings_err = |m: String| gst::error_msg!(gst::ResourceError::Settings, ["{}", m]);
+        let settings_err = |m: String| gst::error_msg!(gst::ResourceError::Settings, ("{}", m));
         let device: DeviceRequest = s.device.parse().map_err(settings_err)?;
         let input_size = parse_size(&s.input_size).map_err(settings_err)?;
         Ok(EngineConfig {
@@ -291,23 +312,30 @@ impl UnetMask {
     fn normalization(s: &Settings) -> Result<Normalization, String> {
         let mean = parse_triplet("mean", &s.mean)?;
         let std = parse_triplet("std", &s.std)?;
-        if std.iter().any(|v| *v == 0.0) {
-            return Err(format!("std='{}' contains 0: every channel needs a non-zero std", s.std));
+        if std.contains(&0.0) {
+            return Err(format!(
+                "std='{}' contains 0: every channel needs a non-zero std",
+                s.std
+            ));
         }
-        Ok(Normalization { scale: s.scale as f32, mean, std })
+        Ok(Normalization {
+            scale: s.scale as f32,
+            mean,
+            std,
+        })
     }
 
     fn engine_error(e: &EngineError) -> gst::ErrorMessage {
         match e {
             EngineError::NoModel | EngineError::ModelMissing(_) => {
-                gst::error_msg!(gst::ResourceError::NotFound, ["{}", e])
+                gst::error_msg!(gst::ResourceError::NotFound, ("{}", e))
             }
-            EngineError::LibraryNotFound(_) => gst::error_msg!(gst::LibraryError::Init, ["{}", e]),
+            EngineError::LibraryNotFound(_) => gst::error_msg!(gst::LibraryError::Init, ("{}", e)),
             EngineError::ModelInvalid(..) | EngineError::Contract(_) => {
-                gst::error_msg!(gst::StreamError::Format, ["{}", e])
+                gst::error_msg!(gst::StreamError::Format, ("{}", e))
             }
-            EngineError::Provider(_) => gst::error_msg!(gst::ResourceError::OpenRead, ["{}", e]),
-            EngineError::Inference(_) => gst::error_msg!(gst::StreamError::Failed, ["{}", e]),
+            EngineError::Provider(_) => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", e)),
+            EngineError::Inference(_) => gst::error_msg!(gst::StreamError::Failed, ("{}", e)),
         }
     }
 
@@ -347,15 +375,36 @@ impl UnetMask {
     ) -> Result<Vec<Vec<u8>>, String> {
         use fast_image_resize as fr;
         let img = image::open(path)
-            .map_err(|e| format!("replace-image '{}' cannot be read ({e}); give a PNG or JPEG file", path.display()))?
+            .map_err(|e| {
+                format!(
+                    "replace-image '{}' cannot be read ({e}); give a PNG or JPEG file",
+                    path.display()
+                )
+            })?
             .to_rgb8();
-        let src = fr::images::Image::from_vec_u8(img.width(), img.height(), img.into_raw(), fr::PixelType::U8x3)
-            .map_err(|e| e.to_string())?;
+        let src =
+            fr::images::Image::from_vec_u8(img.width(), img.height(), img.into_raw(), fr::PixelType::U8x3)
+                .map_err(|e| e.to_string())?;
         let mut dst = fr::images::Image::new(width as u32, height as u32, fr::PixelType::U8x3);
-        fr::Resizer::new().resize(&src, &mut dst, None).map_err(|e| e.to_string())?;
+        // Typed (U8x3 only): the untyped `resize` would instantiate every pixel type here.
+        let (Some(src_view), Some(mut dst_view)) = (
+            src.typed_image::<fr::pixels::U8x3>(),
+            dst.typed_image_mut::<fr::pixels::U8x3>(),
+        ) else {
+            return Err("replace-image: internal pixel type mismatch".into());
+        };
+        let options =
+            fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+        fr::Resizer::new()
+            .resize_typed(&src_view, &mut dst_view, &options)
+            .map_err(|e| e.to_string())?;
+        drop(dst_view);
         let rgb = dst.buffer();
         let planes = composite::planes_of(format, width, height);
-        let mut out: Vec<Vec<u8>> = planes.iter().map(|p| vec![0u8; p.width * p.height * p.pstride]).collect();
+        let mut out: Vec<Vec<u8>> = planes
+            .iter()
+            .map(|p| vec![0u8; p.width * p.height * p.pstride])
+            .collect();
         match format.packed_rgb() {
             Some((off, bpp)) => {
                 for (i, px) in rgb.chunks_exact(3).enumerate() {
@@ -393,7 +442,13 @@ impl UnetMask {
             planes[i] = frame.plane_data(i as u32).unwrap_or(&[]);
             strides[i] = frame.plane_stride()[i] as usize;
         }
-        Frame { format, width: frame.width() as usize, height: frame.height() as usize, planes, strides }
+        Frame {
+            format,
+            width: frame.width() as usize,
+            height: frame.height() as usize,
+            planes,
+            strides,
+        }
     }
 
     /// Runs the model if this frame needs a fresh mask; attaches the meta. Returns the mask
@@ -439,7 +494,7 @@ impl UnetMask {
                     }
                 })
                 .map_err(|e| {
-                    gst::element_imp_error!(self, gst::StreamError::Failed, ["{}", e]);
+                    gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", e));
                     gst::FlowError::Error
                 })?
                 .then_some(())
@@ -447,7 +502,7 @@ impl UnetMask {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Failed,
-                        ["the model's output size changed between frames; unetmask needs a fixed output size per input size"]
+                        ("the model's output size changed between frames; unetmask needs a fixed output size per input size")
                     );
                     gst::FlowError::Error
                 })?;
@@ -483,9 +538,13 @@ impl UnetMask {
     }
 
     fn is_late(&self, pts: Option<gst::ClockTime>) -> bool {
-        let Some(earliest) = *self.qos_earliest.lock().unwrap() else { return false };
+        let Some(earliest) = *self.qos_earliest.lock().unwrap() else {
+            return false;
+        };
         let segment = self.obj().segment();
-        let Some(segment) = segment.downcast_ref::<gst::ClockTime>() else { return false };
+        let Some(segment) = segment.downcast_ref::<gst::ClockTime>() else {
+            return false;
+        };
         match segment.to_running_time(pts) {
             Some(rt) => rt < earliest,
             None => false,
@@ -494,11 +553,13 @@ impl UnetMask {
 
     fn finish_frame(&self, state: &mut State, live: &Live, t_post: Instant) {
         state.stats.post += t_post.elapsed();
-        if live.stats_interval > 0 && state.stats.frames % live.stats_interval as u64 == 0 {
+        if live.stats_interval > 0 && state.stats.frames.is_multiple_of(live.stats_interval as u64) {
             let s = state.stats.structure(&state.engine.provider);
             state.last_stats = Some(s.clone());
             state.stats.reset_window();
-            let _ = self.obj().post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+            let _ = self
+                .obj()
+                .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
         }
     }
 
@@ -513,7 +574,11 @@ impl UnetMask {
             // Read-only mapping for the model; the meta goes on the buffer afterwards.
             let buf_ro: &gst::BufferRef = buf;
             let vframe = gst_video::VideoFrameRef::from_buffer_ref_readable(buf_ro, &info).map_err(|_| {
-                gst::element_imp_error!(self, gst::StreamError::Decode, ["cannot map the frame for reading"]);
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Decode,
+                    ("cannot map the frame for reading")
+                );
                 gst::FlowError::Error
             })?;
             let frame = Self::frame_of(&vframe, format);
@@ -539,24 +604,49 @@ impl UnetMask {
                     composite::weight_lut(&mask_lut, |m| 255 - m)
                 }
             };
-            let mut vframe = gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &info).map_err(|_| {
-                gst::element_imp_error!(self, gst::StreamError::Failed, ["cannot map the frame for writing"]);
-                gst::FlowError::Error
-            })?;
-            let Stream { planes, scalers, blur, replace_planes, scratch, .. } = stream;
+            let mut vframe =
+                gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &info).map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Failed,
+                        ("cannot map the frame for writing")
+                    );
+                    gst::FlowError::Error
+                })?;
+            let Stream {
+                planes,
+                scalers,
+                blur,
+                replace_planes,
+                scratch,
+                ..
+            } = stream;
             for (p, geom) in planes.iter().enumerate() {
                 let stride = vframe.plane_stride()[p] as usize;
                 let scaler = &mut scalers[geom.chroma as usize];
                 if mode == Mode::Blur {
                     let data = vframe.plane_data(p as u32).map_err(|_| gst::FlowError::Error)?;
-                    blur[p].compute(data, stride, geom, scaler, &map, &mask_lut, live.blur_radius as usize);
+                    blur[p].compute(
+                        data,
+                        stride,
+                        geom,
+                        scaler,
+                        &map,
+                        &mask_lut,
+                        live.blur_radius as usize,
+                    );
                 }
                 let target = match (mode, replace_planes.as_ref()) {
                     (Mode::Blur, _) => Target::Blurred(&blur[p]),
-                    (Mode::Replace, Some(img)) => Target::Plane { data: &img[p], stride: geom.width * geom.pstride },
+                    (Mode::Replace, Some(img)) => Target::Plane {
+                        data: &img[p],
+                        stride: geom.width * geom.pstride,
+                    },
                     _ => Target::Color(&colors[p]),
                 };
-                let data = vframe.plane_data_mut(p as u32).map_err(|_| gst::FlowError::Error)?;
+                let data = vframe
+                    .plane_data_mut(p as u32)
+                    .map_err(|_| gst::FlowError::Error)?;
                 composite::mix_plane(data, stride, geom, scaler, &map, &weights, target, scratch);
             }
         }
@@ -574,12 +664,17 @@ impl UnetMask {
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
         let stream = state.stream.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
-        let (mode, in_info, out_info, format) =
-            (stream.mode, stream.in_info.clone(), stream.out_info.clone(), stream.format);
-        let vin = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &in_info).map_err(|_| {
-            gst::element_imp_error!(self, gst::StreamError::Decode, ["cannot map the input frame"]);
-            gst::FlowError::Error
-        })?;
+        let (mode, in_info, out_info, format) = (
+            stream.mode,
+            stream.in_info.clone(),
+            stream.out_info.clone(),
+            stream.format,
+        );
+        let vin =
+            gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &in_info).map_err(|_| {
+                gst::element_imp_error!(self, gst::StreamError::Decode, ("cannot map the input frame"));
+                gst::FlowError::Error
+            })?;
         let frame = Self::frame_of(&vin, format);
         let (last, meta) = self.update_mask(state, &live, &frame, inbuf)?;
         meta.attach(outbuf);
@@ -587,16 +682,26 @@ impl UnetMask {
         let stream = state.stream.as_mut().unwrap();
         let map = last.buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
         let lut = composite::mask_lut((live.threshold >= 0.0).then_some(live.threshold as f32));
-        let mut vout = gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out_info).map_err(|_| {
-            gst::element_imp_error!(self, gst::StreamError::Failed, ["cannot map the output frame"]);
-            gst::FlowError::Error
-        })?;
+        let mut vout =
+            gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out_info).map_err(|_| {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("cannot map the output frame"));
+                gst::FlowError::Error
+            })?;
         let stride = vout.plane_stride()[0] as usize;
         let out = vout.plane_data_mut(0).map_err(|_| gst::FlowError::Error)?;
         if mode == Mode::Mask {
             composite::write_mask(out, stride, frame.height, &mut stream.scalers[0], &map, &lut);
         } else {
-            composite::write_alpha(&frame, stream.matrix, out, stride, &mut stream.scalers[0], &map, &lut, &mut stream.scratch);
+            composite::write_alpha(
+                &frame,
+                stream.matrix,
+                out,
+                stride,
+                &mut stream.scalers[0],
+                &map,
+                &lut,
+                &mut stream.scratch,
+            );
         }
         drop(vout);
         self.finish_frame(state, &live, t_post);
@@ -784,11 +889,21 @@ impl ObjectImpl for UnetMask {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = self.settings.lock().unwrap();
-        let path = |v: &glib::Value| v.get::<Option<String>>().unwrap().filter(|s| !s.is_empty()).map(PathBuf::from);
+        let path = |v: &glib::Value| {
+            v.get::<Option<String>>()
+                .unwrap()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        };
         match pspec.name() {
             "model" => s.model = path(value),
             "onnxruntime-library" => s.library = path(value),
-            "device" => s.device = value.get::<Option<String>>().unwrap().unwrap_or_else(|| "auto".into()),
+            "device" => {
+                s.device = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .unwrap_or_else(|| "auto".into())
+            }
             "threads" => s.threads = value.get().unwrap(),
             "mode" => {
                 let mode = value.get().unwrap();
@@ -807,8 +922,18 @@ impl ObjectImpl for UnetMask {
             "resize" => s.resize = value.get().unwrap(),
             "input-size" => s.input_size = value.get::<Option<String>>().unwrap().unwrap_or_default(),
             "scale" => s.scale = value.get().unwrap(),
-            "mean" => s.mean = value.get::<Option<String>>().unwrap().unwrap_or_else(|| "0,0,0".into()),
-            "std" => s.std = value.get::<Option<String>>().unwrap().unwrap_or_else(|| "1,1,1".into()),
+            "mean" => {
+                s.mean = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .unwrap_or_else(|| "0,0,0".into())
+            }
+            "std" => {
+                s.std = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .unwrap_or_else(|| "1,1,1".into())
+            }
             "output-activation" => s.activation = value.get().unwrap(),
             "person-class" => s.person_class = value.get().unwrap(),
             "overlay-color" => s.live.overlay_color = value.get().unwrap(),
@@ -884,10 +1009,19 @@ impl ElementImpl for UnetMask {
             let sink_caps = gst_video::VideoCapsBuilder::new().format_list(FORMATS).build();
             let mut src_formats = FORMATS.to_vec();
             src_formats.push(gst_video::VideoFormat::Gray8);
-            let src_caps = gst_video::VideoCapsBuilder::new().format_list(src_formats).build();
+            let src_caps = gst_video::VideoCapsBuilder::new()
+                .format_list(src_formats)
+                .build();
             vec![
-                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &sink_caps).unwrap(),
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &src_caps).unwrap(),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &sink_caps,
+                )
+                .unwrap(),
+                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &src_caps)
+                    .unwrap(),
             ]
         });
         TEMPLATES.as_ref()
@@ -902,13 +1036,17 @@ impl BaseTransformImpl for UnetMask {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let cfg = self.engine_config(&settings)?;
-        Self::normalization(&settings).map_err(|m| gst::error_msg!(gst::ResourceError::Settings, ["{}", m]))?;
+        Self::normalization(&settings)
+            .map_err(|m| gst::error_msg!(gst::ResourceError::Settings, ("{}", m)))?;
         if let Some(img) = &settings.replace_image
             && !img.is_file()
         {
             return Err(gst::error_msg!(
                 gst::ResourceError::NotFound,
-                ["replace-image '{}' does not exist: give the path of a PNG or JPEG file", img.display()]
+                (
+                    "replace-image '{}' does not exist: give the path of a PNG or JPEG file",
+                    img.display()
+                )
             ));
         }
         let mut engine = Engine::open(&cfg).map_err(|e| Self::engine_error(&e))?;
@@ -960,14 +1098,22 @@ impl BaseTransformImpl for UnetMask {
             for s in out.iter_mut() {
                 s.remove_fields(["colorimetry", "chroma-site"]);
                 if direction == gst::PadDirection::Sink {
-                    let f = if mode == Mode::Mask { gst_video::VideoFormat::Gray8 } else { gst_video::VideoFormat::Rgba };
+                    let f = if mode == Mode::Mask {
+                        gst_video::VideoFormat::Gray8
+                    } else {
+                        gst_video::VideoFormat::Rgba
+                    };
                     s.set("format", f.to_str());
                 } else {
                     s.set("format", gst::List::new(FORMATS.iter().map(|f| f.to_str())));
                 }
             }
         }
-        gst::debug!(CAT, imp = self, "transformed {caps:?} ({direction:?}) into {out:?}");
+        gst::debug!(
+            CAT,
+            imp = self,
+            "transformed {caps:?} ({direction:?}) into {out:?}"
+        );
         Some(match filter {
             Some(f) => f.intersect_with_mode(&out, gst::CapsIntersectMode::First),
             None => out,
@@ -976,11 +1122,13 @@ impl BaseTransformImpl for UnetMask {
 
     fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let fail = |msg: String| {
-            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{}", msg]);
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ("{}", msg));
             Err(gst::loggable_error!(CAT, "{}", msg))
         };
         let Ok(in_info) = gst_video::VideoInfo::from_caps(incaps) else {
-            return fail(format!("unetmask cannot handle caps {incaps}: it takes raw video in {FORMATS:?}"));
+            return fail(format!(
+                "unetmask cannot handle caps {incaps}: it takes raw video in {FORMATS:?}"
+            ));
         };
         let Ok(out_info) = gst_video::VideoInfo::from_caps(outcaps) else {
             return fail(format!("unetmask cannot produce caps {outcaps}"));
@@ -1075,6 +1223,32 @@ impl BaseTransformImpl for UnetMask {
         Ok(())
     }
 
+    fn accept_caps(&self, direction: gst::PadDirection, caps: &gst::Caps) -> bool {
+        let ok = self.parent_accept_caps(direction, caps);
+        if !ok && direction == gst::PadDirection::Sink && caps.is_fixed() {
+            let mut refused = self.refused_caps.lock().unwrap();
+            if refused.as_ref() != Some(caps) {
+                *refused = Some(caps.clone());
+                drop(refused);
+                let what = caps.structure(0).map(|s| match s.get::<&str>("format") {
+                    Ok(f) => format!("{} format {f}", s.name()),
+                    Err(_) => s.name().to_string(),
+                });
+                gst::element_imp_warning!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    (
+                        "unetmask cannot handle {}: it takes raw video in RGBA, BGRA, RGBx, BGRx, RGB, BGR, NV12 \
+                         or I420 (system memory); put videoconvert before unetmask",
+                        what.unwrap_or_else(|| "empty caps".into())
+                    ),
+                    ["refused caps: {caps}"]
+                );
+            }
+        }
+        ok
+    }
+
     fn unit_size(&self, caps: &gst::Caps) -> Option<usize> {
         gst_video::VideoInfo::from_caps(caps).ok().map(|info| info.size())
     }
@@ -1095,9 +1269,17 @@ impl BaseTransformImpl for UnetMask {
         if let gst::EventView::Qos(q) = event.view() {
             let (_type, _proportion, diff, timestamp) = q.get();
             let earliest = timestamp.map(|ts| {
-                if diff > 0 { ts + gst::ClockTime::from_nseconds(2 * diff as u64) } else { ts }
+                if diff > 0 {
+                    ts + gst::ClockTime::from_nseconds(2 * diff as u64)
+                } else {
+                    ts
+                }
             });
-            gst::trace!(CAT, imp = self, "QoS: diff {diff} ns, frames before {earliest:?} are late");
+            gst::trace!(
+                CAT,
+                imp = self,
+                "QoS: diff {diff} ns, frames before {earliest:?} are late"
+            );
             *self.qos_earliest.lock().unwrap() = if diff > 0 { earliest } else { None };
         }
         self.parent_src_event(event)
@@ -1126,7 +1308,11 @@ impl BaseTransformImpl for UnetMask {
         BaseTransformImplExt::parent_query(self, direction, query)
     }
 
-    fn transform(&self, inbuf: &gst::Buffer, outbuf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+    fn transform(
+        &self,
+        inbuf: &gst::Buffer,
+        outbuf: &mut gst::BufferRef,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
         self.process_to_output(inbuf, outbuf)
     }
 

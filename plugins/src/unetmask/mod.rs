@@ -25,17 +25,26 @@ glib::wrapper! {
 #[repr(u32)]
 #[enum_type(name = "GstUnetMaskMode")]
 pub enum Mode {
-    #[enum_value(name = "Meta: frames pass untouched, the mask rides along as GstUnetMaskMeta", nick = "meta")]
+    #[enum_value(
+        name = "Meta: frames pass untouched, the mask rides along as GstUnetMaskMeta",
+        nick = "meta"
+    )]
     Meta = 0,
     #[enum_value(name = "Mask: output the GRAY8 mask at frame size", nick = "mask")]
     Mask = 1,
     #[enum_value(name = "Alpha: output RGBA with the mask as alpha", nick = "alpha")]
     Alpha = 2,
-    #[enum_value(name = "Overlay: tint the person (overlay-color, overlay-opacity)", nick = "overlay")]
+    #[enum_value(
+        name = "Overlay: tint the person (overlay-color, overlay-opacity)",
+        nick = "overlay"
+    )]
     Overlay = 3,
     #[enum_value(name = "Blur: blur the background, without halo (blur-radius)", nick = "blur")]
     Blur = 4,
-    #[enum_value(name = "Replace: replace the background (replace-color or replace-image)", nick = "replace")]
+    #[enum_value(
+        name = "Replace: replace the background (replace-color or replace-image)",
+        nick = "replace"
+    )]
     Replace = 5,
 }
 
@@ -75,9 +84,15 @@ pub enum ChannelOrderChoice {
 #[repr(u32)]
 #[enum_type(name = "GstUnetMaskResize")]
 pub enum ResizeChoice {
-    #[enum_value(name = "Antialias: triangle filter over the whole frame (as Pillow/torchvision)", nick = "antialias")]
+    #[enum_value(
+        name = "Antialias: triangle filter over the whole frame (as Pillow/torchvision)",
+        nick = "antialias"
+    )]
     Antialias = 0,
-    #[enum_value(name = "Bilinear: 2x2 taps per model pixel, reads only those (fastest)", nick = "bilinear")]
+    #[enum_value(
+        name = "Bilinear: 2x2 taps per model pixel, reads only those (fastest)",
+        nick = "bilinear"
+    )]
     Bilinear = 1,
 }
 
@@ -86,7 +101,10 @@ pub enum ResizeChoice {
 #[repr(u32)]
 #[enum_type(name = "GstUnetMaskActivation")]
 pub enum ActivationChoice {
-    #[enum_value(name = "Auto: probabilities if the output stays in [0,1], else logits", nick = "auto")]
+    #[enum_value(
+        name = "Auto: probabilities if the output stays in [0,1], else logits",
+        nick = "auto"
+    )]
     Auto = 0,
     #[enum_value(name = "None: the output already holds probabilities", nick = "none")]
     None = 1,

@@ -21,7 +21,11 @@ fn sigmoid(x: f32) -> f32 {
 pub fn person_probability(out: &[f32], spec: &OutputSpec, prob: &mut [f32]) {
     let pixels = prob.len();
     let c = spec.channels;
-    assert_eq!(out.len(), pixels * c, "output tensor does not hold {c} channels of {pixels} pixels");
+    assert_eq!(
+        out.len(),
+        pixels * c,
+        "output tensor does not hold {c} channels of {pixels} pixels"
+    );
     let at = |i: usize, k: usize| match spec.layout {
         OutputLayout::ChannelsLast => out[i * c + k],
         OutputLayout::ChannelsFirst => out[k * pixels + i],
@@ -106,7 +110,10 @@ pub fn quantize(prob: &[f32], threshold: Option<f32>, out: &mut [u8]) -> MaskSta
         uncertain += (p >= UNCERTAIN_BAND.0 && p <= UNCERTAIN_BAND.1) as usize;
     }
     let n = prob.len().max(1) as f32;
-    MaskStats { coverage: person as f32 / n, uncertain: uncertain as f32 / n }
+    MaskStats {
+        coverage: person as f32 / n,
+        uncertain: uncertain as f32 / n,
+    }
 }
 
 #[cfg(test)]
@@ -115,7 +122,12 @@ mod tests {
 
     #[test]
     fn sigmoid_logits_channels_first() {
-        let spec = OutputSpec { layout: OutputLayout::ChannelsFirst, channels: 1, person: 0, activation: Activation::Sigmoid };
+        let spec = OutputSpec {
+            layout: OutputLayout::ChannelsFirst,
+            channels: 1,
+            person: 0,
+            activation: Activation::Sigmoid,
+        };
         let mut p = [0.0; 3];
         person_probability(&[0.0, 10.0, -10.0], &spec, &mut p);
         assert!((p[0] - 0.5).abs() < 1e-6 && p[1] > 0.999 && p[2] < 0.001);
@@ -125,20 +137,35 @@ mod tests {
     fn two_class_softmax_channels_last_matches_full_softmax() {
         let logits = [1.0, 3.0, 2.0, -1.0]; // pixel 0: (1,3), pixel 1: (2,-1)
         let mut two = [0.0; 2];
-        let spec = OutputSpec { layout: OutputLayout::ChannelsLast, channels: 2, person: 1, activation: Activation::Softmax };
+        let spec = OutputSpec {
+            layout: OutputLayout::ChannelsLast,
+            channels: 2,
+            person: 1,
+            activation: Activation::Softmax,
+        };
         person_probability(&logits, &spec, &mut two);
         let e = |a: f32, b: f32| b.exp() / (a.exp() + b.exp());
         assert!((two[0] - e(1.0, 3.0)).abs() < 1e-6 && (two[1] - e(2.0, -1.0)).abs() < 1e-6);
         // Three classes, channels first, person = 2.
         let logits = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0];
-        let spec = OutputSpec { layout: OutputLayout::ChannelsFirst, channels: 3, person: 2, activation: Activation::Softmax };
+        let spec = OutputSpec {
+            layout: OutputLayout::ChannelsFirst,
+            channels: 3,
+            person: 2,
+            activation: Activation::Softmax,
+        };
         person_probability(&logits, &spec, &mut two);
         assert!((two[0] - 1.0 / 3.0).abs() < 1e-6);
     }
 
     #[test]
     fn probabilities_are_clamped() {
-        let spec = OutputSpec { layout: OutputLayout::ChannelsLast, channels: 1, person: 0, activation: Activation::None };
+        let spec = OutputSpec {
+            layout: OutputLayout::ChannelsLast,
+            channels: 1,
+            person: 0,
+            activation: Activation::None,
+        };
         let mut p = [0.0; 2];
         person_probability(&[1.2, -0.1], &spec, &mut p);
         assert_eq!(p, [1.0, 0.0]);
@@ -164,7 +191,13 @@ mod tests {
         let mut out = [0u8; 4];
         let st = quantize(&[0.0, 0.3, 0.6, 1.0], None, &mut out);
         assert_eq!(out, [0, 77, 153, 255]);
-        assert_eq!(st, MaskStats { coverage: 0.5, uncertain: 0.5 });
+        assert_eq!(
+            st,
+            MaskStats {
+                coverage: 0.5,
+                uncertain: 0.5
+            }
+        );
         let st = quantize(&[0.0, 0.3, 0.6, 1.0], Some(0.9), &mut out);
         assert_eq!(st.coverage, 0.25);
     }

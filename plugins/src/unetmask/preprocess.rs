@@ -42,7 +42,11 @@ impl TensorBuilder {
     ) -> Self {
         let down = (filter == ResizeFilter::Antialias && (width, height) != tensor_size)
             .then(|| Downscaler::new(format, tensor_size));
-        let src = if down.is_some() { tensor_size } else { (width, height) };
+        let src = if down.is_some() {
+            tensor_size
+        } else {
+            (width, height)
+        };
         let pre = Preprocessor::new(format, src.0, src.1, tensor_size, layout, order, norm, matrix);
         Self { down, pre }
     }
@@ -81,7 +85,11 @@ pub struct Normalization {
 impl Default for Normalization {
     /// RGB in [0, 1]: the original UNet contract and MediaPipe's.
     fn default() -> Self {
-        Self { scale: 1.0 / 255.0, mean: [0.0; 3], std: [1.0; 3] }
+        Self {
+            scale: 1.0 / 255.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
     }
 }
 
@@ -101,7 +109,11 @@ fn taps(src: usize, dst: usize, step: usize) -> Vec<Tap> {
             let s = ((o as f64 + 0.5) * scale - 0.5).clamp(0.0, (src - 1) as f64);
             let i0 = s.floor() as usize;
             let i1 = (i0 + 1).min(src - 1);
-            Tap { i0: i0 * step, i1: i1 * step, f: (s - i0 as f64) as f32 }
+            Tap {
+                i0: i0 * step,
+                i1: i1 * step,
+                f: (s - i0 as f64) as f32,
+            }
         })
         .collect()
 }
@@ -167,8 +179,16 @@ impl Preprocessor {
             offsets,
             xs: taps(width, tw, step),
             ys: taps(height, th, 1),
-            xs_c: if format.is_yuv() { taps(cw, tw, chroma_step) } else { Vec::new() },
-            ys_c: if format.is_yuv() { taps(ch, th, 1) } else { Vec::new() },
+            xs_c: if format.is_yuv() {
+                taps(cw, tw, chroma_step)
+            } else {
+                Vec::new()
+            },
+            ys_c: if format.is_yuv() {
+                taps(ch, th, 1)
+            } else {
+                Vec::new()
+            },
             yuv: matrix.to_rgb_coeffs(),
             rgb_index,
         }
@@ -181,7 +201,10 @@ impl Preprocessor {
 
     /// Writes the tensor for `frame` into `out` (`tensor_len()` values).
     pub fn run(&self, frame: &Frame<'_>, out: &mut [f32]) {
-        assert_eq!((frame.format, frame.width, frame.height), (self.format, self.width, self.height));
+        assert_eq!(
+            (frame.format, frame.width, frame.height),
+            (self.format, self.width, self.height)
+        );
         assert_eq!(out.len(), self.tensor_len());
         match (self.format.is_yuv(), self.layout) {
             (false, Layout::Nchw) => self.packed::<false>(frame, out),
@@ -292,15 +315,43 @@ mod tests {
     fn identity_size_copies_pixels_in_both_layouts() {
         let (w, h) = (5, 3);
         let data = rgba_frame(w, h, |x, y| [(x * 10) as u8, (y * 20) as u8, 7, 255]);
-        let frame = Frame { format: PixelFormat::Rgba, width: w, height: h, planes: [&data, &[], &[]], strides: [w * 4, 0, 0] };
-        let norm = Normalization { scale: 1.0, mean: [0.0; 3], std: [1.0; 3] };
-        let p = Preprocessor::new(PixelFormat::Rgba, w, h, (w, h), Layout::Nchw, ChannelOrder::Rgb, norm, YuvMatrix::BT601);
+        let frame = Frame {
+            format: PixelFormat::Rgba,
+            width: w,
+            height: h,
+            planes: [&data, &[], &[]],
+            strides: [w * 4, 0, 0],
+        };
+        let norm = Normalization {
+            scale: 1.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let p = Preprocessor::new(
+            PixelFormat::Rgba,
+            w,
+            h,
+            (w, h),
+            Layout::Nchw,
+            ChannelOrder::Rgb,
+            norm,
+            YuvMatrix::BT601,
+        );
         let mut out = vec![0.0; p.tensor_len()];
         p.run(&frame, &mut out);
         assert_eq!(out[2 * w + 4], 40.0); // R at (4,2)
         assert_eq!(out[w * h + 2 * w + 4], 40.0); // G at (4,2)
         assert_eq!(out[2 * w * h], 7.0); // B
-        let p = Preprocessor::new(PixelFormat::Rgba, w, h, (w, h), Layout::Nhwc, ChannelOrder::Bgr, norm, YuvMatrix::BT601);
+        let p = Preprocessor::new(
+            PixelFormat::Rgba,
+            w,
+            h,
+            (w, h),
+            Layout::Nhwc,
+            ChannelOrder::Bgr,
+            norm,
+            YuvMatrix::BT601,
+        );
         p.run(&frame, &mut out);
         assert_eq!(&out[(2 * w + 4) * 3..(2 * w + 4) * 3 + 3], &[7.0, 40.0, 40.0]);
     }
@@ -308,12 +359,35 @@ mod tests {
     #[test]
     fn normalisation_and_bgrx_order() {
         let data = [10u8, 20, 30, 0]; // B G R x
-        let frame = Frame { format: PixelFormat::Bgrx, width: 1, height: 1, planes: [&data, &[], &[]], strides: [4, 0, 0] };
-        let norm = Normalization { scale: 1.0 / 255.0, mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 2.0] };
-        let p = Preprocessor::new(PixelFormat::Bgrx, 1, 1, (2, 2), Layout::Nchw, ChannelOrder::Rgb, norm, YuvMatrix::BT601);
+        let frame = Frame {
+            format: PixelFormat::Bgrx,
+            width: 1,
+            height: 1,
+            planes: [&data, &[], &[]],
+            strides: [4, 0, 0],
+        };
+        let norm = Normalization {
+            scale: 1.0 / 255.0,
+            mean: [0.5, 0.25, 0.0],
+            std: [0.5, 0.25, 2.0],
+        };
+        let p = Preprocessor::new(
+            PixelFormat::Bgrx,
+            1,
+            1,
+            (2, 2),
+            Layout::Nchw,
+            ChannelOrder::Rgb,
+            norm,
+            YuvMatrix::BT601,
+        );
         let mut out = vec![0.0; 12];
         p.run(&frame, &mut out);
-        let expect = [(30.0 / 255.0 - 0.5) / 0.5, (20.0 / 255.0 - 0.25) / 0.25, (10.0 / 255.0) / 2.0];
+        let expect = [
+            (30.0 / 255.0 - 0.5) / 0.5,
+            (20.0 / 255.0 - 0.25) / 0.25,
+            (10.0 / 255.0) / 2.0,
+        ];
         for k in 0..3 {
             for i in 0..4 {
                 assert!((out[k * 4 + i] - expect[k]).abs() < 1e-6);
@@ -324,13 +398,31 @@ mod tests {
     #[test]
     fn downscale_averages_neighbours() {
         // 4x1 -> 2x1: each output is the mean of two inputs.
-        let data = rgba_frame(4, 1, |x, _| [(x * 100) as u8, 0, 0, 0]);
-        let frame = Frame { format: PixelFormat::Rgbx, width: 4, height: 1, planes: [&data, &[], &[]], strides: [16, 0, 0] };
-        let norm = Normalization { scale: 1.0, ..Default::default() };
-        let p = Preprocessor::new(PixelFormat::Rgbx, 4, 1, (2, 1), Layout::Nhwc, ChannelOrder::Rgb, norm, YuvMatrix::BT601);
+        let data = rgba_frame(4, 1, |x, _| [(x * 60) as u8, 0, 0, 0]);
+        let frame = Frame {
+            format: PixelFormat::Rgbx,
+            width: 4,
+            height: 1,
+            planes: [&data, &[], &[]],
+            strides: [16, 0, 0],
+        };
+        let norm = Normalization {
+            scale: 1.0,
+            ..Default::default()
+        };
+        let p = Preprocessor::new(
+            PixelFormat::Rgbx,
+            4,
+            1,
+            (2, 1),
+            Layout::Nhwc,
+            ChannelOrder::Rgb,
+            norm,
+            YuvMatrix::BT601,
+        );
         let mut out = vec![0.0; 6];
         p.run(&frame, &mut out);
-        assert_eq!((out[0], out[3]), (50.0, 250.0));
+        assert_eq!((out[0], out[3]), (30.0, 150.0));
     }
 
     #[test]
@@ -344,17 +436,30 @@ mod tests {
         let up = vec![u; cw * ch];
         let vp = vec![v; cw * ch];
         let uv: Vec<u8> = (0..cw * ch).flat_map(|_| [u, v]).collect();
-        let norm = Normalization { scale: 1.0, ..Default::default() };
+        let norm = Normalization {
+            scale: 1.0,
+            ..Default::default()
+        };
         for (fmt, planes, strides) in [
             (PixelFormat::I420, [&yp[..], &up[..], &vp[..]], [w, cw, cw]),
             (PixelFormat::Nv12, [&yp[..], &uv[..], &[][..]], [w, cw * 2, 0]),
         ] {
-            let frame = Frame { format: fmt, width: w, height: h, planes, strides };
+            let frame = Frame {
+                format: fmt,
+                width: w,
+                height: h,
+                planes,
+                strides,
+            };
             let p = Preprocessor::new(fmt, w, h, (4, 4), Layout::Nchw, ChannelOrder::Rgb, norm, m);
             let mut out = vec![0.0; p.tensor_len()];
             p.run(&frame, &mut out);
             for (k, want) in [200.0, 60.0, 30.0].into_iter().enumerate() {
-                assert!((out[k * 16 + 5] - want).abs() < 3.0, "{fmt:?} channel {k}: {}", out[k * 16 + 5]);
+                assert!(
+                    (out[k * 16 + 5] - want).abs() < 3.0,
+                    "{fmt:?} channel {k}: {}",
+                    out[k * 16 + 5]
+                );
             }
         }
     }

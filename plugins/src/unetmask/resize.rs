@@ -45,8 +45,17 @@ unsafe impl<P: InnerPixel> ImageView for Strided<'_, P> {
 
 impl<'a, P: InnerPixel> Strided<'a, P> {
     fn new(data: &'a [u8], stride: usize, width: usize, height: usize) -> Self {
-        assert!(height == 0 || data.len() >= (height - 1) * stride + width * size_of::<P>(), "plane too small");
-        Self { data, stride, width: width as u32, height: height as u32, _pixel: std::marker::PhantomData }
+        assert!(
+            height == 0 || data.len() >= (height - 1) * stride + width * size_of::<P>(),
+            "plane too small"
+        );
+        Self {
+            data,
+            stride,
+            width: width as u32,
+            height: height as u32,
+            _pixel: std::marker::PhantomData,
+        }
     }
 }
 
@@ -70,14 +79,20 @@ impl Downscaler {
             }
             PixelFormat::Rgb | PixelFormat::Bgr => vec![img(tw, th, PixelType::U8x3)],
             PixelFormat::Nv12 => vec![img(tw, th, PixelType::U8), img(cw, ch, PixelType::U8x2)],
-            PixelFormat::I420 => vec![img(tw, th, PixelType::U8), img(cw, ch, PixelType::U8), img(cw, ch, PixelType::U8)],
+            PixelFormat::I420 => vec![
+                img(tw, th, PixelType::U8),
+                img(cw, ch, PixelType::U8),
+                img(cw, ch, PixelType::U8),
+            ],
         };
         Self {
             format,
             size,
             resizer: Resizer::new(),
             // No alpha premultiplication: the 4th byte of RGBx/BGRx is padding.
-            options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).use_alpha(false),
+            options: ResizeOptions::new()
+                .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+                .use_alpha(false),
             planes,
         }
     }
@@ -89,7 +104,9 @@ impl Downscaler {
         dst: &mut Image<'static>,
     ) {
         let mut view = dst.typed_image_mut::<P>().expect("pixel type matches");
-        resizer.resize_typed(&src, &mut view, options).expect("sizes are non-zero");
+        resizer
+            .resize_typed(&src, &mut view, options)
+            .expect("sizes are non-zero");
     }
 
     /// Resizes `frame` and returns the small frame (same format, tensor size).
@@ -108,7 +125,12 @@ impl Downscaler {
             }
             PixelFormat::Nv12 => {
                 Self::resize_plane(r, o, Strided::<U8>::new(p[0], s[0], w, h), &mut self.planes[0]);
-                Self::resize_plane(r, o, Strided::<U8x2>::new(p[1], s[1], cw, ch), &mut self.planes[1]);
+                Self::resize_plane(
+                    r,
+                    o,
+                    Strided::<U8x2>::new(p[1], s[1], cw, ch),
+                    &mut self.planes[1],
+                );
             }
             PixelFormat::I420 => {
                 Self::resize_plane(r, o, Strided::<U8>::new(p[0], s[0], w, h), &mut self.planes[0]);
@@ -122,7 +144,13 @@ impl Downscaler {
             planes[i] = img.buffer();
             strides[i] = img.width() as usize * img.pixel_type().size();
         }
-        Frame { format: self.format, width: self.size.0, height: self.size.1, planes, strides }
+        Frame {
+            format: self.format,
+            width: self.size.0,
+            height: self.size.1,
+            planes,
+            strides,
+        }
     }
 }
 
@@ -131,8 +159,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn box_of_two_averages_with_odd_stride() {
-        // 4x2 RGB with a padded stride, halved: each output pixel averages a 2x2 block.
+    fn triangle_filter_matches_pillow_with_padded_stride() {
+        // 4x2 RGB with a padded stride, halved. Pillow's BILINEAR (a triangle filter whose
+        // support grows with the reduction) gives [114, 186] for this input.
         let stride = 4 * 3 + 4;
         let mut data = vec![0u8; stride * 2];
         for y in 0..2 {
@@ -140,11 +169,17 @@ mod tests {
                 data[y * stride + x * 3] = if x < 2 { 100 } else { 200 };
             }
         }
-        let frame = Frame { format: PixelFormat::Rgb, width: 4, height: 2, planes: [&data, &[], &[]], strides: [stride, 0, 0] };
+        let frame = Frame {
+            format: PixelFormat::Rgb,
+            width: 4,
+            height: 2,
+            planes: [&data, &[], &[]],
+            strides: [stride, 0, 0],
+        };
         let mut d = Downscaler::new(PixelFormat::Rgb, (2, 1));
         let small = d.run(&frame);
         assert_eq!((small.width, small.height, small.strides[0]), (2, 1, 6));
-        assert_eq!((small.planes[0][0], small.planes[0][3]), (100, 200));
+        assert_eq!((small.planes[0][0], small.planes[0][3]), (114, 186));
     }
 
     #[test]
@@ -152,7 +187,13 @@ mod tests {
         let (w, h) = (9, 7);
         let (cw, ch) = chroma_size(w, h);
         let (y, u, v) = (vec![50u8; w * h], vec![90u8; cw * ch], vec![160u8; cw * ch]);
-        let frame = Frame { format: PixelFormat::I420, width: w, height: h, planes: [&y, &u, &v], strides: [w, cw, cw] };
+        let frame = Frame {
+            format: PixelFormat::I420,
+            width: w,
+            height: h,
+            planes: [&y, &u, &v],
+            strides: [w, cw, cw],
+        };
         let mut d = Downscaler::new(PixelFormat::I420, (5, 3));
         let small = d.run(&frame);
         assert_eq!(small.strides, [5, 3, 3]);

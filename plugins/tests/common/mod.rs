@@ -1,0 +1,195 @@
+//! Helpers shared by the element's integration tests: real GStreamer, the real plugin,
+//! real ONNX Runtime, the real models in ../shared and networks built by
+//! `fixtures/make_models.py`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, Once};
+
+use gst::prelude::*;
+use gst_video::prelude::*;
+
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstunetmask::plugin_register_static().expect("register unetmask");
+    });
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `../shared` beside the checkout (or `$EDGEMASK_SHARED`).
+pub fn shared() -> PathBuf {
+    let dir = std::env::var_os("EDGEMASK_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"));
+    assert!(
+        dir.join("models/SOURCES.md").is_file(),
+        "test data not found at {}: the tests need ../shared beside the checkout (or EDGEMASK_SHARED)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn model(name: &str) -> String {
+    shared().join("models").join(name).display().to_string()
+}
+
+pub fn testdata(name: &str) -> String {
+    shared().join("testdata").join(name).display().to_string()
+}
+
+/// Builds (once per target dir) the networks of `fixtures/make_models.py` and returns their folder.
+pub fn fixtures(kind: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("unetmask-fixtures");
+    let marker = dir.join(format!("{kind}.done"));
+    if !marker.exists() {
+        let python = std::env::var_os("EDGEMASK_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join(".deps/venv/bin/python"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_models.py");
+        let status = Command::new(&python)
+            .arg(&script)
+            .arg(kind)
+            .arg(&dir)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} (run scripts/setup.sh first): {e}",
+                    python.display()
+                )
+            });
+        assert!(status.success(), "make_models.py {kind} failed");
+        std::fs::write(&marker, b"").unwrap();
+    }
+    dir
+}
+
+/// Decodes an image file into one raw frame of `format` (optionally scaled to `size`).
+pub fn frame(path: &str, format: &str, size: Option<(u32, u32)>) -> gst::Sample {
+    init();
+    let scale = match size {
+        Some((w, h)) => format!("videoscale ! video/x-raw,width={w},height={h} ! "),
+        None => String::new(),
+    };
+    let desc = format!(
+        "filesrc location={path} ! decodebin ! videoconvert ! {scale}videoconvert ! video/x-raw,format={format} ! appsink name=sink"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let sample = sink.pull_sample().expect("a decoded frame");
+    pipeline.set_state(gst::State::Null).unwrap();
+    sample
+}
+
+/// Runs `unetmask <props>` on one frame in a harness and returns the output buffer and caps.
+pub fn run_once(props: &str, input: &gst::Sample) -> (gst::Buffer, gst::Caps) {
+    init();
+    let mut h = gst_check::Harness::new_parse(&format!("unetmask {props}"));
+    h.set_src_caps(input.caps().unwrap().to_owned());
+    let buf = h
+        .push_and_pull(input.buffer_owned().unwrap())
+        .expect("an output buffer");
+    let caps = h.sinkpad().unwrap().current_caps().unwrap();
+    (buf, caps)
+}
+
+/// Bytes of a packed single-plane frame with its rows stripped of padding.
+pub fn packed_rows(buf: &gst::BufferRef, caps: &gst::CapsRef) -> (Vec<u8>, usize, usize, usize) {
+    let info = gst_video::VideoInfo::from_caps(caps).unwrap();
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &info).unwrap();
+    let (w, h) = (info.width() as usize, info.height() as usize);
+    let bpp = info.format_info().pixel_stride()[0] as usize;
+    let stride = frame.plane_stride()[0] as usize;
+    let data = frame.plane_data(0).unwrap();
+    let mut out = Vec::with_capacity(w * h * bpp);
+    for y in 0..h {
+        out.extend_from_slice(&data[y * stride..y * stride + w * bpp]);
+    }
+    (out, w, h, bpp)
+}
+
+/// A reference mask (grey PNG) as bytes.
+pub fn reference_mask(name: &str) -> (Vec<u8>, u32, u32) {
+    let img = image::open(testdata(name)).unwrap().to_luma8();
+    let (w, h) = img.dimensions();
+    (img.into_raw(), w, h)
+}
+
+/// Intersection over union of two masks thresholded at 127.
+pub fn iou(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut i, mut u) = (0usize, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x > 127, y > 127);
+        i += (x && y) as usize;
+        u += (x || y) as usize;
+    }
+    if u == 0 { 1.0 } else { i as f64 / u as f64 }
+}
+
+/// Grows the person (value > 0) of a mask by `r` pixels (square), to keep tests away from edges.
+pub fn dilate(mask: &[u8], w: usize, h: usize, r: usize) -> Vec<u8> {
+    let mut out = vec![0u8; mask.len()];
+    for y in 0..h {
+        for x in 0..w {
+            if mask[y * w + x] > 0 {
+                for yy in y.saturating_sub(r)..(y + r + 1).min(h) {
+                    for xx in x.saturating_sub(r)..(x + r + 1).min(w) {
+                        out[yy * w + xx] = 255;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs a pipeline to the end (or the first error) and returns the error and warning texts.
+pub fn run_pipeline(desc: &str) -> (Option<String>, Vec<String>, Vec<gst::Structure>) {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let bus = pipeline.bus().unwrap();
+    let mut warnings = Vec::new();
+    let mut elements = Vec::new();
+    let mut error = None;
+    // A failed state change still leaves its error message on the bus.
+    let _ = pipeline.set_state(gst::State::Playing);
+    {
+        for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
+            match msg.view() {
+                gst::MessageView::Eos(_) => break,
+                gst::MessageView::Error(e) => {
+                    error = Some(format!("{} | {}", e.error(), e.debug().unwrap_or_default()));
+                    break;
+                }
+                gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
+                gst::MessageView::Element(e) => {
+                    if let Some(s) = e.structure() {
+                        elements.push(s.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    (error, warnings, elements)
+}

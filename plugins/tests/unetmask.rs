@@ -1,0 +1,616 @@
+//! The `unetmask` element against real ONNX Runtime, real GStreamer and real models.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use gst_video::prelude::*;
+use gstunetmask::meta::MaskMeta;
+
+const FORMATS: [&str; 8] = ["RGBA", "BGRA", "RGBx", "BGRx", "RGB", "BGR", "NV12", "I420"];
+const PHOTO: &str = "person_400x600.png";
+const SELFIE: &str = "selfie_segmentation_256x256.onnx";
+const LANDSCAPE: &str = "selfie_landscape_144x256.onnx";
+
+#[test]
+fn both_shared_models_match_the_references_in_every_format() {
+    for (model_file, reference) in [
+        (SELFIE, "person_400x600.mask.selfie_256x256.png"),
+        (LANDSCAPE, "person_400x600.mask.selfie_landscape_144x256.png"),
+    ] {
+        let (want, _, _) = reference_mask(reference);
+        for format in FORMATS {
+            let input = frame(&testdata(PHOTO), format, None);
+            let (out, caps) = run_once(
+                &format!("model={} mode=mask threshold=0.5", model(model_file)),
+                &input,
+            );
+            let (mask, w, h, bpp) = packed_rows(&out, &caps);
+            assert_eq!((w, h, bpp), (400, 600, 1), "mask caps {caps}");
+            let iou = iou(&mask, &want);
+            println!("{model_file} {format}: IoU {iou:.4}");
+            assert!(iou >= 0.97, "{model_file} on {format}: IoU {iou:.4} < 0.97");
+        }
+    }
+}
+
+#[test]
+fn mask_mode_equals_the_meta_and_is_gray8_at_frame_size() {
+    let input = frame(&testdata(PHOTO), "NV12", None);
+    let (out, caps) = run_once(&format!("model={} mode=mask", model(SELFIE)), &input);
+    let s = caps.structure(0).unwrap();
+    assert_eq!(s.get::<&str>("format").unwrap(), "GRAY8");
+    assert_eq!(
+        (s.get::<i32>("width").unwrap(), s.get::<i32>("height").unwrap()),
+        (400, 600)
+    );
+    let (mask, ..) = packed_rows(&out, &caps);
+    let meta = MaskMeta::from_buffer(&out).expect("mask meta on the output");
+    assert_eq!(
+        (meta.width, meta.height, meta.threshold, meta.fresh),
+        (256, 256, Some(0.5), true)
+    );
+    assert_eq!(meta.to_frame_size(400, 600), mask);
+    assert!(
+        mask.iter().all(|&v| v == 0 || v == 255),
+        "threshold=0.5 gives a hard mask"
+    );
+    assert!(
+        meta.coverage > 0.1 && meta.coverage < 0.6,
+        "coverage {}",
+        meta.coverage
+    );
+    // Soft mask when the threshold is unset.
+    let (out, caps) = run_once(&format!("model={} mode=mask threshold=-1", model(SELFIE)), &input);
+    let (soft, ..) = packed_rows(&out, &caps);
+    assert!(
+        soft.iter().any(|&v| v > 10 && v < 245),
+        "a soft mask has intermediate values"
+    );
+}
+
+fn frame_mask(model_file: &str, input: &gst::Sample) -> Vec<u8> {
+    let (out, caps) = run_once(&format!("model={} mode=mask", model(model_file)), input);
+    packed_rows(&out, &caps).0
+}
+
+#[test]
+fn alpha_mode_is_rgba_with_the_mask_as_alpha() {
+    for format in ["BGRx", "I420"] {
+        let input = frame(&testdata(PHOTO), format, None);
+        let mask = frame_mask(SELFIE, &input);
+        let (out, caps) = run_once(&format!("model={} mode=alpha", model(SELFIE)), &input);
+        assert_eq!(caps.structure(0).unwrap().get::<&str>("format").unwrap(), "RGBA");
+        let (rgba, w, h, _) = packed_rows(&out, &caps);
+        let alpha: Vec<u8> = rgba.chunks_exact(4).map(|p| p[3]).collect();
+        assert_eq!(alpha, mask, "{format}: alpha equals the mask");
+        if format == "BGRx" {
+            let (bgrx, ..) = packed_rows(input.buffer().unwrap(), input.caps().unwrap());
+            for i in 0..w * h {
+                assert_eq!(
+                    [rgba[i * 4], rgba[i * 4 + 1], rgba[i * 4 + 2]],
+                    [bgrx[i * 4 + 2], bgrx[i * 4 + 1], bgrx[i * 4]]
+                );
+            }
+        }
+    }
+}
+
+/// Runs an in-place mode on a packed frame and returns (input, output, mask) bytes.
+fn in_place(props: &str, format: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>, usize, usize, usize) {
+    let input = frame(&testdata(PHOTO), format, None);
+    let mask = frame_mask(SELFIE, &input);
+    let (before, w, h, bpp) = packed_rows(input.buffer().unwrap(), input.caps().unwrap());
+    let (out, caps) = run_once(&format!("model={} {props}", model(SELFIE)), &input);
+    assert_eq!(&caps, input.caps().unwrap(), "in-place modes keep the caps");
+    let (after, ..) = packed_rows(&out, &caps);
+    (before, after, mask, w, h, bpp)
+}
+
+#[test]
+fn overlay_tints_the_person_and_leaves_the_background_untouched() {
+    let (before, after, mask, w, h, bpp) = in_place("mode=overlay", "RGBA");
+    let near_person = dilate(&mask, w, h, 2);
+    let mut tinted = 0;
+    for i in 0..w * h {
+        let (b, a) = (&before[i * bpp..i * bpp + 3], &after[i * bpp..i * bpp + 3]);
+        if near_person[i] == 0 {
+            assert_eq!(a, b, "background pixel {i} changed");
+        } else if mask[i] == 255 {
+            // Yellow at 50%: red and green rise (or stay), blue falls (or stays).
+            assert!(
+                a[2] <= b[2] && a[0] >= b[0].min(254) - 1,
+                "pixel {i}: {b:?} -> {a:?}"
+            );
+            tinted += (a != b) as usize;
+        }
+        assert_eq!(after[i * bpp + 3], before[i * bpp + 3], "alpha untouched");
+    }
+    assert!(tinted > 10_000, "only {tinted} person pixels tinted");
+}
+
+#[test]
+fn overlay_on_nv12_leaves_background_luma_and_chroma_untouched() {
+    let input = frame(&testdata(PHOTO), "NV12", None);
+    let mask = frame_mask(SELFIE, &input);
+    let (out, caps) = run_once(
+        &format!("model={} mode=overlay overlay-color=0x00ff00", model(SELFIE)),
+        &input,
+    );
+    let info = gst_video::VideoInfo::from_caps(&caps).unwrap();
+    let a = gst_video::VideoFrameRef::from_buffer_ref_readable(input.buffer().unwrap(), &info).unwrap();
+    let b = gst_video::VideoFrameRef::from_buffer_ref_readable(out.as_ref(), &info).unwrap();
+    let (w, h) = (400, 600);
+    let near = dilate(&mask, w, h, 3);
+    let (ys, cs) = (a.plane_stride()[0] as usize, a.plane_stride()[1] as usize);
+    let (mut changed_y, mut changed_c) = (0, 0);
+    for y in 0..h {
+        for x in 0..w {
+            let (ya, yb) = (
+                a.plane_data(0).unwrap()[y * ys + x],
+                b.plane_data(0).unwrap()[y * ys + x],
+            );
+            let (ca, cb) = (
+                &a.plane_data(1).unwrap()[(y / 2) * cs + (x / 2) * 2..][..2],
+                &b.plane_data(1).unwrap()[(y / 2) * cs + (x / 2) * 2..][..2],
+            );
+            if near[y * w + x] == 0 {
+                assert_eq!(ya, yb, "background luma at {x},{y}");
+                assert_eq!(ca, cb, "background chroma at {x},{y}");
+            } else if mask[y * w + x] == 255 {
+                changed_y += (ya != yb) as usize;
+                changed_c += (ca != cb) as usize;
+            }
+        }
+    }
+    assert!(
+        changed_y > 10_000 && changed_c > 10_000,
+        "person tinted: {changed_y} luma, {changed_c} chroma"
+    );
+}
+
+#[test]
+fn blur_changes_the_background_and_not_the_person() {
+    let (before, after, mask, w, h, bpp) = in_place("mode=blur blur-radius=16", "BGRx");
+    let inv: Vec<u8> = mask.iter().map(|&m| 255 - m).collect();
+    let near_background = dilate(&inv, w, h, 2);
+    let mut blurred = 0;
+    for i in 0..w * h {
+        let (b, a) = (&before[i * bpp..i * bpp + 3], &after[i * bpp..i * bpp + 3]);
+        if near_background[i] == 0 {
+            assert_eq!(a, b, "person pixel {i} changed");
+        } else if mask[i] == 0 {
+            blurred += (a != b) as usize;
+        }
+    }
+    let background = mask.iter().filter(|&&m| m == 0).count();
+    assert!(
+        blurred * 2 > background,
+        "only {blurred} of {background} background pixels blurred"
+    );
+}
+
+#[test]
+fn replace_puts_a_colour_or_a_picture_behind_the_person() {
+    let (before, after, mask, w, h, bpp) = in_place("mode=replace replace-color=0x123456", "RGB");
+    for i in 0..w * h {
+        let (b, a) = (&before[i * bpp..i * bpp + 3], &after[i * bpp..i * bpp + 3]);
+        match mask[i] {
+            0 => assert_eq!(a, [0x12, 0x34, 0x56], "background pixel {i}"),
+            255 => assert_eq!(a, b, "person pixel {i}"),
+            _ => unreachable!("hard mask"),
+        }
+    }
+    // A picture of the frame's size replaces the background pixel for pixel.
+    let dir = tempdir("replace");
+    let pic: image::RgbImage = image::ImageBuffer::from_fn(400, 600, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 77])
+    });
+    let pic_path = dir.join("background.png");
+    pic.save(&pic_path).unwrap();
+    let (_, after, ..) = in_place(
+        &format!("mode=replace replace-image={}", pic_path.display()),
+        "RGBA",
+    );
+    for i in 0..w * h {
+        if mask[i] == 0 {
+            let (x, y) = (i % w, i / w);
+            assert_eq!(
+                &after[i * 4..i * 4 + 3],
+                &[(x % 256) as u8, (y % 256) as u8, 77],
+                "pixel {x},{y}"
+            );
+        }
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("unetmask-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn odd_sizes_in_every_format() {
+    let (want, ..) = reference_mask("person_400x600.mask.selfie_256x256.png");
+    for format in FORMATS {
+        for (w, h) in [(401u32, 601u32), (257, 143)] {
+            let input = frame(&testdata(PHOTO), format, Some((w, h)));
+            for mode in ["mask", "overlay", "blur", "alpha"] {
+                let (out, caps) = run_once(&format!("model={} mode={mode}", model(SELFIE)), &input);
+                let info = gst_video::VideoInfo::from_caps(&caps).unwrap();
+                assert_eq!((info.width(), info.height()), (w, h), "{format} {mode}");
+                assert!(MaskMeta::from_buffer(&out).is_some());
+                if mode == "mask" && w == 401 {
+                    // The same photo one pixel larger: compare the common 400x600 area.
+                    let (mask, ..) = packed_rows(&out, &caps);
+                    let cropped: Vec<u8> = (0..600)
+                        .flat_map(|y| mask[y * 401..y * 401 + 400].to_vec())
+                        .collect();
+                    let iou = iou(&cropped, &want);
+                    assert!(iou > 0.95, "{format} {w}x{h}: IoU {iou}");
+                }
+            }
+        }
+    }
+}
+
+/// The `unetmask` inside a harness made with `new_parse` (which wraps it in a bin).
+fn element_of(h: &gst_check::Harness) -> gst::Element {
+    let bin = h.element().unwrap().downcast::<gst::Bin>().unwrap();
+    bin.iterate_elements()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .find(|e| e.factory().is_some_and(|f| f.name() == "unetmask"))
+        .unwrap()
+}
+
+fn harness(props: &str, input: &gst::Sample) -> gst_check::Harness {
+    init();
+    let mut h = gst_check::Harness::new_parse(&format!("unetmask {props}"));
+    h.set_src_caps(input.caps().unwrap().to_owned());
+    h
+}
+
+fn stamped(input: &gst::Sample, i: u64, flags: gst::BufferFlags) -> gst::Buffer {
+    let mut b = input.buffer().unwrap().copy_deep().unwrap();
+    {
+        let b = b.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(40 * i));
+        b.set_dts(gst::ClockTime::from_mseconds(40 * i));
+        b.set_duration(gst::ClockTime::from_mseconds(40));
+        b.set_offset(i);
+        b.set_offset_end(i + 1);
+        let old = b.flags();
+        b.unset_flags(old);
+        b.set_flags(flags);
+    }
+    b
+}
+
+#[test]
+fn timestamps_duration_and_flags_pass_through() {
+    let input = frame(&testdata(PHOTO), "I420", Some((200, 300)));
+    for mode in ["meta", "overlay", "mask", "alpha"] {
+        let mut h = harness(&format!("model={} mode={mode}", model(LANDSCAPE)), &input);
+        for (i, flags) in [
+            (0, gst::BufferFlags::DISCONT),
+            (1, gst::BufferFlags::DELTA_UNIT),
+            (2, gst::BufferFlags::MARKER),
+        ] {
+            let out = h.push_and_pull(stamped(&input, i, flags)).unwrap();
+            assert_eq!(out.pts(), Some(gst::ClockTime::from_mseconds(40 * i)), "{mode}");
+            assert_eq!(out.dts(), Some(gst::ClockTime::from_mseconds(40 * i)), "{mode}");
+            assert_eq!(out.duration(), Some(gst::ClockTime::from_mseconds(40)), "{mode}");
+            assert!(
+                out.flags().contains(flags),
+                "{mode}: {:?} lost from {:?}",
+                flags,
+                out.flags()
+            );
+            assert_eq!(MaskMeta::from_buffer(&out).unwrap().frame, i);
+        }
+    }
+}
+
+fn meta_of(b: &gst::Buffer) -> (MaskMeta, Vec<u8>) {
+    let m = MaskMeta::from_buffer(b).expect("meta");
+    let bytes = m.mask.map_readable().unwrap().to_vec();
+    (m, bytes)
+}
+
+#[test]
+fn inference_interval_reuses_the_mask_between_runs() {
+    let input = frame(&testdata(PHOTO), "RGBA", Some((200, 300)));
+    let mut h = harness(
+        &format!("model={} mode=meta inference-interval=3", model(SELFIE)),
+        &input,
+    );
+    let mut fresh = Vec::new();
+    let mut masks = Vec::new();
+    for i in 0..7 {
+        let out = h
+            .push_and_pull(stamped(&input, i, gst::BufferFlags::empty()))
+            .unwrap();
+        let (m, bytes) = meta_of(&out);
+        fresh.push(m.fresh);
+        masks.push(bytes);
+    }
+    assert_eq!(fresh, [true, false, false, true, false, false, true]);
+    assert_eq!(masks[1], masks[0]);
+    assert_eq!(masks[2], masks[0]);
+    let stats = element_of(&h).property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("fresh").unwrap(), 3);
+    assert_eq!(stats.get::<u64>("carried").unwrap(), 4);
+}
+
+#[test]
+fn smoothing_averages_over_time_and_resets_on_discont() {
+    let person = frame(&testdata(PHOTO), "RGBA", Some((200, 300)));
+    let blank = {
+        // Same caps, a flat grey frame: nobody there.
+        let mut b = person.buffer().unwrap().copy_deep().unwrap();
+        b.get_mut().unwrap().map_writable().unwrap().fill(128);
+        gst::Sample::builder()
+            .buffer(&b)
+            .caps(&person.caps_owned().unwrap())
+            .build()
+    };
+    let soft = |s: &gst::Sample| {
+        let (out, _) = run_once(&format!("model={} mode=meta threshold=-1", model(SELFIE)), s);
+        meta_of(&out).1
+    };
+    let (p, g) = (soft(&person), soft(&blank));
+    let mut h = harness(
+        &format!("model={} mode=meta threshold=-1 smoothing=0.5", model(SELFIE)),
+        &person,
+    );
+    let first = meta_of(
+        &h.push_and_pull(stamped(&person, 0, gst::BufferFlags::DISCONT))
+            .unwrap(),
+    )
+    .1;
+    assert_eq!(first, p, "the first frame passes unsmoothed");
+    let second = meta_of(
+        &h.push_and_pull(stamped(&blank, 1, gst::BufferFlags::empty()))
+            .unwrap(),
+    )
+    .1;
+    for i in 0..p.len() {
+        let want = (p[i] as f32 + g[i] as f32) / 2.0;
+        assert!(
+            (second[i] as f32 - want).abs() <= 1.5,
+            "pixel {i}: {} vs {want}",
+            second[i]
+        );
+    }
+    let third = meta_of(
+        &h.push_and_pull(stamped(&blank, 2, gst::BufferFlags::DISCONT))
+            .unwrap(),
+    )
+    .1;
+    assert_eq!(third, g, "DISCONT resets the average");
+}
+
+#[test]
+fn qos_lateness_skips_inference_and_marks_masks_carried() {
+    let input = frame(&testdata(PHOTO), "RGBA", Some((200, 300)));
+    let mut h = harness(&format!("model={} mode=meta", model(SELFIE)), &input);
+    h.play();
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    assert!(
+        meta_of(
+            &h.push_and_pull(stamped(&input, 0, gst::BufferFlags::empty()))
+                .unwrap()
+        )
+        .0
+        .fresh
+    );
+    // Downstream: frame 0 arrived one second late.
+    let qos = gst::event::Qos::new(gst::QOSType::Underflow, 2.0, 1_000_000_000, gst::ClockTime::ZERO);
+    assert!(h.push_upstream_event(qos));
+    for i in 1..4 {
+        let m = meta_of(
+            &h.push_and_pull(stamped(&input, i, gst::BufferFlags::empty()))
+                .unwrap(),
+        )
+        .0;
+        assert!(!m.fresh, "frame {i} should reuse the mask");
+    }
+    let stats = element_of(&h).property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("qos-skipped").unwrap(), 3);
+    // Back on time: inference resumes.
+    let qos = gst::event::Qos::new(
+        gst::QOSType::Overflow,
+        0.5,
+        -1_000_000,
+        gst::ClockTime::from_mseconds(160),
+    );
+    assert!(h.push_upstream_event(qos));
+    assert!(
+        meta_of(
+            &h.push_and_pull(stamped(&input, 4, gst::BufferFlags::empty()))
+                .unwrap()
+        )
+        .0
+        .fresh
+    );
+}
+
+#[test]
+fn the_original_unet_contract_works_out_of_the_box() {
+    let dir = fixtures("unet");
+    let input = frame(&dir.join("unet_input.png").display().to_string(), "RGB", None);
+    let (out, _) = run_once(
+        &format!("model={} mode=meta", dir.join("unet_240x160.onnx").display()),
+        &input,
+    );
+    let (meta, mask) = meta_of(&out);
+    assert_eq!(
+        (meta.width, meta.height),
+        (160, 240),
+        "NCHW [1,3,240,160] detected"
+    );
+    let reference: Vec<f32> = std::fs::read(dir.join("unet_reference.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(reference.len(), mask.len());
+    let mut worst = 0f32;
+    for (m, r) in mask.iter().zip(&reference) {
+        worst = worst.max((*m as f32 / 255.0 - r).abs());
+    }
+    assert!(worst <= 2.0 / 255.0, "largest probability difference {worst}");
+    let hard: Vec<u8> = reference.iter().map(|&p| if p > 0.5 { 255 } else { 0 }).collect();
+    let ours: Vec<u8> = mask.iter().map(|&m| if m > 127 { 255 } else { 0 }).collect();
+    let iou = iou(&ours, &hard);
+    assert!(iou >= 0.99, "IoU with the sigmoid > 0.5 reference: {iou}");
+    assert!(
+        meta.coverage > 0.3 && meta.coverage < 0.7,
+        "calibrated to about half: {}",
+        meta.coverage
+    );
+}
+
+#[test]
+fn dynamic_size_multiclass_model() {
+    let dir = fixtures("small");
+    let m = dir.join("small_dynamic.onnx").display().to_string();
+    let input = frame(&testdata(PHOTO), "I420", None);
+    let (out, _) = run_once(&format!("model={m} mode=meta input-size=64x48"), &input);
+    let meta = MaskMeta::from_buffer(&out).unwrap();
+    assert_eq!((meta.width, meta.height), (64, 48));
+    let (out, _) = run_once(&format!("model={m} mode=meta"), &input);
+    let meta = MaskMeta::from_buffer(&out).unwrap();
+    assert_eq!(
+        (meta.width, meta.height),
+        (224, 320),
+        "aspect kept, long side 320, multiples of 32"
+    );
+}
+
+#[test]
+fn latency_query_includes_the_inference_time() {
+    init();
+    let desc = format!(
+        "videotestsrc is-live=true ! video/x-raw,width=320,height=240 ! unetmask name=seg model={} ! fakesink",
+        model(SELFIE)
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (res, _, _) = pipeline.state(gst::ClockTime::from_seconds(30));
+    res.unwrap();
+    // Ask the element's source pad: the answer is upstream's plus the element's own.
+    let src = pipeline.by_name("seg").unwrap().static_pad("src").unwrap();
+    let mut q = gst::query::Latency::new();
+    assert!(src.query(&mut q));
+    let (live, min, _) = q.result();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(live);
+    // videotestsrc alone reports one frame (33 ms at 30 fps); the element adds its own.
+    assert!(min > gst::ClockTime::from_mseconds(33), "min latency {min}");
+}
+
+#[test]
+fn stats_messages_and_property() {
+    let desc = format!(
+        "videotestsrc num-buffers=4 ! video/x-raw,width=320,height=240 ! unetmask model={} stats-interval=2 ! fakesink",
+        model(LANDSCAPE)
+    );
+    let (err, _, elements) = run_pipeline(&desc);
+    assert!(err.is_none(), "{err:?}");
+    let stats: Vec<_> = elements.iter().filter(|s| s.name() == "unetmask-stats").collect();
+    assert_eq!(stats.len(), 2);
+    assert_eq!(stats[1].get::<u64>("frames").unwrap(), 4);
+    assert_eq!(stats[1].get::<&str>("provider").unwrap(), "cpu");
+    assert!(stats[1].get::<f64>("inference-ms").unwrap() > 0.0);
+    for field in ["fresh", "carried", "qos-skipped"] {
+        assert!(stats[1].has_field(field), "{field}");
+    }
+}
+
+fn start_error(props: &str) -> String {
+    let desc =
+        format!("videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! unetmask {props} ! fakesink");
+    let (err, _, _) = run_pipeline(&desc);
+    err.unwrap_or_else(|| panic!("`unetmask {props}` should fail"))
+}
+
+#[test]
+fn errors_name_the_problem_and_the_fix() {
+    let bad = fixtures("bad");
+    let small = fixtures("small").join("small_dynamic.onnx").display().to_string();
+    let cases = [
+        (String::new(), "no model set"),
+        ("model=/nonexistent/model.onnx".to_string(), "does not exist"),
+        (
+            format!("model={}", bad.join("not_onnx.onnx").display()),
+            "is not a valid ONNX model",
+        ),
+        (
+            format!("model={}", bad.join("u8_input.onnx").display()),
+            "'img' u8 [1,3,64,64] is not float32",
+        ),
+        (
+            format!("model={}", bad.join("four_channels.onnx").display()),
+            "does not take 3 colour channels",
+        ),
+        (
+            format!("model={small} person-class=5"),
+            "person-class=5 is out of range",
+        ),
+        (
+            format!("model={small} output-activation=sigmoid"),
+            "output-activation=sigmoid does not fit",
+        ),
+        (
+            format!("model={small} device=gpu0"),
+            "device 'gpu0' is not understood",
+        ),
+        (format!("model={small} mean=1,2"), "mean='1,2' is not understood"),
+        (format!("model={small} input-size=big"), "input-size='big'"),
+        (
+            format!("model={small} mode=replace replace-image=/nonexistent.png"),
+            "replace-image '/nonexistent.png' does not exist",
+        ),
+    ];
+    for (props, want) in cases {
+        let err = start_error(&props);
+        assert!(err.contains(want), "`{props}`: {err}");
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let err = start_error(&format!("model={small} device=cuda:0"));
+        assert!(
+            err.contains("no CUDA support") && err.contains("--features cuda"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn unsupported_caps_are_named_with_the_fix() {
+    let dir = tempdir("gray");
+    let gray = image::GrayImage::from_fn(64, 48, |x, _| image::Luma([x as u8]));
+    let path = dir.join("gray.png");
+    gray.save(&path).unwrap();
+    let desc = format!(
+        "filesrc location={} ! pngdec ! unetmask model={} ! fakesink",
+        path.display(),
+        model(SELFIE)
+    );
+    let (err, warnings, _) = run_pipeline(&desc);
+    assert!(err.is_some(), "GRAY8 cannot be negotiated");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("format GRAY8") && w.contains("videoconvert")),
+        "{warnings:?}"
+    );
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): set-up, formatting, lints (with and without the
+# GPU features, so the CUDA code compiles everywhere), then every test of the workspace
+# against real GStreamer, real ONNX Runtime and the real models in ../shared.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+EDGEMASK_WITH_GARAGE="${EDGEMASK_WITH_GARAGE:-1}" bash scripts/setup.sh
+# shellcheck source=/dev/null
+source scripts/env.sh
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (default features)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo clippy (plugin with cuda + tensorrt features)"
+cargo clippy -p gst-plugin-unetmask --all-targets --locked --features tensorrt -- -D warnings
+
+step "cargo build (plugin for gst-launch tests)"
+cargo build -p gst-plugin-unetmask --locked
+
+step "cargo test"
+cargo test --workspace --locked -- --test-threads="${EDGEMASK_TEST_THREADS:-2}"

@@ -165,10 +165,11 @@ pub enum Target<'a> {
     Blurred(&'a BlurPlane),
 }
 
+/// `x + (o - x) * w / 255`, rounded; exact at `w = 0` (x) and `w = 255` (o).
 #[inline(always)]
 fn mix(x: u8, o: u8, w: u8) -> u8 {
-    let d = o as i32 - x as i32;
-    (x as i32 + (d * w as i32 + if d >= 0 { 127 } else { -127 }) / 255) as u8
+    let t = (o as i32 - x as i32) * w as i32 + 128;
+    (x as i32 + ((t + (t >> 8)) >> 8)) as u8
 }
 
 /// Mixes a plane towards `target`: `x + (target - x) * w / 255`, with `w = lut[mask]` per pixel.
@@ -194,28 +195,37 @@ pub fn mix_plane(
         if scratch.mask[..w].iter().all(|&m| m == 0) {
             continue;
         }
-        let row = &mut data[y * stride..][..w * geom.pstride];
-        let other: Option<&[u8]> = match target {
-            Target::Color(_) => None,
-            Target::Plane { data, stride } => Some(&data[y * stride..][..w * geom.pstride]),
-            Target::Blurred(b) => {
-                b.row(y, &mut scratch.row[..w * geom.pstride]);
-                Some(&scratch.row[..w * geom.pstride])
+        let ps = geom.pstride;
+        let row = &mut data[y * stride..][..w * ps];
+        let weights = &scratch.mask[..w];
+        match target {
+            Target::Color(col) => {
+                for (x, &wt) in weights.iter().enumerate() {
+                    if wt != 0 {
+                        let px = &mut row[x * ps..x * ps + ps];
+                        for (&c, &o) in geom.chans.iter().zip(col) {
+                            px[c] = mix(px[c], o, wt);
+                        }
+                    }
+                }
             }
-        };
-        for x in 0..w {
-            let wt = scratch.mask[x];
-            if wt == 0 {
-                continue;
-            }
-            let px = x * geom.pstride;
-            for (k, &c) in geom.chans.iter().enumerate() {
-                let o = match (target, other) {
-                    (Target::Color(col), _) => col[k],
-                    (_, Some(o)) => o[px + c],
-                    _ => unreachable!(),
+            Target::Plane { .. } | Target::Blurred(_) => {
+                let other: &[u8] = match target {
+                    Target::Plane { data, stride } => &data[y * stride..][..w * ps],
+                    Target::Blurred(b) => {
+                        b.row(y, &mut scratch.row[..w * ps]);
+                        &scratch.row[..w * ps]
+                    }
+                    Target::Color(_) => unreachable!(),
                 };
-                row[px + c] = mix(row[px + c], o, wt);
+                for (x, &wt) in weights.iter().enumerate() {
+                    if wt != 0 {
+                        let (px, o) = (&mut row[x * ps..x * ps + ps], &other[x * ps..x * ps + ps]);
+                        for &c in &geom.chans {
+                            px[c] = mix(px[c], o[c], wt);
+                        }
+                    }
+                }
             }
         }
     }
@@ -331,6 +341,8 @@ pub struct BlurPlane {
     xs: Vec<(u32, u32, f32)>,
     ys: Vec<(u32, u32, f32)>,
     mask_row: Vec<u8>,
+    /// Scratch for [`BlurPlane::row`].
+    vrow: std::cell::RefCell<Vec<f32>>,
 }
 
 fn box_blur(data: &mut [f32], tmp: &mut Vec<f32>, w: usize, h: usize, c: usize, r: usize) {
@@ -392,6 +404,7 @@ impl BlurPlane {
                 xs: float_taps(sw, geom.width, factor),
                 ys: float_taps(sh, geom.height, factor),
                 mask_row: vec![0; geom.width],
+                vrow: Default::default(),
             };
         }
         self.acc.fill(0.0);
@@ -429,14 +442,20 @@ impl BlurPlane {
     pub fn row(&self, y: usize, out: &mut [u8]) {
         let (y0, y1, fy) = self.ys[y];
         let c = self.chans;
-        let r0 = &self.small[y0 as usize * self.sw * c..];
-        let r1 = &self.small[y1 as usize * self.sw * c..];
+        let n = self.sw * c;
+        let (r0, r1) = (
+            &self.small[y0 as usize * n..][..n],
+            &self.small[y1 as usize * n..][..n],
+        );
+        // Vertical blend once per row, then two taps per pixel.
+        let mut v = self.vrow.borrow_mut();
+        v.clear();
+        v.extend(r0.iter().zip(r1).map(|(a, b)| a + (b - a) * fy + 0.5));
         for (x, &(x0, x1, fx)) in self.xs.iter().enumerate() {
+            let (a, b) = (&v[x0 as usize * c..][..c], &v[x1 as usize * c..][..c]);
+            let px = &mut out[x * self.pstride..];
             for (k, &off) in self.chan_off.iter().enumerate() {
-                let (i0, i1) = (x0 as usize * c + k, x1 as usize * c + k);
-                let top = r0[i0] + (r0[i1] - r0[i0]) * fx;
-                let bot = r1[i0] + (r1[i1] - r1[i0]) * fx;
-                out[x * self.pstride + off] = (top + (bot - top) * fy + 0.5) as u8;
+                px[off] = (a[k] + (b[k] - a[k]) * fx) as u8;
             }
         }
     }

@@ -78,7 +78,7 @@ if [ "${EDGEMASK_WITH_GARAGE:-0}" = 1 ]; then
   garage_root="${EDGEMASK_CACHE:-$HOME/.cache/edgemask}/garage"
   if [ ! -x "$garage_root/bin/garage" ]; then
     log "building Garage into $garage_root (about 12 minutes on 2 cores, once)"
-    cargo install garage --locked --root "$garage_root" --quiet
+    cargo install garage@2.5.0 --locked --root "$garage_root" --quiet
   else
     log "Garage present: $garage_root/bin/garage"
   fi

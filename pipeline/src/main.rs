@@ -1,37 +1,208 @@
-//! `edgemask`: the runner.
-//!
-//! It will turn one TOML config into supervised GStreamer pipelines built around the
-//! `unetmask` element (files, v4l2 cameras, RTSP feeds), record raw clips, masks and
-//! manifests for retraining, and run for months under systemd. Until it lands, the
-//! element itself is usable from `gst-launch-1.0` (see the README).
+//! `edgemask`: command line of the runner (see the crate README).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
+use edgemask::config;
+use edgemask::error::{Error, exit};
+
 const USAGE: &str = "\
-edgemask — segmentation runner (not implemented yet)
+edgemask — person-segmentation runner: cameras, files and RTSP feeds → masks → clips
 
-The runner (config-driven pipelines, clip recording, supervision) is tracked in the
-project's runner issue. Today, use the unetmask element directly:
+USAGE:
+    edgemask run <config.toml>...        run the cameras of the config(s) (later files override)
+    edgemask check [--no-network] <config.toml>...
+                                         validate config, model, sources (RTSP cameras must accept a
+                                         TCP connection unless --no-network) and output dir; run nothing
+    edgemask probe-model <model.onnx>    print the contract the unetmask element detects
+    edgemask --version | --help
 
-    GST_PLUGIN_PATH=target/release gst-launch-1.0 filesrc location=in.mp4 ! decodebin ! \\
-        videoconvert ! unetmask model=models/selfie_segmentation_256x256.onnx mode=overlay ! \\
-        videoconvert ! autovideosink
+Environment: EDGEMASK__SECTION__KEY=value overrides config keys (e.g. EDGEMASK__MODEL__DEVICE=cpu),
+EDGEMASK_LOG (or RUST_LOG) sets the log filter (default: info), ORT_DYLIB_PATH the ONNX Runtime library.
+
+Exit codes: 0 done, 1 a pipeline failed, 2 usage, 3 invalid config, 4 model unusable,
+5 source unavailable, 6 output directory unusable, 130 forced exit (second signal).
 ";
+
+fn init_logging() {
+    let filter = std::env::var("EDGEMASK_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    // Under systemd (journald) the journal adds timestamps; no colours there either.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(!journald && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(paths: &[PathBuf]) -> Result<config::Settings, Error> {
+    let file = config::load(paths)?;
+    let base = paths
+        .last()
+        .and_then(|p| p.parent())
+        .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    config::validate(&file, &base)
+}
+
+fn check(args: &[String]) -> Result<(), Error> {
+    let offline = args.iter().any(|a| a == "--no-network");
+    let paths: Vec<PathBuf> = args
+        .iter()
+        .filter(|a| *a != "--no-network")
+        .map(PathBuf::from)
+        .collect();
+    let settings = load(&paths)?;
+    edgemask::runner::init_gst()?;
+    let models = edgemask::runner::preflight(&settings, !offline)?;
+    println!("config OK: {} camera(s)", settings.cameras.len());
+    for c in &settings.cameras {
+        let m = &models[&c.model.path];
+        println!(
+            "  {}: {} → {} (model {} on {}, policy {:?})",
+            c.name,
+            describe(&c.source),
+            settings.runner.output_dir.join(&c.name).display(),
+            m.file,
+            m.device,
+            c.policy.kind
+        );
+    }
+    Ok(())
+}
+
+fn describe(s: &config::Source) -> String {
+    match s {
+        config::Source::File { path } => format!("file {}", path.display()),
+        config::Source::Rtsp { url, tcp } => {
+            format!(
+                "rtsp {} ({})",
+                config::redact_url(url),
+                if *tcp { "tcp" } else { "udp" }
+            )
+        }
+        config::Source::V4l2 { device } => format!("v4l2 {}", device.display()),
+        config::Source::TestPattern {
+            pattern,
+            width,
+            height,
+            fps,
+            ..
+        } => {
+            format!("test pattern {pattern} {width}x{height}@{fps}")
+        }
+    }
+}
+
+fn probe_model(path: &Path) -> anyhow::Result<()> {
+    use gstunetmask::unetmask::contract::{self, InputSize};
+    let m = config::Model {
+        path: path.to_path_buf(),
+        device: "auto".into(),
+        threads: 1,
+        threshold: 0.5,
+        inference_interval: 1,
+        resize: None,
+        layout: None,
+        channel_order: None,
+        input_size: None,
+        activation: None,
+        person_class: None,
+        mean: None,
+        std: None,
+        scale: None,
+    };
+    let mut engine = edgemask::runner::open_model(&m)?;
+    let c = engine.contract.clone();
+    let size = engine.input_size_for((640, 480));
+    let prepared = engine.prepare(size).map_err(|e| Error::Model {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    println!("model:          {}", path.display());
+    println!("sha256:         {}", edgemask::runner::sha256_file(path)?);
+    println!("input:          '{}' {:?}", c.input_name, c.layout);
+    match c.input_size {
+        InputSize::Fixed(w, h) => println!("input size:     {w}x{h}"),
+        InputSize::Dynamic => println!(
+            "input size:     dynamic (e.g. {}x{} for 640x480 frames)",
+            size.0, size.1
+        ),
+    }
+    println!(
+        "output:         '{}' {:?}, {} channel(s)",
+        c.output_name, c.output_layout, prepared.spec.channels
+    );
+    println!(
+        "output size:    {}x{}",
+        prepared.output_size.0, prepared.output_size.1
+    );
+    println!(
+        "activation:     {}",
+        contract::activation_name(prepared.spec.activation)
+    );
+    println!("person channel: {}", prepared.spec.person);
+    println!("provider:       {}", engine.provider);
+    println!(
+        "inference:      {:.2} ms (median of the warm-up runs)",
+        prepared.inference_time.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn code_of(e: &anyhow::Error) -> u8 {
+    e.downcast_ref::<Error>().map_or(exit::RUNTIME, Error::exit_code)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let paths = |rest: &[String]| rest.iter().map(PathBuf::from).collect::<Vec<_>>();
+    let result: anyhow::Result<u8> = match args.first().map(String::as_str) {
         Some("--version" | "-V") => {
             println!("edgemask {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            Ok(exit::OK)
         }
-        Some("--help" | "-h") => {
+        Some("--help" | "-h" | "help") => {
             print!("{USAGE}");
-            ExitCode::SUCCESS
+            Ok(exit::OK)
+        }
+        Some("check") if args.len() >= 2 => {
+            init_logging();
+            check(&args[1..]).map(|_| exit::OK).map_err(anyhow::Error::from)
+        }
+        Some("probe-model") if args.len() == 2 => {
+            init_logging();
+            probe_model(Path::new(&args[1])).map(|_| exit::OK)
+        }
+        Some("run") if args.len() >= 2 => {
+            init_logging();
+            load(&paths(&args[1..]))
+                .map_err(anyhow::Error::from)
+                .and_then(|s| edgemask::runner::run(s).map_err(anyhow::Error::from))
+                .context("edgemask run")
         }
         _ => {
             eprint!("{USAGE}");
-            ExitCode::from(2)
+            Ok(exit::USAGE)
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = code_of(&e);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
         }
     }
 }

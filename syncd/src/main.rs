@@ -1,31 +1,149 @@
-//! `edgemask-syncd`: the upload daemon.
-//!
-//! It will watch the runner's output directory and ship every finished clip (media,
-//! masks, manifest last) to S3 or an S3-compatible store exactly once, with a crash-safe
-//! journal, resumable multipart uploads, end-to-end checksums and disk-pressure rules.
+//! `edgemask-syncd`: the upload daemon. See `syncd/README.md`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-edgemask-syncd — clip upload daemon (not implemented yet)
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edgemask_syncd::config::Config;
+use edgemask_syncd::daemon::{self, RunOpts};
+use tokio_util::sync::CancellationToken;
 
-Tracked in the project's syncd issue. Nothing is uploaded by this build.
-";
+#[derive(Parser)]
+#[command(
+    name = "edgemask-syncd",
+    version,
+    about = "Uploads finished clips to S3 exactly once"
+)]
+struct Cli {
+    /// Config file (TOML); `EDGEMASK_SYNCD__SECTION__KEY` variables override it.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "EDGEMASK_SYNCD_CONFIG",
+        default_value = "/etc/edgemask/syncd.toml"
+    )]
+    config: PathBuf,
+    /// Drain the backlog, then exit (0 when everything went up).
+    #[arg(long)]
+    once: bool,
+    /// Print what would be uploaded where, and exit.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
 
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (the default).
+    Run,
+    /// Show the journal: counts per state, queue, errors.
+    Status {
+        /// Journal to read instead of the config's.
+        #[arg(long)]
+        journal: Option<PathBuf>,
+    },
+    /// Validate the config and exit.
+    Check,
+}
+
+/// Exit codes: 0 ok, 1 runtime error, 2 bad config, 3 destination refused us,
+/// 4 `--once` left files behind.
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version" | "-V") => {
-            println!("edgemask-syncd {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some("--help" | "-h") => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprint!("{USAGE}");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    init_logging();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("edgemask-syncd: {e:#}");
+            if e.downcast_ref::<edgemask_syncd::SyncError>()
+                .is_some_and(|s| matches!(s, edgemask_syncd::SyncError::Config(_)))
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,aws_sdk_s3=warn,hyper=warn")
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    // journald stamps lines itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        b.without_time().init();
+    } else {
+        b.init();
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Cmd::Status { journal }) = &cli.cmd {
+        let path = match journal {
+            Some(p) => p.clone(),
+            None => Config::load(&cli.config)?.journal,
+        };
+        print!(
+            "{}",
+            edgemask_syncd::status::report(&path).with_context(|| format!("reading {}", path.display()))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = Config::load(&cli.config)?;
+    if matches!(cli.cmd, Some(Cmd::Check)) {
+        println!("{}: ok", cli.config.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.dry_run {
+        let n = daemon::dry_run(&cfg)?;
+        println!("{n} file(s) would be uploaded");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) =
+                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::info!("signal received: finishing uploads in flight (a second signal exits at once)");
+            c.cancel();
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            eprintln!("edgemask-syncd: second signal, exiting now");
+            std::process::exit(130);
+        });
+        let once = cli.once;
+        let report = daemon::run(cfg, RunOpts { once }, cancel).await?;
+        if let Some(e) = report.destination_error {
+            eprintln!("edgemask-syncd: destination refused uploads: {e}; every file is kept");
+            return Ok(ExitCode::from(3));
+        }
+        if once && (report.failed > 0 || report.unsettled > 0) {
+            eprintln!(
+                "edgemask-syncd: {} file(s) failed, {} not settled; they stay queued",
+                report.failed, report.unsettled
+            );
+            return Ok(ExitCode::from(4));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

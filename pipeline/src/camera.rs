@@ -1,0 +1,479 @@
+//! One camera's pipeline: source → tee → (raw clip recording) + (decode → unetmask → masks).
+//!
+//! ```text
+//! compressed source (file via parsebin, RTSP via fallbacksrc video-caps=h264/h265):
+//!   src ─ tee ─ queue ─ [h264parse|h265parse] ─ splitmuxsink (mp4mux|matroskamux)
+//!             └ queue ─ decodebin ─ videoconvert ─ unetmask mode=meta ─ appsink
+//! raw source (test pattern, v4l2):
+//!   src ─ tee ─ queue ─ videoconvert ─ x264enc ─ h264parse ─ splitmuxsink
+//!             └ queue ─ videoconvert ─ unetmask mode=meta ─ appsink
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use gst::prelude::*;
+
+use crate::clip::FrameSummary;
+use crate::config::{Camera, Runner, Source, redact_url};
+use crate::error::{Error, Result};
+use crate::recorder::{MaskFrame, Recorder};
+
+/// Live counters of a camera, shared with the streaming threads.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Frames that left the element (all pipelines of this camera).
+    pub frames: AtomicU64,
+    /// Milliseconds since `epoch` of the last frame; 0: none yet.
+    pub last_frame_ms: AtomicU64,
+}
+
+pub struct Built {
+    pub pipeline: gst::Pipeline,
+    /// Where EOS is injected on shutdown (the tee's sink pad, once linked).
+    pub entry: Arc<Mutex<Option<gst::Pad>>>,
+}
+
+fn make(factory: &str) -> Result<gst::Element> {
+    gst::ElementFactory::make(factory).build().map_err(|_| {
+        Error::Gst(format!(
+            "GStreamer element '{factory}' is missing: install the plugin package that provides it"
+        ))
+    })
+}
+
+/// Creates the `unetmask` element configured for `cam`, in `meta` mode.
+pub fn unetmask(cam: &Camera) -> Result<gst::Element> {
+    let m = &cam.model;
+    let e = make("unetmask")?;
+    e.set_property("model", m.path.to_string_lossy().as_ref());
+    e.set_property("device", m.device.as_str());
+    e.set_property("threads", m.threads);
+    e.set_property_from_str("mode", "meta");
+    e.set_property("threshold", m.threshold);
+    e.set_property("inference-interval", m.inference_interval);
+    let stats_every = match &cam.source {
+        Source::TestPattern { fps, .. } => *fps,
+        _ => 30,
+    };
+    e.set_property("stats-interval", stats_every);
+    for (name, v) in [
+        ("resize", &m.resize),
+        ("layout", &m.layout),
+        ("channel-order", &m.channel_order),
+        ("output-activation", &m.activation),
+    ] {
+        if let Some(v) = v {
+            e.set_property_from_str(name, v);
+        }
+    }
+    for (name, v) in [("input-size", &m.input_size), ("mean", &m.mean), ("std", &m.std)] {
+        if let Some(v) = v {
+            e.set_property(name, v.as_str());
+        }
+    }
+    if let Some(p) = m.person_class {
+        e.set_property("person-class", p);
+    }
+    if let Some(s) = m.scale {
+        e.set_property("scale", s);
+    }
+    Ok(e)
+}
+
+fn png_gray(data: &[u8], w: u32, h: u32) -> Option<Vec<u8>> {
+    use image::ImageEncoder;
+    let mut out = Vec::with_capacity(data.len() / 4);
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::Sub,
+    )
+    .write_image(data, w, h, image::ExtendedColorType::L8)
+    .ok()?;
+    Some(out)
+}
+
+fn mask_sink(recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoch: Instant) -> gst_app::AppSink {
+    gst_app::AppSink::builder()
+        .sync(false)
+        .max_buffers(4)
+        .callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let Some(buffer) = sample.buffer() else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let Some(meta) = gstunetmask::meta::MaskMeta::from_buffer(buffer) else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let info = sample
+                        .caps()
+                        .and_then(|c| gst_video::VideoInfo::from_caps(c).ok());
+                    let frame_size = info.map_or((0, 0), |i| (i.width(), i.height()));
+                    let pts = buffer.pts().map_or(0, |p| p.nseconds());
+                    let rt = sample
+                        .segment()
+                        .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                        .and_then(|s| s.to_running_time(buffer.pts()))
+                        .map_or(pts, |r| r.nseconds());
+                    let png = {
+                        let map = meta.mask.map_readable().map_err(|_| gst::FlowError::Error)?;
+                        png_gray(&map, meta.width, meta.height).ok_or(gst::FlowError::Error)?
+                    };
+                    flow.frames.fetch_add(1, Ordering::Relaxed);
+                    flow.last_frame_ms
+                        .store(epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                    let frame = MaskFrame {
+                        running_time: rt,
+                        summary: FrameSummary {
+                            pts,
+                            fresh: meta.fresh,
+                            coverage: meta.coverage,
+                            uncertain: meta.uncertain,
+                        },
+                        png,
+                        mask_size: (meta.width, meta.height),
+                        threshold: meta.threshold,
+                        frame_size,
+                    };
+                    recorder
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_mask(frame);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .eos(|_| tracing::debug!("mask branch reached EOS"))
+                .build(),
+        )
+        .build()
+}
+
+fn splitmux(cam: &Camera, recorder: &Arc<Mutex<Recorder>>) -> Result<gst::Element> {
+    let rec = &cam.recording;
+    let s = make("splitmuxsink")?;
+    s.set_property("muxer-factory", rec.container.muxer());
+    s.set_property("max-size-time", rec.clip_duration.as_nanos() as u64);
+    s.set_property("max-size-bytes", rec.clip_max_bytes);
+    s.set_property("send-keyframe-requests", true);
+    let r = recorder.clone();
+    s.connect("format-location", false, move |_| {
+        let loc = r.lock().unwrap_or_else(|e| e.into_inner()).next_location();
+        Some(loc.to_string_lossy().to_string().to_value())
+    });
+    Ok(s)
+}
+
+/// Links `pad` (the source's video) into a tee with the two branches; `compressed` says
+/// whether it carries an encoded stream (then recorded as is) or raw video (then encoded).
+fn attach_video(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    caps_name: &str,
+    cam: &Camera,
+    recorder: &Arc<Mutex<Recorder>>,
+    flow: &Arc<Flow>,
+    epoch: Instant,
+) -> Result<gst::Pad> {
+    // An empty `caps_name`: compressed, codec not known yet.
+    let compressed = !caps_name.starts_with("video/x-raw");
+    let mut unlinked: Option<gst::Element> = None;
+    let tee = make("tee")?;
+    let q_rec = make("queue")?;
+    let q_mask = make("queue")?;
+    for q in [&q_rec, &q_mask] {
+        q.set_property("max-size-time", 2_000_000_000u64);
+        q.set_property("max-size-buffers", 0u32);
+        q.set_property("max-size-bytes", 0u32);
+    }
+    let mut rec_chain: Vec<gst::Element> = vec![q_rec.clone()];
+    if cam.recording.enabled {
+        if compressed {
+            match caps_name {
+                "video/x-h264" => rec_chain.push(make("h264parse")?),
+                "video/x-h265" => rec_chain.push(make("h265parse")?),
+                "" => unlinked = Some(make("parsebin")?),
+                _ => {}
+            }
+        } else {
+            let fps = match &cam.source {
+                Source::TestPattern { fps, .. } => *fps,
+                _ => 30,
+            };
+            let enc = make("x264enc")?;
+            enc.set_property_from_str("speed-preset", "ultrafast");
+            enc.set_property_from_str("tune", "zerolatency");
+            enc.set_property("key-int-max", fps.max(1));
+            enc.set_property("threads", 1u32);
+            rec_chain.extend([make("videoconvert")?, enc, make("h264parse")?]);
+        }
+        let sink = splitmux(cam, recorder)?;
+        if let Some(parsebin) = unlinked.take() {
+            rec_chain.push(parsebin.clone());
+            let sink_weak = sink.downgrade();
+            parsebin.connect_pad_added(move |_, p| {
+                let Some(sink) = sink_weak.upgrade() else { return };
+                let caps = p.current_caps().unwrap_or_else(|| p.query_caps(None));
+                let is_video = caps.structure(0).is_some_and(|s| s.name().starts_with("video/"));
+                if !is_video {
+                    return;
+                }
+                match sink.request_pad_simple("video") {
+                    Some(target) => {
+                        if let Err(e) = p.link(&target) {
+                            tracing::error!(error = ?e, "cannot link the parsed stream to splitmuxsink");
+                        }
+                    }
+                    None => tracing::error!("splitmuxsink gives no video pad"),
+                }
+            });
+            // Added to the pipeline below with the rest, linked when parsebin has typed the stream.
+            unlinked = Some(sink);
+        } else {
+            rec_chain.push(sink);
+        }
+    } else {
+        let fake = make("fakesink")?;
+        fake.set_property("sync", false);
+        fake.set_property("async", false);
+        rec_chain.push(fake);
+    }
+    let mut mask_chain: Vec<gst::Element> = vec![q_mask.clone()];
+    if compressed {
+        mask_chain.push(make("decodebin")?);
+    }
+    let convert = make("videoconvert")?;
+    let um = unetmask(cam)?;
+    let sink = mask_sink(recorder.clone(), flow.clone(), epoch);
+    mask_chain.extend([convert.clone(), um, sink.upcast()]);
+
+    pipeline.add(&tee)?;
+    for e in rec_chain.iter().chain(mask_chain.iter()).chain(unlinked.iter()) {
+        pipeline.add(e)?;
+    }
+    gst::Element::link_many(rec_chain.iter())?;
+    if compressed {
+        // decodebin's pad appears once the stream is typed.
+        let conv = convert.clone();
+        mask_chain[1].connect_pad_added(move |_, p| {
+            if let Some(sinkpad) = conv.static_pad("sink")
+                && !sinkpad.is_linked()
+                && let Err(e) = p.link(&sinkpad)
+            {
+                tracing::error!(error = ?e, "cannot link the decoder");
+            }
+        });
+        q_mask.link(&mask_chain[1])?;
+        gst::Element::link_many(&mask_chain[2..])?;
+    } else {
+        gst::Element::link_many(mask_chain.iter())?;
+    }
+    tee.link(&q_rec)?;
+    tee.link(&q_mask)?;
+    for e in rec_chain
+        .iter()
+        .chain(mask_chain.iter())
+        .chain(unlinked.iter())
+        .chain(std::iter::once(&tee))
+    {
+        e.sync_state_with_parent()?;
+    }
+    let tee_sink = tee.static_pad("sink").expect("tee has a sink pad");
+    pad.link(&tee_sink)
+        .map_err(|e| Error::Gst(format!("cannot link the source: {e:?}")))?;
+    Ok(tee_sink)
+}
+
+fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
+    if let Ok(f) = make("fakesink") {
+        f.set_property("sync", false);
+        f.set_property("async", false);
+        if pipeline.add(&f).is_ok() {
+            let _ = f.sync_state_with_parent();
+            if let Some(s) = f.static_pad("sink") {
+                let _ = pad.link(&s);
+            }
+        }
+    }
+}
+
+/// Builds the camera's pipeline (not started).
+pub fn build(
+    cam: &Camera,
+    runner: &Runner,
+    recorder: Arc<Mutex<Recorder>>,
+    flow: Arc<Flow>,
+    epoch: Instant,
+) -> Result<Built> {
+    let pipeline = gst::Pipeline::with_name(&format!("camera-{}", cam.name));
+    let entry: Arc<Mutex<Option<gst::Pad>>> = Arc::new(Mutex::new(None));
+
+    // A source whose video pad appears later: link its first video pad, discard the rest.
+    let dynamic = |src: &gst::Element| {
+        let pipeline_weak = pipeline.downgrade();
+        let cam = cam.clone();
+        let rec = recorder.clone();
+        let flow = flow.clone();
+        let entry = entry.clone();
+        src.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = pipeline_weak.upgrade() else { return };
+            // Fixed caps name the codec; otherwise (fallbacksrc before the stream is known)
+            // the codec is decided by a parsebin in the recording branch.
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            let name = if caps.is_fixed() {
+                caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default()
+            } else if !caps.is_any() && !caps.is_empty() && caps.iter().all(|s| s.name().starts_with("video/x-raw")) {
+                "video/x-raw".to_string()
+            } else {
+                String::new()
+            };
+            let is_video = name.starts_with("video/") || pad.name().starts_with("video");
+            let mut slot = entry.lock().unwrap_or_else(|e| e.into_inner());
+            if !is_video || slot.is_some() {
+                discard(&pipeline, pad);
+                return;
+            }
+            tracing::debug!(camera = %cam.name, pad = %pad.name(), caps = %caps, "source video pad");
+            match attach_video(&pipeline, pad, &name, &cam, &rec, &flow, epoch) {
+                Ok(p) => *slot = Some(p),
+                Err(e) => {
+                    tracing::error!(camera = %cam.name, error = %e, "cannot build the recording/mask branches");
+                    let msg = gst::message::Error::builder(gst::CoreError::Negotiation, &e.to_string()).build();
+                    let _ = pipeline.post_message(msg);
+                }
+            }
+        });
+    };
+
+    match &cam.source {
+        Source::File { path } => {
+            let src = make("filesrc")?;
+            src.set_property("location", path.to_string_lossy().as_ref());
+            let parse = make("parsebin")?;
+            pipeline.add_many([&src, &parse])?;
+            src.link(&parse)?;
+            dynamic(&parse);
+        }
+        Source::Rtsp { url, tcp } => {
+            let src = make("fallbacksrc")?;
+            // rtspt:// makes rtspsrc use TCP only, rtspu:// UDP only.
+            let scheme = if *tcp { "rtspt://" } else { "rtspu://" };
+            let uri = match url.split_once("://") {
+                Some((s, rest)) if s.eq_ignore_ascii_case("rtsp") => format!("{scheme}{rest}"),
+                _ => url.clone(),
+            };
+            src.set_property("uri", uri.as_str());
+            src.set_property("enable-audio", false);
+            src.set_property("enable-dummy", false);
+            src.set_property("video-caps", {
+                let mut caps = gst::Caps::builder("video/x-h264").build();
+                caps.merge(gst::Caps::builder("video/x-h265").build());
+                caps
+            });
+            let stall = runner.stall_timeout.as_nanos() as u64;
+            src.set_property("timeout", stall);
+            src.set_property("restart-timeout", stall);
+            src.set_property("retry-timeout", u64::MAX - 1);
+            src.set_property("restart-on-eos", true);
+            pipeline.add(&src)?;
+            dynamic(&src);
+            tracing::info!(camera = %cam.name, url = %redact_url(url), transport = if *tcp { "tcp" } else { "udp" }, "RTSP source");
+        }
+        Source::V4l2 { device } => {
+            let src = make("v4l2src")?;
+            src.set_property("device", device.to_string_lossy().as_ref());
+            let caps = make("capsfilter")?;
+            caps.set_property("caps", gst::Caps::builder("video/x-raw").build());
+            pipeline.add_many([&src, &caps])?;
+            src.link(&caps)?;
+            let pad = caps.static_pad("src").expect("capsfilter has a src pad");
+            let p = attach_video(&pipeline, &pad, "video/x-raw", cam, &recorder, &flow, epoch)?;
+            *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        }
+        Source::TestPattern {
+            pattern,
+            width,
+            height,
+            fps,
+            num_frames,
+            live,
+        } => {
+            let src = make("videotestsrc")?;
+            src.set_property_from_str("pattern", pattern);
+            src.set_property("is-live", *live);
+            if let Some(n) = num_frames {
+                src.set_property("num-buffers", i32::try_from(*n).unwrap_or(i32::MAX));
+            }
+            let caps = make("capsfilter")?;
+            caps.set_property(
+                "caps",
+                gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", *width as i32)
+                    .field("height", *height as i32)
+                    .field("framerate", gst::Fraction::new(*fps as i32, 1))
+                    .build(),
+            );
+            pipeline.add_many([&src, &caps])?;
+            src.link(&caps)?;
+            let pad = caps.static_pad("src").expect("capsfilter has a src pad");
+            let p = attach_video(&pipeline, &pad, "video/x-raw", cam, &recorder, &flow, epoch)?;
+            *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        }
+    }
+    Ok(Built { pipeline, entry })
+}
+
+/// Checks that a camera's source is there: a file exists, a v4l2 device node exists, an
+/// RTSP camera accepts a TCP connection within `timeout` (only when `probe_network`).
+pub fn check_source(cam: &Camera, probe_network: bool, timeout: std::time::Duration) -> Result<()> {
+    let err = |reason: String| Error::Source {
+        camera: cam.name.clone(),
+        reason,
+    };
+    match &cam.source {
+        Source::File { path } if !path.is_file() => {
+            Err(err(format!("file '{}' does not exist", path.display())))
+        }
+        Source::V4l2 { device } if !device.exists() => Err(err(format!(
+            "v4l2 device '{}' does not exist (is the camera plugged in, and the user in group 'video'?)",
+            device.display()
+        ))),
+        Source::Rtsp { url, .. } if probe_network => {
+            let (host, port) = crate::config::rtsp_host_port(url).ok_or_else(|| err("bad URL".into()))?;
+            use std::net::ToSocketAddrs;
+            let addrs: Vec<_> = (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| err(format!("cannot resolve {host}: {e}")))?
+                .collect();
+            let ok = addrs
+                .iter()
+                .any(|a| std::net::TcpStream::connect_timeout(a, timeout).is_ok());
+            if ok {
+                Ok(())
+            } else {
+                Err(err(format!(
+                    "RTSP camera {} is unreachable (no TCP connection to {host}:{port})",
+                    redact_url(url)
+                )))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Creates the camera's output directory and checks it is writable.
+pub fn prepare_output(dir: &Path) -> Result<()> {
+    let err = |reason: String| Error::Output {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    let probe: PathBuf = dir.join(".edgemask-write-test.part");
+    std::fs::write(&probe, b"x").map_err(|e| err(format!("not writable: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}

@@ -1,0 +1,934 @@
+//! Configuration: TOML file(s) plus `EDGEMASK__…` environment overrides, read with the
+//! `config` crate, then checked here. Unknown keys are errors that name the key, its value
+//! and the keys allowed at that place; values are checked by [`validate`], which turns the
+//! loose file structure into the typed [`Settings`] the runner uses.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// `[runner]`
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct RunnerFile {
+    pub output_dir: Option<PathBuf>,
+    pub host: Option<String>,
+    pub disk_floor_mb: Option<u64>,
+    pub metrics_listen: Option<String>,
+    pub stall_timeout_s: Option<f64>,
+    pub backoff_initial_s: Option<f64>,
+    pub backoff_max_s: Option<f64>,
+    pub progress: Option<bool>,
+}
+
+/// `[model]` (shared) or `[cameras.NAME.model]` (per-camera override of single fields).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ModelFile {
+    pub path: Option<PathBuf>,
+    pub device: Option<String>,
+    pub threads: Option<u32>,
+    pub threshold: Option<f64>,
+    pub inference_interval: Option<u32>,
+    pub resize: Option<String>,
+    pub layout: Option<String>,
+    pub channel_order: Option<String>,
+    pub input_size: Option<String>,
+    pub activation: Option<String>,
+    pub person_class: Option<i32>,
+    pub mean: Option<String>,
+    pub std: Option<String>,
+    pub scale: Option<f64>,
+}
+
+/// `[recording]` (shared) or `[cameras.NAME.recording]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct RecordingFile {
+    pub enabled: Option<bool>,
+    pub container: Option<String>,
+    pub clip_seconds: Option<f64>,
+    pub clip_max_mb: Option<u64>,
+}
+
+/// `[cameras.NAME.policy]`
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct PolicyFile {
+    pub kind: Option<String>,
+    pub min_coverage: Option<f64>,
+    pub min_uncertain: Option<f64>,
+    pub min_duration_s: Option<f64>,
+    pub preroll_s: Option<f64>,
+}
+
+/// `[cameras.NAME]`
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct CameraFile {
+    pub source: Option<String>,
+    pub path: Option<PathBuf>,
+    pub url: Option<String>,
+    pub transport: Option<String>,
+    pub device: Option<String>,
+    pub pattern: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<u32>,
+    pub num_frames: Option<u64>,
+    pub live: Option<bool>,
+    pub enabled: Option<bool>,
+    pub model: Option<ModelFile>,
+    pub recording: Option<RecordingFile>,
+    pub policy: Option<PolicyFile>,
+}
+
+/// The whole file, as read.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub runner: RunnerFile,
+    #[serde(default)]
+    pub model: ModelFile,
+    #[serde(default)]
+    pub recording: RecordingFile,
+    #[serde(default)]
+    pub cameras: BTreeMap<String, CameraFile>,
+}
+
+const RUNNER_KEYS: &[&str] = &[
+    "output_dir",
+    "host",
+    "disk_floor_mb",
+    "metrics_listen",
+    "stall_timeout_s",
+    "backoff_initial_s",
+    "backoff_max_s",
+    "progress",
+];
+const MODEL_KEYS: &[&str] = &[
+    "path",
+    "device",
+    "threads",
+    "threshold",
+    "inference_interval",
+    "resize",
+    "layout",
+    "channel_order",
+    "input_size",
+    "activation",
+    "person_class",
+    "mean",
+    "std",
+    "scale",
+];
+const RECORDING_KEYS: &[&str] = &["enabled", "container", "clip_seconds", "clip_max_mb"];
+const POLICY_KEYS: &[&str] = &[
+    "kind",
+    "min_coverage",
+    "min_uncertain",
+    "min_duration_s",
+    "preroll_s",
+];
+const CAMERA_KEYS: &[&str] = &[
+    "source",
+    "path",
+    "url",
+    "transport",
+    "device",
+    "pattern",
+    "width",
+    "height",
+    "fps",
+    "num_frames",
+    "live",
+    "enabled",
+    "model",
+    "recording",
+    "policy",
+];
+const TOP_KEYS: &[&str] = &["runner", "model", "recording", "cameras"];
+
+/// The keys allowed in the table at `path` (dotted, camera names replaced by `*`).
+fn allowed_keys(path: &[&str]) -> Option<&'static [&'static str]> {
+    match path {
+        [] => Some(TOP_KEYS),
+        ["runner"] => Some(RUNNER_KEYS),
+        ["model"] | ["cameras", _, "model"] => Some(MODEL_KEYS),
+        ["recording"] | ["cameras", _, "recording"] => Some(RECORDING_KEYS),
+        ["cameras", _] => Some(CAMERA_KEYS),
+        ["cameras", _, "policy"] => Some(POLICY_KEYS),
+        _ => None,
+    }
+}
+
+fn short_value(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.len() > 60 {
+        format!("{}…", &s[..60])
+    } else {
+        s
+    }
+}
+
+/// Finds the first key of `value` that the schema does not know.
+pub fn check_unknown_keys(value: &serde_json::Value) -> Result<()> {
+    fn walk(path: &mut Vec<String>, value: &serde_json::Value) -> Result<()> {
+        let serde_json::Value::Object(map) = value else {
+            return Ok(());
+        };
+        if path.len() == 1 && path[0] == "cameras" {
+            for (name, cam) in map {
+                path.push(name.clone());
+                walk(path, cam)?;
+                path.pop();
+            }
+            return Ok(());
+        }
+        let as_str: Vec<&str> = path.iter().map(String::as_str).collect();
+        let Some(allowed) = allowed_keys(&as_str) else {
+            return Ok(());
+        };
+        for (k, v) in map {
+            if !allowed.contains(&k.as_str()) {
+                let key = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{}.{k}", path.join("."))
+                };
+                return Err(Error::UnknownKey {
+                    key,
+                    value: short_value(v),
+                    allowed: allowed.join(", "),
+                });
+            }
+            if v.is_object() {
+                path.push(k.clone());
+                walk(path, v)?;
+                path.pop();
+            }
+        }
+        Ok(())
+    }
+    walk(&mut Vec::new(), value)
+}
+
+/// Reads the config files (later ones override earlier ones) and the `EDGEMASK__` environment.
+pub fn load(paths: &[PathBuf]) -> Result<ConfigFile> {
+    let mut builder = config::Config::builder();
+    for p in paths {
+        if !p.is_file() {
+            return Err(Error::Config(format!(
+                "config file '{}' does not exist",
+                p.display()
+            )));
+        }
+        builder = builder.add_source(config::File::from(p.as_path()).format(config::FileFormat::Toml));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("EDGEMASK")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true),
+    );
+    let cfg = builder.build().map_err(|e| Error::Config(e.to_string()))?;
+    let raw: serde_json::Value = cfg
+        .clone()
+        .try_deserialize()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    check_unknown_keys(&raw)?;
+    cfg.try_deserialize().map_err(|e| Error::Config(e.to_string()))
+}
+
+/// Where a camera's frames come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    File {
+        path: PathBuf,
+    },
+    Rtsp {
+        url: String,
+        tcp: bool,
+    },
+    V4l2 {
+        device: PathBuf,
+    },
+    TestPattern {
+        pattern: String,
+        width: u32,
+        height: u32,
+        fps: u32,
+        num_frames: Option<u64>,
+        live: bool,
+    },
+}
+
+impl Source {
+    /// Whether the source is live (restarted on failure, never "done").
+    pub fn is_live(&self) -> bool {
+        match self {
+            Source::File { .. } => false,
+            Source::Rtsp { .. } | Source::V4l2 { .. } => true,
+            Source::TestPattern { live, .. } => *live,
+        }
+    }
+}
+
+/// What part of a stream is kept (see `policy.rs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PolicyKind {
+    Always,
+    Person,
+    Uncertain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub kind: PolicyKind,
+    /// Coverage (person) or uncertain share (uncertain) at or above which a frame counts.
+    pub min_share: f64,
+    pub min_duration: Duration,
+    pub preroll: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub path: PathBuf,
+    pub device: String,
+    pub threads: u32,
+    pub threshold: f64,
+    pub inference_interval: u32,
+    pub resize: Option<String>,
+    pub layout: Option<String>,
+    pub channel_order: Option<String>,
+    pub input_size: Option<String>,
+    pub activation: Option<String>,
+    pub person_class: Option<i32>,
+    pub mean: Option<String>,
+    pub std: Option<String>,
+    pub scale: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    Mp4,
+    Mkv,
+}
+
+impl Container {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Container::Mp4 => "mp4",
+            Container::Mkv => "mkv",
+        }
+    }
+    pub fn muxer(self) -> &'static str {
+        match self {
+            Container::Mp4 => "mp4mux",
+            Container::Mkv => "matroskamux",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recording {
+    pub enabled: bool,
+    pub container: Container,
+    pub clip_duration: Duration,
+    /// 0: no size limit.
+    pub clip_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Camera {
+    pub name: String,
+    pub source: Source,
+    pub model: Model,
+    pub recording: Recording,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runner {
+    pub output_dir: PathBuf,
+    pub host: Option<String>,
+    pub disk_floor_bytes: u64,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub stall_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub progress: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub runner: Runner,
+    pub cameras: Vec<Camera>,
+}
+
+fn positive(key: &str, v: f64) -> Result<Duration> {
+    if v.is_finite() && v > 0.0 && v < 1e7 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(Error::invalid(key, v, "a number of seconds > 0 is allowed"))
+    }
+}
+
+fn share(key: &str, v: f64) -> Result<f64> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(Error::invalid(key, v, "a share between 0.0 and 1.0 is allowed"))
+    }
+}
+
+fn one_of(key: &str, v: &str, allowed: &[&str]) -> Result<String> {
+    let l = v.to_ascii_lowercase();
+    if allowed.contains(&l.as_str()) {
+        Ok(l)
+    } else {
+        Err(Error::invalid(
+            key,
+            format!("\"{v}\""),
+            format!("allowed: {}", allowed.join(", ")),
+        ))
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Removes `user:password@` from a URL, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***@{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Host and port of an `rtsp://` or `rtsps://` URL.
+pub fn rtsp_host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "rtsp" | "rtspt" | "rtspu" => 554,
+        "rtsps" => 322,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(stripped) = hostport.strip_prefix('[') {
+        let (host, after) = stripped.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None => default,
+        };
+        return Some((host.to_string(), port));
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None if !hostport.is_empty() => Some((hostport.to_string(), default)),
+        None => None,
+    }
+}
+
+fn merge_model(shared: &ModelFile, cam: Option<&ModelFile>, prefix: &str, base: &Path) -> Result<Model> {
+    let d = ModelFile::default();
+    let c = cam.unwrap_or(&d);
+    macro_rules! pick {
+        ($f:ident) => {
+            c.$f.clone().or_else(|| shared.$f.clone())
+        };
+    }
+    let key = |k: &str| format!("{prefix}model.{k}");
+    let path = pick!(path).ok_or_else(|| {
+        Error::invalid(
+            key("path"),
+            "(missing)",
+            "the path of an .onnx model file is required",
+        )
+    })?;
+    let path = if path.is_relative() { base.join(path) } else { path };
+    let device = pick!(device).unwrap_or_else(|| "auto".into());
+    let dl = device.to_ascii_lowercase();
+    let dev_ok = dl == "auto"
+        || dl == "cpu"
+        || ["cuda", "tensorrt"].iter().any(|p| {
+            dl.strip_prefix(p).is_some_and(|r| {
+                r.is_empty() || r.strip_prefix(':').is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+        });
+    if !dev_ok {
+        return Err(Error::invalid(
+            key("device"),
+            format!("\"{device}\""),
+            "allowed: auto, cpu, cuda:N, tensorrt:N",
+        ));
+    }
+    let threshold = pick!(threshold).unwrap_or(0.5);
+    if !(threshold < 0.0 || (0.0..=1.0).contains(&threshold)) {
+        return Err(Error::invalid(
+            key("threshold"),
+            threshold,
+            "allowed: 0.0..=1.0, or < 0 for a soft mask",
+        ));
+    }
+    let inference_interval = pick!(inference_interval).unwrap_or(1);
+    if inference_interval == 0 {
+        return Err(Error::invalid(key("inference_interval"), 0, "allowed: 1 or more"));
+    }
+    let resize = pick!(resize)
+        .map(|v| one_of(&key("resize"), &v, &["antialias", "bilinear"]))
+        .transpose()?;
+    let layout = pick!(layout)
+        .map(|v| one_of(&key("layout"), &v, &["auto", "nchw", "nhwc"]))
+        .transpose()?;
+    let channel_order = pick!(channel_order)
+        .map(|v| one_of(&key("channel_order"), &v, &["rgb", "bgr"]))
+        .transpose()?;
+    let activation = pick!(activation)
+        .map(|v| one_of(&key("activation"), &v, &["auto", "none", "sigmoid", "softmax"]))
+        .transpose()?;
+    let input_size = pick!(input_size);
+    if let Some(s) = &input_size {
+        let ok = s
+            .split_once('x')
+            .is_some_and(|(w, h)| w.parse::<u32>().is_ok() && h.parse::<u32>().is_ok());
+        if !ok {
+            return Err(Error::invalid(
+                key("input_size"),
+                format!("\"{s}\""),
+                "allowed: WIDTHxHEIGHT, e.g. 256x256",
+            ));
+        }
+    }
+    Ok(Model {
+        path,
+        device: dl,
+        threads: pick!(threads).unwrap_or(0),
+        threshold,
+        inference_interval,
+        resize,
+        layout,
+        channel_order,
+        input_size,
+        activation,
+        person_class: pick!(person_class),
+        mean: pick!(mean),
+        std: pick!(std),
+        scale: pick!(scale),
+    })
+}
+
+fn merge_recording(shared: &RecordingFile, cam: Option<&RecordingFile>, prefix: &str) -> Result<Recording> {
+    let d = RecordingFile::default();
+    let c = cam.unwrap_or(&d);
+    let key = |k: &str| format!("{prefix}recording.{k}");
+    let container = match c.container.clone().or_else(|| shared.container.clone()) {
+        None => Container::Mp4,
+        Some(v) => match one_of(&key("container"), &v, &["mp4", "mkv"])?.as_str() {
+            "mkv" => Container::Mkv,
+            _ => Container::Mp4,
+        },
+    };
+    let clip_seconds = c.clip_seconds.or(shared.clip_seconds).unwrap_or(60.0);
+    Ok(Recording {
+        enabled: c.enabled.or(shared.enabled).unwrap_or(true),
+        container,
+        clip_duration: positive(&key("clip_seconds"), clip_seconds)?,
+        clip_max_bytes: c.clip_max_mb.or(shared.clip_max_mb).unwrap_or(0) * 1024 * 1024,
+    })
+}
+
+fn policy(p: Option<&PolicyFile>, prefix: &str) -> Result<Policy> {
+    let d = PolicyFile::default();
+    let p = p.unwrap_or(&d);
+    let key = |k: &str| format!("{prefix}policy.{k}");
+    let kind = match p.kind.as_deref() {
+        None => PolicyKind::Always,
+        Some(v) => match one_of(&key("kind"), v, &["always", "person", "uncertain"])?.as_str() {
+            "person" => PolicyKind::Person,
+            "uncertain" => PolicyKind::Uncertain,
+            _ => PolicyKind::Always,
+        },
+    };
+    let (share_key, share_val, other) = match kind {
+        PolicyKind::Uncertain => (
+            "min_uncertain",
+            p.min_uncertain.unwrap_or(0.1),
+            p.min_coverage.map(|_| "min_coverage"),
+        ),
+        _ => (
+            "min_coverage",
+            p.min_coverage.unwrap_or(0.02),
+            p.min_uncertain.map(|_| "min_uncertain"),
+        ),
+    };
+    if let Some(o) = other {
+        return Err(Error::invalid(
+            key(o),
+            "(set)",
+            format!("not used by policy kind {kind:?}; use {share_key}"),
+        ));
+    }
+    let min_duration = p.min_duration_s.unwrap_or(1.0);
+    if !(min_duration.is_finite() && (0.0..1e6).contains(&min_duration)) {
+        return Err(Error::invalid(
+            key("min_duration_s"),
+            min_duration,
+            "allowed: seconds >= 0",
+        ));
+    }
+    let preroll = p.preroll_s.unwrap_or(2.0);
+    if !(preroll.is_finite() && (0.0..=600.0).contains(&preroll)) {
+        return Err(Error::invalid(
+            key("preroll_s"),
+            preroll,
+            "allowed: 0..=600 seconds",
+        ));
+    }
+    Ok(Policy {
+        kind,
+        min_share: share(&key(share_key), share_val)?,
+        min_duration: Duration::from_secs_f64(min_duration),
+        preroll: Duration::from_secs_f64(preroll),
+    })
+}
+
+fn source(c: &CameraFile, prefix: &str, base: &Path) -> Result<Source> {
+    let key = |k: &str| format!("{prefix}{k}");
+    let kind = c.source.as_deref().ok_or_else(|| {
+        Error::invalid(
+            key("source"),
+            "(missing)",
+            "allowed: file, rtsp, v4l2, testpattern",
+        )
+    })?;
+    let kind = one_of(&key("source"), kind, &["file", "rtsp", "v4l2", "testpattern"])?;
+    let used: &[(&str, bool)] = &[
+        ("path", c.path.is_some()),
+        ("url", c.url.is_some()),
+        ("transport", c.transport.is_some()),
+        ("device", c.device.is_some()),
+        ("pattern", c.pattern.is_some()),
+        ("width", c.width.is_some()),
+        ("height", c.height.is_some()),
+        ("fps", c.fps.is_some()),
+        ("num_frames", c.num_frames.is_some()),
+        ("live", c.live.is_some()),
+    ];
+    let allowed: &[&str] = match kind.as_str() {
+        "file" => &["path"],
+        "rtsp" => &["url", "transport"],
+        "v4l2" => &["device"],
+        _ => &["pattern", "width", "height", "fps", "num_frames", "live"],
+    };
+    for (k, set) in used {
+        if *set && !allowed.contains(k) {
+            return Err(Error::invalid(
+                key(k),
+                "(set)",
+                format!(
+                    "not used by source = \"{kind}\"; keys for it: {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(match kind.as_str() {
+        "file" => {
+            let p = c
+                .path
+                .clone()
+                .ok_or_else(|| Error::invalid(key("path"), "(missing)", "a file path is required"))?;
+            Source::File {
+                path: if p.is_relative() { base.join(p) } else { p },
+            }
+        }
+        "rtsp" => {
+            let url = c
+                .url
+                .clone()
+                .ok_or_else(|| Error::invalid(key("url"), "(missing)", "an rtsp:// URL is required"))?;
+            if rtsp_host_port(&url).is_none() {
+                return Err(Error::invalid(
+                    key("url"),
+                    format!("\"{}\"", redact_url(&url)),
+                    "allowed: rtsp://[user:pass@]host[:port]/path",
+                ));
+            }
+            let tcp = match c.transport.as_deref() {
+                None => true,
+                Some(t) => one_of(&key("transport"), t, &["tcp", "udp"])? == "tcp",
+            };
+            Source::Rtsp { url, tcp }
+        }
+        "v4l2" => Source::V4l2 {
+            device: PathBuf::from(c.device.clone().unwrap_or_else(|| "/dev/video0".into())),
+        },
+        _ => {
+            let pattern = c.pattern.clone().unwrap_or_else(|| "smpte".into());
+            let (w, h, fps) = (
+                c.width.unwrap_or(320),
+                c.height.unwrap_or(240),
+                c.fps.unwrap_or(30),
+            );
+            for (k, v, max) in [("width", w, 7680), ("height", h, 4320), ("fps", fps, 240)] {
+                if v == 0 || v > max || (k != "fps" && v % 2 == 1) {
+                    return Err(Error::invalid(
+                        key(k),
+                        v,
+                        format!("allowed: 1..={max} (even for sizes)"),
+                    ));
+                }
+            }
+            if c.num_frames == Some(0) {
+                return Err(Error::invalid(
+                    key("num_frames"),
+                    0,
+                    "allowed: 1 or more (leave out for endless)",
+                ));
+            }
+            Source::TestPattern {
+                pattern,
+                width: w,
+                height: h,
+                fps,
+                num_frames: c.num_frames,
+                live: c.live.unwrap_or(false),
+            }
+        }
+    })
+}
+
+/// Turns the file structure into [`Settings`]; `base` resolves relative paths (the config
+/// file's directory).
+pub fn validate(file: &ConfigFile, base: &Path) -> Result<Settings> {
+    let r = &file.runner;
+    let output_dir = r
+        .output_dir
+        .clone()
+        .ok_or_else(|| Error::invalid("runner.output_dir", "(missing)", "a directory path is required"))?;
+    let output_dir = if output_dir.is_relative() {
+        base.join(output_dir)
+    } else {
+        output_dir
+    };
+    let metrics_listen = match &r.metrics_listen {
+        None => None,
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(s.parse().map_err(|_| {
+            Error::invalid(
+                "runner.metrics_listen",
+                format!("\"{s}\""),
+                "allowed: IP:PORT, e.g. 127.0.0.1:9757",
+            )
+        })?),
+    };
+    let backoff_initial = positive("runner.backoff_initial_s", r.backoff_initial_s.unwrap_or(1.0))?;
+    let backoff_max = positive("runner.backoff_max_s", r.backoff_max_s.unwrap_or(60.0))?;
+    if backoff_max < backoff_initial {
+        return Err(Error::invalid(
+            "runner.backoff_max_s",
+            backoff_max.as_secs_f64(),
+            "must be >= runner.backoff_initial_s",
+        ));
+    }
+    let runner = Runner {
+        output_dir,
+        host: r.host.clone(),
+        disk_floor_bytes: r.disk_floor_mb.unwrap_or(512) * 1024 * 1024,
+        metrics_listen,
+        stall_timeout: positive("runner.stall_timeout_s", r.stall_timeout_s.unwrap_or(5.0))?,
+        backoff_initial,
+        backoff_max,
+        progress: r.progress.unwrap_or(true),
+    };
+    if file.cameras.is_empty() {
+        return Err(Error::invalid(
+            "cameras",
+            "(none)",
+            "at least one [cameras.NAME] table is required",
+        ));
+    }
+    let mut cameras = Vec::new();
+    for (name, c) in &file.cameras {
+        let prefix = format!("cameras.{name}.");
+        if !valid_name(name) {
+            return Err(Error::invalid(
+                format!("cameras.{name}"),
+                format!("\"{name}\""),
+                "camera names allowed: 1-64 of a-z, 0-9, _ and -",
+            ));
+        }
+        if c.enabled == Some(false) {
+            continue;
+        }
+        cameras.push(Camera {
+            name: name.clone(),
+            source: source(c, &prefix, base)?,
+            model: merge_model(&file.model, c.model.as_ref(), &prefix, base)?,
+            recording: merge_recording(&file.recording, c.recording.as_ref(), &prefix)?,
+            policy: policy(c.policy.as_ref(), &prefix)?,
+        });
+    }
+    if cameras.is_empty() {
+        return Err(Error::invalid(
+            "cameras",
+            "(all disabled)",
+            "at least one enabled camera is required",
+        ));
+    }
+    Ok(Settings { runner, cameras })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Settings> {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let raw: serde_json::Value = cfg
+            .clone()
+            .try_deserialize()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        check_unknown_keys(&raw)?;
+        let file: ConfigFile = cfg.try_deserialize().map_err(|e| Error::Config(e.to_string()))?;
+        validate(&file, Path::new("/base"))
+    }
+
+    const GOOD: &str = r#"
+        [runner]
+        output_dir = "out"
+        [model]
+        path = "m.onnx"
+        [cameras.front]
+        source = "testpattern"
+        num_frames = 10
+    "#;
+
+    #[test]
+    fn good_config_resolves_paths_and_defaults() {
+        let s = parse(GOOD).unwrap();
+        assert_eq!(s.runner.output_dir, PathBuf::from("/base/out"));
+        assert_eq!(s.cameras.len(), 1);
+        let c = &s.cameras[0];
+        assert_eq!(c.model.path, PathBuf::from("/base/m.onnx"));
+        assert_eq!(c.model.threshold, 0.5);
+        assert_eq!(c.policy.kind, PolicyKind::Always);
+        assert_eq!(c.recording.container, Container::Mp4);
+        assert!(matches!(
+            c.source,
+            Source::TestPattern {
+                width: 320,
+                height: 240,
+                fps: 30,
+                num_frames: Some(10),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_key_names_key_value_and_allowed() {
+        let e = parse(&GOOD.replace("path = \"m.onnx\"", "path = \"m.onnx\"\ndevcie = \"cpu\"")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("model.devcie"), "{msg}");
+        assert!(msg.contains("\"cpu\""), "{msg}");
+        assert!(msg.contains("device"), "{msg}");
+        assert_eq!(e.exit_code(), crate::error::exit::CONFIG);
+    }
+
+    #[test]
+    fn unknown_camera_key_is_reported_with_camera_path() {
+        let e = parse(&format!("{GOOD}\nfoo = 3\n")).unwrap_err();
+        assert!(e.to_string().contains("cameras.front.foo"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_a_config_error_naming_the_key() {
+        let e = parse(&GOOD.replace("num_frames = 10", "num_frames = \"ten\"")).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::CONFIG);
+        assert!(e.to_string().contains("num_frames"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (from, to, key) in [
+            ("num_frames = 10", "num_frames = 0", "cameras.front.num_frames"),
+            (
+                "path = \"m.onnx\"",
+                "path = \"m.onnx\"\nthreshold = 1.5",
+                "model.threshold",
+            ),
+            (
+                "path = \"m.onnx\"",
+                "path = \"m.onnx\"\ndevice = \"gpu\"",
+                "model.device",
+            ),
+            (
+                "source = \"testpattern\"",
+                "source = \"webcam\"",
+                "cameras.front.source",
+            ),
+            (
+                "num_frames = 10",
+                "num_frames = 10\nurl = \"rtsp://x\"",
+                "cameras.front.url",
+            ),
+            (
+                "output_dir = \"out\"",
+                "output_dir = \"out\"\nmetrics_listen = \"nope\"",
+                "runner.metrics_listen",
+            ),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+            assert_eq!(e.exit_code(), crate::error::exit::CONFIG);
+        }
+    }
+
+    #[test]
+    fn camera_model_overrides_shared_fields() {
+        let s = parse(&format!("{GOOD}\n[cameras.front.model]\nthreshold = 0.7\n")).unwrap();
+        assert_eq!(s.cameras[0].model.threshold, 0.7);
+        assert_eq!(s.cameras[0].model.path, PathBuf::from("/base/m.onnx"));
+    }
+
+    #[test]
+    fn policy_parsing() {
+        let s = parse(&format!(
+            "{GOOD}\n[cameras.front.policy]\nkind = \"person\"\nmin_coverage = 0.1\nmin_duration_s = 0.5\npreroll_s = 1\n"
+        ))
+        .unwrap();
+        let p = s.cameras[0].policy;
+        assert_eq!(p.kind, PolicyKind::Person);
+        assert_eq!(p.min_share, 0.1);
+        assert_eq!(p.preroll, Duration::from_secs(1));
+        let e = parse(&format!(
+            "{GOOD}\n[cameras.front.policy]\nkind = \"person\"\nmin_uncertain = 0.1\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("min_uncertain"), "{e}");
+    }
+
+    #[test]
+    fn url_helpers() {
+        assert_eq!(redact_url("rtsp://u:secret@cam:8554/s"), "rtsp://***@cam:8554/s");
+        assert_eq!(redact_url("rtsp://cam/s"), "rtsp://cam/s");
+        assert_eq!(
+            rtsp_host_port("rtsp://u:p@127.0.0.1:8554/s"),
+            Some(("127.0.0.1".into(), 8554))
+        );
+        assert_eq!(rtsp_host_port("rtsp://cam/s"), Some(("cam".into(), 554)));
+        assert_eq!(rtsp_host_port("rtsp://[::1]:9/s"), Some(("::1".into(), 9)));
+        assert_eq!(rtsp_host_port("http://cam/s"), None);
+    }
+}

@@ -1,0 +1,385 @@
+//! Per-camera recorder: pairs the clips `splitmuxsink` writes with the masks of the same
+//! frames, applies the capture policy and the disk floor, and finalises each clip with the
+//! temp-then-rename contract (video, then masks, then the manifest last).
+//!
+//! Clips are delimited by running time: clip k holds the frames whose running time lies in
+//! `[opened_k, opened_{k+1})`, where `opened_k` is the running time `splitmuxsink` reports
+//! when it opens fragment k (always at a key frame). Both branches leave the same `tee`, so
+//! the masks' running times are on the same scale.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::clip::{self, ClipHeader, FrameSummary, MaskInfo, ModelInfo};
+use crate::config::{Container, Policy, PolicyKind};
+use crate::policy::{Decision, PolicyState};
+
+/// One frame's mask as it left the element.
+#[derive(Debug, Clone)]
+pub struct MaskFrame {
+    pub running_time: u64,
+    pub summary: FrameSummary,
+    /// PNG (8-bit grey) of the mask at model resolution.
+    pub png: Vec<u8>,
+    pub mask_size: (u32, u32),
+    pub threshold: Option<f64>,
+    pub frame_size: (u32, u32),
+}
+
+#[derive(Debug)]
+struct Fragment {
+    base: String,
+    temp_video: PathBuf,
+    opened_rt: u64,
+    closed: bool,
+    wall_start: SystemTime,
+    wall_end: Option<SystemTime>,
+    /// Free space was under the floor when the fragment opened: it is not kept.
+    low_disk: bool,
+}
+
+/// Counters the runner exports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub clips_written: u64,
+    pub bytes_written: u64,
+    pub clips_skipped_policy: u64,
+    pub clips_skipped_disk: u64,
+    pub write_errors: u64,
+    pub frames: u64,
+    pub fresh: u64,
+    pub carried: u64,
+}
+
+pub struct Recorder {
+    camera: String,
+    host: String,
+    dir: PathBuf,
+    container: Container,
+    model: ModelInfo,
+    policy_name: String,
+    policy: PolicyState,
+    disk_floor: u64,
+    seq: u64,
+    fragments: VecDeque<Fragment>,
+    /// Masks not yet given to a fragment (they arrived before it opened).
+    pending: VecDeque<MaskFrame>,
+    max_rt: Option<u64>,
+    eos: bool,
+    low_disk_logged: bool,
+    pub counters: Counters,
+}
+
+/// Free bytes for unprivileged users in the filesystem of `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+fn sync_rename(from: &Path, to: &Path) -> std::io::Result<()> {
+    if let Ok(f) = fs::File::open(from) {
+        let _ = f.sync_all();
+    }
+    fs::rename(from, to)
+}
+
+fn write_then_rename(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    let temp = dir.join(clip::temp_name(name));
+    let result = (|| {
+        let mut f = fs::File::create(&temp)?;
+        write(&mut f)?;
+        f.flush()?;
+        f.sync_all()?;
+        let len = f.metadata()?.len();
+        fs::rename(&temp, dir.join(name))?;
+        Ok(len)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+impl Recorder {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        camera: &str,
+        host: &str,
+        dir: PathBuf,
+        container: Container,
+        model: ModelInfo,
+        policy: Policy,
+        disk_floor: u64,
+    ) -> Self {
+        let policy_name = match policy.kind {
+            PolicyKind::Always => "always".to_string(),
+            PolicyKind::Person => format!(
+                "person(min_coverage={}, min_duration_s={}, preroll_s={})",
+                policy.min_share,
+                policy.min_duration.as_secs_f64(),
+                policy.preroll.as_secs_f64()
+            ),
+            PolicyKind::Uncertain => format!(
+                "uncertain(min_uncertain={}, min_duration_s={}, preroll_s={})",
+                policy.min_share,
+                policy.min_duration.as_secs_f64(),
+                policy.preroll.as_secs_f64()
+            ),
+        };
+        Self {
+            camera: camera.to_string(),
+            host: host.to_string(),
+            dir,
+            container,
+            model,
+            policy_name,
+            policy: PolicyState::new(policy),
+            disk_floor,
+            seq: 0,
+            fragments: VecDeque::new(),
+            pending: VecDeque::new(),
+            max_rt: None,
+            eos: false,
+            low_disk_logged: false,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Removes temporary files a previous run left behind (a crash, a power cut).
+    pub fn clean_stale(dir: &Path) -> usize {
+        let mut n = 0;
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_str().is_some_and(clip::is_temp_name) && fs::remove_file(e.path()).is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// The temporary location of the next fragment (`splitmuxsink`'s `format-location`).
+    pub fn next_location(&mut self) -> PathBuf {
+        let base = clip::base_name(&self.camera, SystemTime::now(), self.seq);
+        self.seq += 1;
+        let video = format!("{base}.{}", self.container.extension());
+        self.dir.join(clip::temp_name(&video))
+    }
+
+    /// `splitmuxsink-fragment-opened`.
+    pub fn fragment_opened(&mut self, location: &Path, running_time: u64) {
+        let name = location.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let video = name.trim_start_matches('.').trim_end_matches(".part");
+        let base = video.rsplit_once('.').map_or(video, |(b, _)| b).to_string();
+        let low_disk = free_bytes(&self.dir).is_some_and(|f| f < self.disk_floor);
+        if low_disk && !self.low_disk_logged {
+            tracing::warn!(camera = %self.camera, floor_bytes = self.disk_floor, "free space under the floor: not keeping new clips");
+        } else if !low_disk && self.low_disk_logged {
+            tracing::info!(camera = %self.camera, "free space back above the floor: keeping clips again");
+        }
+        self.low_disk_logged = low_disk;
+        self.fragments.push_back(Fragment {
+            base,
+            temp_video: location.to_path_buf(),
+            opened_rt: running_time,
+            closed: false,
+            wall_start: SystemTime::now(),
+            wall_end: None,
+            low_disk,
+        });
+    }
+
+    /// `splitmuxsink-fragment-closed`.
+    pub fn fragment_closed(&mut self, location: &Path) {
+        if let Some(f) = self.fragments.iter_mut().find(|f| f.temp_video == location) {
+            f.closed = true;
+            f.wall_end = Some(SystemTime::now());
+        }
+        self.try_finalize();
+    }
+
+    /// A mask from the element's branch.
+    pub fn push_mask(&mut self, m: MaskFrame) {
+        let share = match self.policy_kind() {
+            PolicyKind::Uncertain => m.summary.uncertain,
+            _ => m.summary.coverage,
+        };
+        self.policy.observe(m.running_time as f64 / 1e9, share);
+        self.counters.frames += 1;
+        if m.summary.fresh {
+            self.counters.fresh += 1;
+        } else {
+            self.counters.carried += 1;
+        }
+        self.max_rt = Some(self.max_rt.map_or(m.running_time, |r| r.max(m.running_time)));
+        self.pending.push_back(m);
+        self.try_finalize();
+    }
+
+    fn policy_kind(&self) -> PolicyKind {
+        self.policy.policy().kind
+    }
+
+    /// End of stream: every fragment is complete.
+    pub fn finish(&mut self) {
+        self.eos = true;
+        self.policy.finish();
+        let now = SystemTime::now();
+        for f in self.fragments.iter_mut() {
+            f.closed = true;
+            f.wall_end.get_or_insert(now);
+        }
+        self.try_finalize();
+    }
+
+    /// The pipeline is torn down without EOS (a fatal error): the open fragment's video is
+    /// not playable and is removed; complete ones are finalised.
+    pub fn abort(&mut self) {
+        self.policy.finish();
+        self.eos = true;
+        let open: Vec<Fragment> = self
+            .fragments
+            .iter()
+            .position(|f| !f.closed)
+            .map(|i| self.fragments.drain(i..).collect())
+            .unwrap_or_default();
+        self.try_finalize();
+        for f in open {
+            let _ = fs::remove_file(&f.temp_video);
+            tracing::warn!(camera = %self.camera, clip = %f.base, "clip lost: pipeline failed before it was complete");
+        }
+        self.pending.clear();
+        self.eos = false;
+        self.policy = PolicyState::new(*self.policy_config());
+        self.max_rt = None;
+    }
+
+    fn policy_config(&self) -> &Policy {
+        self.policy.policy()
+    }
+
+    fn try_finalize(&mut self) {
+        loop {
+            let Some(front) = self.fragments.front() else {
+                return;
+            };
+            if !front.closed {
+                return;
+            }
+            let boundary = self.fragments.get(1).map(|f| f.opened_rt);
+            let ready = self.eos || boundary.is_some_and(|b| self.max_rt.is_some_and(|r| r >= b));
+            if !ready {
+                return;
+            }
+            let start = front.opened_rt as f64 / 1e9;
+            let end = boundary.map_or_else(
+                || {
+                    self.pending
+                        .back()
+                        .map_or(start, |m| m.running_time as f64 / 1e9 + 1e-3)
+                },
+                |b| b as f64 / 1e9,
+            );
+            let decision = self.policy.decide(start, end);
+            if decision == Decision::Pending {
+                return;
+            }
+            let f = self.fragments.pop_front().expect("front exists");
+            // The frames of this clip: every pending mask before the next clip's start.
+            let n = match boundary {
+                Some(b) => self.pending.iter().take_while(|m| m.running_time < b).count(),
+                None => self.pending.len(),
+            };
+            let frames: Vec<MaskFrame> = self.pending.drain(..n).collect();
+            if frames.is_empty() {
+                // Nothing reached the element (e.g. stopped before the first frame).
+                let _ = fs::remove_file(&f.temp_video);
+            } else if f.low_disk {
+                self.counters.clips_skipped_disk += 1;
+                let _ = fs::remove_file(&f.temp_video);
+            } else if decision == Decision::Drop {
+                self.counters.clips_skipped_policy += 1;
+                tracing::debug!(camera = %self.camera, clip = %f.base, "clip skipped by the capture policy");
+                let _ = fs::remove_file(&f.temp_video);
+            } else if let Err(e) = self.write_clip(&f, &frames) {
+                self.counters.write_errors += 1;
+                tracing::error!(camera = %self.camera, clip = %f.base, error = %e, "could not write clip");
+                let _ = fs::remove_file(&f.temp_video);
+            }
+        }
+    }
+
+    fn write_clip(&mut self, f: &Fragment, frames: &[MaskFrame]) -> std::io::Result<()> {
+        let ext = self.container.extension();
+        let video = format!("{}.{ext}", f.base);
+        let masks = format!("{}.masks.tar", f.base);
+        let manifest = format!("{}.manifest.json", f.base);
+        let summaries: Vec<FrameSummary> = frames.iter().map(|m| m.summary.clone()).collect();
+        let first = frames.first();
+        let video_bytes = fs::metadata(&f.temp_video)?.len();
+        // 1. the video
+        sync_rename(&f.temp_video, &self.dir.join(&video))?;
+        // 2. the masks
+        let csv = clip::frames_csv(&summaries);
+        let masks_bytes = write_then_rename(&self.dir, &masks, |file| {
+            let mut tar = tar::Builder::new(file);
+            let mut put = |name: &str, data: &[u8]| {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_mtime(0);
+                h.set_cksum();
+                tar.append_data(&mut h, name, data)
+            };
+            for (i, m) in frames.iter().enumerate() {
+                put(&clip::mask_entry_name(i), &m.png)?;
+            }
+            put("frames.csv", csv.as_bytes())?;
+            tar.finish()
+        })?;
+        // 3. the manifest, last
+        let header = ClipHeader {
+            camera: self.camera.clone(),
+            host: self.host.clone(),
+            video: video.clone(),
+            video_bytes,
+            container: ext.to_string(),
+            masks: MaskInfo {
+                file: masks,
+                format: "tar/png-gray8",
+                width: first.map_or(0, |m| m.mask_size.0),
+                height: first.map_or(0, |m| m.mask_size.1),
+                threshold: first.and_then(|m| m.threshold),
+            },
+            wall_start: f.wall_start,
+            wall_end: f.wall_end.unwrap_or_else(SystemTime::now),
+            width: first.map_or(0, |m| m.frame_size.0),
+            height: first.map_or(0, |m| m.frame_size.1),
+            model: self.model.clone(),
+            policy: self.policy_name.clone(),
+        };
+        let manifest_value = clip::build_manifest(header, &summaries);
+        let json = serde_json::to_vec_pretty(&manifest_value).map_err(std::io::Error::other)?;
+        let manifest_bytes = write_then_rename(&self.dir, &manifest, |file| file.write_all(&json))?;
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.counters.clips_written += 1;
+        self.counters.bytes_written += video_bytes + masks_bytes + manifest_bytes;
+        tracing::info!(camera = %self.camera, clip = %video, frames = summaries.len(), "clip written");
+        Ok(())
+    }
+
+    /// Sets the model info (the provider is known once the element runs).
+    pub fn set_device(&mut self, device: &str) {
+        self.model.device = device.to_string();
+    }
+}

@@ -1,0 +1,708 @@
+//! The supervisor: one pipeline per camera on one GLib main loop; restarts, shutdown on
+//! SIGTERM/SIGINT, systemd notifications, metrics and the progress bar.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use sha2::Digest;
+
+use crate::camera::{self, Built, Flow};
+use crate::clip::ModelInfo;
+use crate::config::{Camera, Model, Settings, Source};
+use crate::error::{Error, Result, exit};
+use crate::metrics::Metrics;
+use crate::recorder::{Counters, Recorder, free_bytes};
+
+/// Registers GStreamer and the statically linked plugins (unetmask, fallbackswitch).
+pub fn init_gst() -> Result<()> {
+    gst::init()?;
+    gstunetmask::plugin_register_static()?;
+    gstfallbackswitch::plugin_register_static()?;
+    Ok(())
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Opens the model the way the element will (library, session, contract) and returns the
+/// engine; errors are [`Error::Model`].
+pub fn open_model(m: &Model) -> Result<gstunetmask::unetmask::engine::Engine> {
+    use gstunetmask::unetmask::contract::{Activation, Layout, Overrides};
+    use gstunetmask::unetmask::engine::{Engine, EngineConfig};
+    let err = |reason: String| Error::Model {
+        path: m.path.clone(),
+        reason,
+    };
+    let overrides = Overrides {
+        layout: match m.layout.as_deref() {
+            Some("nchw") => Some(Layout::Nchw),
+            Some("nhwc") => Some(Layout::Nhwc),
+            _ => None,
+        },
+        input_size: m.input_size.as_deref().and_then(|s| {
+            let (w, h) = s.split_once('x')?;
+            Some((w.parse().ok()?, h.parse().ok()?))
+        }),
+        activation: match m.activation.as_deref() {
+            Some("none") => Some(Activation::None),
+            Some("sigmoid") => Some(Activation::Sigmoid),
+            Some("softmax") => Some(Activation::Softmax),
+            _ => None,
+        },
+        person_class: m.person_class.and_then(|p| u32::try_from(p).ok()),
+    };
+    let device = m.device.parse().map_err(err)?;
+    let cfg = EngineConfig {
+        model: m.path.clone(),
+        library: None,
+        device,
+        threads: 1,
+        overrides,
+    };
+    Engine::open(&cfg).map_err(|e| err(e.to_string()))
+}
+
+/// Everything `run` and `check` verify before any pipeline starts.
+pub fn preflight(settings: &Settings, probe_network: bool) -> Result<HashMap<std::path::PathBuf, ModelInfo>> {
+    let mut models = HashMap::new();
+    for cam in &settings.cameras {
+        if !models.contains_key(&cam.model.path) {
+            if !cam.model.path.is_file() {
+                return Err(Error::Model {
+                    path: cam.model.path.clone(),
+                    reason: "file does not exist: set model.path to an .onnx file".into(),
+                });
+            }
+            let engine = open_model(&cam.model)?;
+            let info = ModelInfo {
+                file: cam
+                    .model
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                sha256: sha256_file(&cam.model.path)?,
+                device: engine.provider.clone(),
+            };
+            models.insert(cam.model.path.clone(), info);
+        }
+        camera::check_source(cam, probe_network, Duration::from_secs(3))?;
+    }
+    camera::prepare_output(&settings.runner.output_dir)?;
+    for cam in &settings.cameras {
+        camera::prepare_output(&settings.runner.output_dir.join(&cam.name))?;
+    }
+    Ok(models)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Backoff,
+    Done,
+    Failed,
+}
+
+struct Cam {
+    cam: Camera,
+    recorder: Arc<Mutex<Recorder>>,
+    flow: Arc<Flow>,
+    built: Option<Built>,
+    watch: Option<gst::bus::BusWatchGuard>,
+    phase: Phase,
+    attempts: u32,
+    started: Instant,
+    last_frames: u64,
+    fps: f64,
+    seen: Counters,
+    last_qos: u64,
+    last_source_retries: u64,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+struct State {
+    settings: Settings,
+    cams: Vec<Cam>,
+    stopping: bool,
+    main_loop: glib::MainLoop,
+    metrics: Metrics,
+    epoch: Instant,
+    ready_sent: bool,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    let _ = sd_notify::notify(false, states);
+}
+
+fn start_camera(shared: &Shared, idx: usize) {
+    let mut st = shared.borrow_mut();
+    let epoch = st.epoch;
+    let runner = st.settings.runner.clone();
+    let stopping = st.stopping;
+    let c = &mut st.cams[idx];
+    if stopping {
+        c.phase = Phase::Done;
+        drop(st);
+        check_all_done(shared);
+        return;
+    }
+    let built = match camera::build(&c.cam, &runner, c.recorder.clone(), c.flow.clone(), epoch) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(camera = %c.cam.name, error = %e, "cannot build the pipeline");
+            drop(st);
+            fail(shared, idx, &e.to_string());
+            return;
+        }
+    };
+    let bus = built.pipeline.bus().expect("pipelines have a bus");
+    let rec = c.recorder.clone();
+    bus.set_sync_handler(move |_, msg| {
+        if let gst::MessageView::Element(m) = msg.view()
+            && let Some(s) = m.structure()
+        {
+            let loc = s.get::<String>("location").ok();
+            let rt = s.get::<u64>("running-time").unwrap_or(0);
+            match (s.name().as_str(), loc) {
+                ("splitmuxsink-fragment-opened", Some(l)) => rec
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fragment_opened(Path::new(&l), rt),
+                ("splitmuxsink-fragment-closed", Some(l)) => rec
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fragment_closed(Path::new(&l)),
+                _ => {}
+            }
+        }
+        gst::BusSyncReply::Pass
+    });
+    let weak = Rc::downgrade(shared);
+    let watch = bus.add_watch_local(move |_, msg| {
+        if let Some(shared) = weak.upgrade() {
+            on_message(&shared, idx, msg);
+        }
+        glib::ControlFlow::Continue
+    });
+    let pipeline = built.pipeline.clone();
+    c.watch = watch.ok();
+    c.built = Some(built);
+    c.phase = Phase::Running;
+    c.started = Instant::now();
+    let name = c.cam.name.clone();
+    drop(st);
+    if let Err(e) = pipeline.set_state(gst::State::Playing) {
+        tracing::error!(camera = %name, error = ?e, "pipeline does not start");
+        // The bus carries the reason; on_message handles it. If nothing is posted, fail here.
+        if let Some(msg) = pipeline
+            .bus()
+            .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
+        {
+            on_message(shared, idx, &msg);
+        } else {
+            fail(shared, idx, "pipeline does not start");
+        }
+    }
+}
+
+fn teardown(c: &mut Cam) {
+    if let Some(b) = c.built.take() {
+        let _ = b.pipeline.set_state(gst::State::Null);
+        if let Some(bus) = b.pipeline.bus() {
+            bus.unset_sync_handler();
+        }
+    }
+    c.watch = None;
+}
+
+/// The camera's pipeline failed: live cameras restart after a backoff, files are failed.
+fn fail(shared: &Shared, idx: usize, reason: &str) {
+    let mut st = shared.borrow_mut();
+    let runner = st.settings.runner.clone();
+    let stopping = st.stopping;
+    let metrics = st.metrics.clone();
+    let c = &mut st.cams[idx];
+    teardown(c);
+    c.recorder.lock().unwrap_or_else(|e| e.into_inner()).abort();
+    if c.cam.source.is_live() && !stopping {
+        let delay = crate::backoff::delay(
+            c.attempts,
+            runner.backoff_initial,
+            runner.backoff_max,
+            fastrand::f64(),
+        );
+        c.attempts += 1;
+        c.phase = Phase::Backoff;
+        metrics.restarts.with_label_values(&[&c.cam.name]).inc();
+        tracing::warn!(camera = %c.cam.name, reason, delay_s = delay.as_secs_f64(), attempt = c.attempts, "restarting the camera pipeline");
+        let weak = Rc::downgrade(shared);
+        glib::timeout_add_local_once(delay, move || {
+            if let Some(shared) = weak.upgrade() {
+                start_camera(&shared, idx);
+            }
+        });
+    } else {
+        c.phase = if stopping { Phase::Done } else { Phase::Failed };
+        if !stopping {
+            tracing::error!(camera = %c.cam.name, reason, "camera failed");
+        }
+        drop(st);
+        check_all_done(shared);
+    }
+}
+
+fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
+    use gst::MessageView;
+    match msg.view() {
+        MessageView::Eos(_) => {
+            let mut st = shared.borrow_mut();
+            let stopping = st.stopping;
+            let c = &mut st.cams[idx];
+            if c.phase != Phase::Running {
+                return;
+            }
+            update_device(c);
+            c.recorder.lock().unwrap_or_else(|e| e.into_inner()).finish();
+            teardown(c);
+            tracing::info!(camera = %c.cam.name, "end of stream: all clips finalised");
+            let live_restart = c.cam.source.is_live()
+                && !stopping
+                && !matches!(
+                    c.cam.source,
+                    Source::TestPattern {
+                        num_frames: Some(_),
+                        ..
+                    }
+                );
+            if live_restart {
+                drop(st);
+                fail(shared, idx, "live source ended");
+                return;
+            }
+            c.phase = Phase::Done;
+            if let Some(p) = c.progress.take() {
+                p.finish();
+            }
+            drop(st);
+            check_all_done(shared);
+        }
+        MessageView::Error(e) => {
+            let src = e.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+            let reason = format!("{} ({src})", e.error());
+            tracing::debug!(debug = ?e.debug(), "error details");
+            if shared.borrow().cams[idx].phase != Phase::Running {
+                return;
+            }
+            fail(shared, idx, &reason);
+        }
+        MessageView::Warning(w) => {
+            let name = shared.borrow().cams[idx].cam.name.clone();
+            tracing::warn!(camera = %name, warning = %w.error(), "pipeline warning");
+        }
+        MessageView::Element(m) => {
+            let Some(s) = m.structure() else { return };
+            if s.name() == "unetmask-stats" {
+                let st = shared.borrow();
+                let name = st.cams[idx].cam.name.clone();
+                if let Ok(ms) = s.get::<f64>("inference-ms")
+                    && ms > 0.0
+                {
+                    st.metrics.inference_ms.with_label_values(&[&name]).observe(ms);
+                }
+                if let Ok(provider) = s.get::<String>("provider") {
+                    st.cams[idx]
+                        .recorder
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .set_device(&provider);
+                }
+                let qos = s.get::<u64>("qos-skipped").unwrap_or(0);
+                let f = |k: &str| s.get::<f64>(k).unwrap_or(0.0);
+                tracing::debug!(
+                    camera = %name,
+                    fps = f("fps"),
+                    preprocess_ms = f("preprocess-ms"),
+                    inference_ms = f("inference-ms"),
+                    postprocess_ms = f("postprocess-ms"),
+                    qos_skipped = qos,
+                    "unetmask stats"
+                );
+                drop(st);
+                let mut st = shared.borrow_mut();
+                let last = std::mem::replace(&mut st.cams[idx].last_qos, qos);
+                st.metrics
+                    .dropped
+                    .with_label_values(&[&name])
+                    .inc_by(qos.saturating_sub(last));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn update_device(c: &Cam) {
+    let Some(b) = &c.built else { return };
+    let Some(um) = b
+        .pipeline
+        .iterate_recurse()
+        .into_iter()
+        .flatten()
+        .find(|e| e.factory().is_some_and(|f| f.name() == "unetmask"))
+    else {
+        return;
+    };
+    if let Ok(s) = um.property_value("stats").get::<gst::Structure>()
+        && let Ok(p) = s.get::<String>("provider")
+        && !p.is_empty()
+    {
+        c.recorder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_device(&p);
+    }
+}
+
+fn check_all_done(shared: &Shared) {
+    let st = shared.borrow();
+    if st
+        .cams
+        .iter()
+        .all(|c| matches!(c.phase, Phase::Done | Phase::Failed))
+    {
+        st.main_loop.quit();
+    }
+}
+
+/// SIGTERM/SIGINT received so far.
+static SIGNALS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    // Async-signal-safe: an atomic increment, and _exit on the second signal.
+    if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+        unsafe { nix::libc::_exit(exit::FORCED as i32) };
+    }
+}
+
+fn install_signal_handlers() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe.
+        unsafe { sigaction(sig, &action) }
+            .map_err(|e| Error::Gst(format!("cannot install {sig} handler: {e}")))?;
+    }
+    Ok(())
+}
+
+/// SIGTERM/SIGINT: EOS into every pipeline so clips are finalised.
+fn shutdown(shared: &Shared) {
+    let mut st = shared.borrow_mut();
+    if st.stopping {
+        return;
+    }
+    st.stopping = true;
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopping: finalising open clips");
+    for c in st.cams.iter_mut() {
+        match c.phase {
+            Phase::Running => {
+                let Some(b) = &c.built else { continue };
+                let entry = b.entry.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                match (&c.cam.source, entry) {
+                    // fallbacksrc restarts its source on EOS: inject it after the source.
+                    (Source::Rtsp { .. }, Some(pad)) => {
+                        let pad = pad.clone();
+                        std::thread::spawn(move || pad.send_event(gst::event::Eos::new()));
+                    }
+                    (Source::Rtsp { .. }, None) => {
+                        teardown(c);
+                        c.phase = Phase::Done;
+                    }
+                    _ => {
+                        b.pipeline.send_event(gst::event::Eos::new());
+                    }
+                }
+            }
+            Phase::Backoff => c.phase = Phase::Done,
+            _ => {}
+        }
+    }
+    drop(st);
+    check_all_done(shared);
+    // Bounded wait: pipelines that do not finish in time are torn down.
+    let weak = Rc::downgrade(shared);
+    glib::timeout_add_local_once(Duration::from_secs(20), move || {
+        let Some(shared) = weak.upgrade() else { return };
+        let mut st = shared.borrow_mut();
+        for c in st.cams.iter_mut().filter(|c| c.phase == Phase::Running) {
+            tracing::error!(camera = %c.cam.name, "did not finish within 20 s: open clip dropped");
+            teardown(c);
+            c.recorder.lock().unwrap_or_else(|e| e.into_inner()).abort();
+            c.phase = Phase::Done;
+        }
+        drop(st);
+        check_all_done(&shared);
+    });
+}
+
+fn tick(shared: &Shared, dt: f64) {
+    let mut st = shared.borrow_mut();
+    let now_ms = st.epoch.elapsed().as_millis() as u64;
+    let stall_ms = st.settings.runner.stall_timeout.as_millis() as u64;
+    let metrics = st.metrics.clone();
+    let out_dir = st.settings.runner.output_dir.clone();
+    let free = free_bytes(&out_dir).unwrap_or(0);
+    let mut status = Vec::new();
+    let mut stalled = Vec::new();
+    let mut any_flow = false;
+    for (i, c) in st.cams.iter_mut().enumerate() {
+        let name = c.cam.name.clone();
+        let frames = c.flow.frames.load(Ordering::Relaxed);
+        c.fps = (frames - c.last_frames) as f64 / dt;
+        metrics
+            .frames
+            .with_label_values(&[&name])
+            .inc_by(frames - c.last_frames);
+        c.last_frames = frames;
+        metrics.fps.with_label_values(&[&name]).set(c.fps);
+        metrics.free_disk.with_label_values(&[&name]).set(free as i64);
+        let counters = c.recorder.lock().unwrap_or_else(|e| e.into_inner()).counters;
+        metrics
+            .clips
+            .with_label_values(&[&name])
+            .inc_by(counters.clips_written - c.seen.clips_written);
+        metrics
+            .bytes
+            .with_label_values(&[&name])
+            .inc_by(counters.bytes_written - c.seen.bytes_written);
+        metrics
+            .carried
+            .with_label_values(&[&name])
+            .inc_by(counters.carried - c.seen.carried);
+        metrics
+            .clips_skipped
+            .with_label_values(&[&name, "policy"])
+            .inc_by(counters.clips_skipped_policy - c.seen.clips_skipped_policy);
+        metrics
+            .clips_skipped
+            .with_label_values(&[&name, "disk"])
+            .inc_by(counters.clips_skipped_disk - c.seen.clips_skipped_disk);
+        c.seen = counters;
+        let last = c.flow.last_frame_ms.load(Ordering::Relaxed);
+        let flowing = last > 0 && now_ms.saturating_sub(last - 1) < stall_ms;
+        any_flow |= flowing;
+        if c.phase == Phase::Running && flowing {
+            c.attempts = 0;
+        }
+        // fallbacksrc restarts its source itself; count and log those restarts.
+        if let Some(b) = &c.built
+            && let Some(src) = b
+                .pipeline
+                .iterate_elements()
+                .into_iter()
+                .flatten()
+                .find(|e| e.factory().is_some_and(|f| f.name() == "fallbacksrc"))
+            && let Ok(s) = src.property_value("statistics").get::<gst::Structure>()
+        {
+            let retries = s.get::<u64>("num-retry").unwrap_or(0);
+            if retries > c.last_source_retries {
+                tracing::warn!(camera = %name, retries, "RTSP source restarted by fallbacksrc");
+                metrics
+                    .restarts
+                    .with_label_values(&[&name])
+                    .inc_by(retries - c.last_source_retries);
+            }
+            c.last_source_retries = retries;
+        }
+        // Stall supervision for live sources without fallbacksrc.
+        let supervised = matches!(
+            c.cam.source,
+            Source::V4l2 { .. } | Source::TestPattern { live: true, .. }
+        );
+        let since_start = c.started.elapsed().as_millis() as u64;
+        let stale = if last == 0 {
+            since_start > 2 * stall_ms
+        } else {
+            !flowing && since_start > stall_ms
+        };
+        if supervised && c.phase == Phase::Running && stale {
+            stalled.push(i);
+        }
+        let s = match c.phase {
+            Phase::Running if flowing || frames > 0 => format!("{name}: {:.1} fps", c.fps),
+            Phase::Running => format!("{name}: starting"),
+            Phase::Backoff => format!("{name}: reconnecting"),
+            Phase::Done => format!("{name}: done"),
+            Phase::Failed => format!("{name}: failed"),
+        };
+        status.push(s);
+        if let (Some(p), Some(b)) = (&c.progress, &c.built) {
+            if let Some(d) = b.pipeline.query_duration::<gst::ClockTime>() {
+                p.set_length(d.mseconds());
+            }
+            if let Some(pos) = b.pipeline.query_position::<gst::ClockTime>() {
+                p.set_position(pos.mseconds());
+            }
+            p.set_message(format!("{:.1} fps", c.fps));
+        }
+    }
+    let stopping = st.stopping;
+    drop(st);
+    let status = status.join(", ");
+    if any_flow {
+        notify(&[
+            sd_notify::NotifyState::Watchdog,
+            sd_notify::NotifyState::Status(&status),
+        ]);
+    } else {
+        notify(&[sd_notify::NotifyState::Status(&status)]);
+    }
+    if !stopping {
+        for i in stalled {
+            fail(shared, i, "no frame within runner.stall_timeout_s");
+        }
+    }
+}
+
+/// Runs every camera until all file sources are done or a signal stops the process.
+/// Returns the exit code.
+pub fn run(settings: Settings) -> Result<u8> {
+    init_gst()?;
+    let models = preflight(&settings, false)?;
+    let host = settings
+        .runner
+        .host
+        .clone()
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().to_string());
+    let metrics = Metrics::new();
+    if let Some(addr) = settings.runner.metrics_listen {
+        let bound = metrics.serve(addr)?;
+        tracing::info!(%bound, "Prometheus metrics on /metrics");
+    }
+    let show_progress = settings.runner.progress && std::io::stderr().is_terminal();
+    let multi = indicatif::MultiProgress::new();
+    let mut cams = Vec::new();
+    for cam in &settings.cameras {
+        let dir = settings.runner.output_dir.join(&cam.name);
+        let stale = Recorder::clean_stale(&dir);
+        if stale > 0 {
+            tracing::warn!(camera = %cam.name, files = stale, "removed temporary files of an earlier run");
+        }
+        let recorder = Recorder::new(
+            &cam.name,
+            &host,
+            dir,
+            cam.recording.container,
+            models[&cam.model.path].clone(),
+            cam.policy,
+            settings.runner.disk_floor_bytes,
+        );
+        let progress = (show_progress && matches!(cam.source, Source::File { .. })).then(|| {
+            let p = multi.add(indicatif::ProgressBar::new(1));
+            p.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:40}] {percent:>3}% {msg}")
+                    .expect("valid template"),
+            );
+            p.set_prefix(cam.name.clone());
+            p
+        });
+        cams.push(Cam {
+            cam: cam.clone(),
+            recorder: Arc::new(Mutex::new(recorder)),
+            flow: Arc::new(Flow::default()),
+            built: None,
+            watch: None,
+            phase: Phase::Running,
+            attempts: 0,
+            started: Instant::now(),
+            last_frames: 0,
+            fps: 0.0,
+            seen: Counters::default(),
+            last_qos: 0,
+            last_source_retries: 0,
+            progress,
+        });
+    }
+    let main_loop = glib::MainLoop::new(None, false);
+    let n = cams.len();
+    let shared: Shared = Rc::new(RefCell::new(State {
+        settings,
+        cams,
+        stopping: false,
+        main_loop: main_loop.clone(),
+        metrics,
+        epoch: Instant::now(),
+        ready_sent: false,
+    }));
+    install_signal_handlers()?;
+    let weak = Rc::downgrade(&shared);
+    glib::timeout_add_local(Duration::from_millis(100), move || {
+        let Some(shared) = weak.upgrade() else {
+            return glib::ControlFlow::Break;
+        };
+        if SIGNALS.load(Ordering::SeqCst) > 0 && !shared.borrow().stopping {
+            shutdown(&shared);
+        }
+        glib::ControlFlow::Continue
+    });
+    for i in 0..n {
+        start_camera(&shared, i);
+    }
+    {
+        let mut st = shared.borrow_mut();
+        if st.cams.iter().any(|c| c.phase == Phase::Running) {
+            notify(&[sd_notify::NotifyState::Ready]);
+            st.ready_sent = true;
+            tracing::info!(cameras = n, "pipelines running");
+        }
+    }
+    let weak = Rc::downgrade(&shared);
+    let mut last = Instant::now();
+    glib::timeout_add_local(Duration::from_secs(1), move || {
+        let Some(shared) = weak.upgrade() else {
+            return glib::ControlFlow::Break;
+        };
+        let dt = last.elapsed().as_secs_f64().max(1e-3);
+        last = Instant::now();
+        tick(&shared, dt);
+        glib::ControlFlow::Continue
+    });
+    check_all_done(&shared);
+    main_loop.run();
+    let st = shared.borrow();
+    for c in &st.cams {
+        if let Some(p) = &c.progress {
+            p.finish_and_clear();
+        }
+        let k = c.recorder.lock().unwrap_or_else(|e| e.into_inner()).counters;
+        tracing::info!(
+            camera = %c.cam.name,
+            frames = k.frames,
+            clips = k.clips_written,
+            skipped_policy = k.clips_skipped_policy,
+            skipped_disk = k.clips_skipped_disk,
+            "camera summary"
+        );
+    }
+    let failed = st.cams.iter().any(|c| c.phase == Phase::Failed);
+    Ok(if failed { exit::RUNTIME } else { exit::OK })
+}

@@ -1,0 +1,215 @@
+//! RTSP: a real gst-rtsp-server on loopback serves H.264 (x264enc); the runner records it,
+//! survives the server being stopped and restarted several times without a process
+//! restart, and finalises every clip on SIGTERM.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::glib;
+use gst_rtsp_server::prelude::*;
+
+struct Server {
+    ctx: glib::MainContext,
+    main_loop: glib::MainLoop,
+    thread: Option<std::thread::JoinHandle<()>>,
+    running: Option<(gst_rtsp_server::RTSPServer, glib::SourceId)>,
+    port: u16,
+}
+
+impl Server {
+    fn new(port: u16) -> Self {
+        let ctx = glib::MainContext::new();
+        let main_loop = glib::MainLoop::new(Some(&ctx), false);
+        let (c, l) = (ctx.clone(), main_loop.clone());
+        let thread = std::thread::spawn(move || {
+            c.with_thread_default(|| l.run()).unwrap();
+        });
+        let mut s = Self {
+            ctx,
+            main_loop,
+            thread: Some(thread),
+            running: None,
+            port,
+        };
+        s.start();
+        s
+    }
+
+    fn start(&mut self) {
+        let server = gst_rtsp_server::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service(&self.port.to_string());
+        let factory = gst_rtsp_server::RTSPMediaFactory::new();
+        factory.set_launch(
+            "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 ! \
+             x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 threads=1 ! \
+             rtph264pay name=pay0 pt=96 config-interval=1 )",
+        );
+        factory.set_shared(true);
+        server.mount_points().unwrap().add_factory("/cam", factory);
+        let id = server.attach(Some(&self.ctx)).unwrap();
+        self.running = Some((server, id));
+    }
+
+    /// Disconnects every client and closes the listening socket.
+    fn stop(&mut self) {
+        if let Some((server, id)) = self.running.take() {
+            server.client_filter(Some(&mut |_, _| gst_rtsp_server::RTSPFilterResult::Remove));
+            if let Some(src) = self.ctx.find_source_by_id(&id) {
+                src.destroy();
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        self.main_loop.quit();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `edgemask_frames_total` for `camera` from the metrics endpoint.
+fn frames_total(port: u16, camera: &str) -> Option<u64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let key = format!("edgemask_frames_total{{camera=\"{camera}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn rtsp_records_survives_server_restarts_and_finalises_on_sigterm() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let metrics_port = free_port();
+    let mut server = Server::new(port);
+    let out = dir.path().join("out");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[runner]
+output_dir = "{}"
+disk_floor_mb = 0
+stall_timeout_s = 1.5
+backoff_initial_s = 0.5
+backoff_max_s = 2
+metrics_listen = "127.0.0.1:{metrics_port}"
+[model]
+path = "{}"
+device = "cpu"
+threads = 1
+[recording]
+clip_seconds = 2
+[cameras.door]
+source = "rtsp"
+url = "rtsp://viewer:s3cret@127.0.0.1:{port}/cam"
+transport = "tcp"
+"#,
+            out.display(),
+            model().display()
+        ),
+    );
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+    let cam = out.join("door");
+    assert!(
+        wait_for(Duration::from_secs(40), || !clips(&cam).is_empty()),
+        "a first clip from the RTSP camera within 40 s"
+    );
+
+    let mut reconnects = Vec::new();
+    for round in 0..3 {
+        server.stop();
+        std::thread::sleep(Duration::from_secs(3));
+        let before = frames_total(metrics_port, "door").expect("metrics endpoint answers");
+        std::thread::sleep(Duration::from_millis(500));
+        let still = frames_total(metrics_port, "door").unwrap();
+        assert!(
+            still - before <= 8,
+            "round {round}: frames stop while the server is down ({before} → {still})"
+        );
+        server.start();
+        let t = Instant::now();
+        let back = wait_for(Duration::from_secs(20), || {
+            frames_total(metrics_port, "door").is_some_and(|n| n > still + 15)
+        });
+        assert!(
+            back,
+            "round {round}: frames flow again within 20 s of the server restart"
+        );
+        reconnects.push(t.elapsed());
+    }
+    eprintln!("reconnect times after server restart: {reconnects:?}");
+    for r in &reconnects {
+        assert!(
+            *r < Duration::from_secs(10),
+            "reconnected within a few seconds: {reconnects:?}"
+        );
+    }
+    // Records again after the last restart.
+    let n_before = clips(&cam).len();
+    assert!(
+        wait_for(Duration::from_secs(20), || clips(&cam).len() > n_before),
+        "records again after reconnecting"
+    );
+
+    std::thread::sleep(Duration::from_millis(700));
+    sigterm(&child);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(40));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("s3cret"),
+        "credentials must never be logged:\n{err}"
+    );
+    assert!(
+        err.contains("rtsp://***@127.0.0.1"),
+        "the URL is logged redacted:\n{err}"
+    );
+    assert!(temp_files(&cam).is_empty(), "{:?}", temp_files(&cam));
+    let clips = clips(&cam);
+    let files = std::fs::read_dir(&cam).unwrap().count();
+    assert_eq!(files, clips.len() * 3, "every video has its masks and manifest");
+    let mut total = 0;
+    for c in &clips {
+        assert!(playable(&c.video), "{} playable", c.video.display());
+        let n = c.manifest["frame_count"].as_u64().unwrap();
+        assert_eq!(count_frames(&c.video), n, "{}", c.video.display());
+        let (masks, _) = read_masks(&c.masks);
+        assert_eq!(masks.len() as u64, n);
+        total += n;
+    }
+    let counted = frames_total_from(&err);
+    assert_eq!(Some(total), counted, "frames in clips = frames the runner saw");
+    drop(server);
+}
+
+/// The `frames` of the runner's final "camera summary" log line.
+fn frames_total_from(log: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains("camera summary"))?;
+    let i = line.find("frames=")? + 7;
+    line[i..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}

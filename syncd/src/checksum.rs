@@ -1,0 +1,116 @@
+//! CRC32C checksums in S3's formats (pure), and reading a file's checksums from disk.
+
+use std::io::Read;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::error::{Result, SyncError};
+
+/// S3's `x-amz-checksum-crc32c` form: base64 of the big-endian 4 bytes.
+pub fn b64(crc: u32) -> String {
+    STANDARD.encode(crc.to_be_bytes())
+}
+
+/// The checksum S3 reports for a multipart object uploaded with per-part CRC32C
+/// ("composite"): CRC32C of the concatenated binary part checksums, then `-<parts>`.
+pub fn composite(parts: &[u32]) -> String {
+    let mut bytes = Vec::with_capacity(parts.len() * 4);
+    for p in parts {
+        bytes.extend_from_slice(&p.to_be_bytes());
+    }
+    format!("{}-{}", b64(crc32c::crc32c(&bytes)), parts.len())
+}
+
+/// Whether the checksum a store reports matches the local content: either the
+/// full-object CRC32C, or the composite one of the parts.
+pub fn matches(reported: &str, full: u32, parts: &[u32]) -> bool {
+    if reported.contains('-') {
+        !parts.is_empty() && reported == composite(parts)
+    } else {
+        reported == b64(full)
+    }
+}
+
+/// The size, full CRC32C and per-part CRC32Cs of a file read from disk (blocking).
+pub fn file_checksums(path: &Path, part_size: u64) -> Result<(u64, u32, Vec<u32>)> {
+    let mut f = std::fs::File::open(path).map_err(|e| SyncError::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut full, mut part, mut in_part, mut total) = (0u32, 0u32, 0u64, 0u64);
+    let mut parts = Vec::new();
+    loop {
+        let want = buf.len().min((part_size - in_part) as usize);
+        let n = f.read(&mut buf[..want]).map_err(|e| SyncError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        full = crc32c::crc32c_append(full, &buf[..n]);
+        part = crc32c::crc32c_append(part, &buf[..n]);
+        in_part += n as u64;
+        total += n as u64;
+        if in_part == part_size {
+            parts.push(part);
+            part = 0;
+            in_part = 0;
+        }
+    }
+    if in_part > 0 {
+        parts.push(part);
+    }
+    Ok((total, full, parts))
+}
+
+/// Read `len` bytes at `offset` (blocking). Fails if the file is shorter.
+pub fn read_range(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).map_err(|e| SyncError::io(path, e))?;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)
+        .map_err(|e| SyncError::io(path, e))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // CRC32C("123456789") = 0xE3069283 (the standard check value).
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(b64(0xE306_9283), "4waSgw==");
+        assert_eq!(b64(0), "AAAAAA==");
+    }
+
+    #[test]
+    fn composite_and_matching() {
+        let a = crc32c::crc32c(b"hello ");
+        let b = crc32c::crc32c(b"world");
+        let full = crc32c::crc32c(b"hello world");
+        assert_eq!(crc32c::crc32c_append(a, b"world"), full);
+        let c = composite(&[a, b]);
+        assert!(c.ends_with("-2"));
+        assert!(matches(&c, full, &[a, b]));
+        assert!(matches(&b64(full), full, &[a, b]));
+        assert!(!matches(&c, full, &[b, a]));
+        assert!(!matches(&b64(a), full, &[a, b]));
+        assert!(!matches("xyz-2", full, &[]));
+    }
+
+    #[test]
+    fn file_checksums_split_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let ps = (1 << 20) + 3;
+        let (size, full, parts) = file_checksums(&p, ps).unwrap();
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(full, crc32c::crc32c(&data));
+        let expect: Vec<u32> = data.chunks(ps as usize).map(crc32c::crc32c).collect();
+        assert_eq!(parts, expect);
+        assert_eq!(read_range(&p, 5, 10).unwrap(), data[5..15].to_vec());
+        assert!(read_range(&p, data.len() as u64 - 2, 10).is_err());
+    }
+}

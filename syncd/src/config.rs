@@ -1,0 +1,466 @@
+//! Configuration: one TOML file plus environment overrides
+//! (`EDGEMASK_SYNCD__<SECTION>__<KEY>=value`, e.g. `EDGEMASK_SYNCD__S3__ENDPOINT_URL`).
+//! Unknown keys are errors; every error names the key, the value and what is allowed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Result, SyncError};
+use crate::keys;
+use crate::ready::NameRules;
+use crate::retry::RetryPolicy;
+
+pub const ENV_PREFIX: &str = "EDGEMASK_SYNCD__";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directories to watch, recursively.
+    pub watch: Vec<PathBuf>,
+    /// `s3://bucket/prefix` or `file:///dir`.
+    pub destination: String,
+    /// The journal database.
+    #[serde(default = "default_journal")]
+    pub journal: PathBuf,
+    /// Object key template.
+    #[serde(default = "default_template")]
+    pub key_template: String,
+    /// `{host}` when the manifest has none; defaults to the machine's host name.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// What to do with a local file after a verified upload.
+    #[serde(default)]
+    pub after_upload: AfterUpload,
+    #[serde(default)]
+    pub readiness: Readiness,
+    #[serde(default)]
+    pub upload: Upload,
+    #[serde(default)]
+    pub retain: Retain,
+    #[serde(default)]
+    pub s3: S3,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+fn default_journal() -> PathBuf {
+    PathBuf::from("/var/lib/edgemask-syncd/journal.sqlite")
+}
+fn default_template() -> String {
+    "{host}/{camera}/{date}/{file}".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterUpload {
+    #[default]
+    Delete,
+    Retain,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Readiness {
+    /// Seconds without a change in size or mtime before a file that is not part of a
+    /// runner clip counts as finished.
+    pub settle_secs: f64,
+    /// Full rescan period, seconds (besides the rescan at start and on watcher overflow).
+    pub rescan_secs: f64,
+    pub manifest_suffix: String,
+    pub temp_suffixes: Vec<String>,
+    pub temp_prefixes: Vec<String>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        let n = NameRules::default();
+        Readiness {
+            settle_secs: 10.0,
+            rescan_secs: 300.0,
+            manifest_suffix: n.manifest_suffix,
+            temp_suffixes: n.temp_suffixes,
+            temp_prefixes: n.temp_prefixes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upload {
+    /// Files uploaded at the same time.
+    pub max_files: usize,
+    /// Files above this size go multipart (bytes).
+    pub multipart_threshold: u64,
+    /// Multipart part size (bytes, ≥ 5 MiB for S3).
+    pub part_size: u64,
+    /// Parts of one file in flight at once.
+    pub part_concurrency: usize,
+    /// Shared byte-rate cap for all uploads, bytes/s; 0 = none.
+    pub rate_limit_bytes_per_sec: u64,
+    /// Per-request timeout, seconds.
+    pub request_timeout_secs: f64,
+    /// Graceful-shutdown deadline, seconds.
+    pub shutdown_timeout_secs: f64,
+    /// Copy top-level scalar fields of the clip manifest into object metadata.
+    pub metadata_from_manifest: bool,
+}
+
+impl Default for Upload {
+    fn default() -> Self {
+        Upload {
+            max_files: 4,
+            multipart_threshold: 16 << 20,
+            part_size: 8 << 20,
+            part_concurrency: 2,
+            rate_limit_bytes_per_sec: 0,
+            request_timeout_secs: 120.0,
+            shutdown_timeout_secs: 20.0,
+            metadata_from_manifest: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retain {
+    /// Delete retained files older than this (seconds since upload); 0 = no limit.
+    pub max_age_secs: u64,
+    /// Keep at most this many bytes of retained files; 0 = no limit.
+    pub max_bytes: u64,
+    /// When the watched file system is fuller than this percentage, delete the oldest
+    /// retained (already uploaded) files first; 0 = off. Files not uploaded are never
+    /// deleted.
+    pub high_water_percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3 {
+    /// Endpoint URL for S3-compatible stores (Garage, MinIO…); none = AWS.
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    /// Path-style addressing (most S3-compatible stores).
+    pub force_path_style: bool,
+    /// `STANDARD`, `STANDARD_IA`, `GLACIER_IR`…
+    pub storage_class: Option<String>,
+    /// `AES256` (SSE-S3) or `aws:kms` (SSE-KMS).
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// AWS profile name (else the standard chain's default).
+    pub profile: Option<String>,
+    /// Probe the endpoint at start for conditional writes and checksum support.
+    pub probe: bool,
+}
+
+impl Default for S3 {
+    fn default() -> Self {
+        S3 {
+            endpoint_url: None,
+            region: None,
+            force_path_style: false,
+            storage_class: None,
+            sse: None,
+            sse_kms_key_id: None,
+            profile: None,
+            probe: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// `host:port` for the Prometheus endpoint; none = off.
+    pub listen: Option<String>,
+}
+
+/// A parsed destination.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    S3 { bucket: String, prefix: String },
+    File { dir: PathBuf },
+}
+
+impl Destination {
+    pub fn parse(s: &str) -> Result<Destination> {
+        let bad = |why: &str| {
+            SyncError::Config(format!(
+                "destination = {s:?}: {why}; allowed: s3://bucket[/prefix] or file:///absolute/dir"
+            ))
+        };
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket"));
+            }
+            Ok(Destination::S3 {
+                bucket: bucket.to_string(),
+                prefix: keys::sanitize_key(prefix),
+            })
+        } else if let Some(rest) = s.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(bad("the directory must be absolute"));
+            }
+            Ok(Destination::File {
+                dir: PathBuf::from(rest),
+            })
+        } else {
+            Err(bad("unknown scheme"))
+        }
+    }
+
+    /// Key prefix inside the destination.
+    pub fn prefix(&self) -> &str {
+        match self {
+            Destination::S3 { prefix, .. } => prefix,
+            Destination::File { .. } => "",
+        }
+    }
+}
+
+impl Config {
+    /// Parse TOML text, apply `EDGEMASK_SYNCD__…` overrides from `env`, validate.
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let mut value: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| SyncError::Config(e.to_string()))?;
+        for (k, v) in env {
+            let Some(path) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            apply_override(&mut value, &parts, &v, &k)?;
+        }
+        let cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| SyncError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| SyncError::io(path, e))?;
+        Config::from_toml(&text, std::env::vars())
+            .map_err(|e| SyncError::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let err = |key: &str, val: &dyn std::fmt::Debug, allowed: &str| {
+            Err(SyncError::Config(format!("{key} = {val:?}: allowed {allowed}")))
+        };
+        if self.watch.is_empty() {
+            return err("watch", &self.watch, "at least one directory");
+        }
+        for w in &self.watch {
+            if !w.is_absolute() {
+                return err("watch", w, "absolute paths");
+            }
+        }
+        Destination::parse(&self.destination)?;
+        keys::validate_template(&self.key_template)?;
+        let r = &self.readiness;
+        if !(0.0..=86_400.0).contains(&r.settle_secs) {
+            return err("readiness.settle_secs", &r.settle_secs, "0 to 86400");
+        }
+        if r.rescan_secs.is_nan() || r.rescan_secs < 1.0 {
+            return err("readiness.rescan_secs", &r.rescan_secs, ">= 1");
+        }
+        if r.manifest_suffix.is_empty() {
+            return err(
+                "readiness.manifest_suffix",
+                &r.manifest_suffix,
+                "a non-empty suffix",
+            );
+        }
+        let u = &self.upload;
+        if u.max_files == 0 || u.max_files > 64 {
+            return err("upload.max_files", &u.max_files, "1 to 64");
+        }
+        if u.part_concurrency == 0 || u.part_concurrency > 64 {
+            return err("upload.part_concurrency", &u.part_concurrency, "1 to 64");
+        }
+        if u.part_size < (5 << 20) || u.part_size > (5u64 << 30) {
+            return err("upload.part_size", &u.part_size, "5 MiB to 5 GiB (S3 limits)");
+        }
+        if u.multipart_threshold < u.part_size.min(5 << 20) || u.multipart_threshold > (5u64 << 30) {
+            return err(
+                "upload.multipart_threshold",
+                &u.multipart_threshold,
+                "5 MiB to 5 GiB",
+            );
+        }
+        if u.request_timeout_secs.is_nan() || u.request_timeout_secs <= 0.0 {
+            return err("upload.request_timeout_secs", &u.request_timeout_secs, "> 0");
+        }
+        if u.shutdown_timeout_secs.is_nan() || u.shutdown_timeout_secs < 0.0 {
+            return err("upload.shutdown_timeout_secs", &u.shutdown_timeout_secs, ">= 0");
+        }
+        if !(0.0..100.0).contains(&self.retain.high_water_percent) {
+            return err(
+                "retain.high_water_percent",
+                &self.retain.high_water_percent,
+                "0 (off) to < 100",
+            );
+        }
+        if let Some(sse) = &self.s3.sse
+            && sse != "AES256"
+            && sse != "aws:kms"
+        {
+            return err("s3.sse", sse, "\"AES256\" or \"aws:kms\"");
+        }
+        if self.s3.sse_kms_key_id.is_some() && self.s3.sse.as_deref() != Some("aws:kms") {
+            return err("s3.sse_kms_key_id", &"(set)", "only with s3.sse = \"aws:kms\"");
+        }
+        if self.retry.base_ms == 0 || self.retry.cap_ms < self.retry.base_ms {
+            return err(
+                "retry",
+                &(self.retry.base_ms, self.retry.cap_ms),
+                "base_ms > 0 and cap_ms >= base_ms",
+            );
+        }
+        if let Some(l) = &self.metrics.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            return err("metrics.listen", l, "host:port, e.g. 127.0.0.1:9464");
+        }
+        Ok(())
+    }
+
+    pub fn destination(&self) -> Destination {
+        Destination::parse(&self.destination).expect("validated")
+    }
+
+    pub fn name_rules(&self) -> NameRules {
+        NameRules {
+            manifest_suffix: self.readiness.manifest_suffix.clone(),
+            temp_suffixes: self.readiness.temp_suffixes.clone(),
+            temp_prefixes: self.readiness.temp_prefixes.clone(),
+        }
+    }
+
+    pub fn settle(&self) -> Duration {
+        Duration::from_secs_f64(self.readiness.settle_secs)
+    }
+
+    pub fn host_name(&self) -> String {
+        if let Some(h) = &self.host {
+            return h.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    }
+}
+
+fn apply_override(table: &mut toml::Table, path: &[String], raw: &str, var: &str) -> Result<()> {
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| SyncError::Config(format!("{var}: empty key")))?;
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| SyncError::Config(format!("{var}: {p} is not a section")))?;
+    }
+    // A TOML literal when it parses as one (numbers, booleans, arrays), else a string.
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+watch = ["/out"]
+destination = "s3://clips/retrain"
+"#;
+
+    #[test]
+    fn defaults_and_destination() {
+        let c = Config::from_toml(BASE, []).unwrap();
+        assert_eq!(c.after_upload, AfterUpload::Delete);
+        assert_eq!(
+            c.destination(),
+            Destination::S3 {
+                bucket: "clips".into(),
+                prefix: "retrain".into()
+            }
+        );
+        assert_eq!(
+            Destination::parse("file:///srv/clips").unwrap(),
+            Destination::File {
+                dir: "/srv/clips".into()
+            }
+        );
+        assert!(Destination::parse("file://rel").is_err());
+        assert!(Destination::parse("http://x").is_err());
+        assert!(Destination::parse("s3://").is_err());
+    }
+
+    #[test]
+    fn env_overrides() {
+        let env = vec![
+            (
+                "EDGEMASK_SYNCD__S3__ENDPOINT_URL".to_string(),
+                "http://127.0.0.1:3900".to_string(),
+            ),
+            (
+                "EDGEMASK_SYNCD__S3__FORCE_PATH_STYLE".to_string(),
+                "true".to_string(),
+            ),
+            ("EDGEMASK_SYNCD__UPLOAD__MAX_FILES".to_string(), "7".to_string()),
+            (
+                "EDGEMASK_SYNCD__DESTINATION".to_string(),
+                "file:///tmp/x".to_string(),
+            ),
+            ("OTHER".to_string(), "ignored".to_string()),
+        ];
+        let c = Config::from_toml(BASE, env).unwrap();
+        assert_eq!(c.s3.endpoint_url.as_deref(), Some("http://127.0.0.1:3900"));
+        assert!(c.s3.force_path_style);
+        assert_eq!(c.upload.max_files, 7);
+        assert_eq!(c.destination, "file:///tmp/x");
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let e = Config::from_toml(&format!("{BASE}\nbogus = 1\n"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::from_toml(&format!("{BASE}\n[upload]\npart_size = 1000\n"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upload.part_size") && e.contains("1000") && e.contains("5 MiB"),
+            "{e}"
+        );
+        let e = Config::from_toml(&format!("{BASE}\nkey_template = \"{{nope}}\"\n"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("{nope}") && e.contains("{host}"), "{e}");
+        let e = Config::from_toml("watch = [\"rel\"]\ndestination = \"s3://b\"\n", [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("watch"), "{e}");
+        let e = Config::from_toml(&format!("{BASE}\n[s3]\nsse = \"rot13\"\n"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3.sse") && e.contains("AES256"), "{e}");
+    }
+}

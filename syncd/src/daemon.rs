@@ -1,0 +1,759 @@
+//! The daemon: watch + rescan, readiness, journal, dispatch, retention, shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{AfterUpload, Config};
+use crate::error::{Result, SyncError};
+use crate::journal::{self, Event, FileRow, Journal, NewFile};
+use crate::keys::{self, KeyVars};
+use crate::metrics::{self, Metrics};
+use crate::ratelimit::RateLimiter;
+use crate::ready::{self, NameRules, Observation};
+use crate::upload::{Dest, Outcome, Worker, remove_uploaded};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOpts {
+    /// Drain the backlog and exit.
+    pub once: bool,
+}
+
+/// What a run did (for `--once`).
+#[derive(Debug, Default)]
+pub struct Report {
+    pub uploaded: u64,
+    /// Files left queued because their upload failed (in `--once`).
+    pub failed: u64,
+    /// Files not yet settled when `--once` gave up waiting.
+    pub unsettled: usize,
+    /// The destination refused us.
+    pub destination_error: Option<SyncError>,
+}
+
+/// Finds ready files: full scans and single paths.
+pub struct Scanner {
+    rules: NameRules,
+    roots: Vec<PathBuf>,
+    exclude: Vec<PathBuf>,
+    settle: Duration,
+    host: String,
+    template: String,
+    prefix: String,
+    /// Files seen but not ready yet: observation and whether a change was seen.
+    pub unsettled: HashMap<PathBuf, (Observation, bool)>,
+}
+
+impl Scanner {
+    pub fn new(cfg: &Config) -> Scanner {
+        let mut exclude = vec![cfg.journal.clone()];
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut p = cfg.journal.clone().into_os_string();
+            p.push(suffix);
+            exclude.push(PathBuf::from(p));
+        }
+        if let crate::config::Destination::File { dir } = cfg.destination() {
+            exclude.push(dir);
+        }
+        Scanner {
+            rules: cfg.name_rules(),
+            roots: cfg.watch.clone(),
+            exclude,
+            settle: cfg.settle(),
+            host: cfg.host_name(),
+            template: cfg.key_template.clone(),
+            prefix: cfg.destination().prefix().to_string(),
+            unsettled: HashMap::new(),
+        }
+    }
+
+    fn excluded(&self, path: &Path) -> bool {
+        self.exclude.iter().any(|e| path.starts_with(e))
+    }
+
+    /// Walk every root; collect ready files into `out`.
+    pub fn scan_all(&mut self, journal: Option<&Journal>, out: &mut Vec<NewFile>) -> Result<()> {
+        let mut seen = HashSet::new();
+        for root in self.roots.clone() {
+            self.scan_tree(&root, journal, out, &mut seen)?;
+        }
+        self.unsettled.retain(|p, _| seen.contains(p));
+        Ok(())
+    }
+
+    /// Walk one directory tree (bounded depth, symlinks not followed).
+    pub fn scan_tree(
+        &mut self,
+        top: &Path,
+        journal: Option<&Journal>,
+        out: &mut Vec<NewFile>,
+        seen: &mut HashSet<PathBuf>,
+    ) -> Result<()> {
+        let mut stack = vec![(top.to_path_buf(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot list directory");
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(ft) = entry.file_type() else { continue };
+                if ft.is_dir() {
+                    if depth < 32 && !self.excluded(&path) {
+                        stack.push((path, depth + 1));
+                    }
+                } else if ft.is_file() {
+                    seen.insert(path.clone());
+                    self.consider(&path, journal, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-check files still settling.
+    pub fn recheck(&mut self, journal: Option<&Journal>, out: &mut Vec<NewFile>) -> Result<()> {
+        let paths: Vec<PathBuf> = self.unsettled.keys().cloned().collect();
+        for p in paths {
+            self.consider(&p, journal, out)?;
+        }
+        Ok(())
+    }
+
+    fn root_of(&self, path: &Path) -> Option<&PathBuf> {
+        self.roots
+            .iter()
+            .filter(|r| path.starts_with(r))
+            .max_by_key(|r| r.as_os_str().len())
+    }
+
+    /// Look at one path (from an event or a scan).
+    pub fn consider(&mut self, path: &Path, journal: Option<&Journal>, out: &mut Vec<NewFile>) -> Result<()> {
+        if self.excluded(path) || self.root_of(path).is_none() {
+            return Ok(());
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(());
+        };
+        if self.rules.is_temp(name) {
+            self.unsettled.remove(path);
+            return Ok(());
+        }
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_file() => m,
+            _ => {
+                self.unsettled.remove(path);
+                return Ok(());
+            }
+        };
+        let (size, mtime) = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+        if let Some(j) = journal
+            && let Some(row) = j.get_by_path(path)?
+            && row.size == size
+            && row.mtime_ns == journal::mtime_ns(mtime)
+        {
+            self.unsettled.remove(path);
+            return Ok(());
+        }
+        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let is_manifest = self.rules.manifest_stem(name).is_some();
+        let manifest_path = dir.join(self.rules.manifest_for(name));
+        let ready = if is_manifest || manifest_path.is_file() {
+            true
+        } else {
+            let now = SystemTime::now();
+            let entry = self
+                .unsettled
+                .entry(path.to_path_buf())
+                .or_insert((Observation::first(size, mtime, now), false));
+            let updated = entry.0.update(size, mtime, now);
+            if updated != entry.0 {
+                *entry = (updated, true);
+            }
+            ready::is_settled(&entry.0, now, self.settle, entry.1)
+        };
+        if !ready {
+            return Ok(());
+        }
+        let manifest = if manifest_path.is_file() {
+            std::fs::read(&manifest_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        } else {
+            None
+        };
+        if is_manifest {
+            // The manifest comes last: its clip's members are final; queue them first.
+            let stem = ready::clip_stem(name).to_string();
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let Some(n) = p.file_name().and_then(|n| n.to_str()) else {
+                        continue;
+                    };
+                    if self.rules.is_member(&stem, n) && e.file_type().is_ok_and(|t| t.is_file()) {
+                        self.consider(&p, journal, out)?;
+                    }
+                }
+            }
+        }
+        self.unsettled.remove(path);
+        out.push(self.new_file(path, name, size, mtime, is_manifest, manifest.as_ref())?);
+        Ok(())
+    }
+
+    fn new_file(
+        &self,
+        path: &Path,
+        name: &str,
+        size: u64,
+        mtime: SystemTime,
+        is_manifest: bool,
+        manifest: Option<&serde_json::Value>,
+    ) -> Result<NewFile> {
+        let root = self.root_of(path).cloned().unwrap_or_default();
+        let rel = path.strip_prefix(&root).unwrap_or(path);
+        let rel_dir = rel
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let field = |k: &str| {
+            manifest
+                .and_then(|m| m.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let camera = field("camera")
+            .or_else(|| {
+                rel.components()
+                    .next()
+                    .filter(|_| !rel_dir.is_empty())
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let date = ["start", "wall_clock_start", "start_time"]
+            .iter()
+            .find_map(|k| field(k))
+            .filter(|s| s.len() >= 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-')
+            .map(|s| s[..10].to_string())
+            .unwrap_or_else(|| utc_date(mtime));
+        let vars = KeyVars {
+            host: field("host").unwrap_or_else(|| self.host.clone()),
+            camera,
+            date,
+            clip: ready::clip_stem(name).to_string(),
+            file: name.to_string(),
+            rel: rel.to_string_lossy().into_owned(),
+            dir: rel_dir,
+        };
+        let key = keys::render_key(&self.prefix, &self.template, &vars)?;
+        let clip = format!(
+            "{}/{}",
+            path.parent().unwrap_or(Path::new("")).display(),
+            ready::clip_stem(name)
+        );
+        Ok(NewFile {
+            path: path.to_path_buf(),
+            size,
+            mtime_ns: journal::mtime_ns(mtime),
+            clip: Some(clip),
+            is_manifest,
+            key,
+        })
+    }
+}
+
+fn utc_date(t: SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    format!("{:04}-{:02}-{:02}", dt.year(), dt.month() as u8, dt.day())
+}
+
+/// Fraction of the file system holding `path` that is in use (0..1).
+pub fn disk_used_fraction(path: &Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 || st.f_blocks == 0 {
+        return None;
+    }
+    Some(1.0 - st.f_bavail as f64 / st.f_blocks as f64)
+}
+
+/// `--dry-run`: print what would be uploaded where; touches nothing.
+pub fn dry_run(cfg: &Config) -> Result<usize> {
+    let journal = if cfg.journal.exists() {
+        Some(Journal::open_read_only(&cfg.journal)?)
+    } else {
+        None
+    };
+    let mut scanner = Scanner::new(cfg);
+    let mut out = Vec::new();
+    scanner.scan_all(journal.as_ref(), &mut out)?;
+    let dest = cfg.destination();
+    let base = match &dest {
+        crate::config::Destination::S3 { bucket, .. } => format!("s3://{bucket}"),
+        crate::config::Destination::File { dir } => format!("file://{}", dir.display()),
+    };
+    out.sort_by_key(|f| (f.is_manifest, f.path.clone()));
+    out.dedup_by(|a, b| a.path == b.path);
+    for f in &out {
+        let how = if f.size > cfg.upload.multipart_threshold {
+            format!("multipart, {} parts", f.size.div_ceil(cfg.upload.part_size))
+        } else {
+            "single PUT".to_string()
+        };
+        println!(
+            "would upload {} -> {base}/{} ({} bytes, {how})",
+            f.path.display(),
+            f.key,
+            f.size
+        );
+    }
+    for p in scanner.unsettled.keys() {
+        println!("not ready yet (settling) {}", p.display());
+    }
+    Ok(out.len())
+}
+
+/// Run the daemon until `cancel` (or, with `--once`, until the backlog is drained).
+pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Result<Report> {
+    let cfg = Arc::new(cfg);
+    let journal = Journal::open(&cfg.journal)?;
+    let metrics = Arc::new(Metrics::new());
+    let dest = Arc::new(Dest::new(&cfg, metrics.clone()).await);
+    let limiter = Arc::new(RateLimiter::new(cfg.upload.rate_limit_bytes_per_sec));
+    let worker = Arc::new(Worker {
+        cfg: cfg.clone(),
+        journal: journal.clone(),
+        dest: dest.clone(),
+        limiter,
+        metrics: metrics.clone(),
+    });
+    info!(destination = %dest.describe(), watch = ?cfg.watch, once = opts.once, "edgemask-syncd starting");
+    let mut report = Report::default();
+    let mut aux = JoinSet::new();
+    if let Some(listen) = &cfg.metrics.listen {
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| SyncError::Config(format!("metrics.listen = {listen:?}: {e}")))?;
+        aux.spawn(metrics::serve(l, metrics.clone(), cancel.clone()));
+    }
+
+    // The destination: refuse early and clearly.
+    let mut dest_down: Option<(String, Instant)> = None;
+    match check_destination(&dest, &cfg, &journal, &metrics, &cancel).await {
+        Ok(()) => {}
+        Err(e @ SyncError::Fatal { .. }) => {
+            if opts.once {
+                report.destination_error = Some(e);
+                return Ok(report);
+            }
+            dest_down = Some((e.to_string(), Instant::now()));
+        }
+        Err(e) if cancel.is_cancelled() => {
+            debug!(error = %e, "cancelled during start");
+            return Ok(report);
+        }
+        Err(e) => {
+            error!(error = %e, "destination not reachable; will keep retrying");
+            dest_down = Some((e.to_string(), Instant::now()));
+        }
+    }
+
+    // Watch first, then scan, so nothing falls between the two.
+    let (tx, mut rx) = mpsc::channel::<notify::Event>(8192);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let ov = overflow.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) if ev.need_rescan() => ov.store(true, Ordering::Relaxed),
+        Ok(ev) => {
+            if tx.try_send(ev).is_err() {
+                ov.store(true, Ordering::Relaxed);
+            }
+        }
+        Err(_) => ov.store(true, Ordering::Relaxed),
+    })?;
+    for root in &cfg.watch {
+        std::fs::create_dir_all(root).map_err(|e| SyncError::io(root, e))?;
+        watcher.watch(root, RecursiveMode::Recursive)?;
+    }
+
+    let mut scanner = Scanner::new(&cfg);
+    let mut fresh = Vec::new();
+    scanner.scan_all(Some(&journal), &mut fresh)?;
+    insert_ready(&journal, &mut fresh)?;
+    let mut last_scan = Instant::now();
+    let rescan_every = Duration::from_secs_f64(cfg.readiness.rescan_secs);
+
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut last_ping = Instant::now();
+    let mut last_status = Instant::now() - Duration::from_secs(60);
+    let mut last_retention = Instant::now() - Duration::from_secs(60);
+    let mut last_rate = (Instant::now(), metrics.bytes_sent(), 0.0f64);
+    let mut last_dest_check = Instant::now();
+    let mut hw_warned = Instant::now() - Duration::from_secs(3600);
+
+    let mut jobs: JoinSet<(i64, Outcome)> = JoinSet::new();
+    let mut inflight: HashSet<i64> = HashSet::new();
+    let mut not_before: HashMap<i64, Instant> = HashMap::new();
+    let mut given_up: HashSet<i64> = HashSet::new();
+    let once_deadline = Instant::now() + cfg.settle() * 2 + Duration::from_secs(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let mut fresh = Vec::new();
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(ev) = rx.recv() => {
+                let mut events = vec![ev];
+                while events.len() < 4096 {
+                    match rx.try_recv() { Ok(e) => events.push(e), Err(_) => break }
+                }
+                for ev in events {
+                    for p in &ev.paths {
+                        if p.is_dir() {
+                            // A new directory: files may have landed before its watch.
+                            scanner.scan_tree(p, Some(&journal), &mut fresh, &mut HashSet::new())?;
+                        } else {
+                            scanner.consider(p, Some(&journal), &mut fresh)?;
+                        }
+                    }
+                }
+            }
+            Some(res) = jobs.join_next(), if !jobs.is_empty() => {
+                match res {
+                    Ok((id, outcome)) => {
+                        inflight.remove(&id);
+                        metrics.touch();
+                        match outcome {
+                            Outcome::Done => { not_before.remove(&id); }
+                            Outcome::Cancelled => {}
+                            Outcome::Later(e) => {
+                                if opts.once { given_up.insert(id); report.failed += 1; }
+                                else { not_before.insert(id, Instant::now() + Duration::from_millis(cfg.retry.cap_ms)); }
+                                debug!(id, error = %e, "file re-queued");
+                            }
+                            Outcome::DestinationDown(e) => {
+                                if dest_down.is_none() {
+                                    error!(destination = %dest.describe(), error = %e,
+                                           "destination refuses uploads; stopping it, every file is kept");
+                                    let _ = journal.set_meta("destination_error", &e.to_string());
+                                }
+                                metrics.set_dest_up(false);
+                                dest_down = Some((e.to_string(), Instant::now()));
+                                last_dest_check = Instant::now();
+                                if opts.once && report.destination_error.is_none() {
+                                    report.destination_error = Some(e);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => error!(error = %e, "upload task failed"),
+                }
+            }
+            _ = tick.tick() => {
+                scanner.recheck(Some(&journal), &mut fresh)?;
+                if last_scan.elapsed() >= rescan_every {
+                    scanner.scan_all(Some(&journal), &mut fresh)?;
+                    last_scan = Instant::now();
+                }
+                if last_retention.elapsed() >= Duration::from_secs(2) {
+                    retention(&cfg, &journal, &metrics, &mut hw_warned)?;
+                    last_retention = Instant::now();
+                }
+                if last_rate.0.elapsed() >= Duration::from_secs(1) {
+                    let (t, b, r) = last_rate;
+                    let now_b = metrics.bytes_sent();
+                    let inst = (now_b - b) as f64 / t.elapsed().as_secs_f64();
+                    let rate = 0.7 * r + 0.3 * inst;
+                    metrics.set_rate(rate);
+                    last_rate = (Instant::now(), now_b, rate);
+                    let s = journal.summary()?;
+                    let open = s.counts.get("pending").copied().unwrap_or(0) + s.counts.get("uploading").copied().unwrap_or(0);
+                    let oldest = s.oldest_pending_ready_at.map(|t| (journal::now_secs() - t).max(0) as u64).unwrap_or(0);
+                    let bad = s.counts.get("conflict").copied().unwrap_or(0) + s.counts.get("rejected").copied().unwrap_or(0);
+                    metrics.set_queue(open, s.pending_bytes, oldest, bad);
+                    if last_status.elapsed() >= Duration::from_secs(5) {
+                        let st = format!("queue {open} files ({} bytes), {} uploaded, {:.1} MB/s{}",
+                            s.pending_bytes, metrics.files_uploaded(), rate / 1e6,
+                            if dest_down.is_some() { ", destination DOWN" } else { "" });
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&st)]);
+                        last_status = Instant::now();
+                    }
+                }
+                // Watchdog: alive and either idle or moving (bytes or scheduled retries).
+                if watchdog && last_ping.elapsed() >= Duration::from_micros(watchdog_usec / 3) {
+                    let healthy = jobs.is_empty() || metrics.since_progress() < watchdog_usec as f64 / 1e6;
+                    if healthy {
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                        last_ping = Instant::now();
+                    }
+                }
+                if let Some((_, since)) = &dest_down
+                    && !opts.once
+                    && since.elapsed() >= Duration::from_millis(cfg.retry.cap_ms)
+                    && last_dest_check.elapsed() >= Duration::from_millis(cfg.retry.cap_ms)
+                {
+                    last_dest_check = Instant::now();
+                    if check_destination(&dest, &cfg, &journal, &metrics, &cancel).await.is_ok() {
+                        info!(destination = %dest.describe(), "destination accepts uploads again");
+                        dest_down = None;
+                    }
+                }
+            }
+        }
+        if overflow.swap(false, Ordering::Relaxed) {
+            warn!("watcher dropped events; full rescan");
+            scanner.scan_all(Some(&journal), &mut fresh)?;
+            last_scan = Instant::now();
+        }
+        insert_ready(&journal, &mut fresh)?;
+
+        // Dispatch.
+        if dest_down.is_none() && !cancel.is_cancelled() && jobs.len() < cfg.upload.max_files {
+            let now = Instant::now();
+            not_before.retain(|_, t| *t > now);
+            let limit = cfg.upload.max_files * 4 + inflight.len() + not_before.len() + given_up.len();
+            for row in journal.open_work(limit)? {
+                if jobs.len() >= cfg.upload.max_files {
+                    break;
+                }
+                if inflight.contains(&row.id)
+                    || not_before.contains_key(&row.id)
+                    || given_up.contains(&row.id)
+                {
+                    continue;
+                }
+                if row.is_manifest
+                    && row.state != journal::State::Uploaded
+                    && let Some(clip) = &row.clip
+                    && journal.clip_members_open(clip)? > 0
+                {
+                    continue; // the manifest goes last
+                }
+                inflight.insert(row.id);
+                let (w, c) = (worker.clone(), cancel.clone());
+                jobs.spawn(async move {
+                    let id = row.id;
+                    (id, w.run(row, c).await)
+                });
+            }
+        }
+
+        if opts.once && jobs.is_empty() {
+            let open: Vec<FileRow> = journal.open_work(given_up.len() + 1)?;
+            let queue_empty = open.iter().all(|r| given_up.contains(&r.id));
+            let waiting = !scanner.unsettled.is_empty() && Instant::now() < once_deadline;
+            if report.destination_error.is_some() || (queue_empty && !waiting) {
+                report.unsettled = scanner.unsettled.len();
+                break;
+            }
+        }
+    }
+
+    // Shutdown: parts in flight finish and are checkpointed; bounded by the deadline.
+    if !jobs.is_empty() {
+        info!(in_flight = jobs.len(), "waiting for uploads in flight");
+        let deadline = Duration::from_secs_f64(cfg.upload.shutdown_timeout_secs);
+        if tokio::time::timeout(deadline, async { while jobs.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            warn!("shutdown deadline reached; abandoning uploads in flight (they resume at next start)");
+            jobs.abort_all();
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    while aux.join_next().await.is_some() {}
+    drop(watcher);
+    report.uploaded = metrics.files_uploaded();
+    info!(uploaded = report.uploaded, "edgemask-syncd stopped");
+    Ok(report)
+}
+
+fn insert_ready(journal: &Journal, fresh: &mut Vec<NewFile>) -> Result<()> {
+    for f in fresh.drain(..) {
+        if let Some(row) = journal.upsert_ready(&f)? {
+            debug!(path = %row.path.display(), key = %row.key, "ready");
+        }
+    }
+    Ok(())
+}
+
+async fn check_destination(
+    dest: &Dest,
+    cfg: &Config,
+    journal: &Journal,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    match dest.probe(cfg, cancel).await {
+        Ok(()) => {
+            metrics.set_dest_up(true);
+            let _ = journal.set_meta("destination_error", "");
+            if let Dest::S3(s) = dest {
+                let n = s.abort_orphans(journal, cancel).await?;
+                if n > 0 {
+                    info!(aborted = n, "aborted multipart uploads left behind");
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            metrics.set_dest_up(false);
+            metrics.failure(e.kind());
+            error!(destination = %dest.describe(), error = %e, "destination check failed; every file is kept");
+            let _ = journal.set_meta("destination_error", &e.to_string());
+            Err(e)
+        }
+    }
+}
+
+/// Retention of uploaded files: max age, max bytes, disk high-water mark. Only files in
+/// the `retained` state (verified in the destination) are ever deleted here.
+fn retention(cfg: &Config, journal: &Journal, metrics: &Metrics, hw_warned: &mut Instant) -> Result<()> {
+    let r = &cfg.retain;
+    let hw = r.high_water_percent / 100.0;
+    if cfg.after_upload != AfterUpload::Retain && hw <= 0.0 {
+        return Ok(());
+    }
+    let mut kept = journal.retained()?;
+    let now = journal::mtime_ns(SystemTime::now());
+    let evict = |row: &FileRow, why: &str| -> Result<()> {
+        remove_uploaded(&row.path)?;
+        journal.mark(row, Event::Evicted, None)?;
+        metrics.evicted();
+        info!(path = %row.path.display(), reason = why, "deleted uploaded file");
+        Ok(())
+    };
+    if r.max_age_secs > 0 {
+        let limit = (r.max_age_secs as i64).saturating_mul(1_000_000_000);
+        let (old, young): (Vec<_>, Vec<_>) = kept.into_iter().partition(|f| now - f.mtime_ns > limit);
+        for f in &old {
+            evict(f, "max_age")?;
+        }
+        kept = young;
+    }
+    if r.max_bytes > 0 {
+        let mut total: u64 = kept.iter().map(|f| f.size).sum();
+        let mut rest = Vec::new();
+        for f in kept {
+            if total > r.max_bytes {
+                total -= f.size;
+                evict(&f, "max_bytes")?;
+            } else {
+                rest.push(f);
+            }
+        }
+        kept = rest;
+    }
+    if hw > 0.0 {
+        for root in &cfg.watch {
+            let mut iter = kept.iter();
+            while disk_used_fraction(root).is_some_and(|u| u > hw) {
+                match iter.next() {
+                    Some(f) => evict(f, "high_water")?,
+                    None => {
+                        if hw_warned.elapsed() > Duration::from_secs(300) {
+                            warn!(dir = %root.display(), "disk above the high-water mark and no uploaded file left to delete; files not uploaded are never deleted");
+                            *hw_warned = Instant::now();
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(out: &Path, settle: f64) -> Config {
+        Config::from_toml(
+            &format!(
+                "watch = [\"{}\"]\ndestination = \"s3://b/p\"\njournal = \"{}/j.sqlite\"\nhost = \"h\"\n[readiness]\nsettle_secs = {settle}\n",
+                out.display(),
+                out.display()
+            ),
+            [],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn scanner_follows_the_clip_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::create_dir_all(out.join("cam")).unwrap();
+        let mut s = Scanner::new(&cfg(out, 3600.0));
+        std::fs::write(out.join("cam/c1.mkv"), b"media").unwrap();
+        std::fs::write(out.join("cam/c1.mask.mkv"), b"mask").unwrap();
+        std::fs::write(out.join("cam/.c1.manifest.json.tmp"), b"{}").unwrap();
+        std::fs::write(out.join("j.sqlite"), b"journal").unwrap();
+        let mut found = Vec::new();
+        s.scan_all(None, &mut found).unwrap();
+        assert!(
+            found.is_empty(),
+            "nothing is ready before the manifest: {found:?}"
+        );
+        assert_eq!(
+            s.unsettled.len(),
+            2,
+            "the temp manifest and the journal are not tracked"
+        );
+        std::fs::rename(
+            out.join("cam/.c1.manifest.json.tmp"),
+            out.join("cam/c1.manifest.json"),
+        )
+        .unwrap();
+        s.consider(&out.join("cam/c1.manifest.json"), None, &mut found)
+            .unwrap();
+        let names: Vec<String> = found.iter().map(|f| f.key.clone()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            found.last().unwrap().is_manifest,
+            "manifest queued last: {names:?}"
+        );
+        assert!(names.iter().all(|k| k.starts_with("p/h/cam/")), "{names:?}");
+        assert!(found.iter().all(|f| f.clip == found[0].clip));
+        assert!(s.unsettled.is_empty());
+    }
+
+    #[test]
+    fn foreign_files_wait_for_the_settle_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::write(out.join("seg-00001.mp4"), b"data").unwrap();
+        let mut found = Vec::new();
+        Scanner::new(&cfg(out, 3600.0))
+            .scan_all(None, &mut found)
+            .unwrap();
+        assert!(found.is_empty());
+        Scanner::new(&cfg(out, 0.0)).scan_all(None, &mut found).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].key,
+            "p/h/unknown/".to_string() + &utc_date(SystemTime::now()) + "/seg-00001.mp4"
+        );
+    }
+}

@@ -1,0 +1,677 @@
+//! The crash-safe journal: one SQLite database (rusqlite, bundled) holding every file's
+//! state, its object key, the multipart UploadId with the parts done and their checksums.
+//!
+//! Each state change is one transaction in WAL mode with `synchronous=NORMAL`: after a
+//! kill -9 the journal holds every committed state; after a power cut it may lose the last
+//! few commits, which only makes the daemon redo a HEAD (the object is found identical and
+//! counted once) — a local file is deleted only after the store verified it, whatever the
+//! journal remembers. The state machine itself is the pure [`transition`] function.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::error::{Result, SyncError};
+
+/// A file's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Ready and queued.
+    Pending,
+    /// An upload is under way (maybe multipart, with an UploadId and parts done).
+    Uploading,
+    /// Verified in the destination; the local file is still there.
+    Uploaded,
+    /// Verified and the local file deleted.
+    Removed,
+    /// Verified and kept under the retention rule.
+    Retained,
+    /// A different object exists under the key; the local file is kept.
+    Conflict,
+    /// The destination refused this object; the local file is kept.
+    Rejected,
+    /// The file vanished before it was uploaded (deleted by someone else).
+    Vanished,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Pending,
+        State::Uploading,
+        State::Uploaded,
+        State::Removed,
+        State::Retained,
+        State::Conflict,
+        State::Rejected,
+        State::Vanished,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Uploading => "uploading",
+            State::Uploaded => "uploaded",
+            State::Removed => "removed",
+            State::Retained => "retained",
+            State::Conflict => "conflict",
+            State::Rejected => "rejected",
+            State::Vanished => "vanished",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<State> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| SyncError::Config(format!("journal holds unknown state {s:?}")))
+    }
+
+    /// Work still to do for this file.
+    pub fn is_open(self) -> bool {
+        matches!(self, State::Pending | State::Uploading | State::Uploaded)
+    }
+}
+
+/// What happens to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Start,
+    Verified,
+    Deleted,
+    Kept,
+    Evicted,
+    Restart,
+    Conflict,
+    Rejected,
+    Vanished,
+    /// The file reappeared with new content (a new generation at the same path).
+    Reappeared,
+}
+
+/// The state machine. Anything not listed is a bug and refused.
+pub fn transition(from: State, ev: Event) -> Result<State> {
+    use Event as E;
+    use State as S;
+    let to = match (from, ev) {
+        (S::Pending | S::Uploading, E::Start) => S::Uploading,
+        (S::Pending | S::Uploading, E::Verified) => S::Uploaded,
+        (S::Uploading, E::Restart) => S::Pending,
+        (S::Uploaded, E::Deleted) => S::Removed,
+        (S::Uploaded, E::Kept) => S::Retained,
+        (S::Retained, E::Evicted) => S::Removed,
+        (S::Pending | S::Uploading, E::Conflict) => S::Conflict,
+        (S::Pending | S::Uploading, E::Rejected) => S::Rejected,
+        (S::Pending | S::Uploading, E::Vanished) => S::Vanished,
+        (S::Removed | S::Retained | S::Conflict | S::Rejected | S::Vanished | S::Pending, E::Reappeared) => {
+            S::Pending
+        }
+        (from, ev) => {
+            return Err(SyncError::Config(format!(
+                "journal: illegal transition {ev:?} from {}",
+                from.as_str()
+            )));
+        }
+    };
+    Ok(to)
+}
+
+/// One row of the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRow {
+    pub id: i64,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// `dir/stem` of the clip when the file belongs to a runner clip.
+    pub clip: Option<String>,
+    pub is_manifest: bool,
+    pub key: String,
+    pub state: State,
+    pub upload_id: Option<String>,
+    pub part_size: Option<u64>,
+    pub etag: Option<String>,
+    pub checksum: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub ready_at: i64,
+    pub uploaded_seq: Option<i64>,
+}
+
+/// A multipart part done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartRow {
+    pub number: i32,
+    pub etag: String,
+    pub crc32c: String,
+    pub size: u64,
+}
+
+/// Insert request for a newly ready file.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub clip: Option<String>,
+    pub is_manifest: bool,
+    pub key: String,
+}
+
+/// Counts per state plus the oldest open file.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub counts: HashMap<&'static str, u64>,
+    pub pending_bytes: u64,
+    pub oldest_pending_ready_at: Option<i64>,
+}
+
+#[derive(Clone)]
+pub struct Journal {
+    conn: Arc<Mutex<Connection>>,
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub fn mtime_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    clip TEXT,
+    is_manifest INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    upload_id TEXT,
+    part_size INTEGER,
+    etag TEXT,
+    checksum TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    ready_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    uploaded_seq INTEGER
+);
+CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE INDEX IF NOT EXISTS files_clip ON files(clip);
+CREATE TABLE IF NOT EXISTS parts (
+    file_id INTEGER NOT NULL,
+    upload_id TEXT NOT NULL,
+    part_number INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    crc32c TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (file_id, part_number)
+);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+";
+
+const COLS: &str = "id, path, size, mtime_ns, clip, is_manifest, key, state, upload_id, part_size, \
+                    etag, checksum, attempts, last_error, ready_at, uploaded_seq";
+
+fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FileRow, String)> {
+    let state: String = r.get(7)?;
+    Ok((
+        FileRow {
+            id: r.get(0)?,
+            path: PathBuf::from(r.get::<_, String>(1)?),
+            size: r.get::<_, i64>(2)? as u64,
+            mtime_ns: r.get(3)?,
+            clip: r.get(4)?,
+            is_manifest: r.get::<_, i64>(5)? != 0,
+            key: r.get(6)?,
+            state: State::Pending,
+            upload_id: r.get(8)?,
+            part_size: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+            etag: r.get(10)?,
+            checksum: r.get(11)?,
+            attempts: r.get::<_, i64>(12)? as u32,
+            last_error: r.get(13)?,
+            ready_at: r.get(14)?,
+            uploaded_seq: r.get(15)?,
+        },
+        state,
+    ))
+}
+
+fn finish(pair: (FileRow, String)) -> Result<FileRow> {
+    let (mut row, state) = pair;
+    row.state = State::parse(&state)?;
+    Ok(row)
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| SyncError::Config(format!("{} is not valid UTF-8", p.display())))
+}
+
+impl Journal {
+    /// Open (creating) the journal for the daemon.
+    pub fn open(path: &Path) -> Result<Journal> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| SyncError::io(parent, e))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Journal {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Open an existing journal read-only (`status`, `--dry-run`).
+    pub fn open_read_only(path: &Path) -> Result<Journal> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Journal {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (each change is a
+        // transaction), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get_by_path(&self, path: &Path) -> Result<Option<FileRow>> {
+        let c = self.lock();
+        let pair = c
+            .query_row(
+                &format!("SELECT {COLS} FROM files WHERE path = ?1"),
+                [path_str(path)?],
+                row_from,
+            )
+            .optional()?;
+        pair.map(finish).transpose()
+    }
+
+    pub fn get(&self, id: i64) -> Result<FileRow> {
+        let c = self.lock();
+        let pair = c.query_row(&format!("SELECT {COLS} FROM files WHERE id = ?1"), [id], row_from)?;
+        finish(pair)
+    }
+
+    /// Record a ready file: inserts it as pending, or starts a new generation when the path
+    /// was seen before with other content. Returns the row, or `None` when the journal
+    /// already has this exact file (same size and mtime).
+    pub fn upsert_ready(&self, f: &NewFile) -> Result<Option<FileRow>> {
+        let existing = self.get_by_path(&f.path)?;
+        let now = now_secs();
+        match existing {
+            Some(row) if row.size == f.size && row.mtime_ns == f.mtime_ns => Ok(None),
+            Some(row) if matches!(row.state, State::Uploading | State::Uploaded) => {
+                // Changed while an upload was under way (the job notices and re-queues
+                // it), or after it was verified (the next scan sees it as new once the
+                // row is removed or retained).
+                Ok(None)
+            }
+            Some(row) => {
+                let to = transition(row.state, Event::Reappeared)?;
+                let c = self.lock();
+                let tx = c.unchecked_transaction()?;
+                tx.execute("DELETE FROM parts WHERE file_id = ?1", [row.id])?;
+                tx.execute(
+                    "UPDATE files SET size=?2, mtime_ns=?3, clip=?4, is_manifest=?5, key=?6, state=?7,
+                       upload_id=NULL, part_size=NULL, etag=NULL, checksum=NULL, attempts=0,
+                       last_error=NULL, ready_at=?8, updated_at=?8, uploaded_seq=NULL WHERE id=?1",
+                    params![
+                        row.id,
+                        f.size as i64,
+                        f.mtime_ns,
+                        f.clip,
+                        f.is_manifest as i64,
+                        f.key,
+                        to.as_str(),
+                        now
+                    ],
+                )?;
+                tx.commit()?;
+                drop(c);
+                Ok(Some(self.get(row.id)?))
+            }
+            None => {
+                let c = self.lock();
+                c.execute(
+                    "INSERT INTO files (path, size, mtime_ns, clip, is_manifest, key, state, ready_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+                    params![path_str(&f.path)?, f.size as i64, f.mtime_ns, f.clip, f.is_manifest as i64, f.key, now],
+                )?;
+                let id = c.last_insert_rowid();
+                drop(c);
+                Ok(Some(self.get(id)?))
+            }
+        }
+    }
+
+    fn set_state(
+        &self,
+        row: &FileRow,
+        ev: Event,
+        extra: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<State> {
+        let c = self.lock();
+        let current: String = c.query_row("SELECT state FROM files WHERE id=?1", [row.id], |r| r.get(0))?;
+        let to = transition(State::parse(&current)?, ev)?;
+        let sql = format!("UPDATE files SET state=?1, updated_at=?2{extra} WHERE id=?3");
+        let (to_s, now) = (to.as_str(), now_secs());
+        let mut all: Vec<&dyn rusqlite::ToSql> = vec![&to_s, &now, &row.id];
+        all.extend_from_slice(args);
+        c.execute(&sql, all.as_slice())?;
+        Ok(to)
+    }
+
+    pub fn mark_uploading(&self, row: &FileRow) -> Result<()> {
+        self.set_state(row, Event::Start, ", attempts = attempts + 1", &[])?;
+        Ok(())
+    }
+
+    /// A multipart upload was created: remember its id before any part is sent.
+    pub fn set_upload(&self, id: i64, upload_id: &str, part_size: u64) -> Result<()> {
+        let c = self.lock();
+        let tx = c.unchecked_transaction()?;
+        tx.execute("DELETE FROM parts WHERE file_id = ?1", [id])?;
+        tx.execute(
+            "UPDATE files SET upload_id=?2, part_size=?3, updated_at=?4 WHERE id=?1",
+            params![id, upload_id, part_size as i64, now_secs()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forget the multipart upload (gone from the store, or the file changed).
+    pub fn clear_upload(&self, id: i64) -> Result<()> {
+        let c = self.lock();
+        let tx = c.unchecked_transaction()?;
+        tx.execute("DELETE FROM parts WHERE file_id = ?1", [id])?;
+        tx.execute(
+            "UPDATE files SET upload_id=NULL, part_size=NULL, updated_at=?2 WHERE id=?1",
+            params![id, now_secs()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn record_part(&self, id: i64, upload_id: &str, p: &PartRow) -> Result<()> {
+        let c = self.lock();
+        c.execute(
+            "INSERT OR REPLACE INTO parts (file_id, upload_id, part_number, etag, crc32c, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, upload_id, p.number, p.etag, p.crc32c, p.size as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn parts(&self, id: i64, upload_id: &str) -> Result<Vec<PartRow>> {
+        let c = self.lock();
+        let mut st = c.prepare(
+            "SELECT part_number, etag, crc32c, size FROM parts WHERE file_id=?1 AND upload_id=?2
+             ORDER BY part_number",
+        )?;
+        let rows = st.query_map(params![id, upload_id], |r| {
+            Ok(PartRow {
+                number: r.get(0)?,
+                etag: r.get(1)?,
+                crc32c: r.get(2)?,
+                size: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The upload is verified in the destination.
+    pub fn mark_uploaded(&self, row: &FileRow, etag: Option<&str>, checksum: &str) -> Result<()> {
+        let c = self.lock();
+        let seq: i64 = c.query_row("SELECT COALESCE(MAX(uploaded_seq), 0) + 1 FROM files", [], |r| {
+            r.get(0)
+        })?;
+        drop(c);
+        self.set_state(
+            row,
+            Event::Verified,
+            ", etag=?4, checksum=?5, uploaded_seq=?6, upload_id=NULL, last_error=NULL",
+            &[&etag, &checksum, &seq],
+        )?;
+        let c = self.lock();
+        c.execute("DELETE FROM parts WHERE file_id=?1", [row.id])?;
+        Ok(())
+    }
+
+    pub fn mark(&self, row: &FileRow, ev: Event, error: Option<&str>) -> Result<State> {
+        self.set_state(row, ev, ", last_error=COALESCE(?4, last_error)", &[&error])
+    }
+
+    /// Drop a row (the file turned out not to be finished); readiness decides again.
+    pub fn forget(&self, id: i64) -> Result<()> {
+        let c = self.lock();
+        let tx = c.unchecked_transaction()?;
+        tx.execute("DELETE FROM parts WHERE file_id=?1", [id])?;
+        tx.execute("DELETE FROM files WHERE id=?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn note_error(&self, id: i64, error: &str) -> Result<()> {
+        let c = self.lock();
+        c.execute(
+            "UPDATE files SET last_error=?2, updated_at=?3 WHERE id=?1",
+            params![id, error, now_secs()],
+        )?;
+        Ok(())
+    }
+
+    /// Open work, oldest first, media before manifests.
+    pub fn open_work(&self, limit: usize) -> Result<Vec<FileRow>> {
+        let c = self.lock();
+        let mut st = c.prepare(&format!(
+            "SELECT {COLS} FROM files WHERE state IN ('pending','uploading','uploaded')
+             ORDER BY is_manifest, ready_at, id LIMIT ?1"
+        ))?;
+        let rows = st.query_map([limit as i64], row_from)?;
+        rows.map(|r| finish(r?)).collect()
+    }
+
+    /// Whether a clip still has members not verified in the destination.
+    pub fn clip_members_open(&self, clip: &str) -> Result<u64> {
+        let c = self.lock();
+        let n: i64 = c.query_row(
+            "SELECT COUNT(*) FROM files WHERE clip=?1 AND is_manifest=0
+             AND state IN ('pending','uploading','conflict','rejected')",
+            [clip],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Retained files, oldest upload first.
+    pub fn retained(&self) -> Result<Vec<FileRow>> {
+        let c = self.lock();
+        let mut st = c.prepare(&format!(
+            "SELECT {COLS} FROM files WHERE state='retained' ORDER BY uploaded_seq"
+        ))?;
+        let rows = st.query_map([], row_from)?;
+        rows.map(|r| finish(r?)).collect()
+    }
+
+    /// Rows with a given state.
+    pub fn with_state(&self, state: State, limit: usize) -> Result<Vec<FileRow>> {
+        let c = self.lock();
+        let mut st = c.prepare(&format!(
+            "SELECT {COLS} FROM files WHERE state=?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![state.as_str(), limit as i64], row_from)?;
+        rows.map(|r| finish(r?)).collect()
+    }
+
+    /// All multipart UploadIds the journal still relies on, by key.
+    pub fn live_uploads(&self) -> Result<HashMap<String, String>> {
+        let c = self.lock();
+        let mut st = c.prepare("SELECT key, upload_id FROM files WHERE upload_id IS NOT NULL")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
+    }
+
+    /// Whether `key` belongs to a file this journal knows.
+    pub fn knows_key(&self, key: &str) -> Result<bool> {
+        let c = self.lock();
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM files WHERE key=?1", [key], |r| r.get(0))?;
+        Ok(n > 0)
+    }
+
+    pub fn summary(&self) -> Result<Summary> {
+        let c = self.lock();
+        let mut s = Summary::default();
+        let mut st =
+            c.prepare("SELECT state, COUNT(*), SUM(size), MIN(ready_at) FROM files GROUP BY state")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?;
+        for r in rows {
+            let (state, n, bytes, oldest) = r?;
+            let state = State::parse(&state)?;
+            s.counts.insert(state.as_str(), n as u64);
+            if matches!(state, State::Pending | State::Uploading) {
+                s.pending_bytes += bytes.unwrap_or(0) as u64;
+                s.oldest_pending_ready_at = match (s.oldest_pending_ready_at, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn set_meta(&self, k: &str, v: &str) -> Result<()> {
+        let c = self.lock();
+        c.execute(
+            "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
+            params![k, v],
+        )?;
+        Ok(())
+    }
+
+    pub fn meta(&self, k: &str) -> Result<Option<String>> {
+        let c = self.lock();
+        Ok(c.query_row("SELECT v FROM meta WHERE k=?1", [k], |r| r.get(0))
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legal_transitions() {
+        use Event as E;
+        use State as S;
+        assert_eq!(transition(S::Pending, E::Start).unwrap(), S::Uploading);
+        assert_eq!(transition(S::Uploading, E::Verified).unwrap(), S::Uploaded);
+        assert_eq!(transition(S::Pending, E::Verified).unwrap(), S::Uploaded);
+        assert_eq!(transition(S::Uploaded, E::Deleted).unwrap(), S::Removed);
+        assert_eq!(transition(S::Uploaded, E::Kept).unwrap(), S::Retained);
+        assert_eq!(transition(S::Retained, E::Evicted).unwrap(), S::Removed);
+        assert_eq!(transition(S::Uploading, E::Restart).unwrap(), S::Pending);
+        assert_eq!(transition(S::Removed, E::Reappeared).unwrap(), S::Pending);
+        assert_eq!(transition(S::Uploading, E::Conflict).unwrap(), S::Conflict);
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused() {
+        use Event as E;
+        use State as S;
+        // Never delete a file that is not verified.
+        for s in [S::Pending, S::Uploading, S::Conflict, S::Rejected, S::Vanished] {
+            assert!(transition(s, E::Deleted).is_err(), "{s:?}");
+            assert!(transition(s, E::Evicted).is_err(), "{s:?}");
+            assert!(transition(s, E::Kept).is_err(), "{s:?}");
+        }
+        assert!(transition(S::Uploaded, E::Reappeared).is_err());
+        assert!(transition(S::Uploading, E::Reappeared).is_err());
+        assert!(transition(S::Removed, E::Start).is_err());
+    }
+
+    #[test]
+    fn journal_round_trip_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let j = Journal::open(&path).unwrap();
+        let nf = NewFile {
+            path: "/out/cam/c1.mkv".into(),
+            size: 10,
+            mtime_ns: 5,
+            clip: Some("/out/cam/c1".into()),
+            is_manifest: false,
+            key: "k/c1.mkv".into(),
+        };
+        let row = j.upsert_ready(&nf).unwrap().unwrap();
+        assert_eq!(row.state, State::Pending);
+        assert!(j.upsert_ready(&nf).unwrap().is_none(), "same file twice");
+        j.mark_uploading(&row).unwrap();
+        j.set_upload(row.id, "up-1", 5).unwrap();
+        j.record_part(
+            row.id,
+            "up-1",
+            &PartRow {
+                number: 1,
+                etag: "e1".into(),
+                crc32c: "c1".into(),
+                size: 5,
+            },
+        )
+        .unwrap();
+        assert_eq!(j.clip_members_open("/out/cam/c1").unwrap(), 1);
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        let row = j.get(row.id).unwrap();
+        assert_eq!(row.state, State::Uploading);
+        assert_eq!(row.upload_id.as_deref(), Some("up-1"));
+        assert_eq!(j.parts(row.id, "up-1").unwrap().len(), 1);
+        assert_eq!(
+            j.live_uploads().unwrap().get("k/c1.mkv").map(String::as_str),
+            Some("up-1")
+        );
+        j.mark_uploaded(&row, Some("etag"), "crc").unwrap();
+        assert!(
+            j.mark(&row, Event::Evicted, None).is_err(),
+            "uploaded is not retained"
+        );
+        assert_eq!(j.mark(&row, Event::Deleted, None).unwrap(), State::Removed);
+        assert_eq!(j.clip_members_open("/out/cam/c1").unwrap(), 0);
+        assert!(j.live_uploads().unwrap().is_empty());
+        // Same path, new content: a new generation.
+        let again = NewFile { size: 11, ..nf };
+        let row2 = j.upsert_ready(&again).unwrap().unwrap();
+        assert_eq!(row2.id, row.id);
+        assert_eq!(row2.state, State::Pending);
+        assert_eq!(row2.uploaded_seq, None);
+        let s = j.summary().unwrap();
+        assert_eq!(s.counts.get("pending"), Some(&1));
+    }
+}

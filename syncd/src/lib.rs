@@ -1,0 +1,18 @@
+//! `edgemask-syncd`: uploads every finished clip from the runner's output directory to S3
+//! (or a directory) exactly once — see `syncd/README.md`.
+
+pub mod checksum;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod journal;
+pub mod keys;
+pub mod metrics;
+pub mod ratelimit;
+pub mod ready;
+pub mod retry;
+pub mod s3;
+pub mod status;
+pub mod upload;
+
+pub use error::{Result, SyncError};

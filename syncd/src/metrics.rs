@@ -1,0 +1,263 @@
+//! Counters and gauges, and the optional Prometheus text endpoint.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Debug)]
+pub struct Metrics {
+    start: Instant,
+    files_uploaded: AtomicU64,
+    bytes_uploaded: AtomicU64,
+    bytes_sent: AtomicU64,
+    evicted: AtomicU64,
+    failures: Mutex<BTreeMap<String, u64>>,
+    retries: Mutex<BTreeMap<String, u64>>,
+    queue_files: AtomicU64,
+    queue_bytes: AtomicU64,
+    oldest_pending_secs: AtomicU64,
+    conflicts: AtomicU64,
+    rate_bits: AtomicU64,
+    dest_up: AtomicBool,
+    last_progress_ms: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn label(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            start: Instant::now(),
+            files_uploaded: AtomicU64::new(0),
+            bytes_uploaded: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            failures: Mutex::new(BTreeMap::new()),
+            retries: Mutex::new(BTreeMap::new()),
+            queue_files: AtomicU64::new(0),
+            queue_bytes: AtomicU64::new(0),
+            oldest_pending_secs: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            rate_bits: AtomicU64::new(0),
+            dest_up: AtomicBool::new(true),
+            last_progress_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes put on the wire (parts, objects, copies).
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes_sent.fetch_add(n, Relaxed);
+        self.touch();
+    }
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Relaxed)
+    }
+    /// A verified upload.
+    pub fn uploaded(&self, size: u64) {
+        self.files_uploaded.fetch_add(1, Relaxed);
+        self.bytes_uploaded.fetch_add(size, Relaxed);
+        self.touch();
+    }
+    pub fn files_uploaded(&self) -> u64 {
+        self.files_uploaded.load(Relaxed)
+    }
+    pub fn evicted(&self) {
+        self.evicted.fetch_add(1, Relaxed);
+    }
+    pub fn failure(&self, kind: &str) {
+        *self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(label(kind))
+            .or_default() += 1;
+    }
+    pub fn retry(&self, code: &str) {
+        *self
+            .retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(label(code))
+            .or_default() += 1;
+    }
+    /// Forward progress (bytes moved, a retry scheduled): feeds the systemd watchdog.
+    pub fn touch(&self) {
+        self.last_progress_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+    /// Seconds since the last forward progress.
+    pub fn since_progress(&self) -> f64 {
+        let now = self.start.elapsed().as_millis() as u64;
+        now.saturating_sub(self.last_progress_ms.load(Relaxed)) as f64 / 1000.0
+    }
+    pub fn set_queue(&self, files: u64, bytes: u64, oldest_secs: u64, conflicts: u64) {
+        self.queue_files.store(files, Relaxed);
+        self.queue_bytes.store(bytes, Relaxed);
+        self.oldest_pending_secs.store(oldest_secs, Relaxed);
+        self.conflicts.store(conflicts, Relaxed);
+    }
+    pub fn set_rate(&self, bytes_per_sec: f64) {
+        self.rate_bits.store(bytes_per_sec.to_bits(), Relaxed);
+    }
+    pub fn set_dest_up(&self, up: bool) {
+        self.dest_up.store(up, Relaxed);
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let mut g = |name: &str, kind: &str, help: &str, v: String| {
+            let _ = writeln!(
+                o,
+                "# HELP edgemask_syncd_{name} {help}\n# TYPE edgemask_syncd_{name} {kind}\nedgemask_syncd_{name} {v}"
+            );
+        };
+        g(
+            "files_uploaded_total",
+            "counter",
+            "Files uploaded and verified.",
+            self.files_uploaded.load(Relaxed).to_string(),
+        );
+        g(
+            "bytes_uploaded_total",
+            "counter",
+            "Bytes of files uploaded and verified.",
+            self.bytes_uploaded.load(Relaxed).to_string(),
+        );
+        g(
+            "bytes_sent_total",
+            "counter",
+            "Bytes sent (including retried parts).",
+            self.bytes_sent.load(Relaxed).to_string(),
+        );
+        g(
+            "evicted_total",
+            "counter",
+            "Uploaded files deleted by the retention rules.",
+            self.evicted.load(Relaxed).to_string(),
+        );
+        g(
+            "queue_files",
+            "gauge",
+            "Files ready and not yet uploaded.",
+            self.queue_files.load(Relaxed).to_string(),
+        );
+        g(
+            "queue_bytes",
+            "gauge",
+            "Bytes ready and not yet uploaded.",
+            self.queue_bytes.load(Relaxed).to_string(),
+        );
+        g(
+            "oldest_pending_seconds",
+            "gauge",
+            "Age of the oldest file waiting for upload.",
+            self.oldest_pending_secs.load(Relaxed).to_string(),
+        );
+        g(
+            "conflicts",
+            "gauge",
+            "Files kept locally because a different object holds their key, or refused.",
+            self.conflicts.load(Relaxed).to_string(),
+        );
+        g(
+            "upload_rate_bytes_per_second",
+            "gauge",
+            "Current upload rate.",
+            format!("{:.0}", f64::from_bits(self.rate_bits.load(Relaxed))),
+        );
+        g(
+            "destination_up",
+            "gauge",
+            "1 when the destination accepts uploads.",
+            (self.dest_up.load(Relaxed) as u8).to_string(),
+        );
+        for (name, map, help) in [
+            ("failures_total", &self.failures, "Failed uploads by kind."),
+            ("retries_total", &self.retries, "Retried requests by error code."),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP edgemask_syncd_{name} {help}\n# TYPE edgemask_syncd_{name} counter"
+            );
+            for (k, v) in map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let lbl = if name == "failures_total" { "kind" } else { "code" };
+                let _ = writeln!(o, "edgemask_syncd_{name}{{{lbl}=\"{k}\"}} {v}");
+            }
+        }
+        o
+    }
+}
+
+/// Serve `/metrics` (any path) until cancelled.
+pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>, cancel: CancellationToken) {
+    if let Ok(a) = listener.local_addr() {
+        info!(addr = %a, "Prometheus endpoint listening");
+    }
+    loop {
+        let (mut sock, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
+            },
+        };
+        let body = metrics.render();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.uploaded(100);
+        m.add_bytes(120);
+        m.failure("transient");
+        m.retry("HTTP 503");
+        m.set_queue(3, 300, 7, 1);
+        let t = m.render();
+        assert!(t.contains("edgemask_syncd_files_uploaded_total 1\n"), "{t}");
+        assert!(t.contains("edgemask_syncd_bytes_sent_total 120\n"));
+        assert!(t.contains("edgemask_syncd_queue_files 3\n"));
+        assert!(t.contains("edgemask_syncd_oldest_pending_seconds 7\n"));
+        assert!(t.contains("edgemask_syncd_failures_total{kind=\"transient\"} 1\n"));
+        assert!(t.contains("edgemask_syncd_retries_total{code=\"HTTP_503\"} 1\n"));
+    }
+}

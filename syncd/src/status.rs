@@ -1,0 +1,51 @@
+//! `edgemask-syncd status`: what the journal says.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::error::Result;
+use crate::journal::{self, Journal, State};
+
+/// A human-readable report of the journal at `path`.
+pub fn report(path: &Path) -> Result<String> {
+    let j = Journal::open_read_only(path)?;
+    let s = j.summary()?;
+    let mut o = String::new();
+    let _ = writeln!(o, "journal: {}", path.display());
+    for st in State::ALL {
+        let _ = writeln!(
+            o,
+            "{:>10}: {}",
+            st.as_str(),
+            s.counts.get(st.as_str()).copied().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(o, "queued bytes: {}", s.pending_bytes);
+    if let Some(t) = s.oldest_pending_ready_at {
+        let _ = writeln!(o, "oldest queued file: {} s", (journal::now_secs() - t).max(0));
+    }
+    match j.meta("destination_error")? {
+        Some(e) if !e.is_empty() => {
+            let _ = writeln!(o, "destination: DOWN — {e}");
+        }
+        _ => {
+            let _ = writeln!(o, "destination: ok");
+        }
+    }
+    for st in [State::Conflict, State::Rejected, State::Pending, State::Uploading] {
+        for row in j.with_state(st, 20)? {
+            if st.is_open() && row.last_error.is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                o,
+                "{}: {} -> {}{}",
+                st.as_str(),
+                row.path.display(),
+                row.key,
+                row.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(o)
+}

@@ -66,6 +66,13 @@ struct Live {
     stats_interval: u32,
 }
 
+impl Live {
+    /// The hard-mask threshold, or `None` for a soft mask (a negative property value).
+    fn threshold(&self) -> Option<f64> {
+        (self.threshold >= 0.0).then_some(self.threshold)
+    }
+}
+
 impl Default for Live {
     fn default() -> Self {
         Self {
@@ -508,7 +515,7 @@ impl UnetMask {
                 })?;
             let t2 = Instant::now();
             state.smoother.apply(&mut stream.prob, live.smoothing as f32);
-            let threshold = (live.threshold >= 0.0).then_some(live.threshold as f32);
+            let threshold = live.threshold().map(|t| t as f32);
             state.mask_u8.resize(stream.prob.len(), 0);
             let stats = postprocess::quantize(&stream.prob, threshold, &mut state.mask_u8);
             let mask = gst::Buffer::from_slice(state.mask_u8.clone());
@@ -528,7 +535,7 @@ impl UnetMask {
             mask: last.buffer.clone(),
             width: stream.prepared.output_size.0,
             height: stream.prepared.output_size.1,
-            threshold: (live.threshold >= 0.0).then_some(live.threshold),
+            threshold: live.threshold(),
             fresh,
             frame: index,
             coverage: last.stats.coverage as f64,
@@ -591,7 +598,7 @@ impl UnetMask {
         if mode != Mode::Meta {
             let stream = state.stream.as_mut().unwrap();
             let map = last.buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-            let mask_lut = composite::mask_lut((live.threshold >= 0.0).then_some(live.threshold as f32));
+            let mask_lut = composite::mask_lut(live.threshold().map(|t| t as f32));
             let colors;
             let weights = match mode {
                 Mode::Overlay => {
@@ -681,7 +688,7 @@ impl UnetMask {
         let t_post = Instant::now();
         let stream = state.stream.as_mut().unwrap();
         let map = last.buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-        let lut = composite::mask_lut((live.threshold >= 0.0).then_some(live.threshold as f32));
+        let lut = composite::mask_lut(live.threshold().map(|t| t as f32));
         let mut vout =
             gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out_info).map_err(|_| {
                 gst::element_imp_error!(self, gst::StreamError::Failed, ("cannot map the output frame"));

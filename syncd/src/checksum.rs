@@ -61,6 +61,64 @@ pub fn file_checksums(path: &Path, part_size: u64) -> Result<(u64, u32, Vec<u32>
     Ok((total, full, parts))
 }
 
+/// MD5 of `data` (for `Content-MD5` on stores that do not take `x-amz-checksum-crc32c`).
+pub fn md5(data: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(data).into()
+}
+
+/// `Content-MD5` form: base64 of the 16 bytes.
+pub fn md5_b64(d: &[u8; 16]) -> String {
+    STANDARD.encode(d)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The ETag S3 gives an object uploaded in one PUT (no SSE-KMS/SSE-C): its MD5 in hex.
+pub fn md5_etag(d: &[u8; 16]) -> String {
+    hex(d)
+}
+
+/// The ETag S3 gives a multipart object: the MD5 of the concatenated binary part MD5s,
+/// in hex, then `-<parts>`.
+pub fn multipart_etag(parts: &[[u8; 16]]) -> String {
+    format!("{}-{}", hex(&md5(&parts.concat())), parts.len())
+}
+
+/// Whether an ETag as a store reports it (quoted or not) is `expected`.
+pub fn etag_is(reported: &str, expected: &str) -> bool {
+    reported.trim().trim_matches('"').eq_ignore_ascii_case(expected)
+}
+
+/// The full MD5 and per-part MD5s of a file read from disk (blocking).
+pub fn file_md5s(path: &Path, part_size: u64) -> Result<([u8; 16], Vec<[u8; 16]>)> {
+    use md5::Digest;
+    let mut f = std::fs::File::open(path).map_err(|e| SyncError::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut full, mut part, mut in_part) = (md5::Md5::new(), md5::Md5::new(), 0u64);
+    let mut parts = Vec::new();
+    loop {
+        let want = buf.len().min((part_size - in_part) as usize);
+        let n = f.read(&mut buf[..want]).map_err(|e| SyncError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        full.update(&buf[..n]);
+        part.update(&buf[..n]);
+        in_part += n as u64;
+        if in_part == part_size {
+            parts.push(std::mem::take(&mut part).finalize().into());
+            in_part = 0;
+        }
+    }
+    if in_part > 0 {
+        parts.push(part.finalize().into());
+    }
+    Ok((full.finalize().into(), parts))
+}
+
 /// Read `len` bytes at `offset` (blocking). Fails if the file is shorter.
 pub fn read_range(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
@@ -96,6 +154,36 @@ mod tests {
         assert!(!matches(&c, full, &[b, a]));
         assert!(!matches(&b64(a), full, &[a, b]));
         assert!(!matches("xyz-2", full, &[]));
+    }
+
+    #[test]
+    fn md5_forms() {
+        // RFC 1321 test vectors.
+        assert_eq!(md5_etag(&md5(b"")), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(md5_etag(&md5(b"abc")), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(md5_b64(&md5(b"")), "1B2M2Y8AsgTpgAmY7PhCfg==");
+        assert!(etag_is(
+            "\"900150983CD24FB0D6963F7D28E17F72\"",
+            "900150983cd24fb0d6963f7d28e17f72"
+        ));
+        assert!(!etag_is(
+            "\"900150983cd24fb0d6963f7d28e17f73\"",
+            "900150983cd24fb0d6963f7d28e17f72"
+        ));
+        // Multipart: MD5 of the concatenated binary part MD5s, then the part count.
+        let (a, b) = (md5(b"hello "), md5(b"world"));
+        let mut cat = a.to_vec();
+        cat.extend_from_slice(&b);
+        assert_eq!(multipart_etag(&[a, b]), format!("{}-2", md5_etag(&md5(&cat))));
+        assert_ne!(multipart_etag(&[a, b]), multipart_etag(&[b, a]));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(2 << 20) + 5).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let (full, parts) = file_md5s(&p, 1 << 20).unwrap();
+        assert_eq!(full, md5(&data));
+        let expect: Vec<[u8; 16]> = data.chunks(1 << 20).map(md5).collect();
+        assert_eq!(parts, expect);
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct Upload {
     pub shutdown_timeout_secs: f64,
     /// Copy top-level scalar fields of the clip manifest into object metadata.
     pub metadata_from_manifest: bool,
+    /// Bytes of file data held in memory for requests in flight, all uploads together
+    /// (part and single-PUT buffers); at least `part_size` and `multipart_threshold`.
+    pub memory_limit_bytes: u64,
 }
 
 impl Default for Upload {
@@ -120,6 +123,7 @@ impl Default for Upload {
             request_timeout_secs: 120.0,
             shutdown_timeout_secs: 20.0,
             metadata_from_manifest: true,
+            memory_limit_bytes: 32 << 20,
         }
     }
 }
@@ -133,8 +137,12 @@ pub struct Retain {
     pub max_bytes: u64,
     /// When the watched file system is fuller than this percentage, delete the oldest
     /// retained (already uploaded) files first; 0 = off. Files not uploaded are never
-    /// deleted.
+    /// deleted — unless `drop_not_uploaded` allows it.
     pub high_water_percent: f64,
+    /// Above the high-water mark, once no uploaded file is left to delete, delete the
+    /// oldest clips that are not uploaded yet (each one logged and counted as `dropped`).
+    /// Off by default: data is lost.
+    pub drop_not_uploaded: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -154,6 +162,58 @@ pub struct S3 {
     pub profile: Option<String>,
     /// Probe the endpoint at start for conditional writes and checksum support.
     pub probe: bool,
+    /// How uploads are protected and verified: `auto` (probe: CRC32C where the store takes
+    /// and reports `x-amz-checksum-crc32c`, else Content-MD5), `crc32c`, or `content-md5`.
+    pub integrity: IntegritySetting,
+    /// SigV4 payload signing of PutObject/UploadPart bodies: `auto` (only over plain HTTP
+    /// to a host that is not loopback: elsewhere TLS, or the absence of a network, already
+    /// protects the body, and the signed checksum header catches corruption), `always`,
+    /// or `never`. Signing costs a SHA-256 pass over every byte, client and store side.
+    pub sign_payload: SignPayload,
+}
+
+/// `s3.sign_payload`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignPayload {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl SignPayload {
+    /// Whether bodies sent to `endpoint_url` (none: AWS over HTTPS) are signed (pure).
+    pub fn signs(self, endpoint_url: Option<&str>) -> bool {
+        match self {
+            SignPayload::Always => true,
+            SignPayload::Never => false,
+            SignPayload::Auto => {
+                let Some(url) = endpoint_url else { return false };
+                let Some(rest) = url.strip_prefix("http://") else {
+                    return false; // https:// (or a scheme the SDK will refuse)
+                };
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+                let host = match authority.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or(""),
+                    None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+                };
+                let loopback = host.eq_ignore_ascii_case("localhost")
+                    || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                !loopback
+            }
+        }
+    }
+}
+
+/// `s3.integrity`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum IntegritySetting {
+    #[default]
+    Auto,
+    Crc32c,
+    ContentMd5,
 }
 
 impl Default for S3 {
@@ -167,6 +227,8 @@ impl Default for S3 {
             sse_kms_key_id: None,
             profile: None,
             probe: true,
+            integrity: IntegritySetting::Auto,
+            sign_payload: SignPayload::Auto,
         }
     }
 }
@@ -280,6 +342,13 @@ impl Config {
         if u.max_files == 0 || u.max_files > 64 {
             return err("upload.max_files", &u.max_files, "1 to 64");
         }
+        if u.memory_limit_bytes < u.part_size.max(u.multipart_threshold) {
+            return err(
+                "upload.memory_limit_bytes",
+                &u.memory_limit_bytes,
+                "at least upload.part_size and upload.multipart_threshold (one buffer of each must fit)",
+            );
+        }
         if u.part_concurrency == 0 || u.part_concurrency > 64 {
             return err("upload.part_concurrency", &u.part_concurrency, "1 to 64");
         }
@@ -304,6 +373,13 @@ impl Config {
                 "retain.high_water_percent",
                 &self.retain.high_water_percent,
                 "0 (off) to < 100",
+            );
+        }
+        if self.retain.drop_not_uploaded && self.retain.high_water_percent <= 0.0 {
+            return err(
+                "retain.drop_not_uploaded",
+                &true,
+                "only with retain.high_water_percent > 0 (the mark it acts above)",
             );
         }
         if let Some(sse) = &self.s3.sse
@@ -462,5 +538,51 @@ destination = "s3://clips/retrain"
             .unwrap_err()
             .to_string();
         assert!(e.contains("s3.sse") && e.contains("AES256"), "{e}");
+        let e = Config::from_toml(&format!("{BASE}\n[s3]\nintegrity = \"sha1\"\n"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sha1") && e.contains("content-md5"), "{e}");
+        let e = Config::from_toml(&format!("{BASE}\n[retain]\ndrop_not_uploaded = true\n"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("retain.drop_not_uploaded") && e.contains("high_water_percent"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn payload_signing_only_where_nothing_else_protects_the_body() {
+        let auto = SignPayload::Auto;
+        assert!(!auto.signs(None), "AWS: HTTPS");
+        assert!(!auto.signs(Some("https://s3.example.com")));
+        assert!(!auto.signs(Some("http://127.0.0.1:3900")));
+        assert!(!auto.signs(Some("http://localhost:3900/")));
+        assert!(!auto.signs(Some("http://[::1]:3900")));
+        assert!(auto.signs(Some("http://10.0.0.5:3900")));
+        assert!(auto.signs(Some("http://minio.lan")));
+        assert!(SignPayload::Always.signs(Some("https://s3.example.com")));
+        assert!(!SignPayload::Never.signs(Some("http://minio.lan")));
+    }
+
+    #[test]
+    fn integrity_and_dropping_settings() {
+        let c = Config::from_toml(BASE, []).unwrap();
+        assert_eq!(c.s3.integrity, IntegritySetting::Auto);
+        assert!(
+            !c.retain.drop_not_uploaded,
+            "dropping files not uploaded is off by default"
+        );
+        let env = [(
+            "EDGEMASK_SYNCD__S3__INTEGRITY".to_string(),
+            "content-md5".to_string(),
+        )];
+        let c = Config::from_toml(
+            &format!("{BASE}\n[retain]\nhigh_water_percent = 90\ndrop_not_uploaded = true\n"),
+            env,
+        )
+        .unwrap();
+        assert_eq!(c.s3.integrity, IntegritySetting::ContentMd5);
+        assert!(c.retain.drop_not_uploaded);
     }
 }

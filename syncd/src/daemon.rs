@@ -379,6 +379,7 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
     let ov = overflow.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
         Ok(ev) if ev.need_rescan() => ov.store(true, Ordering::Relaxed),
+        Ok(ev) if !event_matters(&ev.kind) => {}
         Ok(ev) => {
             if tx.try_send(ev).is_err() {
                 ov.store(true, Ordering::Relaxed);
@@ -425,14 +426,25 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
                 while events.len() < 4096 {
                     match rx.try_recv() { Ok(e) => events.push(e), Err(_) => break }
                 }
+                // One look per path per batch; a directory is walked only when it is new
+                // here (created or moved in: files may have landed before its watch).
+                let (mut dirs, mut paths) = (HashSet::new(), HashSet::new());
                 for ev in events {
-                    for p in &ev.paths {
-                        if p.is_dir() {
-                            // A new directory: files may have landed before its watch.
-                            scanner.scan_tree(p, Some(&journal), &mut fresh, &mut HashSet::new())?;
+                    let arrived = new_entry(&ev.kind);
+                    for p in ev.paths {
+                        if arrived && p.is_dir() {
+                            dirs.insert(p);
                         } else {
-                            scanner.consider(p, Some(&journal), &mut fresh)?;
+                            paths.insert(p);
                         }
+                    }
+                }
+                for d in &dirs {
+                    scanner.scan_tree(d, Some(&journal), &mut fresh, &mut HashSet::new())?;
+                }
+                for p in &paths {
+                    if !dirs.iter().any(|d| p.starts_with(d)) {
+                        scanner.consider(p, Some(&journal), &mut fresh)?;
                     }
                 }
             }
@@ -474,7 +486,16 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
                     last_scan = Instant::now();
                 }
                 if last_retention.elapsed() >= Duration::from_secs(2) {
-                    retention(&cfg, &journal, &metrics, &mut hw_warned)?;
+                    for (key, upload_id) in retention(&cfg, &journal, &metrics, &inflight, &mut hw_warned)? {
+                        // A dropped file's multipart upload: abort it now (else the next
+                        // start's orphan sweep does).
+                        let (d, c) = (dest.clone(), cancel.clone());
+                        aux.spawn(async move {
+                            if let Dest::S3(s) = &*d {
+                                s.abort(&key, &upload_id, &c).await;
+                            }
+                        });
+                    }
                     last_retention = Instant::now();
                 }
                 if last_rate.0.elapsed() >= Duration::from_secs(1) {
@@ -588,6 +609,34 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
     Ok(report)
 }
 
+/// Whether a watcher event can change what is ready. Opening, reading and closing a file
+/// without writing cannot — and the daemon itself opens every file it uploads and lists
+/// every directory it scans: reacting to those (a directory listing produces `IN_OPEN` on
+/// the directory, reported by its own watch and its parent's) fed scans back into more
+/// scans, flooded the event queue and stalled dispatching for seconds at a time.
+pub fn event_matters(kind: &notify::EventKind) -> bool {
+    use notify::EventKind as K;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        K::Access(AccessKind::Close(AccessMode::Write)) => true,
+        K::Access(_) => false,
+        K::Any | K::Create(_) | K::Modify(_) | K::Remove(_) | K::Other => true,
+    }
+}
+
+/// Whether an event says a path newly appeared here (created, or renamed into place).
+fn new_entry(kind: &notify::EventKind) -> bool {
+    use notify::EventKind as K;
+    use notify::event::{ModifyKind, RenameMode};
+    matches!(
+        kind,
+        K::Create(_)
+            | K::Modify(ModifyKind::Name(
+                RenameMode::To | RenameMode::Both | RenameMode::Any
+            ))
+    )
+}
+
 fn insert_ready(journal: &Journal, fresh: &mut Vec<NewFile>) -> Result<()> {
     for f in fresh.drain(..) {
         if let Some(row) = journal.upsert_ready(&f)? {
@@ -627,12 +676,22 @@ async fn check_destination(
 }
 
 /// Retention of uploaded files: max age, max bytes, disk high-water mark. Only files in
-/// the `retained` state (verified in the destination) are ever deleted here.
-fn retention(cfg: &Config, journal: &Journal, metrics: &Metrics, hw_warned: &mut Instant) -> Result<()> {
+/// the `retained` state (verified in the destination) are deleted here — except, when
+/// `retain.drop_not_uploaded` allows it and the disk is still above the mark once no
+/// uploaded file is left, the oldest clips not uploaded yet (not in flight), each logged
+/// and counted. Returns the multipart uploads of dropped files, to abort.
+fn retention(
+    cfg: &Config,
+    journal: &Journal,
+    metrics: &Metrics,
+    inflight: &HashSet<i64>,
+    hw_warned: &mut Instant,
+) -> Result<Vec<(String, String)>> {
     let r = &cfg.retain;
     let hw = r.high_water_percent / 100.0;
+    let mut aborts = Vec::new();
     if cfg.after_upload != AfterUpload::Retain && hw <= 0.0 {
-        return Ok(());
+        return Ok(aborts);
     }
     let mut kept = journal.retained()?;
     let now = journal::mtime_ns(SystemTime::now());
@@ -665,23 +724,49 @@ fn retention(cfg: &Config, journal: &Journal, metrics: &Metrics, hw_warned: &mut
         kept = rest;
     }
     if hw > 0.0 {
+        let above = |root: &Path| disk_used_fraction(root).is_some_and(|u| u > hw);
         for root in &cfg.watch {
-            let mut iter = kept.iter();
-            while disk_used_fraction(root).is_some_and(|u| u > hw) {
+            let mut iter = kept.iter().filter(|f| f.path.starts_with(root));
+            while above(root) {
                 match iter.next() {
                     Some(f) => evict(f, "high_water")?,
-                    None => {
-                        if hw_warned.elapsed() > Duration::from_secs(300) {
-                            warn!(dir = %root.display(), "disk above the high-water mark and no uploaded file left to delete; files not uploaded are never deleted");
-                            *hw_warned = Instant::now();
-                        }
+                    None => break,
+                }
+            }
+            if above(root) && r.drop_not_uploaded {
+                for clip in journal.not_uploaded_clips()? {
+                    if !above(root) {
                         break;
                     }
+                    if clip
+                        .iter()
+                        .any(|f| !f.path.starts_with(root) || inflight.contains(&f.id))
+                    {
+                        continue;
+                    }
+                    let mut bytes = 0;
+                    for f in &clip {
+                        remove_uploaded(&f.path)?;
+                        journal.mark_dropped(f, "dropped under disk pressure, never uploaded")?;
+                        metrics.dropped();
+                        bytes += f.size;
+                        if let Some(id) = &f.upload_id {
+                            aborts.push((f.key.clone(), id.clone()));
+                        }
+                    }
+                    let names: Vec<String> = clip.iter().map(|f| f.path.display().to_string()).collect();
+                    warn!(clip = ?clip[0].clip, files = ?names, bytes,
+                          "disk above the high-water mark and no uploaded file left: DROPPED a clip that was never uploaded (retain.drop_not_uploaded)");
                 }
+            }
+            if above(root) && hw_warned.elapsed() > Duration::from_secs(300) {
+                warn!(dir = %root.display(), "disk above the high-water mark and no uploaded file left to delete; {}",
+                      if r.drop_not_uploaded { "nothing left that may be dropped" } else { "files not uploaded are never deleted (retain.drop_not_uploaded = false)" });
+                *hw_warned = Instant::now();
             }
         }
     }
-    Ok(())
+    Ok(aborts)
 }
 
 #[cfg(test)]
@@ -737,6 +822,28 @@ mod tests {
         assert!(names.iter().all(|k| k.starts_with("p/h/cam/")), "{names:?}");
         assert!(found.iter().all(|f| f.clip == found[0].clip));
         assert!(s.unsettled.is_empty());
+    }
+
+    #[test]
+    fn only_events_that_can_change_readiness_matter() {
+        use notify::EventKind as K;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
+        // Our own reads and directory listings must not wake the scanner.
+        assert!(!event_matters(&K::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!event_matters(&K::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(!event_matters(&K::Access(AccessKind::Read)));
+        // Writes finishing, renames, creations and deletions do.
+        assert!(event_matters(&K::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(event_matters(&K::Create(CreateKind::File)));
+        assert!(event_matters(&K::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(event_matters(&K::Modify(ModifyKind::Any)));
+        assert!(event_matters(&K::Remove(RemoveKind::File)));
+        // Only a creation or a move-in makes a directory worth walking.
+        assert!(new_entry(&K::Create(CreateKind::Folder)));
+        assert!(new_entry(&K::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(!new_entry(&K::Modify(ModifyKind::Name(RenameMode::From))));
+        assert!(!new_entry(&K::Modify(ModifyKind::Any)));
+        assert!(!new_entry(&K::Remove(RemoveKind::Folder)));
     }
 
     #[test]

@@ -35,10 +35,12 @@ pub enum State {
     Rejected,
     /// The file vanished before it was uploaded (deleted by someone else).
     Vanished,
+    /// Not uploaded, deleted under disk pressure (`retain.drop_not_uploaded`).
+    Dropped,
 }
 
 impl State {
-    pub const ALL: [State; 8] = [
+    pub const ALL: [State; 9] = [
         State::Pending,
         State::Uploading,
         State::Uploaded,
@@ -47,6 +49,7 @@ impl State {
         State::Conflict,
         State::Rejected,
         State::Vanished,
+        State::Dropped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl State {
             State::Conflict => "conflict",
             State::Rejected => "rejected",
             State::Vanished => "vanished",
+            State::Dropped => "dropped",
         }
     }
 
@@ -87,6 +91,8 @@ pub enum Event {
     Conflict,
     Rejected,
     Vanished,
+    /// Deleted without an upload under disk pressure, as the config allows.
+    Dropped,
     /// The file reappeared with new content (a new generation at the same path).
     Reappeared,
 }
@@ -105,9 +111,11 @@ pub fn transition(from: State, ev: Event) -> Result<State> {
         (S::Pending | S::Uploading, E::Conflict) => S::Conflict,
         (S::Pending | S::Uploading, E::Rejected) => S::Rejected,
         (S::Pending | S::Uploading, E::Vanished) => S::Vanished,
-        (S::Removed | S::Retained | S::Conflict | S::Rejected | S::Vanished | S::Pending, E::Reappeared) => {
-            S::Pending
-        }
+        (S::Pending | S::Uploading, E::Dropped) => S::Dropped,
+        (
+            S::Removed | S::Retained | S::Conflict | S::Rejected | S::Vanished | S::Dropped | S::Pending,
+            E::Reappeared,
+        ) => S::Pending,
         (from, ev) => {
             return Err(SyncError::Config(format!(
                 "journal: illegal transition {ev:?} from {}",
@@ -209,6 +217,10 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE INDEX IF NOT EXISTS files_clip ON files(clip);
+-- The dispatcher's queue (`open_work`), in its order: a few rows per call, not a sort of
+-- every open file each time a job ends.
+CREATE INDEX IF NOT EXISTS files_open ON files(is_manifest, ready_at, id)
+    WHERE state IN ('pending','uploading','uploaded');
 CREATE TABLE IF NOT EXISTS parts (
     file_id INTEGER NOT NULL,
     upload_id TEXT NOT NULL,
@@ -297,18 +309,17 @@ impl Journal {
     pub fn get_by_path(&self, path: &Path) -> Result<Option<FileRow>> {
         let c = self.lock();
         let pair = c
-            .query_row(
-                &format!("SELECT {COLS} FROM files WHERE path = ?1"),
-                [path_str(path)?],
-                row_from,
-            )
+            .prepare_cached(&format!("SELECT {COLS} FROM files WHERE path = ?1"))?
+            .query_row([path_str(path)?], row_from)
             .optional()?;
         pair.map(finish).transpose()
     }
 
     pub fn get(&self, id: i64) -> Result<FileRow> {
         let c = self.lock();
-        let pair = c.query_row(&format!("SELECT {COLS} FROM files WHERE id = ?1"), [id], row_from)?;
+        let pair = c
+            .prepare_cached(&format!("SELECT {COLS} FROM files WHERE id = ?1"))?
+            .query_row([id], row_from)?;
         finish(pair)
     }
 
@@ -372,13 +383,15 @@ impl Journal {
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<State> {
         let c = self.lock();
-        let current: String = c.query_row("SELECT state FROM files WHERE id=?1", [row.id], |r| r.get(0))?;
+        let current: String = c
+            .prepare_cached("SELECT state FROM files WHERE id=?1")?
+            .query_row([row.id], |r| r.get(0))?;
         let to = transition(State::parse(&current)?, ev)?;
         let sql = format!("UPDATE files SET state=?1, updated_at=?2{extra} WHERE id=?3");
         let (to_s, now) = (to.as_str(), now_secs());
         let mut all: Vec<&dyn rusqlite::ToSql> = vec![&to_s, &now, &row.id];
         all.extend_from_slice(args);
-        c.execute(&sql, all.as_slice())?;
+        c.prepare_cached(&sql)?.execute(all.as_slice())?;
         Ok(to)
     }
 
@@ -425,7 +438,7 @@ impl Journal {
 
     pub fn parts(&self, id: i64, upload_id: &str) -> Result<Vec<PartRow>> {
         let c = self.lock();
-        let mut st = c.prepare(
+        let mut st = c.prepare_cached(
             "SELECT part_number, etag, crc32c, size FROM parts WHERE file_id=?1 AND upload_id=?2
              ORDER BY part_number",
         )?;
@@ -458,6 +471,15 @@ impl Journal {
         Ok(())
     }
 
+    /// A file not uploaded was deleted under disk pressure: its multipart upload (aborted
+    /// by the caller) is no longer one the journal relies on.
+    pub fn mark_dropped(&self, row: &FileRow, why: &str) -> Result<()> {
+        self.set_state(row, Event::Dropped, ", upload_id=NULL, last_error=?4", &[&why])?;
+        let c = self.lock();
+        c.execute("DELETE FROM parts WHERE file_id=?1", [row.id])?;
+        Ok(())
+    }
+
     pub fn mark(&self, row: &FileRow, ev: Event, error: Option<&str>) -> Result<State> {
         self.set_state(row, ev, ", last_error=COALESCE(?4, last_error)", &[&error])
     }
@@ -484,8 +506,9 @@ impl Journal {
     /// Open work, oldest first, media before manifests.
     pub fn open_work(&self, limit: usize) -> Result<Vec<FileRow>> {
         let c = self.lock();
-        let mut st = c.prepare(&format!(
-            "SELECT {COLS} FROM files WHERE state IN ('pending','uploading','uploaded')
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {COLS} FROM files INDEXED BY files_open
+             WHERE state IN ('pending','uploading','uploaded')
              ORDER BY is_manifest, ready_at, id LIMIT ?1"
         ))?;
         let rows = st.query_map([limit as i64], row_from)?;
@@ -507,17 +530,32 @@ impl Journal {
     /// Retained files, oldest upload first.
     pub fn retained(&self) -> Result<Vec<FileRow>> {
         let c = self.lock();
-        let mut st = c.prepare(&format!(
+        let mut st = c.prepare_cached(&format!(
             "SELECT {COLS} FROM files WHERE state='retained' ORDER BY uploaded_seq"
         ))?;
         let rows = st.query_map([], row_from)?;
         rows.map(|r| finish(r?)).collect()
     }
 
+    /// Files that are ready but not uploaded (queued, or an upload interrupted), grouped
+    /// by clip, the clip with the oldest file first: what disk pressure may drop when the
+    /// config allows it.
+    pub fn not_uploaded_clips(&self) -> Result<Vec<Vec<FileRow>>> {
+        let rows: Vec<FileRow> = {
+            let c = self.lock();
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {COLS} FROM files WHERE state IN ('pending','uploading') ORDER BY id"
+            ))?;
+            let rows = st.query_map([], row_from)?;
+            rows.map(|r| finish(r?)).collect::<Result<_>>()?
+        };
+        Ok(group_oldest_first(rows))
+    }
+
     /// Rows with a given state.
     pub fn with_state(&self, state: State, limit: usize) -> Result<Vec<FileRow>> {
         let c = self.lock();
-        let mut st = c.prepare(&format!(
+        let mut st = c.prepare_cached(&format!(
             "SELECT {COLS} FROM files WHERE state=?1 ORDER BY id LIMIT ?2"
         ))?;
         let rows = st.query_map(params![state.as_str(), limit as i64], row_from)?;
@@ -527,7 +565,7 @@ impl Journal {
     /// All multipart UploadIds the journal still relies on, by key.
     pub fn live_uploads(&self) -> Result<HashMap<String, String>> {
         let c = self.lock();
-        let mut st = c.prepare("SELECT key, upload_id FROM files WHERE upload_id IS NOT NULL")?;
+        let mut st = c.prepare_cached("SELECT key, upload_id FROM files WHERE upload_id IS NOT NULL")?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
     }
@@ -543,7 +581,7 @@ impl Journal {
         let c = self.lock();
         let mut s = Summary::default();
         let mut st =
-            c.prepare("SELECT state, COUNT(*), SUM(size), MIN(ready_at) FROM files GROUP BY state")?;
+            c.prepare_cached("SELECT state, COUNT(*), SUM(size), MIN(ready_at) FROM files GROUP BY state")?;
         let rows = st.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -583,6 +621,25 @@ impl Journal {
     }
 }
 
+/// Group rows by clip (a row without one is its own group), the group whose oldest file
+/// (mtime) is oldest first; ties by path, so the order is stable.
+pub fn group_oldest_first(rows: Vec<FileRow>) -> Vec<Vec<FileRow>> {
+    let mut groups: HashMap<String, Vec<FileRow>> = HashMap::new();
+    for r in rows {
+        let k = r
+            .clip
+            .clone()
+            .unwrap_or_else(|| r.path.to_string_lossy().into_owned());
+        groups.entry(k).or_default().push(r);
+    }
+    let mut out: Vec<(i64, String, Vec<FileRow>)> = groups
+        .into_iter()
+        .map(|(k, v)| (v.iter().map(|r| r.mtime_ns).min().unwrap_or(0), k, v))
+        .collect();
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    out.into_iter().map(|(_, _, v)| v).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,6 +657,40 @@ mod tests {
         assert_eq!(transition(S::Uploading, E::Restart).unwrap(), S::Pending);
         assert_eq!(transition(S::Removed, E::Reappeared).unwrap(), S::Pending);
         assert_eq!(transition(S::Uploading, E::Conflict).unwrap(), S::Conflict);
+        assert_eq!(transition(S::Pending, E::Dropped).unwrap(), S::Dropped);
+        assert_eq!(transition(S::Uploading, E::Dropped).unwrap(), S::Dropped);
+        assert_eq!(transition(S::Dropped, E::Reappeared).unwrap(), S::Pending);
+    }
+
+    #[test]
+    fn clips_to_drop_oldest_first() {
+        let row = |id: i64, clip: Option<&str>, mtime_ns: i64| FileRow {
+            id,
+            path: format!("/out/{id}").into(),
+            size: 1,
+            mtime_ns,
+            clip: clip.map(str::to_string),
+            is_manifest: false,
+            key: format!("k{id}"),
+            state: State::Pending,
+            upload_id: None,
+            part_size: None,
+            etag: None,
+            checksum: None,
+            attempts: 0,
+            last_error: None,
+            ready_at: 0,
+            uploaded_seq: None,
+        };
+        let groups = group_oldest_first(vec![
+            row(1, Some("/out/new"), 300),
+            row(2, Some("/out/old"), 200),
+            row(3, Some("/out/new"), 50), // the clip "new" has the oldest file
+            row(4, None, 100),
+            row(5, Some("/out/old"), 250),
+        ]);
+        let ids: Vec<Vec<i64>> = groups.iter().map(|g| g.iter().map(|r| r.id).collect()).collect();
+        assert_eq!(ids, vec![vec![1, 3], vec![4], vec![2, 5]]);
     }
 
     #[test]
@@ -611,6 +702,17 @@ mod tests {
             assert!(transition(s, E::Deleted).is_err(), "{s:?}");
             assert!(transition(s, E::Evicted).is_err(), "{s:?}");
             assert!(transition(s, E::Kept).is_err(), "{s:?}");
+        }
+        // Only files not uploaded may be dropped; an uploaded one is deleted, not dropped.
+        for s in [
+            S::Uploaded,
+            S::Removed,
+            S::Retained,
+            S::Conflict,
+            S::Rejected,
+            S::Vanished,
+        ] {
+            assert!(transition(s, E::Dropped).is_err(), "{s:?}");
         }
         assert!(transition(S::Uploaded, E::Reappeared).is_err());
         assert!(transition(S::Uploading, E::Reappeared).is_err());

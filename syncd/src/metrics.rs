@@ -18,6 +18,7 @@ pub struct Metrics {
     bytes_uploaded: AtomicU64,
     bytes_sent: AtomicU64,
     evicted: AtomicU64,
+    dropped: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
     retries: Mutex<BTreeMap<String, u64>>,
     queue_files: AtomicU64,
@@ -56,6 +57,7 @@ impl Metrics {
             bytes_uploaded: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             retries: Mutex::new(BTreeMap::new()),
             queue_files: AtomicU64::new(0),
@@ -87,6 +89,13 @@ impl Metrics {
     }
     pub fn evicted(&self) {
         self.evicted.fetch_add(1, Relaxed);
+    }
+    /// A file that was not uploaded, deleted under disk pressure.
+    pub fn dropped(&self) {
+        self.dropped.fetch_add(1, Relaxed);
+    }
+    pub fn dropped_count(&self) -> u64 {
+        self.dropped.load(Relaxed)
     }
     pub fn failure(&self, kind: &str) {
         *self
@@ -159,6 +168,12 @@ impl Metrics {
             "counter",
             "Uploaded files deleted by the retention rules.",
             self.evicted.load(Relaxed).to_string(),
+        );
+        g(
+            "dropped_total",
+            "counter",
+            "Files never uploaded, deleted under disk pressure (retain.drop_not_uploaded).",
+            self.dropped.load(Relaxed).to_string(),
         );
         g(
             "queue_files",
@@ -252,7 +267,9 @@ mod tests {
         m.failure("transient");
         m.retry("HTTP 503");
         m.set_queue(3, 300, 7, 1);
+        m.dropped();
         let t = m.render();
+        assert!(t.contains("edgemask_syncd_dropped_total 1\n"), "{t}");
         assert!(t.contains("edgemask_syncd_files_uploaded_total 1\n"), "{t}");
         assert!(t.contains("edgemask_syncd_bytes_sent_total 120\n"));
         assert!(t.contains("edgemask_syncd_queue_files 3\n"));

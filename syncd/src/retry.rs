@@ -92,6 +92,8 @@ pub fn classify(status: Option<u16>, code: Option<&str>) -> ErrorClass {
             return ErrorClass::Fatal;
         }
         "NoSuchUpload" => return ErrorClass::NoSuchUpload,
+        // A 501 for a header or feature the store does not implement: not worth retrying.
+        "NotImplemented" => return ErrorClass::Rejected,
         "PreconditionFailed" | "ConditionalRequestConflict" => {
             return ErrorClass::PreconditionFailed;
         }
@@ -183,5 +185,7 @@ mod tests {
         assert_eq!(classify(Some(400), Some("InvalidArgument")), Rejected);
         assert_eq!(classify(Some(400), Some("BadDigest")), Transient);
         assert_eq!(classify(Some(429), None), Transient);
+        assert_eq!(classify(Some(501), Some("NotImplemented")), Rejected);
+        assert_eq!(classify(Some(501), None), Transient);
     }
 }

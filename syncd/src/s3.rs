@@ -4,7 +4,9 @@
 //! The SDK's default request checksums are off (`WhenRequired`): the daemon computes
 //! CRC32C itself while reading and sends it as `x-amz-checksum-crc32c`, so it knows the
 //! value it later compares with HeadObject's (checksum mode), and stores that reject the
-//! SDK's aws-chunked trailers keep working.
+//! SDK's aws-chunked trailers keep working. Where the probe finds that a store does not
+//! take or does not report that header, the daemon falls back to `Content-MD5` on every
+//! PUT and part, and verifies size and ETag (the MD5, or the MD5 of the part MD5s).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -28,12 +30,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::checksum;
-use crate::config::Config;
+use crate::config::{Config, IntegritySetting};
 use crate::error::{Result, SyncError};
 use crate::journal::{Journal, PartRow};
 use crate::metrics::Metrics;
 use crate::retry::{ErrorClass, RetryPolicy, classify};
-use crate::upload::{Done, UploadCtx};
+use crate::upload::{Done, UploadCtx, join_err};
 
 /// A store's answer, classified.
 #[derive(Debug, Clone)]
@@ -97,13 +99,61 @@ impl S3Fail {
     }
 }
 
+/// How bodies are protected on the wire and verified afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// `x-amz-checksum-crc32c` on every PUT/part; HeadObject (checksum mode) reports it.
+    Crc32c,
+    /// `Content-MD5` on every PUT/part (the store rejects a corrupted body); verified by
+    /// size and ETag.
+    ContentMd5,
+}
+
 /// What the endpoint supports (probed at start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
     /// `If-None-Match: *` is honoured (create-only writes).
     pub conditional_writes: bool,
-    /// `x-amz-checksum-crc32c` is accepted and reported back by HeadObject.
-    pub checksums: bool,
+    pub integrity: Integrity,
+    /// ETags are MD5s (S3's rule for uploads without SSE-KMS/SSE-C): with Content-MD5
+    /// they are what verification compares.
+    pub etag_is_md5: bool,
+}
+
+impl Caps {
+    pub fn crc(&self) -> bool {
+        self.integrity == Integrity::Crc32c
+    }
+}
+
+/// What the endpoint probe saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSeen {
+    /// A PUT with `x-amz-checksum-crc32c` was accepted (false: refused, or not tried).
+    pub crc_accepted: bool,
+    /// HeadObject (checksum mode) reported the probe body's CRC32C back.
+    pub crc_reported: bool,
+    /// HeadObject's ETag is the probe body's MD5.
+    pub etag_is_md5: bool,
+    /// `If-None-Match: *` refused the second write.
+    pub conditional_writes: bool,
+}
+
+/// The decision (pure): CRC32C only where the store both takes and reports it (or the
+/// config forces it); else Content-MD5. ETags count as MD5s only where the probe saw one
+/// and SSE-KMS (whose ETags are not MD5s) is not configured.
+pub fn decide(setting: IntegritySetting, seen: &ProbeSeen, sse_kms: bool) -> Caps {
+    let integrity = match setting {
+        IntegritySetting::Crc32c => Integrity::Crc32c,
+        IntegritySetting::ContentMd5 => Integrity::ContentMd5,
+        IntegritySetting::Auto if seen.crc_accepted && seen.crc_reported => Integrity::Crc32c,
+        IntegritySetting::Auto => Integrity::ContentMd5,
+    };
+    Caps {
+        conditional_writes: seen.conditional_writes,
+        integrity,
+        etag_is_md5: seen.etag_is_md5 && !sse_kms,
+    }
 }
 
 /// An object's HEAD.
@@ -114,12 +164,20 @@ pub struct Head {
     pub crc32c: Option<String>,
 }
 
+const BUFFER_UNIT: u64 = 64 << 10;
+
 pub struct S3Dest {
     client: Client,
     bucket: String,
     prefix: String,
     retry: RetryPolicy,
+    integrity: IntegritySetting,
+    /// SigV4-sign PutObject/UploadPart bodies (`s3.sign_payload`).
+    sign_payload: bool,
     caps: std::sync::RwLock<Caps>,
+    /// `upload.memory_limit_bytes` in 64 KiB units: a buffer of file data holds its share
+    /// until its request is done.
+    buffers: Arc<tokio::sync::Semaphore>,
     storage_class: Option<StorageClass>,
     sse: Option<ServerSideEncryption>,
     sse_kms_key_id: Option<String>,
@@ -159,15 +217,35 @@ impl S3Dest {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
             retry: cfg.retry.clone(),
+            integrity: cfg.s3.integrity,
+            sign_payload: cfg.s3.sign_payload.signs(cfg.s3.endpoint_url.as_deref()),
+            // Until (or without) a probe: what the config says, CRC32C for `auto`.
             caps: std::sync::RwLock::new(Caps {
                 conditional_writes: false,
-                checksums: true,
+                integrity: match cfg.s3.integrity {
+                    IntegritySetting::ContentMd5 => Integrity::ContentMd5,
+                    IntegritySetting::Auto | IntegritySetting::Crc32c => Integrity::Crc32c,
+                },
+                etag_is_md5: cfg.s3.sse.as_deref() != Some("aws:kms"),
             }),
+            buffers: Arc::new(tokio::sync::Semaphore::new(
+                cfg.upload.memory_limit_bytes.div_ceil(BUFFER_UNIT) as usize,
+            )),
             storage_class: cfg.s3.storage_class.as_deref().map(StorageClass::from),
             sse: cfg.s3.sse.as_deref().map(ServerSideEncryption::from),
             sse_kms_key_id: cfg.s3.sse_kms_key_id.clone(),
             metrics,
         }
+    }
+
+    /// Wait until `len` bytes of buffer fit under `upload.memory_limit_bytes`.
+    async fn reserve(&self, len: u64) -> tokio::sync::OwnedSemaphorePermit {
+        let units = len.div_ceil(BUFFER_UNIT).max(1) as u32;
+        self.buffers
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .expect("semaphore never closed")
     }
 
     pub fn caps(&self) -> Caps {
@@ -222,60 +300,94 @@ impl S3Dest {
         };
         let body = Bytes::from_static(b"edgemask-syncd endpoint probe\n");
         let crc = checksum::b64(crc32c::crc32c(&body));
-        let put = |with_checksum: bool| {
+        let md5 = checksum::md5(&body);
+        let put = |with_crc: bool, create_only: bool| {
             let mut req = self
                 .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&key)
-                .if_none_match("*")
                 .content_length(body.len() as i64)
                 .body(ByteStream::from(body.clone()));
-            if with_checksum {
-                req = req.checksum_crc32_c(&crc);
+            req = if with_crc {
+                req.checksum_crc32_c(&crc)
+            } else {
+                req.content_md5(checksum::md5_b64(&md5))
+            };
+            if create_only {
+                req = req.if_none_match("*");
             }
             async move { req.send().await.map(|_| ()).map_err(S3Fail::from_sdk) }
         };
-        let mut checksums = true;
-        let first = match self.call("PutObject(probe)", &key, cancel, || put(true)).await {
-            Err(e) if e.class == ErrorClass::Rejected => {
-                warn!(code = %e.code, error = %e.message, "endpoint refuses x-amz-checksum-crc32c; verifying by size only");
-                checksums = false;
-                self.call("PutObject(probe)", &key, cancel, || put(false)).await
+        // 1. A plain write, with the CRC32C header unless the config rules it out.
+        let mut crc_accepted = self.integrity != IntegritySetting::ContentMd5;
+        let mut r = self
+            .call("PutObject(probe)", &key, cancel, || put(crc_accepted, false))
+            .await;
+        if crc_accepted && matches!(&r, Err(e) if e.class == ErrorClass::Rejected) {
+            if let Err(e) = &r {
+                warn!(code = %e.code, error = %e.message, "endpoint refuses x-amz-checksum-crc32c");
             }
-            other => other,
-        };
-        let conditional = match first {
+            crc_accepted = false;
+            r = self
+                .call("PutObject(probe)", &key, cancel, || put(false, false))
+                .await;
+        }
+        r.map_err(S3Fail::into_error)?;
+        // 2. What the store reports back.
+        let head = self.head(&key, cancel).await?;
+        let crc_reported = head.as_ref().and_then(|h| h.crc32c.as_deref()) == Some(crc.as_str());
+        let etag_is_md5 = head
+            .as_ref()
+            .and_then(|h| h.etag.as_deref())
+            .is_some_and(|e| checksum::etag_is(e, &checksum::md5_etag(&md5)));
+        // 3. A create-only write over it: refused where If-None-Match is honoured.
+        let conditional_writes = match self
+            .call("PutObject(probe)", &key, cancel, || put(crc_accepted, true))
+            .await
+        {
             Err(e) if e.class == ErrorClass::PreconditionFailed => true,
             Err(e) => return Err(e.into_error()),
-            Ok(()) => match self
-                .call("PutObject(probe)", &key, cancel, || put(checksums))
-                .await
-            {
-                Err(e) if e.class == ErrorClass::PreconditionFailed => true,
-                Err(e) => return Err(e.into_error()),
-                Ok(()) => false,
-            },
+            Ok(()) => false,
         };
-        if checksums {
-            let head = self.head(&key, cancel).await?;
-            checksums = head.and_then(|h| h.crc32c).as_deref() == Some(crc.as_str());
-            if !checksums {
-                warn!("endpoint does not report CRC32C checksums; verifying by size only");
-            }
+        let seen = ProbeSeen {
+            crc_accepted,
+            crc_reported,
+            etag_is_md5,
+            conditional_writes,
+        };
+        let caps = decide(
+            self.integrity,
+            &seen,
+            self.sse.as_ref() == Some(&ServerSideEncryption::AwsKms),
+        );
+        if caps.crc() && !(crc_accepted && crc_reported) {
+            warn!(
+                "s3.integrity = \"crc32c\" but the endpoint does not report CRC32C back; uploads will fail verification"
+            );
         }
-        let caps = Caps {
-            conditional_writes: conditional,
-            checksums,
-        };
+        if !caps.crc() && !caps.etag_is_md5 {
+            warn!(
+                "Content-MD5 and ETags that are not MD5s (SSE-KMS or the store's choice): the store checks each body on receipt, the daemon verifies sizes only"
+            );
+        }
         info!(
             conditional_writes = caps.conditional_writes,
-            checksums = caps.checksums,
-            "endpoint probed{}",
-            if conditional {
+            integrity = ?caps.integrity,
+            crc32c_accepted = seen.crc_accepted,
+            crc32c_reported = seen.crc_reported,
+            etag_is_md5 = caps.etag_is_md5,
+            signed_payloads = self.sign_payload,
+            "endpoint probed{}{}",
+            if caps.conditional_writes {
                 ""
             } else {
                 " (If-None-Match not honoured: HEAD before PUT)"
+            },
+            if caps.crc() {
+                ""
+            } else {
+                " (Content-MD5 instead of x-amz-checksum-crc32c)"
             }
         );
         *self.caps.write().unwrap_or_else(|e| e.into_inner()) = caps;
@@ -316,35 +428,49 @@ impl S3Dest {
         if head.size != ctx.row.size {
             return Ok(None);
         }
-        let Some(reported) = head.crc32c.as_deref() else {
-            // No CRC32C stored with the object (written by another client): read it back
-            // and compare byte checksums; same size alone proves nothing.
-            let path = ctx.row.path.clone();
-            let (_, full, _) = tokio::task::spawn_blocking(move || checksum::file_checksums(&path, u64::MAX))
-                .await
-                .map_err(|e| SyncError::Transient {
-                    code: "join".into(),
-                    message: e.to_string(),
-                })??;
-            let remote = self.remote_crc32c(&ctx.row.key, ctx.cancel).await?;
-            return Ok((remote == full).then(|| Done {
-                etag: head.etag.clone(),
-                checksum: checksum::b64(full),
-                local: Some((full, vec![])),
-            }));
-        };
         let path = ctx.row.path.clone();
-        let (_, full, parts) =
-            tokio::task::spawn_blocking(move || checksum::file_checksums(&path, part_size))
+        if let Some(reported) = head.crc32c.as_deref() {
+            let (_, full, parts) =
+                tokio::task::spawn_blocking(move || checksum::file_checksums(&path, part_size))
+                    .await
+                    .map_err(join_err)??;
+            return Ok(checksum::matches(reported, full, &parts).then(|| Done {
+                etag: head.etag.clone(),
+                checksum: reported.to_string(),
+                local: Some((full, parts)),
+                md5_etag: None,
+            }));
+        }
+        // No CRC32C stored with the object (written with Content-MD5, or by another
+        // client). An MD5 ETag that matches (one PUT, or our part size) proves it.
+        if self.caps().etag_is_md5
+            && let Some(etag) = head.etag.as_deref()
+        {
+            let p = path.clone();
+            let (full, parts) = tokio::task::spawn_blocking(move || checksum::file_md5s(&p, part_size))
                 .await
-                .map_err(|e| SyncError::Transient {
-                    code: "join".into(),
-                    message: e.to_string(),
-                })??;
-        Ok(checksum::matches(reported, full, &parts).then(|| Done {
+                .map_err(join_err)??;
+            for expected in [checksum::md5_etag(&full), checksum::multipart_etag(&parts)] {
+                if checksum::etag_is(etag, &expected) {
+                    return Ok(Some(Done {
+                        etag: Some(etag.to_string()),
+                        checksum: format!("md5:{expected}"),
+                        local: None,
+                        md5_etag: Some(expected),
+                    }));
+                }
+            }
+        }
+        // Otherwise read it back and compare byte checksums; same size alone proves nothing.
+        let (_, full, _) = tokio::task::spawn_blocking(move || checksum::file_checksums(&path, u64::MAX))
+            .await
+            .map_err(join_err)??;
+        let remote = self.remote_crc32c(&ctx.row.key, ctx.cancel).await?;
+        Ok((remote == full).then(|| Done {
             etag: head.etag.clone(),
-            checksum: reported.to_string(),
-            local: Some((full, parts)),
+            checksum: checksum::b64(full),
+            local: Some((full, vec![])),
+            md5_etag: None,
         }))
     }
 
@@ -421,7 +547,8 @@ impl S3Dest {
                 detail: format!("size {} in bucket, {} local", head.size, ctx.row.size),
             });
         }
-        if self.caps().checksums {
+        let caps = self.caps();
+        if caps.crc() {
             let ok = match head.crc32c.as_deref() {
                 Some(c) => {
                     c == done.checksum
@@ -438,11 +565,26 @@ impl S3Dest {
                     detail: format!("bucket reports crc32c {:?}, local {}", head.crc32c, done.checksum),
                 });
             }
+        } else if caps.etag_is_md5
+            && let Some(expected) = &done.md5_etag
+            && !head
+                .etag
+                .as_deref()
+                .is_some_and(|e| checksum::etag_is(e, expected))
+        {
+            return Err(SyncError::Verify {
+                key: key.to_string(),
+                detail: format!("bucket reports ETag {:?}, local MD5 {expected}", head.etag),
+            });
         }
         Ok(Done {
             etag: head.etag.or(done.etag),
-            checksum: head.crc32c.unwrap_or(done.checksum),
+            checksum: match head.crc32c {
+                Some(c) if caps.crc() => c,
+                _ => done.checksum,
+            },
             local: done.local,
+            md5_etag: done.md5_etag,
         })
     }
 
@@ -454,6 +596,7 @@ impl S3Dest {
         let key = ctx.row.key.as_str();
         let path = ctx.row.path.clone();
         let len = ctx.row.size as usize;
+        let _buffer = self.reserve(len as u64).await;
         let data = tokio::task::spawn_blocking(move || checksum::read_range(&path, 0, len))
             .await
             .map_err(|e| SyncError::Transient {
@@ -463,8 +606,9 @@ impl S3Dest {
         let data = Bytes::from(data);
         let crc = crc32c::crc32c(&data);
         let crc_b64 = checksum::b64(crc);
-        ctx.limiter.acquire(data.len() as u64).await;
         let caps = self.caps();
+        let md5 = (!caps.crc()).then(|| checksum::md5(&data));
+        ctx.limiter.acquire(data.len() as u64).await;
         let r = self
             .call("PutObject", key, ctx.cancel, || {
                 let mut req = self
@@ -478,22 +622,36 @@ impl S3Dest {
                     .set_storage_class(self.storage_class.clone())
                     .set_server_side_encryption(self.sse.clone())
                     .set_ssekms_key_id(self.sse_kms_key_id.clone());
-                if caps.checksums {
-                    req = req.checksum_crc32_c(&crc_b64);
-                }
+                req = match &md5 {
+                    None => req.checksum_crc32_c(&crc_b64),
+                    Some(m) => req.content_md5(checksum::md5_b64(m)),
+                };
                 if caps.conditional_writes {
                     req = req.if_none_match("*");
                 }
-                async move { req.send().await.map_err(S3Fail::from_sdk) }
+                let sign = self.sign_payload;
+                async move {
+                    if sign {
+                        req.send().await
+                    } else {
+                        req.customize().disable_payload_signing().send().await
+                    }
+                    .map_err(S3Fail::from_sdk)
+                }
             })
             .await;
         match r {
             Ok(out) => {
                 self.metrics.add_bytes(data.len() as u64);
+                let md5_etag = md5.as_ref().map(checksum::md5_etag);
                 Ok(Done {
                     etag: out.e_tag().map(str::to_string),
-                    checksum: crc_b64,
+                    checksum: match &md5_etag {
+                        None => crc_b64,
+                        Some(e) => format!("md5:{e}"),
+                    },
                     local: Some((crc, vec![crc])),
+                    md5_etag,
                 })
             }
             Err(e) if e.class == ErrorClass::PreconditionFailed => self.existing_after_race(ctx).await,
@@ -644,7 +802,7 @@ impl S3Dest {
                     .set_storage_class(self.storage_class.clone())
                     .set_server_side_encryption(self.sse.clone())
                     .set_ssekms_key_id(self.sse_kms_key_id.clone());
-                if caps.checksums {
+                if caps.crc() {
                     req = req.checksum_algorithm(ChecksumAlgorithm::Crc32C);
                 }
                 async move { req.send().await.map_err(S3Fail::from_sdk) }
@@ -695,6 +853,7 @@ impl S3Dest {
         let mut tasks: JoinSet<Result<PartRow>> = JoinSet::new();
         let mut done: BTreeMap<i32, PartRow> = BTreeMap::new();
         let (mut full, mut crcs) = (0u32, Vec::with_capacity(n_parts as usize));
+        let mut md5s: Vec<[u8; 16]> = Vec::new();
         let caps = self.caps();
         let mut reused = 0;
         for n in 1..=n_parts {
@@ -711,6 +870,7 @@ impl S3Dest {
             };
             let offset = (n as u64 - 1) * part_size;
             let len = part_size.min(size - offset) as usize;
+            let buffer = self.reserve(len as u64).await;
             let path = ctx.row.path.clone();
             let data = tokio::task::spawn_blocking(move || checksum::read_range(&path, offset, len))
                 .await
@@ -722,9 +882,16 @@ impl S3Dest {
             full = crc32c::crc32c_append(full, &data);
             crcs.push(crc);
             let crc_b64 = checksum::b64(crc);
+            let md5 = (!caps.crc()).then(|| checksum::md5(&data));
+            md5s.extend(md5);
+            // A part already on the store is reused only when it provably holds these
+            // bytes: its CRC32C, or (Content-MD5 mode) its ETag, is ours.
             if let Some((etag, rc, rsize)) = remote.get(&n)
                 && *rsize == len as u64
-                && (rc.as_deref() == Some(crc_b64.as_str()) || (!caps.checksums && rc.is_none()))
+                && match &md5 {
+                    None => rc.as_deref() == Some(crc_b64.as_str()),
+                    Some(m) => checksum::etag_is(etag, &checksum::md5_etag(m)),
+                }
             {
                 reused += 1;
                 done.insert(
@@ -736,7 +903,7 @@ impl S3Dest {
                         size: len as u64,
                     },
                 );
-                drop(permit);
+                drop((permit, buffer));
                 continue;
             }
             ctx.limiter.acquire(len as u64).await;
@@ -748,8 +915,9 @@ impl S3Dest {
             let cancel = ctx.cancel.clone();
             let metrics = self.metrics.clone();
             let retry = self.retry.clone();
+            let sign = self.sign_payload;
             tasks.spawn(async move {
-                let _permit = permit;
+                let _permit = (permit, buffer);
                 let r = call_static(&retry, &metrics, "UploadPart", &key2, &cancel, || {
                     let mut req = client
                         .upload_part()
@@ -759,10 +927,18 @@ impl S3Dest {
                         .part_number(n)
                         .content_length(data.len() as i64)
                         .body(ByteStream::from(data.clone()));
-                    if caps.checksums {
-                        req = req.checksum_crc32_c(&crc_b64);
+                    req = match &md5 {
+                        None => req.checksum_crc32_c(&crc_b64),
+                        Some(m) => req.content_md5(checksum::md5_b64(m)),
+                    };
+                    async move {
+                        if sign {
+                            req.send().await
+                        } else {
+                            req.customize().disable_payload_signing().send().await
+                        }
+                        .map_err(S3Fail::from_sdk)
                     }
-                    async move { req.send().await.map_err(S3Fail::from_sdk) }
                 })
                 .await
                 .map_err(S3Fail::into_error)?;
@@ -773,6 +949,18 @@ impl S3Dest {
                         code: "NoETag".into(),
                         message: format!("UploadPart {n} returned no ETag"),
                     })?;
+                if let Some(m) = &md5
+                    && caps.etag_is_md5
+                    && !checksum::etag_is(&etag, &checksum::md5_etag(m))
+                {
+                    return Err(SyncError::Verify {
+                        key: key2,
+                        detail: format!(
+                            "part {n}: store reports ETag {etag}, local MD5 {}",
+                            checksum::md5_etag(m)
+                        ),
+                    });
+                }
                 let part = PartRow {
                     number: n,
                     etag,
@@ -820,7 +1008,7 @@ impl S3Dest {
             .values()
             .map(|p| {
                 let mut b = CompletedPart::builder().part_number(p.number).e_tag(&p.etag);
-                if caps.checksums {
+                if caps.crc() {
                     b = b.checksum_crc32_c(&p.crc32c);
                 }
                 b.build()
@@ -846,22 +1034,36 @@ impl S3Dest {
             })
             .await;
         let (local_full, local_composite) = (checksum::b64(full), checksum::composite(&crcs));
+        let md5_etag = (!caps.crc()).then(|| checksum::multipart_etag(&md5s));
         match r {
             Ok(out) => {
-                let checksum = match out.checksum_crc32_c() {
-                    Some(c) if caps.checksums && c != local_full && c != local_composite => {
+                let checksum = match (&md5_etag, out.checksum_crc32_c()) {
+                    (Some(e), _) => {
+                        if caps.etag_is_md5
+                            && let Some(got) = out.e_tag()
+                            && !checksum::etag_is(got, e)
+                        {
+                            return Err(SyncError::Verify {
+                                key: key.clone(),
+                                detail: format!("store computed ETag {got}, local {e}"),
+                            });
+                        }
+                        format!("md5:{e}")
+                    }
+                    (None, Some(c)) if c != local_full && c != local_composite => {
                         return Err(SyncError::Verify {
                             key: key.clone(),
                             detail: format!("store computed {c}, local {local_composite} / {local_full}"),
                         });
                     }
-                    Some(c) => c.to_string(),
-                    None => local_composite,
+                    (None, Some(c)) => c.to_string(),
+                    (None, None) => local_composite,
                 };
                 Ok(Done {
                     etag: out.e_tag().map(str::to_string),
                     checksum,
                     local: Some((full, crcs)),
+                    md5_etag,
                 })
             }
             // A Complete that succeeded but whose answer was lost looks like NoSuchUpload
@@ -906,5 +1108,54 @@ where
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(crc_accepted: bool, crc_reported: bool, etag_is_md5: bool) -> ProbeSeen {
+        ProbeSeen {
+            crc_accepted,
+            crc_reported,
+            etag_is_md5,
+            conditional_writes: false,
+        }
+    }
+
+    #[test]
+    fn integrity_falls_back_to_content_md5_per_endpoint() {
+        use IntegritySetting::*;
+        // AWS S3, Garage, MinIO: take and report CRC32C.
+        let c = decide(Auto, &seen(true, true, true), false);
+        assert_eq!(c.integrity, Integrity::Crc32c);
+        assert!(c.etag_is_md5);
+        // Refuses the header (older Ceph, some appliances): Content-MD5.
+        assert_eq!(
+            decide(Auto, &seen(false, false, true), false).integrity,
+            Integrity::ContentMd5
+        );
+        // Takes the header but drops it (reports nothing back): Content-MD5 too, since a
+        // checksum that cannot be read back verifies nothing.
+        let c = decide(Auto, &seen(true, false, true), false);
+        assert_eq!(c.integrity, Integrity::ContentMd5);
+        assert!(c.etag_is_md5);
+        // ETags that are not MD5s: the store's choice, or SSE-KMS configured.
+        assert!(!decide(Auto, &seen(false, false, false), false).etag_is_md5);
+        assert!(!decide(Auto, &seen(false, false, true), true).etag_is_md5);
+        // The config forces either way.
+        assert_eq!(
+            decide(ContentMd5, &seen(true, true, true), false).integrity,
+            Integrity::ContentMd5
+        );
+        assert_eq!(
+            decide(Crc32c, &seen(false, false, true), false).integrity,
+            Integrity::Crc32c
+        );
+        // Conditional writes are carried through as seen.
+        let mut s = seen(true, true, true);
+        s.conditional_writes = true;
+        assert!(decide(Auto, &s, false).conditional_writes);
     }
 }

@@ -32,7 +32,13 @@ pub fn report(path: &Path) -> Result<String> {
             let _ = writeln!(o, "destination: ok");
         }
     }
-    for st in [State::Conflict, State::Rejected, State::Pending, State::Uploading] {
+    for st in [
+        State::Conflict,
+        State::Rejected,
+        State::Dropped,
+        State::Pending,
+        State::Uploading,
+    ] {
         for row in j.with_state(st, 20)? {
             if st.is_open() && row.last_error.is_none() {
                 continue;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::checksum;
 use crate::config::{AfterUpload, Config, Destination};
@@ -24,6 +24,9 @@ pub struct Done {
     pub checksum: String,
     /// Local full-object CRC32C and per-part CRC32Cs, when computed.
     pub local: Option<(u32, Vec<u32>)>,
+    /// With Content-MD5: the ETag the content should have (the MD5, or the MD5 of the
+    /// part MD5s and `-<parts>`).
+    pub md5_etag: Option<String>,
 }
 
 /// Everything one upload needs.
@@ -109,6 +112,7 @@ impl FileDest {
                     etag: None,
                     checksum: checksum::b64(crc),
                     local: Some((crc, vec![])),
+                    md5_etag: None,
                 }),
                 None => Err(SyncError::Conflict {
                     key,
@@ -170,6 +174,7 @@ impl FileDest {
             etag: None,
             checksum: checksum::b64(crc),
             local: Some((crc, vec![])),
+            md5_etag: None,
         })
     }
 }
@@ -318,6 +323,7 @@ impl Worker {
                 return Ok(());
             }
             self.journal.mark_uploading(row)?;
+            debug!(path = %row.path.display(), key = %row.key, bytes = row.size, "upload starting");
             let ctx = UploadCtx {
                 row,
                 journal: &self.journal,

@@ -1,6 +1,11 @@
-//! A small fault-injecting TCP proxy for the outage test: pass, drop (reset every new
-//! connection), answer 503 SlowDown to a share of connections, or reset connections in the
+//! A small fault-injecting HTTP proxy for the outage test: pass, down (reset every new
+//! connection), answer 503 SlowDown to a share of requests, or reset connections in the
 //! middle of a request body.
+//!
+//! Every response it forwards gets `Connection: close`, so the client opens one connection
+//! per request: the mode in force when a request is made applies to it (a pooled
+//! keep-alive connection would otherwise carry a request through an outage untouched),
+//! and "20 % of connections" means 20 % of requests.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -13,17 +18,34 @@ use std::time::Duration;
 pub enum Mode {
     Pass = 0,
     Down = 1,
-    /// 20 % of new connections get `503 SlowDown`.
+    /// 20 % of requests get `503 SlowDown`.
     Some503 = 2,
-    /// 30 % of new connections are reset after 64 KiB..1 MiB of request bytes.
+    /// 30 % of the requests with a body are reset in the middle of it.
     ResetMidBody = 3,
+}
+
+/// What the proxy did, by kind.
+#[derive(Default)]
+pub struct Counts {
+    pub requests: AtomicU64,
+    pub refused: AtomicU64,
+    pub slow_down: AtomicU64,
+    pub resets: AtomicU64,
+}
+
+impl Counts {
+    pub fn injected(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+            + self.slow_down.load(Ordering::Relaxed)
+            + self.resets.load(Ordering::Relaxed)
+    }
 }
 
 pub struct Proxy {
     pub port: u16,
     mode: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
-    pub injected: Arc<AtomicU64>,
+    pub counts: Arc<Counts>,
 }
 
 impl Proxy {
@@ -33,8 +55,8 @@ impl Proxy {
         l.set_nonblocking(true).unwrap();
         let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
         let stop = Arc::new(AtomicBool::new(false));
-        let injected = Arc::new(AtomicU64::new(0));
-        let (m, s, inj) = (mode.clone(), stop.clone(), injected.clone());
+        let counts = Arc::new(Counts::default());
+        let (m, s, c) = (mode.clone(), stop.clone(), counts.clone());
         std::thread::spawn(move || {
             let mut n = 0u64;
             while !s.load(Ordering::Relaxed) {
@@ -49,15 +71,15 @@ impl Proxy {
                 client.set_nonblocking(false).unwrap();
                 let roll = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) % 100;
                 let mode = m.load(Ordering::Relaxed);
-                let inj = inj.clone();
-                std::thread::spawn(move || handle(client, upstream, mode, roll, n, &inj));
+                let c = c.clone();
+                std::thread::spawn(move || handle(client, upstream, mode, roll, n, &c));
             }
         });
         Proxy {
             port,
             mode,
             stop,
-            injected,
+            counts,
         }
     }
 
@@ -90,22 +112,59 @@ fn reset(s: &TcpStream) {
     }
 }
 
-fn handle(mut client: TcpStream, upstream: u16, mode: u8, roll: u64, n: u64, injected: &AtomicU64) {
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Read the request head (and whatever body bytes came with it).
+fn read_head(c: &mut TcpStream) -> Option<(Vec<u8>, usize)> {
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    loop {
+        if let Some(end) = head_end(&got) {
+            return Some((got, end));
+        }
+        if got.len() > 65536 {
+            return None;
+        }
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+fn handle(mut client: TcpStream, upstream: u16, mode: u8, roll: u64, n: u64, counts: &Counts) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
     if mode == Mode::Down as u8 {
-        injected.fetch_add(1, Ordering::Relaxed);
+        counts.refused.fetch_add(1, Ordering::Relaxed);
         reset(&client);
         return;
     }
+    let Some((first, end)) = read_head(&mut client) else {
+        return;
+    };
+    counts.requests.fetch_add(1, Ordering::Relaxed);
     if mode == Mode::Some503 as u8 && roll < 20 {
-        injected.fetch_add(1, Ordering::Relaxed);
-        // Read the request head, answer 503 SlowDown, close.
-        let mut buf = [0u8; 8192];
-        let mut head = Vec::new();
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
-            match client.read(&mut buf) {
+        counts.slow_down.fetch_add(1, Ordering::Relaxed);
+        // Take the whole body first (a client still sending would see a reset instead).
+        let head = String::from_utf8_lossy(&first[..end]).to_string();
+        let len: usize = header(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut left = len.saturating_sub(first.len() - end);
+        let mut buf = vec![0u8; 65536];
+        while left > 0 {
+            match client.read(&mut buf[..left.min(65536)]) {
                 Ok(0) | Err(_) => return,
-                Ok(k) => head.extend_from_slice(&buf[..k]),
+                Ok(k) => left -= k,
             }
         }
         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
@@ -122,28 +181,35 @@ fn handle(mut client: TcpStream, upstream: u16, mode: u8, roll: u64, n: u64, inj
         reset(&client);
         return;
     };
-    let cut = if mode == Mode::ResetMidBody as u8 && roll < 30 {
-        Some(65536 + (n * 7919 % (1 << 20)))
-    } else {
-        None
-    };
+    // Reset somewhere inside the body of 30 % of the requests that have one.
+    let body_len: u64 = header(&String::from_utf8_lossy(&first[..end]), "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cut = (mode == Mode::ResetMidBody as u8 && roll < 30 && body_len > 1)
+        .then(|| end as u64 + 1 + n * 7919 % (body_len - 1));
     let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-    let down = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut s2, &mut c2);
-        let _ = c2.shutdown(Shutdown::Write);
-    });
+    let down = std::thread::spawn(move || forward_response(&mut s2, &mut c2));
     let (mut c, mut s) = (client, server);
+    let mut pending = first;
     let mut buf = vec![0u8; 65536];
     let mut sent = 0u64;
     loop {
-        let k = match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => k,
+        let k = if pending.is_empty() {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => k,
+            }
+        } else {
+            let k = pending.len();
+            buf.resize(buf.len().max(k), 0);
+            buf[..k].copy_from_slice(&pending);
+            pending.clear();
+            k
         };
         if let Some(cut) = cut
             && sent + k as u64 > cut
         {
-            injected.fetch_add(1, Ordering::Relaxed);
+            counts.resets.fetch_add(1, Ordering::Relaxed);
             reset(&c);
             reset(&s);
             let _ = c.shutdown(Shutdown::Both);
@@ -157,4 +223,50 @@ fn handle(mut client: TcpStream, upstream: u16, mode: u8, roll: u64, n: u64, inj
     }
     let _ = s.shutdown(Shutdown::Write);
     let _ = down.join();
+}
+
+/// Copy the response to the client, adding `Connection: close` to its (final) head.
+fn forward_response(s: &mut TcpStream, c: &mut TcpStream) {
+    let mut buf = vec![0u8; 65536];
+    let mut head = Vec::new();
+    let mut rewritten = false;
+    loop {
+        let k = match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => k,
+        };
+        if rewritten {
+            if c.write_all(&buf[..k]).is_err() {
+                break;
+            }
+            continue;
+        }
+        head.extend_from_slice(&buf[..k]);
+        // Interim (1xx) heads pass as they are; the final one gets `Connection: close`.
+        while let Some(end) = head_end(&head) {
+            let text = String::from_utf8_lossy(&head[..end]).to_string();
+            if text.starts_with("HTTP/1.1 1") {
+                if c.write_all(&head[..end]).is_err() {
+                    return;
+                }
+                head.drain(..end);
+                continue;
+            }
+            let mut out: Vec<u8> = text
+                .trim_end()
+                .lines()
+                .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                .flat_map(|l| [l.as_bytes(), b"\r\n"].concat())
+                .collect();
+            out.extend_from_slice(b"Connection: close\r\n\r\n");
+            out.extend_from_slice(&head[end..]);
+            if c.write_all(&out).is_err() {
+                return;
+            }
+            rewritten = true;
+            head.clear();
+            break;
+        }
+    }
+    let _ = c.shutdown(Shutdown::Write);
 }

@@ -152,6 +152,53 @@ fn mask_sink(recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoch: Instant) ->
         .build()
 }
 
+/// In-memory mode (capture policies): the recording branch ends here, every compressed
+/// buffer goes to the recorder's pre-roll ring with its running time.
+fn video_sink(recorder: Arc<Mutex<Recorder>>) -> gst_app::AppSink {
+    let mut last_rt = 0u64;
+    gst_app::AppSink::builder()
+        .sync(false)
+        .enable_last_sample(false)
+        .callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let (Some(buffer), Some(caps)) = (sample.buffer_owned(), sample.caps_owned()) else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let ts = buffer.pts().or(buffer.dts());
+                    let rt = sample
+                        .segment()
+                        .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                        .and_then(|s| s.to_running_time(ts))
+                        .or(ts)
+                        .map_or(last_rt, |r| r.nseconds());
+                    last_rt = rt;
+                    recorder
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_video(buffer, rt, &caps);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        )
+        .build()
+}
+
+/// The parser for a compressed stream of the recording branch; in memory mode it repeats
+/// the parameter sets at every key frame so that a clip can start at any GOP.
+fn parser(caps_name: &str, in_memory: bool) -> Result<Option<gst::Element>> {
+    let p = match caps_name {
+        "video/x-h264" => make("h264parse")?,
+        "video/x-h265" => make("h265parse")?,
+        _ => return Ok(None),
+    };
+    if in_memory {
+        p.set_property("config-interval", -1i32);
+    }
+    Ok(Some(p))
+}
+
 fn splitmux(cam: &Camera, recorder: &Arc<Mutex<Recorder>>) -> Result<gst::Element> {
     let rec = &cam.recording;
     let s = make("splitmuxsink")?;
@@ -167,8 +214,143 @@ fn splitmux(cam: &Camera, recorder: &Arc<Mutex<Recorder>>) -> Result<gst::Elemen
     Ok(s)
 }
 
+/// The name of the `intervideosink`/`intervideosrc` channel that carries a camera's
+/// processed video to the runner's RTSP server.
+pub fn restream_channel(camera: &str) -> String {
+    format!("edgemask-{camera}")
+}
+
+/// The on-screen display sink of `cam`, created and checked before the pipeline is built:
+/// a missing element, no display to show on, or a sink that cannot open its display is an
+/// [`Error::Display`] for this camera only (the other cameras go on). `autovideosink` is
+/// not even tried without a display: with none, some of its candidates crash the process.
+pub fn display_sink(cam: &Camera) -> Result<Option<gst::Element>> {
+    let Some(name) = cam.display.as_deref() else {
+        return Ok(None);
+    };
+    let err = |reason: String| Error::Display {
+        camera: cam.name.clone(),
+        reason,
+    };
+    let env_set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if name == "autovideosink"
+        && !env_set("DISPLAY")
+        && !env_set("WAYLAND_DISPLAY")
+        && !Path::new("/dev/dri").exists()
+    {
+        return Err(err(
+            "no display available (DISPLAY and WAYLAND_DISPLAY are unset and there is no /dev/dri): \
+             run it in a graphical session, or set display = false, or name a sink (display = \"<element>\")"
+                .into(),
+        ));
+    }
+    let sink = gst::ElementFactory::make(name).build().map_err(|_| {
+        err(format!(
+            "video sink element '{name}' does not exist: install the plugin that provides it, or choose another"
+        ))
+    })?;
+    // Opening the display happens on NULL→READY: try it in a scratch pipeline to get the reason.
+    let scratch = gst::Pipeline::new();
+    scratch.add(&sink)?;
+    let ready = scratch.set_state(gst::State::Ready);
+    let reason = scratch
+        .bus()
+        .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
+        .and_then(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        });
+    let _ = scratch.set_state(gst::State::Null);
+    scratch.remove(&sink)?;
+    if ready.is_err() {
+        return Err(err(format!(
+            "video sink '{name}' cannot open its display: {}",
+            reason.unwrap_or_else(|| "it refused to start".into())
+        )));
+    }
+    Ok(Some(sink))
+}
+
+/// Tints the person (mask from the buffer's `GstUnetMaskMeta`, at frame size) yellow at 50 %
+/// in an RGBx frame, in place.
+fn tint(buffer: &mut gst::BufferRef, info: &gst_video::VideoInfo) {
+    let Some(meta) = gstunetmask::meta::MaskMeta::from_buffer(buffer) else {
+        return;
+    };
+    let (w, h) = (info.width() as usize, info.height() as usize);
+    let stride = info.stride()[0] as usize;
+    let mask = meta.to_frame_size(w, h);
+    let Ok(mut map) = buffer.map_writable() else {
+        return;
+    };
+    for (y, mrow) in mask.chunks_exact(w).enumerate().take(h) {
+        let Some(row) = map.get_mut(y * stride..y * stride + w * 4) else {
+            return;
+        };
+        for (px, &m) in row.chunks_exact_mut(4).zip(mrow) {
+            if m > 127 {
+                px[0] = ((px[0] as u16 + 255) / 2) as u8;
+                px[1] = ((px[1] as u16 + 255) / 2) as u8;
+                px[2] /= 2;
+            }
+        }
+    }
+}
+
+/// The preview branch after the element: a leaky queue (it never holds back the recording
+/// or the masks), conversion to RGBx, the person tinted from the mask meta (the model does
+/// not run again), then the display sink and/or an `intervideosink` for the RTSP server.
+fn preview_branch(
+    cam: &Camera,
+    display: Option<gst::Element>,
+) -> Result<Vec<(gst::Element, Vec<gst::Element>)>> {
+    let q = make("queue")?;
+    q.set_property_from_str("leaky", "downstream");
+    q.set_property("max-size-buffers", 2u32);
+    q.set_property("max-size-time", 0u64);
+    q.set_property("max-size-bytes", 0u32);
+    let convert = make("videoconvert")?;
+    let caps = make("capsfilter")?;
+    caps.set_property(
+        "caps",
+        gst::Caps::builder("video/x-raw").field("format", "RGBx").build(),
+    );
+    let srcpad = caps.static_pad("src").expect("capsfilter has a src pad");
+    srcpad.add_probe(gst::PadProbeType::BUFFER, |pad, info| {
+        if let Some(info_caps) = pad.current_caps()
+            && let Ok(vinfo) = gst_video::VideoInfo::from_caps(&info_caps)
+            && let Some(gst::PadProbeData::Buffer(buffer)) = info.data.as_mut()
+        {
+            tint(buffer.make_mut(), &vinfo);
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let tee = make("tee")?;
+    let head = vec![q.clone(), convert, caps, tee.clone()];
+    let mut outs = Vec::new();
+    if let Some(sink) = display {
+        let q = make("queue")?;
+        q.set_property_from_str("leaky", "downstream");
+        q.set_property("max-size-buffers", 2u32);
+        outs.push(vec![q, make("videoconvert")?, sink]);
+    }
+    if cam.restream {
+        let q = make("queue")?;
+        q.set_property_from_str("leaky", "downstream");
+        q.set_property("max-size-buffers", 2u32);
+        let sink = make("intervideosink")?;
+        sink.set_property("channel", restream_channel(&cam.name));
+        sink.set_property("sync", false);
+        outs.push(vec![q, sink]);
+    }
+    Ok(std::iter::once((q, head))
+        .chain(outs.into_iter().map(|o| (tee.clone(), o)))
+        .collect())
+}
+
 /// Links `pad` (the source's video) into a tee with the two branches; `compressed` says
 /// whether it carries an encoded stream (then recorded as is) or raw video (then encoded).
+#[allow(clippy::too_many_arguments)]
 fn attach_video(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
@@ -177,6 +359,7 @@ fn attach_video(
     recorder: &Arc<Mutex<Recorder>>,
     flow: &Arc<Flow>,
     epoch: Instant,
+    display: Option<gst::Element>,
 ) -> Result<gst::Pad> {
     // An empty `caps_name`: compressed, codec not known yet.
     let compressed = !caps_name.starts_with("video/x-raw");
@@ -190,13 +373,13 @@ fn attach_video(
         q.set_property("max-size-bytes", 0u32);
     }
     let mut rec_chain: Vec<gst::Element> = vec![q_rec.clone()];
+    let in_memory = recorder.lock().unwrap_or_else(|e| e.into_inner()).in_memory();
     if cam.recording.enabled {
         if compressed {
-            match caps_name {
-                "video/x-h264" => rec_chain.push(make("h264parse")?),
-                "video/x-h265" => rec_chain.push(make("h265parse")?),
-                "" => unlinked = Some(make("parsebin")?),
-                _ => {}
+            if caps_name.is_empty() {
+                unlinked = Some(make("parsebin")?);
+            } else if let Some(p) = parser(caps_name, in_memory)? {
+                rec_chain.push(p);
             }
         } else {
             let fps = match &cam.source {
@@ -210,24 +393,53 @@ fn attach_video(
             enc.set_property("threads", 1u32);
             rec_chain.extend([make("videoconvert")?, enc, make("h264parse")?]);
         }
-        let sink = splitmux(cam, recorder)?;
+        let sink: gst::Element = if in_memory {
+            video_sink(recorder.clone()).upcast()
+        } else {
+            splitmux(cam, recorder)?
+        };
         if let Some(parsebin) = unlinked.take() {
             rec_chain.push(parsebin.clone());
             let sink_weak = sink.downgrade();
+            let pipeline_weak = pipeline.downgrade();
             parsebin.connect_pad_added(move |_, p| {
-                let Some(sink) = sink_weak.upgrade() else { return };
-                let caps = p.current_caps().unwrap_or_else(|| p.query_caps(None));
-                let is_video = caps.structure(0).is_some_and(|s| s.name().starts_with("video/"));
-                if !is_video {
+                let (Some(sink), Some(pipeline)) = (sink_weak.upgrade(), pipeline_weak.upgrade()) else {
                     return;
-                }
-                match sink.request_pad_simple("video") {
+                };
+                let caps = p.current_caps().unwrap_or_else(|| p.query_caps(None));
+                let Some(name) = caps
+                    .structure(0)
+                    .map(|s| s.name().to_string())
+                    .filter(|n| n.starts_with("video/"))
+                else {
+                    return;
+                };
+                let target = if in_memory {
+                    // A parser that repeats the parameter sets, then the ring's appsink.
+                    let sinkpad = sink.static_pad("sink").expect("appsink has a sink pad");
+                    match parser(&name, true) {
+                        Ok(Some(parse)) => {
+                            let linked = pipeline.add(&parse).is_ok()
+                                && parse.link(&sink).is_ok()
+                                && parse.sync_state_with_parent().is_ok();
+                            if !linked {
+                                tracing::error!("cannot insert the parser of the recording branch");
+                                return;
+                            }
+                            parse.static_pad("sink")
+                        }
+                        _ => Some(sinkpad),
+                    }
+                } else {
+                    sink.request_pad_simple("video")
+                };
+                match target {
                     Some(target) => {
                         if let Err(e) = p.link(&target) {
-                            tracing::error!(error = ?e, "cannot link the parsed stream to splitmuxsink");
+                            tracing::error!(error = ?e, "cannot link the parsed stream to the recording sink");
                         }
                     }
-                    None => tracing::error!("splitmuxsink gives no video pad"),
+                    None => tracing::error!("the recording sink gives no video pad"),
                 }
             });
             // Added to the pipeline below with the rest, linked when parsebin has typed the stream.
@@ -248,11 +460,33 @@ fn attach_video(
     let convert = make("videoconvert")?;
     let um = unetmask(cam)?;
     let sink = mask_sink(recorder.clone(), flow.clone(), epoch);
-    mask_chain.extend([convert.clone(), um, sink.upcast()]);
+    // With a display or a re-stream, a tee after the element feeds the preview branch.
+    let preview = if display.is_some() || cam.restream {
+        let t = make("tee")?;
+        let q = make("queue")?;
+        mask_chain.extend([convert.clone(), um, t.clone(), q]);
+        let mut branches = preview_branch(cam, display)?;
+        branches[0].0 = t;
+        branches
+    } else {
+        mask_chain.extend([convert.clone(), um]);
+        Vec::new()
+    };
+    mask_chain.push(sink.upcast());
 
     pipeline.add(&tee)?;
     for e in rec_chain.iter().chain(mask_chain.iter()).chain(unlinked.iter()) {
         pipeline.add(e)?;
+    }
+    for (_, chain) in &preview {
+        for e in chain {
+            pipeline.add(e)?;
+        }
+    }
+    for (from, chain) in &preview {
+        // The head branch's chain starts with the queue the element's tee feeds.
+        gst::Element::link_many(chain.iter())?;
+        from.link(&chain[0])?;
     }
     gst::Element::link_many(rec_chain.iter())?;
     if compressed {
@@ -273,8 +507,10 @@ fn attach_video(
     }
     tee.link(&q_rec)?;
     tee.link(&q_mask)?;
-    for e in rec_chain
+    for e in preview
         .iter()
+        .flat_map(|(_, c)| c.iter())
+        .chain(rec_chain.iter())
         .chain(mask_chain.iter())
         .chain(unlinked.iter())
         .chain(std::iter::once(&tee))
@@ -308,6 +544,7 @@ pub fn build(
     flow: Arc<Flow>,
     epoch: Instant,
 ) -> Result<Built> {
+    let display = display_sink(cam)?;
     let pipeline = gst::Pipeline::with_name(&format!("camera-{}", cam.name));
     let entry: Arc<Mutex<Option<gst::Pad>>> = Arc::new(Mutex::new(None));
 
@@ -318,6 +555,7 @@ pub fn build(
         let rec = recorder.clone();
         let flow = flow.clone();
         let entry = entry.clone();
+        let display = display.clone();
         src.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipeline_weak.upgrade() else { return };
             // Fixed caps name the codec; otherwise (fallbacksrc before the stream is known)
@@ -337,7 +575,7 @@ pub fn build(
                 return;
             }
             tracing::debug!(camera = %cam.name, pad = %pad.name(), caps = %caps, "source video pad");
-            match attach_video(&pipeline, pad, &name, &cam, &rec, &flow, epoch) {
+            match attach_video(&pipeline, pad, &name, &cam, &rec, &flow, epoch, display.clone()) {
                 Ok(p) => *slot = Some(p),
                 Err(e) => {
                     tracing::error!(camera = %cam.name, error = %e, "cannot build the recording/mask branches");
@@ -390,7 +628,16 @@ pub fn build(
             pipeline.add_many([&src, &caps])?;
             src.link(&caps)?;
             let pad = caps.static_pad("src").expect("capsfilter has a src pad");
-            let p = attach_video(&pipeline, &pad, "video/x-raw", cam, &recorder, &flow, epoch)?;
+            let p = attach_video(
+                &pipeline,
+                &pad,
+                "video/x-raw",
+                cam,
+                &recorder,
+                &flow,
+                epoch,
+                display.clone(),
+            )?;
             *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         }
         Source::TestPattern {
@@ -420,7 +667,16 @@ pub fn build(
             pipeline.add_many([&src, &caps])?;
             src.link(&caps)?;
             let pad = caps.static_pad("src").expect("capsfilter has a src pad");
-            let p = attach_video(&pipeline, &pad, "video/x-raw", cam, &recorder, &flow, epoch)?;
+            let p = attach_video(
+                &pipeline,
+                &pad,
+                "video/x-raw",
+                cam,
+                &recorder,
+                &flow,
+                epoch,
+                display.clone(),
+            )?;
             *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         }
     }

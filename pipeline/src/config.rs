@@ -22,6 +22,15 @@ pub struct RunnerFile {
     pub backoff_initial_s: Option<f64>,
     pub backoff_max_s: Option<f64>,
     pub progress: Option<bool>,
+    pub rtsp_listen: Option<String>,
+}
+
+/// `[cameras.NAME] display`: `true`/`false`, or the name of a video sink element.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DisplayFile {
+    Flag(bool),
+    Sink(String),
 }
 
 /// `[model]` (shared) or `[cameras.NAME.model]` (per-camera override of single fields).
@@ -60,6 +69,7 @@ pub struct PolicyFile {
     pub min_uncertain: Option<f64>,
     pub min_duration_s: Option<f64>,
     pub preroll_s: Option<f64>,
+    pub preroll_max_mb: Option<u64>,
 }
 
 /// `[cameras.NAME]`
@@ -77,6 +87,8 @@ pub struct CameraFile {
     pub num_frames: Option<u64>,
     pub live: Option<bool>,
     pub enabled: Option<bool>,
+    pub display: Option<DisplayFile>,
+    pub restream: Option<bool>,
     pub model: Option<ModelFile>,
     pub recording: Option<RecordingFile>,
     pub policy: Option<PolicyFile>,
@@ -104,6 +116,7 @@ const RUNNER_KEYS: &[&str] = &[
     "backoff_initial_s",
     "backoff_max_s",
     "progress",
+    "rtsp_listen",
 ];
 const MODEL_KEYS: &[&str] = &[
     "path",
@@ -128,6 +141,7 @@ const POLICY_KEYS: &[&str] = &[
     "min_uncertain",
     "min_duration_s",
     "preroll_s",
+    "preroll_max_mb",
 ];
 const CAMERA_KEYS: &[&str] = &[
     "source",
@@ -142,6 +156,8 @@ const CAMERA_KEYS: &[&str] = &[
     "num_frames",
     "live",
     "enabled",
+    "display",
+    "restream",
     "model",
     "recording",
     "policy",
@@ -288,6 +304,8 @@ pub struct Policy {
     pub min_share: f64,
     pub min_duration: Duration,
     pub preroll: Duration,
+    /// Byte cap of the in-memory pre-roll ring (policies other than `always`).
+    pub preroll_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -345,6 +363,10 @@ pub struct Camera {
     pub model: Model,
     pub recording: Recording,
     pub policy: Policy,
+    /// On-screen display: the video sink element (`autovideosink` for `display = true`).
+    pub display: Option<String>,
+    /// Re-streamed over the runner's RTSP server at `rtsp://<rtsp_listen>/<name>`.
+    pub restream: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -357,6 +379,9 @@ pub struct Runner {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub progress: bool,
+    /// Address of the RTSP server that re-streams the processed video of cameras with
+    /// `restream = true`.
+    pub rtsp_listen: Option<std::net::SocketAddr>,
 }
 
 /// The validated configuration.
@@ -591,11 +616,20 @@ fn policy(p: Option<&PolicyFile>, prefix: &str) -> Result<Policy> {
             "allowed: 0..=600 seconds",
         ));
     }
+    let preroll_max_mb = p.preroll_max_mb.unwrap_or(64);
+    if !(1..=65536).contains(&preroll_max_mb) {
+        return Err(Error::invalid(
+            key("preroll_max_mb"),
+            preroll_max_mb,
+            "allowed: 1..=65536 MiB",
+        ));
+    }
     Ok(Policy {
         kind,
         min_share: share(&key(share_key), share_val)?,
         min_duration: Duration::from_secs_f64(min_duration),
         preroll: Duration::from_secs_f64(preroll),
+        preroll_max_bytes: preroll_max_mb * 1024 * 1024,
     })
 }
 
@@ -705,6 +739,27 @@ fn source(c: &CameraFile, prefix: &str, base: &Path) -> Result<Source> {
     })
 }
 
+fn display(d: Option<&DisplayFile>, prefix: &str) -> Result<Option<String>> {
+    match d {
+        None | Some(DisplayFile::Flag(false)) => Ok(None),
+        Some(DisplayFile::Flag(true)) => Ok(Some("autovideosink".into())),
+        Some(DisplayFile::Sink(s)) => {
+            let ok = !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if ok {
+                Ok(Some(s.clone()))
+            } else {
+                Err(Error::invalid(
+                    format!("{prefix}display"),
+                    format!("\"{s}\""),
+                    "allowed: true, false, or the name of a video sink element (e.g. \"xvimagesink\", \"fakesink\")",
+                ))
+            }
+        }
+    }
+}
+
 /// Turns the file structure into [`Settings`]; `base` resolves relative paths (the config
 /// file's directory).
 pub fn validate(file: &ConfigFile, base: &Path) -> Result<Settings> {
@@ -729,6 +784,17 @@ pub fn validate(file: &ConfigFile, base: &Path) -> Result<Settings> {
             )
         })?),
     };
+    let rtsp_listen = match &r.rtsp_listen {
+        None => None,
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(s.parse().map_err(|_| {
+            Error::invalid(
+                "runner.rtsp_listen",
+                format!("\"{s}\""),
+                "allowed: IP:PORT, e.g. 127.0.0.1:8554",
+            )
+        })?),
+    };
     let backoff_initial = positive("runner.backoff_initial_s", r.backoff_initial_s.unwrap_or(1.0))?;
     let backoff_max = positive("runner.backoff_max_s", r.backoff_max_s.unwrap_or(60.0))?;
     if backoff_max < backoff_initial {
@@ -747,6 +813,7 @@ pub fn validate(file: &ConfigFile, base: &Path) -> Result<Settings> {
         backoff_initial,
         backoff_max,
         progress: r.progress.unwrap_or(true),
+        rtsp_listen,
     };
     if file.cameras.is_empty() {
         return Err(Error::invalid(
@@ -774,6 +841,17 @@ pub fn validate(file: &ConfigFile, base: &Path) -> Result<Settings> {
             model: merge_model(&file.model, c.model.as_ref(), &prefix, base)?,
             recording: merge_recording(&file.recording, c.recording.as_ref(), &prefix)?,
             policy: policy(c.policy.as_ref(), &prefix)?,
+            display: display(c.display.as_ref(), &prefix)?,
+            restream: match c.restream {
+                Some(true) if runner.rtsp_listen.is_none() => {
+                    return Err(Error::invalid(
+                        format!("{prefix}restream"),
+                        true,
+                        "needs the runner's RTSP server: set runner.rtsp_listen, e.g. \"127.0.0.1:8554\"",
+                    ));
+                }
+                r => r.unwrap_or(false),
+            },
         });
     }
     if cameras.is_empty() {
@@ -917,6 +995,26 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("min_uncertain"), "{e}");
+    }
+
+    #[test]
+    fn display_and_restream() {
+        let s = parse(&format!("{GOOD}\ndisplay = true\n")).unwrap();
+        assert_eq!(s.cameras[0].display.as_deref(), Some("autovideosink"));
+        assert!(!s.cameras[0].restream);
+        let s = parse(&format!("{GOOD}\ndisplay = \"fakesink\"\n")).unwrap();
+        assert_eq!(s.cameras[0].display.as_deref(), Some("fakesink"));
+        let e = parse(&format!("{GOOD}\ndisplay = \"a b\"\n")).unwrap_err();
+        assert!(e.to_string().contains("cameras.front.display"), "{e}");
+        let e = parse(&format!("{GOOD}\nrestream = true\n")).unwrap_err();
+        assert!(e.to_string().contains("runner.rtsp_listen"), "{e}");
+        let s = parse(&format!("{GOOD}\nrestream = true\n").replace(
+            "output_dir = \"out\"",
+            "output_dir = \"out\"\nrtsp_listen = \"127.0.0.1:8554\"",
+        ))
+        .unwrap();
+        assert!(s.cameras[0].restream);
+        assert_eq!(s.runner.rtsp_listen, Some("127.0.0.1:8554".parse().unwrap()));
     }
 
     #[test]

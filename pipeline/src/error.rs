@@ -50,6 +50,9 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("camera '{camera}' failed: {reason}")]
     Runtime { camera: String, reason: String },
+    /// The camera's on-screen display cannot be served (no display, missing sink element).
+    #[error("camera '{camera}': display: {reason}")]
+    Display { camera: String, reason: String },
 }
 
 impl Error {
@@ -60,7 +63,7 @@ impl Error {
             Error::Model { .. } => exit::MODEL,
             Error::Source { .. } => exit::SOURCE,
             Error::Output { .. } => exit::OUTPUT,
-            Error::Gst(_) | Error::Io { .. } | Error::Runtime { .. } => exit::RUNTIME,
+            Error::Gst(_) | Error::Io { .. } | Error::Runtime { .. } | Error::Display { .. } => exit::RUNTIME,
         }
     }
 

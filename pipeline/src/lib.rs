@@ -12,5 +12,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod policy;
+pub mod preroll;
 pub mod recorder;
+pub mod restream;
 pub mod runner;

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub clips_skipped: IntCounterVec,
     pub bytes: IntCounterVec,
     pub free_disk: IntGaugeVec,
+    pub preroll_bytes: IntGaugeVec,
+    pub preroll_overflows: IntCounterVec,
 }
 
 impl Metrics {
@@ -66,7 +68,24 @@ impl Metrics {
             cam,
         )
         .expect("valid");
+        let preroll_bytes = IntGaugeVec::new(
+            Opts::new(
+                "preroll_bytes",
+                "Video held in memory by the pre-roll ring (capture policies)",
+            ),
+            cam,
+        )
+        .expect("valid");
+        let preroll_overflows = counter(
+            "preroll_overflow_total",
+            "GOPs freed unwritten because the pre-roll ring reached policy.preroll_max_mb",
+            cam,
+        );
+        registry
+            .register(Box::new(preroll_bytes.clone()))
+            .expect("unique");
         for c in [
+            &preroll_overflows,
             &frames,
             &carried,
             &dropped,
@@ -91,6 +110,8 @@ impl Metrics {
             clips,
             clips_skipped,
             bytes,
+            preroll_bytes,
+            preroll_overflows,
             free_disk,
         }
     }

@@ -85,7 +85,14 @@ impl PolicyState {
         if self.policy.kind == PolicyKind::Always {
             return Decision::Keep;
         }
-        if self.intervals.iter().any(|&(s, e)| s < end && e >= start) {
+        // An open interval is only known to cover the frames observed so far: video beyond
+        // the last observed frame may still fall after the run's end.
+        let now = self.now;
+        if self
+            .intervals
+            .iter()
+            .any(|&(s, e)| s < end && (if e == f64::INFINITY { now } else { e }) >= start)
+        {
             return Decision::Keep;
         }
         if self.finished {
@@ -112,6 +119,7 @@ mod tests {
             min_share: min,
             min_duration: Duration::from_secs_f64(dur),
             preroll: Duration::from_secs_f64(pre),
+            preroll_max_bytes: 1 << 20,
         })
     }
 
@@ -130,6 +138,7 @@ mod tests {
             min_share: 0.0,
             min_duration: Duration::ZERO,
             preroll: Duration::ZERO,
+            preroll_max_bytes: 1 << 20,
         });
         assert_eq!(p.decide(0.0, 1.0), Decision::Keep);
     }
@@ -175,12 +184,32 @@ mod tests {
     }
 
     #[test]
+    fn an_open_recording_does_not_decide_video_beyond_the_last_frame() {
+        let mut p = person(0.1, 0.5, 0.5);
+        feed(&mut p, 0.0, 2.0, 0.0);
+        feed(&mut p, 2.0, 3.05, 0.5);
+        // Recording since 1.5 s, frames observed up to 3.0 s.
+        assert_eq!(p.decide(2.5, 3.0), Decision::Keep);
+        assert_eq!(p.decide(3.0, 3.5), Decision::Keep);
+        assert_eq!(
+            p.decide(3.5, 4.0),
+            Decision::Pending,
+            "the run may end before 3.5 s"
+        );
+        // The run ends at 3.1 s; once no new run's pre-roll can reach 3.5-4.0, it is dropped.
+        feed(&mut p, 3.1, 4.75, 0.0);
+        assert_eq!(p.decide(3.0, 3.5), Decision::Keep);
+        assert_eq!(p.decide(3.5, 4.0), Decision::Drop);
+    }
+
+    #[test]
     fn uncertain_uses_the_same_machinery() {
         let mut p = PolicyState::new(Policy {
             kind: PolicyKind::Uncertain,
             min_share: 0.2,
             min_duration: Duration::ZERO,
             preroll: Duration::ZERO,
+            preroll_max_bytes: 1 << 20,
         });
         p.observe(0.0, 0.1);
         p.observe(1.0, 0.3);

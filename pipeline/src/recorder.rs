@@ -6,6 +6,13 @@
 //! `[opened_k, opened_{k+1})`, where `opened_k` is the running time `splitmuxsink` reports
 //! when it opens fragment k (always at a key frame). Both branches leave the same `tee`, so
 //! the masks' running times are on the same scale.
+//!
+//! Capture policies other than `always` use the in-memory mode instead (see `preroll.rs`):
+//! the recording branch's GOPs wait in a bounded ring until the policy decides; the kept
+//! ones are written through a per-clip writer, the others are freed and never touch the
+//! disk. Clips then start at a kept GOP and end at the first GOP that is dropped (or where
+//! the clip reaches `clip_seconds` / `clip_max_mb`), and hold the masks of exactly the frames
+//! with running time in `[start, end)`.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -14,8 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::clip::{self, ClipHeader, FrameSummary, MaskInfo, ModelInfo};
-use crate::config::{Container, Policy, PolicyKind};
+use crate::config::{Container, Policy, PolicyKind, Recording};
 use crate::policy::{Decision, PolicyState};
+use crate::preroll::{ClipWriter, Ring};
 
 /// One frame's mask as it left the element.
 #[derive(Debug, Clone)]
@@ -52,6 +60,59 @@ pub struct Counters {
     pub frames: u64,
     pub fresh: u64,
     pub carried: u64,
+    /// In-memory mode: bytes of video held in the pre-roll ring now, and at most.
+    pub preroll_bytes: u64,
+    pub preroll_peak_bytes: u64,
+    /// In-memory mode: GOPs freed unwritten because the ring reached its byte cap.
+    pub preroll_overflows: u64,
+    /// In-memory mode: seconds of video the policy dropped (never written).
+    pub dropped_video_ns: u64,
+}
+
+/// A clip of the in-memory mode.
+struct MemClip {
+    base: String,
+    temp_video: PathBuf,
+    start_rt: u64,
+    /// Running time of the first frame not in the clip; `None` while it is open.
+    end_rt: Option<u64>,
+    writer: Option<ClipWriter>,
+    wall_start: SystemTime,
+    wall_end: Option<SystemTime>,
+    low_disk: bool,
+    failed: bool,
+    video_frames: u64,
+    video_bytes: u64,
+    frames: Vec<MaskFrame>,
+}
+
+/// State of the in-memory mode.
+struct Memory {
+    ring: Ring,
+    /// Clips open or waiting for their last masks, in order.
+    clips: VecDeque<MemClip>,
+    /// Masks with a running time below this belong to decided video (kept or dropped).
+    decided_until: u64,
+    /// The previous decided GOP was dropped (counts skipped stretches, not GOPs).
+    dropping: bool,
+    clip_duration: u64,
+    clip_max_bytes: u64,
+    cap: usize,
+}
+
+impl Memory {
+    fn new(rec: &Recording, policy: &Policy) -> Self {
+        let cap = usize::try_from(policy.preroll_max_bytes).unwrap_or(usize::MAX);
+        Self {
+            ring: Ring::new(cap),
+            clips: VecDeque::new(),
+            decided_until: 0,
+            dropping: false,
+            clip_duration: rec.clip_duration.as_nanos() as u64,
+            clip_max_bytes: rec.clip_max_bytes,
+            cap,
+        }
+    }
 }
 
 pub struct Recorder {
@@ -70,6 +131,10 @@ pub struct Recorder {
     max_rt: Option<u64>,
     eos: bool,
     low_disk_logged: bool,
+    enabled: bool,
+    /// Policies other than `always`: GOPs wait in memory until the policy decides.
+    memory: Option<Memory>,
+    overflow_logged: bool,
     pub counters: Counters,
 }
 
@@ -113,21 +178,22 @@ impl Recorder {
         camera: &str,
         host: &str,
         dir: PathBuf,
-        container: Container,
+        recording: &Recording,
         model: ModelInfo,
         policy: Policy,
         disk_floor: u64,
     ) -> Self {
+        let container = recording.container;
         let policy_name = match policy.kind {
             PolicyKind::Always => "always".to_string(),
             PolicyKind::Person => format!(
-                "person(min_coverage={}, min_duration_s={}, preroll_s={})",
+                "person(min_coverage={}, min_duration_s={}, preroll_s={}, preroll in memory)",
                 policy.min_share,
                 policy.min_duration.as_secs_f64(),
                 policy.preroll.as_secs_f64()
             ),
             PolicyKind::Uncertain => format!(
-                "uncertain(min_uncertain={}, min_duration_s={}, preroll_s={})",
+                "uncertain(min_uncertain={}, min_duration_s={}, preroll_s={}, preroll in memory)",
                 policy.min_share,
                 policy.min_duration.as_secs_f64(),
                 policy.preroll.as_secs_f64()
@@ -148,8 +214,18 @@ impl Recorder {
             max_rt: None,
             eos: false,
             low_disk_logged: false,
+            enabled: recording.enabled,
+            memory: (recording.enabled && policy.kind != PolicyKind::Always)
+                .then(|| Memory::new(recording, &policy)),
+            overflow_logged: false,
             counters: Counters::default(),
         }
+    }
+
+    /// Whether the recording branch hands its buffers to [`Recorder::push_video`] (capture
+    /// policies other than `always`) instead of writing through `splitmuxsink`.
+    pub fn in_memory(&self) -> bool {
+        self.memory.is_some()
     }
 
     /// Removes temporary files a previous run left behind (a crash, a power cut).
@@ -179,13 +255,7 @@ impl Recorder {
         let name = location.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let video = name.trim_start_matches('.').trim_end_matches(".part");
         let base = video.rsplit_once('.').map_or(video, |(b, _)| b).to_string();
-        let low_disk = free_bytes(&self.dir).is_some_and(|f| f < self.disk_floor);
-        if low_disk && !self.low_disk_logged {
-            tracing::warn!(camera = %self.camera, floor_bytes = self.disk_floor, "free space under the floor: not keeping new clips");
-        } else if !low_disk && self.low_disk_logged {
-            tracing::info!(camera = %self.camera, "free space back above the floor: keeping clips again");
-        }
-        self.low_disk_logged = low_disk;
+        let low_disk = self.check_disk();
         self.fragments.push_back(Fragment {
             base,
             temp_video: location.to_path_buf(),
@@ -220,8 +290,238 @@ impl Recorder {
             self.counters.carried += 1;
         }
         self.max_rt = Some(self.max_rt.map_or(m.running_time, |r| r.max(m.running_time)));
+        if !self.enabled {
+            return;
+        }
         self.pending.push_back(m);
-        self.try_finalize();
+        if self.memory.is_some() {
+            self.pump();
+        } else {
+            self.try_finalize();
+        }
+    }
+
+    /// In-memory mode: a buffer of the recording branch (compressed, in decode order) at
+    /// running time `rt`.
+    pub fn push_video(&mut self, buffer: gst::Buffer, rt: u64, caps: &gst::Caps) {
+        let Some(mem) = self.memory.as_mut() else {
+            return;
+        };
+        if self.eos {
+            return;
+        }
+        mem.ring.push(buffer, rt, caps);
+        self.pump();
+    }
+
+    /// In-memory mode: decides the GOPs the policy can decide, writes the kept ones, frees
+    /// the others, hands masks to their clips and finalises complete clips.
+    fn pump(&mut self) {
+        let Some(mut mem) = self.memory.take() else {
+            return;
+        };
+        while let Some(g) = mem.ring.gops.front() {
+            let start = g.start_rt;
+            let decision = if g.writing {
+                Decision::Keep
+            } else {
+                let end = g.end.unwrap_or(g.max_end.max(g.max_rt + 1));
+                match self.policy.decide(start as f64 / 1e9, end as f64 / 1e9) {
+                    // Only a complete GOP can be dropped: the rest of it may still overlap.
+                    Decision::Drop if g.end.is_none() => Decision::Pending,
+                    d => d,
+                }
+            };
+            match decision {
+                Decision::Pending => break,
+                Decision::Drop => {
+                    self.close_open_clip(&mut mem, start);
+                    let g = mem.ring.pop().expect("front exists");
+                    let end = g.end.unwrap_or(g.max_end);
+                    self.counters.dropped_video_ns += end.saturating_sub(g.start_rt);
+                    if !mem.dropping {
+                        self.counters.clips_skipped_policy += 1;
+                        tracing::debug!(camera = %self.camera, from_s = g.start_rt as f64 / 1e9, "policy: not recording (nothing written)");
+                    }
+                    mem.dropping = true;
+                    mem.decided_until = mem.decided_until.max(end);
+                }
+                Decision::Keep => {
+                    mem.dropping = false;
+                    let g = mem.ring.gops.front().expect("front exists");
+                    if !g.writing {
+                        let caps = g.caps.clone();
+                        let split = mem.clips.back().is_some_and(|c| {
+                            c.end_rt.is_none()
+                                && (start.saturating_sub(c.start_rt) >= mem.clip_duration
+                                    || (mem.clip_max_bytes > 0 && c.video_bytes >= mem.clip_max_bytes)
+                                    || c.writer.as_ref().is_some_and(|w| w.caps() != &caps))
+                        });
+                        if split {
+                            self.close_open_clip(&mut mem, start);
+                        }
+                        if mem.clips.back().is_none_or(|c| c.end_rt.is_some()) {
+                            let clip = self.open_clip(start, &caps);
+                            mem.clips.push_back(clip);
+                        }
+                        mem.ring.gops.front_mut().expect("front exists").writing = true;
+                    }
+                    let bufs = mem.ring.drain_front();
+                    let clip = mem.clips.back_mut().expect("a clip is open");
+                    for b in bufs {
+                        clip.video_frames += 1;
+                        clip.video_bytes += b.size() as u64;
+                        if let Some(w) = clip.writer.as_mut()
+                            && let Err(e) = w.push(b)
+                        {
+                            tracing::error!(camera = %self.camera, clip = %clip.base, error = %e, "cannot write clip");
+                            clip.failed = true;
+                            if let Some(w) = clip.writer.take() {
+                                w.abort();
+                            }
+                        }
+                    }
+                    let g = mem.ring.gops.front().expect("front exists");
+                    match g.end {
+                        Some(end) => {
+                            mem.decided_until = mem.decided_until.max(end);
+                            mem.ring.pop();
+                        }
+                        None => {
+                            mem.decided_until = mem.decided_until.max(g.max_rt + 1);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let freed = mem.ring.enforce_cap();
+        self.counters.preroll_overflows += freed.len() as u64;
+        for g in freed {
+            let end = g.end.unwrap_or(g.max_end);
+            mem.decided_until = mem.decided_until.max(end);
+            self.counters.dropped_video_ns += end.saturating_sub(g.start_rt);
+            if !self.overflow_logged {
+                tracing::warn!(
+                    camera = %self.camera,
+                    cap_bytes = mem.cap,
+                    "pre-roll memory cap reached: oldest undecided video freed unwritten (raise policy.preroll_max_mb)"
+                );
+                self.overflow_logged = true;
+            }
+        }
+        self.counters.preroll_bytes = mem.ring.bytes as u64;
+        self.counters.preroll_peak_bytes = self.counters.preroll_peak_bytes.max(mem.ring.peak as u64);
+        // Masks of decided video: into the clip holding their frame, or freed.
+        let all = self.eos;
+        while let Some(m) = self.pending.front() {
+            let rt = m.running_time;
+            if !all && rt >= mem.decided_until {
+                break;
+            }
+            let m = self.pending.pop_front().expect("front exists");
+            if let Some(c) = mem
+                .clips
+                .iter_mut()
+                .find(|c| c.start_rt <= rt && c.end_rt.is_none_or(|e| rt < e))
+            {
+                c.frames.push(m);
+            }
+        }
+        // Finalise closed clips whose masks have all arrived (masks come in order).
+        while let Some(c) = mem.clips.front() {
+            let Some(end) = c.end_rt else { break };
+            if !(all || self.max_rt.is_some_and(|r| r >= end)) {
+                break;
+            }
+            let c = mem.clips.pop_front().expect("front exists");
+            self.finalize_mem_clip(c);
+        }
+        self.memory = Some(mem);
+    }
+
+    fn open_clip(&mut self, start_rt: u64, caps: &gst::Caps) -> MemClip {
+        let location = self.next_location();
+        let name = location.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let video = name.trim_start_matches('.').trim_end_matches(".part");
+        let base = video.rsplit_once('.').map_or(video, |(b, _)| b).to_string();
+        let low_disk = self.check_disk();
+        let mut failed = false;
+        let writer = if low_disk {
+            None
+        } else {
+            match ClipWriter::open(&location, caps, self.container) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(camera = %self.camera, clip = %base, error = %e, "cannot open clip writer");
+                    failed = true;
+                    None
+                }
+            }
+        };
+        tracing::debug!(camera = %self.camera, clip = %base, start_s = start_rt as f64 / 1e9, "policy: recording");
+        MemClip {
+            base,
+            temp_video: location,
+            start_rt,
+            end_rt: None,
+            writer,
+            wall_start: SystemTime::now(),
+            wall_end: None,
+            low_disk,
+            failed,
+            video_frames: 0,
+            video_bytes: 0,
+            frames: Vec::new(),
+        }
+    }
+
+    /// Ends the open clip (if any) before running time `end`: its writer finishes the file.
+    fn close_open_clip(&mut self, mem: &mut Memory, end: u64) {
+        let Some(c) = mem.clips.back_mut().filter(|c| c.end_rt.is_none()) else {
+            return;
+        };
+        c.end_rt = Some(end.max(c.start_rt));
+        c.wall_end = Some(SystemTime::now());
+        if let Some(w) = c.writer.take()
+            && let Err(e) = w.finish()
+        {
+            tracing::error!(camera = %self.camera, clip = %c.base, error = %e, "cannot finish clip");
+            c.failed = true;
+        }
+    }
+
+    fn finalize_mem_clip(&mut self, c: MemClip) {
+        if c.video_frames == 0 || c.frames.is_empty() {
+            let _ = fs::remove_file(&c.temp_video);
+        } else if c.low_disk {
+            self.counters.clips_skipped_disk += 1;
+        } else if c.failed {
+            self.counters.write_errors += 1;
+            let _ = fs::remove_file(&c.temp_video);
+        } else {
+            if c.frames.len() as u64 != c.video_frames {
+                tracing::warn!(camera = %self.camera, clip = %c.base, video = c.video_frames, masks = c.frames.len(), "clip has not one mask per video frame");
+            }
+            let wall_end = c.wall_end.unwrap_or_else(SystemTime::now);
+            if let Err(e) = self.write_clip(&c.base, &c.temp_video, c.wall_start, wall_end, &c.frames) {
+                self.counters.write_errors += 1;
+                tracing::error!(camera = %self.camera, clip = %c.base, error = %e, "could not write clip");
+                let _ = fs::remove_file(&c.temp_video);
+            }
+        }
+    }
+
+    /// Free space under the floor? Logs transitions.
+    fn check_disk(&mut self) -> bool {
+        let low_disk = free_bytes(&self.dir).is_some_and(|f| f < self.disk_floor);
+        if low_disk && !self.low_disk_logged {
+            tracing::warn!(camera = %self.camera, floor_bytes = self.disk_floor, "free space under the floor: not keeping new clips");
+        } else if !low_disk && self.low_disk_logged {
+            tracing::info!(camera = %self.camera, "free space back above the floor: keeping clips again");
+        }
+        self.low_disk_logged = low_disk;
+        low_disk
     }
 
     fn policy_kind(&self) -> PolicyKind {
@@ -232,6 +532,20 @@ impl Recorder {
     pub fn finish(&mut self) {
         self.eos = true;
         self.policy.finish();
+        if let Some(mut mem) = self.memory.take() {
+            mem.ring.close();
+            self.memory = Some(mem);
+            self.pump();
+            let mut mem = self.memory.take().expect("memory mode");
+            let end = mem.clips.back().map_or(0, |c| {
+                c.start_rt
+                    .max(c.frames.last().map_or(0, |m| m.running_time + 1))
+                    .max(mem.decided_until)
+            });
+            self.close_open_clip(&mut mem, end);
+            self.memory = Some(mem);
+            self.pump();
+        }
         let now = SystemTime::now();
         for f in self.fragments.iter_mut() {
             f.closed = true;
@@ -245,6 +559,27 @@ impl Recorder {
     pub fn abort(&mut self) {
         self.policy.finish();
         self.eos = true;
+        if let Some(mut mem) = self.memory.take() {
+            // The open clip's frames may lack their masks: it is dropped; clips already
+            // closed are finalised with the masks that arrived.
+            if let Some(c) = mem.clips.back_mut().filter(|c| c.end_rt.is_none()) {
+                if let Some(w) = c.writer.take() {
+                    w.abort();
+                }
+                let _ = fs::remove_file(&c.temp_video);
+                tracing::warn!(camera = %self.camera, clip = %c.base, "clip lost: pipeline failed before it was complete");
+                mem.clips.pop_back();
+            }
+            mem.ring = Ring::new(mem.cap);
+            mem.decided_until = u64::MAX;
+            self.memory = Some(mem);
+            self.pump();
+            let mut mem = self.memory.take().expect("memory mode");
+            mem.clips.clear();
+            mem.decided_until = 0;
+            mem.dropping = false;
+            self.memory = Some(mem);
+        }
         let open: Vec<Fragment> = self
             .fragments
             .iter()
@@ -309,7 +644,13 @@ impl Recorder {
                 self.counters.clips_skipped_policy += 1;
                 tracing::debug!(camera = %self.camera, clip = %f.base, "clip skipped by the capture policy");
                 let _ = fs::remove_file(&f.temp_video);
-            } else if let Err(e) = self.write_clip(&f, &frames) {
+            } else if let Err(e) = self.write_clip(
+                &f.base,
+                &f.temp_video,
+                f.wall_start,
+                f.wall_end.unwrap_or_else(SystemTime::now),
+                &frames,
+            ) {
                 self.counters.write_errors += 1;
                 tracing::error!(camera = %self.camera, clip = %f.base, error = %e, "could not write clip");
                 let _ = fs::remove_file(&f.temp_video);
@@ -317,16 +658,23 @@ impl Recorder {
         }
     }
 
-    fn write_clip(&mut self, f: &Fragment, frames: &[MaskFrame]) -> std::io::Result<()> {
+    fn write_clip(
+        &mut self,
+        base: &str,
+        temp_video: &Path,
+        wall_start: SystemTime,
+        wall_end: SystemTime,
+        frames: &[MaskFrame],
+    ) -> std::io::Result<()> {
         let ext = self.container.extension();
-        let video = format!("{}.{ext}", f.base);
-        let masks = format!("{}.masks.tar", f.base);
-        let manifest = format!("{}.manifest.json", f.base);
+        let video = format!("{base}.{ext}");
+        let masks = format!("{base}.masks.tar");
+        let manifest = format!("{base}.manifest.json");
         let summaries: Vec<FrameSummary> = frames.iter().map(|m| m.summary.clone()).collect();
         let first = frames.first();
-        let video_bytes = fs::metadata(&f.temp_video)?.len();
+        let video_bytes = fs::metadata(temp_video)?.len();
         // 1. the video
-        sync_rename(&f.temp_video, &self.dir.join(&video))?;
+        sync_rename(temp_video, &self.dir.join(&video))?;
         // 2. the masks
         let csv = clip::frames_csv(&summaries);
         let masks_bytes = write_then_rename(&self.dir, &masks, |file| {
@@ -359,8 +707,8 @@ impl Recorder {
                 height: first.map_or(0, |m| m.mask_size.1),
                 threshold: first.and_then(|m| m.threshold),
             },
-            wall_start: f.wall_start,
-            wall_end: f.wall_end.unwrap_or_else(SystemTime::now),
+            wall_start,
+            wall_end,
             width: first.map_or(0, |m| m.frame_size.0),
             height: first.map_or(0, |m| m.frame_size.1),
             model: self.model.clone(),

@@ -163,6 +163,14 @@ fn start_camera(shared: &Shared, idx: usize) {
     }
     let built = match camera::build(&c.cam, &runner, c.recorder.clone(), c.flow.clone(), epoch) {
         Ok(b) => b,
+        Err(e @ Error::Display { .. }) => {
+            // Not transient: this camera fails, the others go on.
+            tracing::error!(camera = %c.cam.name, error = %e, "camera failed");
+            c.phase = Phase::Failed;
+            drop(st);
+            check_all_done(shared);
+            return;
+        }
         Err(e) => {
             tracing::error!(camera = %c.cam.name, error = %e, "cannot build the pipeline");
             drop(st);
@@ -506,6 +514,14 @@ fn tick(shared: &Shared, dt: f64) {
             .clips_skipped
             .with_label_values(&[&name, "disk"])
             .inc_by(counters.clips_skipped_disk - c.seen.clips_skipped_disk);
+        metrics
+            .preroll_bytes
+            .with_label_values(&[&name])
+            .set(counters.preroll_bytes as i64);
+        metrics
+            .preroll_overflows
+            .with_label_values(&[&name])
+            .inc_by(counters.preroll_overflows - c.seen.preroll_overflows);
         c.seen = counters;
         let last = c.flow.last_frame_ms.load(Ordering::Relaxed);
         let flowing = last > 0 && now_ms.saturating_sub(last - 1) < stall_ms;
@@ -598,6 +614,22 @@ pub fn run(settings: Settings) -> Result<u8> {
         let bound = metrics.serve(addr)?;
         tracing::info!(%bound, "Prometheus metrics on /metrics");
     }
+    let restreamed: Vec<String> = settings
+        .cameras
+        .iter()
+        .filter(|c| c.restream)
+        .map(|c| c.name.clone())
+        .collect();
+    let _restream = match settings.runner.rtsp_listen {
+        Some(addr) => {
+            let r = crate::restream::serve(addr, &restreamed)?;
+            for c in &restreamed {
+                tracing::info!(camera = %c, url = %format!("rtsp://{}:{}/{c}", addr.ip(), r.port), "re-streaming the processed video");
+            }
+            Some(r)
+        }
+        None => None,
+    };
     let show_progress = settings.runner.progress && std::io::stderr().is_terminal();
     let multi = indicatif::MultiProgress::new();
     let mut cams = Vec::new();
@@ -611,7 +643,7 @@ pub fn run(settings: Settings) -> Result<u8> {
             &cam.name,
             &host,
             dir,
-            cam.recording.container,
+            &cam.recording,
             models[&cam.model.path].clone(),
             cam.policy,
             settings.runner.disk_floor_bytes,
@@ -700,6 +732,9 @@ pub fn run(settings: Settings) -> Result<u8> {
             clips = k.clips_written,
             skipped_policy = k.clips_skipped_policy,
             skipped_disk = k.clips_skipped_disk,
+            dropped_video_s = k.dropped_video_ns as f64 / 1e9,
+            preroll_peak_bytes = k.preroll_peak_bytes,
+            preroll_overflows = k.preroll_overflows,
             "camera summary"
         );
     }

@@ -185,6 +185,58 @@ fn file_source_records_exact_frames_and_element_masks() {
     );
 }
 
+/// Every name created in (or moved into) `dir` while `run` runs, seen through inotify.
+fn names_created_during(dir: &std::path::Path, run: impl FnOnce()) -> Vec<String> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    std::fs::create_dir_all(dir).unwrap();
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+    ino.add_watch(dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+        .unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let reader = std::thread::spawn(move || {
+        let mut names = Vec::new();
+        loop {
+            let done = stop2.load(Ordering::SeqCst);
+            match ino.read_events() {
+                Ok(events) => names.extend(
+                    events
+                        .into_iter()
+                        .filter_map(|e| e.name.map(|n| n.to_string_lossy().to_string())),
+                ),
+                Err(nix::errno::Errno::EAGAIN) if done => break,
+                Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("inotify: {e}"),
+            }
+        }
+        names
+    });
+    run();
+    stop.store(true, Ordering::SeqCst);
+    reader.join().unwrap()
+}
+
+/// The clip base name of a (final or temporary) clip file name.
+fn base_of(name: &str) -> String {
+    let n = name.trim_start_matches('.').trim_end_matches(".part");
+    for suffix in [".masks.tar", ".manifest.json", ".mp4", ".mkv"] {
+        if let Some(b) = n.strip_suffix(suffix) {
+            return b.to_string();
+        }
+    }
+    n.to_string()
+}
+
+/// The coverage column of a clip's `frames.csv`.
+fn coverages(c: &Clip) -> Vec<f64> {
+    let (_, csv) = read_masks(&c.masks);
+    csv.lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+        .collect()
+}
+
 #[test]
 fn person_policy_keeps_only_clips_near_the_person() {
     init();
@@ -195,13 +247,35 @@ fn person_policy_keeps_only_clips_near_the_person() {
     let out = dir.path().join("out");
     let policy = "[cameras.cam.policy]\nkind = \"person\"\nmin_coverage = 0.05\nmin_duration_s = 0.5\npreroll_s = 0.5\n";
     let cfg = write_config(dir.path(), &config(&out, &video, policy));
-    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
-    let (code, err) = wait_bounded(&mut child, Duration::from_secs(120));
-    assert_eq!(code, 0, "{err}");
     let cam = out.join("cam");
+    let mut result = (0, String::new());
+    let created = names_created_during(&cam, || {
+        let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+        result = wait_bounded(&mut child, Duration::from_secs(120));
+    });
+    let (code, err) = result;
+    assert_eq!(code, 0, "{err}");
     assert!(temp_files(&cam).is_empty(), "{:?}", temp_files(&cam));
     let clips = clips(&cam);
     assert!(!clips.is_empty(), "the clips with the person are kept");
+    // Nothing for a skipped stretch ever reached the disk, not even under a temporary name:
+    // every file created during the run belongs to a clip that was kept.
+    let kept_bases: Vec<String> = clips
+        .iter()
+        .map(|c| base_of(c.manifest["video"].as_str().unwrap()))
+        .collect();
+    let stray: Vec<&String> = created
+        .iter()
+        .filter(|n| n.as_str() != ".edgemask-write-test.part" && !kept_bases.contains(&base_of(n)))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "files of skipped stretches appeared on disk: {stray:?}"
+    );
+    assert!(
+        created.iter().any(|n| n.ends_with(".mp4.part")),
+        "the watch saw the kept clips being written: {created:?}"
+    );
     let kept: u64 = clips
         .iter()
         .map(|c| c.manifest["frame_count"].as_u64().unwrap())
@@ -210,29 +284,209 @@ fn person_policy_keeps_only_clips_near_the_person() {
         kept < total as u64,
         "clips without the person are skipped ({kept} of {total} frames kept)"
     );
-    // Every kept clip lies within [person start - preroll - one clip, person end + one clip].
-    let s = 1_000_000_000u64;
     for c in &clips {
-        let first = c.manifest["first_pts_ns"].as_u64().unwrap();
-        let last = c.manifest["last_pts_ns"].as_u64().unwrap();
-        assert!(
-            last >= s / 2 && first <= 9 * s / 2,
-            "clip {first}..{last} ns is near the person (2-3.5 s)"
-        );
-        assert!(playable(&c.video));
+        let n = c.manifest["frame_count"].as_u64().unwrap();
+        assert_eq!(count_frames(&c.video), n, "video frames = frame_count");
+        assert_eq!(read_masks(&c.masks).0.len() as u64, n, "masks = frame_count");
+        assert!(playable(&c.video), "{} playable", c.video.display());
     }
-    // All person frames (2.0-3.5 s) are in kept clips.
+    let s = 1_000_000_000u64;
+    let frame = |t: u64| t * s / 30;
+    // The recording starts with the pre-roll held in memory: the GOP (0.5 s) that holds
+    // person start - preroll_s = 1.5 s, i.e. frames 45..60 without the person.
+    let first = clips[0].manifest["first_pts_ns"].as_u64().unwrap();
+    assert_eq!(first, frame(45), "the clip starts at the pre-roll's key frame");
+    let covs = coverages(&clips[0]);
+    assert!(
+        covs[..15].iter().all(|&c| c < 0.02),
+        "the 15 pre-roll frames (no person) are in the clip: {:?}",
+        &covs[..15]
+    );
+    assert!(covs[15] > 0.05, "then the person");
+    // All person frames (2.0-3.5 s) are in kept clips, contiguous frame by frame.
     let covered = |t: u64| {
         clips.iter().any(|c| {
             c.manifest["first_pts_ns"].as_u64().unwrap() <= t
                 && t <= c.manifest["last_pts_ns"].as_u64().unwrap()
         })
     };
-    for f in 60..105u64 {
-        assert!(covered(f * s / 30), "person frame {f} is recorded");
+    for f in 45..105u64 {
+        assert!(covered(frame(f)), "frame {f} is recorded");
     }
-    // And the end of the file, far from the person, is not.
-    assert!(!covered(6 * s), "frame at 6 s (no person) is not recorded");
+    // The recording ends with the GOP where the person leaves (3.5-4.0 s): nothing before
+    // the pre-roll, nothing after.
+    let spans: Vec<(u64, u64)> = clips
+        .iter()
+        .map(|c| {
+            (
+                c.manifest["first_pts_ns"].as_u64().unwrap() * 30 / s,
+                c.manifest["last_pts_ns"].as_u64().unwrap() * 30 / s,
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept, 75,
+        "frames 45..120 are kept; clips (frames): {spans:?}\n{err}"
+    );
+    assert!(!covered(frame(44)) && !covered(frame(120)) && !covered(6 * s));
+    // The pre-roll ring stayed small and never overflowed.
+    assert!(err.contains("preroll_overflows=0"), "{err}");
+}
+
+#[test]
+fn uncertain_policy_keeps_only_the_frames_the_model_is_unsure_about() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("in.mp4");
+    let (person, empty) = frames_with_and_without_person();
+    let blurred = blurred_person();
+    // 0-1.5 s sharp person (model sure), 1.5-2.5 s empty (sure), 2.5-4 s blurred person
+    // (unsure), 4-5.5 s sharp person, 5.5-6.5 s empty.
+    let total = make_video_from(
+        &video,
+        &[
+            (45, &person[..]),
+            (30, &empty[..]),
+            (45, &blurred[..]),
+            (45, &person[..]),
+            (30, &empty[..]),
+        ],
+    );
+    let out = dir.path().join("out");
+    let policy = "[cameras.cam.policy]\nkind = \"uncertain\"\nmin_uncertain = 0.045\nmin_duration_s = 0.5\npreroll_s = 0.5\n";
+    let cfg = write_config(dir.path(), &config(&out, &video, policy));
+    let cam = out.join("cam");
+    let mut result = (0, String::new());
+    let created = names_created_during(&cam, || {
+        let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+        result = wait_bounded(&mut child, Duration::from_secs(120));
+    });
+    let (code, err) = result;
+    assert_eq!(code, 0, "{err}");
+    assert!(temp_files(&cam).is_empty(), "{:?}", temp_files(&cam));
+    let clips = clips(&cam);
+    assert!(!clips.is_empty(), "the unsure stretch is recorded:\n{err}");
+    let kept_bases: Vec<String> = clips
+        .iter()
+        .map(|c| base_of(c.manifest["video"].as_str().unwrap()))
+        .collect();
+    assert!(
+        created
+            .iter()
+            .all(|n| n == ".edgemask-write-test.part" || kept_bases.contains(&base_of(n))),
+        "only kept clips reached the disk: {created:?}"
+    );
+    let s = 1_000_000_000u64;
+    let frame = |t: u64| t * s / 30;
+    let mut rows = Vec::new();
+    for c in &clips {
+        let n = c.manifest["frame_count"].as_u64().unwrap();
+        assert_eq!(count_frames(&c.video), n, "video frames = frame_count");
+        assert!(playable(&c.video));
+        let (masks, csv) = read_masks(&c.masks);
+        assert_eq!(masks.len() as u64, n, "masks = frame_count");
+        assert!(c.manifest["policy"].as_str().unwrap().starts_with("uncertain("));
+        for l in csv.lines().skip(1) {
+            let f: Vec<&str> = l.split(',').collect();
+            rows.push((f[1].parse::<u64>().unwrap(), f[4].parse::<f64>().unwrap()));
+        }
+    }
+    // The element was unsure about the blurred frames, sure about the others: what the
+    // policy saw (frames.csv) is what the test intends.
+    for &(pts, unc) in &rows {
+        let f = pts * 30 / s;
+        if (75..120).contains(&f) {
+            assert!(unc >= 0.045, "blurred frame {f}: uncertain {unc}");
+        } else {
+            assert!(unc < 0.045, "frame {f} (sharp or empty): uncertain {unc}");
+        }
+    }
+    // Recorded: the pre-roll GOP (2.0-2.5 s), the blurred stretch, and the GOP where it
+    // ends (4.0-4.5 s); nothing of the sure stretches around it.
+    let pts: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    let expected: Vec<u64> = (60..135).map(frame).collect();
+    assert_eq!(
+        pts,
+        expected,
+        "kept frames {:?}..{:?} of {total}",
+        pts.first().map(|p| p * 30 / s),
+        pts.last().map(|p| p * 30 / s)
+    );
+    assert!(err.contains("preroll_overflows=0"), "{err}");
+}
+
+#[test]
+fn sigterm_finalises_clips_recorded_from_memory() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // min_coverage 0: every frame counts, so the policy records continuously, through the
+    // in-memory path (ring, per-clip writer).
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[runner]
+output_dir = "{}"
+disk_floor_mb = 0
+[model]
+path = "{}"
+device = "cpu"
+threads = 1
+[recording]
+clip_seconds = 2
+[cameras.live]
+source = "testpattern"
+pattern = "ball"
+width = 320
+height = 240
+fps = 15
+live = true
+[cameras.live.policy]
+kind = "person"
+min_coverage = 0.0
+min_duration_s = 0.2
+preroll_s = 1.0
+preroll_max_mb = 8
+"#,
+            out.display(),
+            model().display()
+        ),
+    );
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+    let cam = out.join("live");
+    assert!(
+        wait_for(Duration::from_secs(30), || !clips(&cam).is_empty()),
+        "a clip is written while running"
+    );
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(
+        temp_files(&cam).iter().any(|n| n.ends_with(".mp4.part")),
+        "a clip is open when SIGTERM arrives"
+    );
+    sigterm(&child);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    assert!(temp_files(&cam).is_empty(), "{:?}", temp_files(&cam));
+    let clips = clips(&cam);
+    assert!(clips.len() >= 2, "the open clip was finalised too");
+    assert_eq!(std::fs::read_dir(&cam).unwrap().count(), clips.len() * 3);
+    let mut next: Option<u64> = None;
+    for c in &clips {
+        let n = c.manifest["frame_count"].as_u64().unwrap();
+        assert!(playable(&c.video), "{} playable", c.video.display());
+        assert_eq!(count_frames(&c.video), n);
+        assert_eq!(read_masks(&c.masks).0.len() as u64, n);
+        // Consecutive clips continue frame by frame (15 fps): no frame lost at a split.
+        let first = c.manifest["first_pts_ns"].as_u64().unwrap();
+        if let Some(expected) = next {
+            assert!(
+                first.abs_diff(expected) < 5_000_000,
+                "clip starts at {first}, previous ended before {expected}"
+            );
+        }
+        next = Some(c.manifest["last_pts_ns"].as_u64().unwrap() + 1_000_000_000 / 15);
+    }
 }
 
 #[test]

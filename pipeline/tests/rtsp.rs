@@ -213,3 +213,62 @@ fn frames_total_from(log: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+#[test]
+fn rtsp_camera_with_a_policy_records_through_the_memory_ring() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::new(port);
+    let out = dir.path().join("out");
+    // min_coverage 0: every frame counts, the policy records from its first decision on,
+    // through the in-memory path (parsebin → parser → ring → per-clip writer).
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[runner]
+output_dir = "{}"
+disk_floor_mb = 0
+[model]
+path = "{}"
+device = "cpu"
+threads = 1
+[recording]
+clip_seconds = 2
+[cameras.door]
+source = "rtsp"
+url = "rtsp://127.0.0.1:{port}/cam"
+[cameras.door.policy]
+kind = "person"
+min_coverage = 0.0
+min_duration_s = 0.5
+preroll_s = 1.0
+"#,
+            out.display(),
+            model().display()
+        ),
+    );
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+    let cam = out.join("door");
+    assert!(
+        wait_for(Duration::from_secs(40), || clips(&cam).len() >= 2),
+        "clips from the RTSP camera within 40 s"
+    );
+    sigterm(&child);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(40));
+    assert_eq!(code, 0, "{err}");
+    assert!(temp_files(&cam).is_empty(), "{:?}", temp_files(&cam));
+    let clips = clips(&cam);
+    assert_eq!(std::fs::read_dir(&cam).unwrap().count(), clips.len() * 3);
+    for c in &clips {
+        let n = c.manifest["frame_count"].as_u64().unwrap();
+        assert!(n > 0);
+        assert!(playable(&c.video), "{} playable", c.video.display());
+        assert_eq!(count_frames(&c.video), n, "{}", c.video.display());
+        assert_eq!(read_masks(&c.masks).0.len() as u64, n);
+        assert!(c.manifest["policy"].as_str().unwrap().starts_with("person("));
+    }
+    assert!(err.contains("preroll_overflows=0"), "{err}");
+    drop(server);
+}

@@ -1,0 +1,314 @@
+//! Optional per-camera outputs: the on-screen display (a sink override, and the errors when
+//! it cannot be served, which fail that camera only) and the RTSP re-stream of the processed
+//! video, received by a real RTSP client.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gst::glib;
+use gst::prelude::*;
+use gst_rtsp_server::prelude::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn display_sink_override_works_and_a_missing_display_fails_only_its_camera() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("in.mp4");
+    let total = make_video(&video, &[(20, false), (25, true)]);
+    let out = dir.path().join("out");
+    let no_dri = !std::path::Path::new("/dev/dri").exists();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[runner]
+output_dir = "{out}"
+disk_floor_mb = 0
+progress = false
+[model]
+path = "{model}"
+device = "cpu"
+threads = 1
+[recording]
+clip_seconds = 1
+[cameras.shown]
+source = "file"
+path = "{video}"
+display = "fakesink"
+[cameras.nosink]
+source = "file"
+path = "{video}"
+display = "nosuchvideosink"
+[cameras.nodisplay]
+source = "file"
+path = "{video}"
+display = true
+"#,
+            out = out.display(),
+            model = model().display(),
+            video = video.display()
+        ),
+    );
+    let mut child = edgemask()
+        .args(["run", cfg.to_str().unwrap()])
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(120));
+    // A camera failed: exit 1, after the others ran to the end.
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("camera 'nosink': display: video sink element 'nosuchvideosink' does not exist"),
+        "{err}"
+    );
+    if no_dri {
+        assert!(
+            err.contains("camera 'nodisplay': display: no display available"),
+            "{err}"
+        );
+        assert!(clips(&out.join("nodisplay")).is_empty());
+    }
+    assert!(clips(&out.join("nosink")).is_empty());
+    // The camera with the sink override recorded everything, its preview branch included.
+    let shown = clips(&out.join("shown"));
+    let frames: u64 = shown
+        .iter()
+        .map(|c| c.manifest["frame_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(frames, total as u64, "{err}");
+    for c in &shown {
+        assert_eq!(
+            count_frames(&c.video),
+            c.manifest["frame_count"].as_u64().unwrap()
+        );
+    }
+}
+
+/// An RTSP camera in the test: the person on the grey canvas, as a live H.264 stream.
+struct Camera {
+    ctx: glib::MainContext,
+    main_loop: glib::MainLoop,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _server: gst_rtsp_server::RTSPServer,
+}
+
+impl Camera {
+    fn new(port: u16, png: &std::path::Path) -> Self {
+        let ctx = glib::MainContext::new();
+        let main_loop = glib::MainLoop::new(Some(&ctx), false);
+        let server = gst_rtsp_server::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service(&port.to_string());
+        let factory = gst_rtsp_server::RTSPMediaFactory::new();
+        factory.set_launch(&format!(
+            "( filesrc location={} ! pngdec ! imagefreeze is-live=true ! videoconvert ! \
+             video/x-raw,format=I420,framerate=15/1 ! \
+             x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 threads=1 ! \
+             rtph264pay name=pay0 pt=96 config-interval=1 )",
+            png.display()
+        ));
+        factory.set_shared(true);
+        server.mount_points().unwrap().add_factory("/cam", factory);
+        server.attach(Some(&ctx)).unwrap();
+        let (c, l) = (ctx.clone(), main_loop.clone());
+        let thread = std::thread::spawn(move || {
+            c.with_thread_default(|| l.run()).unwrap();
+        });
+        Self {
+            ctx,
+            main_loop,
+            thread: Some(thread),
+            _server: server,
+        }
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        let _ = &self.ctx;
+        self.main_loop.quit();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The element's own frame-size mask (0/255) of an RGB 320x240 frame.
+fn element_mask(frame: &[u8]) -> Vec<u8> {
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=src format=time caps=video/x-raw,format=RGB,width=320,height=240,framerate=15/1 ! \
+         videoconvert ! unetmask model={} device=cpu threads=1 mode=meta ! appsink name=s sync=false",
+        model().display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("s")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut b = gst::Buffer::from_slice(frame.to_vec());
+    b.get_mut().unwrap().set_pts(gst::ClockTime::ZERO);
+    src.push_buffer(b).unwrap();
+    src.end_of_stream().unwrap();
+    let s = sink.try_pull_sample(gst::ClockTime::from_seconds(30)).unwrap();
+    let m = gstunetmask::meta::MaskMeta::from_buffer(s.buffer().unwrap()).unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    m.to_frame_size(320, 240)
+}
+
+#[test]
+fn restream_serves_the_tinted_video_over_rtsp() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let (person, _) = frames_with_and_without_person();
+    let png = dir.path().join("person.png");
+    image::RgbImage::from_raw(320, 240, person.clone())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let cam_port = free_port();
+    let _camera = Camera::new(cam_port, &png);
+    let restream_port = free_port();
+    let out = dir.path().join("out");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[runner]
+output_dir = "{}"
+disk_floor_mb = 0
+rtsp_listen = "127.0.0.1:{restream_port}"
+[model]
+path = "{}"
+device = "cpu"
+threads = 1
+[recording]
+enabled = false
+[cameras.door]
+source = "rtsp"
+url = "rtsp://127.0.0.1:{cam_port}/cam"
+restream = true
+"#,
+            out.display(),
+            model().display()
+        ),
+    );
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+
+    // A real RTSP client: rtspsrc ! decodebin ! appsink, retried until the runner serves.
+    let t = Instant::now();
+    let mut got: Option<Vec<u8>> = None;
+    while got.is_none() && t.elapsed() < Duration::from_secs(60) {
+        let client = gst::parse::launch(&format!(
+            "rtspsrc location=rtsp://127.0.0.1:{restream_port}/door protocols=tcp latency=100 ! decodebin ! \
+             videoconvert ! video/x-raw,format=RGB ! appsink name=s sync=false"
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let sink = client
+            .by_name("s")
+            .unwrap()
+            .downcast::<gst_app::AppSink>()
+            .unwrap();
+        let _ = client.set_state(gst::State::Playing);
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            let Some(s) = sink.try_pull_sample(gst::ClockTime::from_seconds(2)) else {
+                if sink.is_eos() {
+                    break;
+                }
+                continue;
+            };
+            let info = gst_video::VideoInfo::from_caps(s.caps().unwrap()).unwrap();
+            if (info.width(), info.height()) != (320, 240) {
+                continue; // intervideosrc's placeholder before the camera's frames arrive
+            }
+            let map = s.buffer().unwrap().map_readable().unwrap();
+            let stride = info.stride()[0] as usize;
+            let mut rgb = Vec::with_capacity(320 * 240 * 3);
+            for y in 0..240 {
+                rgb.extend_from_slice(&map[y * stride..y * stride + 320 * 3]);
+            }
+            // The grey background (not intervideosrc's black): the camera's picture.
+            if rgb[(10 * 320 + 10) * 3].abs_diff(128) < 12 {
+                got = Some(rgb);
+                break;
+            }
+        }
+        let _ = client.set_state(gst::State::Null);
+        if got.is_none() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    sigterm(&child);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(40));
+    let frame =
+        got.unwrap_or_else(|| panic!("no frame of the camera over the re-stream; runner log:\n{err}"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("rtsp://127.0.0.1:{restream_port}/door")),
+        "the re-stream URL is logged:\n{err}"
+    );
+
+    // Yellow tint where the element sees the person, the picture untouched elsewhere.
+    let mask = element_mask(&person);
+    let (mut inside, mut outside) = ([0f64; 3], [0f64; 3]);
+    let (mut n_in, mut n_out) = (0f64, 0f64);
+    for i in 0..320 * 240usize {
+        let (x, y) = (i % 320, i / 320);
+        // Leave out a band around the silhouette: the runner's mask comes from the
+        // camera's compressed stream, not from the exact photo.
+        let near_edge = (x.saturating_sub(6)..(x + 7).min(320)).any(|xx| mask[y * 320 + xx] != mask[i]);
+        if near_edge {
+            continue;
+        }
+        let d: Vec<f64> = (0..3)
+            .map(|c| frame[i * 3 + c] as f64 - person[i * 3 + c] as f64)
+            .collect();
+        if mask[i] == 255 {
+            for c in 0..3 {
+                inside[c] += d[c];
+            }
+            n_in += 1.0;
+        } else {
+            for c in 0..3 {
+                outside[c] += d[c].abs();
+            }
+            n_out += 1.0;
+        }
+    }
+    assert!(n_in > 2000.0, "the element finds the person ({n_in} pixels)");
+    let inside: Vec<f64> = inside.iter().map(|v| v / n_in).collect();
+    let outside: Vec<f64> = outside.iter().map(|v| v / n_out).collect();
+    eprintln!("mean change inside the mask (R,G,B): {inside:?}; mean |change| outside: {outside:?}");
+    assert!(
+        inside[0] > 15.0 && inside[1] > 15.0 && inside[2] < -25.0,
+        "the person is tinted yellow: {inside:?}"
+    );
+    assert!(
+        outside.iter().all(|&v| v < 12.0),
+        "the background is not tinted: {outside:?}"
+    );
+}

@@ -24,6 +24,11 @@ apt_packages=(
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
   gstreamer1.0-rtsp libgstrtspserver-1.0-dev
 )
+# Test tooling (with EDGEMASK_WITH_GARAGE=1, as scripts/test.sh sets): systemd-analyze, for
+# the deployment test that verifies the units in configs/systemd/.
+if [ "${EDGEMASK_WITH_GARAGE:-0}" = 1 ]; then
+  apt_packages+=(systemd)
+fi
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

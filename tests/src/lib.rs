@@ -44,3 +44,66 @@ pub fn onnxruntime() -> PathBuf {
     assert!(lib.exists(), "{} missing: run scripts/setup.sh", lib.display());
     lib
 }
+
+pub mod garage;
+pub mod notify;
+pub mod rtsp;
+pub mod units;
+
+/// A binary of the workspace (`edgemask`, `edgemask-syncd`) from the same build as the
+/// running test: `cargo test --workspace` builds every binary before it runs any test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run the workspace's tests (`cargo test --workspace`, as scripts/test.sh \
+         does) or `cargo build -p edgemask -p edgemask-syncd` first",
+        p.display()
+    );
+    p
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls until `f` returns true, at most `limit`.
+pub fn wait_for(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// Waits for `child` at most `limit`: its exit code, or `None` (then it is killed).
+pub fn wait_exit(child: &mut std::process::Child, limit: std::time::Duration) -> Option<i32> {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Sends `sig` to `child`.
+pub fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}

@@ -30,7 +30,7 @@ if [ ! -f "$sample" ]; then
   [ -f "$photo" ] || { echo "sample photograph $photo not found: set EDGEMASK_SHARED or EDGEMASK_SAMPLE" >&2; exit 1; }
   echo "making the sample video $sample from $photo" >&2
   caps="video/x-raw,format=I420,width=400,height=600,framerate=30/1"
-  gst-launch-1.0 -q concat name=c ! videoconvert ! x264enc speed-preset=fast key-int-max=30 ! h264parse ! \
+  gst-launch-1.0 -q concat name=c ! videoconvert ! x264enc speed-preset=fast key-int-max=30 bframes=0 ! h264parse ! \
     mp4mux ! filesink location="$sample.part" \
     filesrc location="$photo" ! decodebin ! videoconvert ! imagefreeze num-buffers=120 ! "$caps" ! c. \
     videotestsrc num-buffers=60 pattern=solid-color foreground-color=0xff707070 ! "$caps" ! c.
@@ -66,6 +66,7 @@ first=$(find "$clips" -name '*.mp4' -not -name '.*' | sort | head -1)
 gst-launch-1.0 -q filesrc location="$first" ! decodebin ! videoconvert ! \
   unetmask model="$root/models/selfie_segmentation_256x256.onnx" mode=overlay ! videoconvert ! \
   pngenc snapshot=true ! filesink location="$out/preview.png"
+[ -s "$out/preview.png" ] || { echo "the preview picture could not be made from $first" >&2; exit 1; }
 
 # 6. Where everything is, and the one-line summary from the manifests.
 "$EDGEMASK_PYTHON" - "$clips" "$uploaded" "$(( (end - start) / 1000000 ))" <<'PY'

@@ -7,17 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gst::glib;
+use edgemask_tests::free_port;
+use edgemask_tests::rtsp::Server;
 use gst::prelude::*;
-use gst_rtsp_server::prelude::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn display_sink_override_works_and_a_missing_display_fails_only_its_camera() {
@@ -98,52 +90,17 @@ display = true
 }
 
 /// An RTSP camera in the test: the person on the grey canvas, as a live H.264 stream.
-struct Camera {
-    ctx: glib::MainContext,
-    main_loop: glib::MainLoop,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _server: gst_rtsp_server::RTSPServer,
-}
-
-impl Camera {
-    fn new(port: u16, png: &std::path::Path) -> Self {
-        let ctx = glib::MainContext::new();
-        let main_loop = glib::MainLoop::new(Some(&ctx), false);
-        let server = gst_rtsp_server::RTSPServer::new();
-        server.set_address("127.0.0.1");
-        server.set_service(&port.to_string());
-        let factory = gst_rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(&format!(
+fn camera(port: u16, png: &std::path::Path) -> Server {
+    Server::new(
+        port,
+        &format!(
             "( filesrc location={} ! pngdec ! imagefreeze is-live=true ! videoconvert ! \
              video/x-raw,format=I420,framerate=15/1 ! \
              x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 threads=1 ! \
              rtph264pay name=pay0 pt=96 config-interval=1 )",
             png.display()
-        ));
-        factory.set_shared(true);
-        server.mount_points().unwrap().add_factory("/cam", factory);
-        server.attach(Some(&ctx)).unwrap();
-        let (c, l) = (ctx.clone(), main_loop.clone());
-        let thread = std::thread::spawn(move || {
-            c.with_thread_default(|| l.run()).unwrap();
-        });
-        Self {
-            ctx,
-            main_loop,
-            thread: Some(thread),
-            _server: server,
-        }
-    }
-}
-
-impl Drop for Camera {
-    fn drop(&mut self) {
-        let _ = &self.ctx;
-        self.main_loop.quit();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        ),
+    )
 }
 
 /// The element's own frame-size mask (0/255) of an RGB 320x240 frame.
@@ -188,7 +145,7 @@ fn restream_serves_the_tinted_video_over_rtsp() {
         .save(&png)
         .unwrap();
     let cam_port = free_port();
-    let _camera = Camera::new(cam_port, &png);
+    let _camera = camera(cam_port, &png);
     let restream_port = free_port();
     let out = dir.path().join("out");
     let cfg = write_config(

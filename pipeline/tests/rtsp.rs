@@ -8,80 +8,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
-use gst::glib;
-use gst_rtsp_server::prelude::*;
-
-struct Server {
-    ctx: glib::MainContext,
-    main_loop: glib::MainLoop,
-    thread: Option<std::thread::JoinHandle<()>>,
-    running: Option<(gst_rtsp_server::RTSPServer, glib::SourceId)>,
-    port: u16,
-}
-
-impl Server {
-    fn new(port: u16) -> Self {
-        let ctx = glib::MainContext::new();
-        let main_loop = glib::MainLoop::new(Some(&ctx), false);
-        let (c, l) = (ctx.clone(), main_loop.clone());
-        let thread = std::thread::spawn(move || {
-            c.with_thread_default(|| l.run()).unwrap();
-        });
-        let mut s = Self {
-            ctx,
-            main_loop,
-            thread: Some(thread),
-            running: None,
-            port,
-        };
-        s.start();
-        s
-    }
-
-    fn start(&mut self) {
-        let server = gst_rtsp_server::RTSPServer::new();
-        server.set_address("127.0.0.1");
-        server.set_service(&self.port.to_string());
-        let factory = gst_rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(
-            "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 ! \
-             x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 threads=1 ! \
-             rtph264pay name=pay0 pt=96 config-interval=1 )",
-        );
-        factory.set_shared(true);
-        server.mount_points().unwrap().add_factory("/cam", factory);
-        let id = server.attach(Some(&self.ctx)).unwrap();
-        self.running = Some((server, id));
-    }
-
-    /// Disconnects every client and closes the listening socket.
-    fn stop(&mut self) {
-        if let Some((server, id)) = self.running.take() {
-            server.client_filter(Some(&mut |_, _| gst_rtsp_server::RTSPFilterResult::Remove));
-            if let Some(src) = self.ctx.find_source_by_id(&id) {
-                src.destroy();
-            }
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-        self.main_loop.quit();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use edgemask_tests::free_port;
+use edgemask_tests::rtsp::{BALL, Server};
 
 /// `edgemask_frames_total` for `camera` from the metrics endpoint.
 fn frames_total(port: u16, camera: &str) -> Option<u64> {
@@ -102,7 +30,7 @@ fn rtsp_records_survives_server_restarts_and_finalises_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let metrics_port = free_port();
-    let mut server = Server::new(port);
+    let mut server = Server::new(port, BALL);
     let out = dir.path().join("out");
     let cfg = write_config(
         dir.path(),
@@ -219,7 +147,7 @@ fn rtsp_camera_with_a_policy_records_through_the_memory_ring() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::new(port);
+    let server = Server::new(port, BALL);
     let out = dir.path().join("out");
     // min_coverage 0: every frame counts, the policy records from its first decision on,
     // through the in-memory path (parsebin → parser → ring → per-clip writer).

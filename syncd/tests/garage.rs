@@ -611,7 +611,7 @@ async fn existing_objects_are_never_clobbered() {
 /// daemon is killed in the middle of that: everything is delivered intact, memory stays
 /// bounded, the backlog survives the restart.
 ///
-/// Knobs: `SYNCD_OUTAGE_DOWN_SECS` (default 15; the "a minute" is 60),
+/// Knobs: `SYNCD_OUTAGE_DOWN_SECS` (default 60, the "a minute"),
 /// `SYNCD_OUTAGE_PHASE_SECS` (default 8: each of the 503 and reset phases).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_503s_and_resets_are_survived() {
@@ -625,7 +625,7 @@ async fn outage_503s_and_resets_are_survived() {
                 .unwrap_or(default),
         )
     };
-    let down = secs("SYNCD_OUTAGE_DOWN_SECS", 15);
+    let down = secs("SYNCD_OUTAGE_DOWN_SECS", 60);
     let phase = secs("SYNCD_OUTAGE_PHASE_SECS", 8);
     let g = Garage::start();
     let client = g.client().await;

@@ -1,6 +1,6 @@
 //! Test helpers: a real Garage S3 server on loopback, the daemon as a subprocess, and a
 //! simulated runner that writes clips the way the runner's contract says.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

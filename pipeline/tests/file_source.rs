@@ -6,8 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use gst::prelude::*;
-use gst_video::prelude::*;
 
 fn config(out: &std::path::Path, video: &std::path::Path, extra: &str) -> String {
     format!(
@@ -36,44 +34,7 @@ path = "{}"
 
 /// The element's own output for every frame of `video`: (model-res mask, frame-size mask).
 fn element_masks(video: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! videoconvert ! unetmask model={} device=cpu threads=1 threshold=0.5 \
-         mode=mask ! appsink name=s sync=false",
-        video.display(),
-        model().display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("s")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let mut out = Vec::new();
-    while let Some(s) = sink.try_pull_sample(gst::ClockTime::from_seconds(30)) {
-        let b = s.buffer().unwrap();
-        let meta = gstunetmask::meta::MaskMeta::from_buffer(b).unwrap();
-        let info = gst_video::VideoInfo::from_caps(s.caps().unwrap()).unwrap();
-        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(b, &info).unwrap();
-        let (w, h, stride) = (
-            info.width() as usize,
-            info.height() as usize,
-            frame.plane_stride()[0] as usize,
-        );
-        let data = frame.plane_data(0).unwrap();
-        let mut full = Vec::with_capacity(w * h);
-        for y in 0..h {
-            full.extend_from_slice(&data[y * stride..y * stride + w]);
-        }
-        out.push((meta.mask.map_readable().unwrap().to_vec(), full));
-        if out.len() > 10_000 {
-            break;
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    out
+    edgemask_tests::element::masks_of_video(video, &model())
 }
 
 #[test]

@@ -45,6 +45,7 @@ pub fn onnxruntime() -> PathBuf {
     lib
 }
 
+pub mod element;
 pub mod garage;
 pub mod notify;
 pub mod rtsp;

@@ -137,6 +137,32 @@ fn run_pre(cmds: &mut [std::process::Command]) {
     }
 }
 
+/// Starts `unit` (instance `instance`) as systemd would: its `ExecStartPre=` commands to
+/// completion, then its `ExecStart=` with a notify socket of its own, logging to
+/// `<name>.log`.
+fn start(w: &World, unit: &Unit, instance: &str, name: &str) -> (std::process::Child, NotifySocket, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(name)
+        .tempdir_in(&w.root)
+        .unwrap()
+        .keep();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let notify = NotifySocket::bind(&dir);
+    let mut cmds = units::commands(unit, instance, &w.paths, &notify.path);
+    run_pre(&mut cmds);
+    let log = w.root.join(format!("{name}.log"));
+    let f = std::fs::File::create(&log).unwrap();
+    let child = cmds
+        .last_mut()
+        .unwrap()
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    (child, notify, log)
+}
+
 fn stop_timeout(unit: &Unit) -> Duration {
     Duration::from_secs(
         unit.get("Service", "TimeoutStopSec")
@@ -180,21 +206,7 @@ live = true
     assert_eq!(syncd_unit.get("Service", "Type").as_deref(), Some("notify"));
     let out_dir = w.root.join("var/lib/edgemask/out");
 
-    let notify_dir = tempfile::tempdir_in(&w.root).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(notify_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut runner_notify = NotifySocket::bind(notify_dir.path());
-    let mut cmds = units::commands(&runner_unit, "demo", &w.paths, &runner_notify.path);
-    run_pre(&mut cmds);
-    let log = w.root.join("runner.log");
-    let f = std::fs::File::create(&log).unwrap();
-    let mut runner = cmds
-        .last_mut()
-        .unwrap()
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
+    let (mut runner, mut runner_notify, log) = start(&w, &runner_unit, "demo", "runner");
     let read_log = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     assert!(
         runner_notify.wait_for("READY=1", Duration::from_secs(60)),
@@ -238,20 +250,7 @@ live = true
         ),
     )
     .unwrap();
-    let syncd_notify_dir = tempfile::tempdir_in(&w.root).unwrap();
-    std::fs::set_permissions(syncd_notify_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut syncd_notify = NotifySocket::bind(syncd_notify_dir.path());
-    let mut cmds = units::commands(&syncd_unit, "", &w.paths, &syncd_notify.path);
-    run_pre(&mut cmds);
-    let slog = w.root.join("syncd.log");
-    let f = std::fs::File::create(&slog).unwrap();
-    let mut syncd = cmds
-        .last_mut()
-        .unwrap()
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap();
+    let (mut syncd, mut syncd_notify, slog) = start(&w, &syncd_unit, "", "syncd");
     assert!(
         syncd_notify.wait_for("READY=1", Duration::from_secs(30)),
         "syncd READY=1 within 30 s; got {:?}\n{}",

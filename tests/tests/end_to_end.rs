@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use edgemask_tests::garage::{self, BUCKET, Garage, REGION};
 use edgemask_tests::rtsp::{self, Server};
 use edgemask_tests::{bin, free_port, onnxruntime, shared, signal, wait_exit, wait_for};
-use gst::prelude::*;
 use nix::sys::signal::Signal;
 
 fn model() -> PathBuf {
@@ -81,28 +80,10 @@ fn read(p: &Path) -> String {
 
 /// The element's model-resolution masks for every frame of the video file `video`.
 fn element_masks(video: &Path) -> Vec<Vec<u8>> {
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! videoconvert ! unetmask model={} device=cpu threads=1 \
-         threshold=0.5 mode=meta ! appsink name=s sync=false",
-        video.display(),
-        model().display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = pipeline
-        .by_name("s")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let mut out = Vec::new();
-    while let Some(s) = sink.try_pull_sample(gst::ClockTime::from_seconds(30)) {
-        let meta = gstunetmask::meta::MaskMeta::from_buffer(s.buffer().unwrap()).unwrap();
-        out.push(meta.mask.map_readable().unwrap().to_vec());
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    out
+    edgemask_tests::element::masks_of_video(video, &model())
+        .into_iter()
+        .map(|(model_res, _)| model_res)
+        .collect()
 }
 
 /// The masks (PNG, GRAY8, model resolution) in a mask archive, in frame order.

@@ -586,6 +586,25 @@ pub fn build(
         });
     };
 
+    // Raw sources (v4l2, test pattern): source ! capsfilter, then the two branches.
+    let attach_raw = |src: &gst::Element, caps: &gst::Element| -> Result<()> {
+        pipeline.add_many([src, caps])?;
+        src.link(caps)?;
+        let pad = caps.static_pad("src").expect("capsfilter has a src pad");
+        let p = attach_video(
+            &pipeline,
+            &pad,
+            "video/x-raw",
+            cam,
+            &recorder,
+            &flow,
+            epoch,
+            display.clone(),
+        )?;
+        *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        Ok(())
+    };
+
     match &cam.source {
         Source::File { path } => {
             let src = make("filesrc")?;
@@ -625,20 +644,7 @@ pub fn build(
             src.set_property("device", device.to_string_lossy().as_ref());
             let caps = make("capsfilter")?;
             caps.set_property("caps", gst::Caps::builder("video/x-raw").build());
-            pipeline.add_many([&src, &caps])?;
-            src.link(&caps)?;
-            let pad = caps.static_pad("src").expect("capsfilter has a src pad");
-            let p = attach_video(
-                &pipeline,
-                &pad,
-                "video/x-raw",
-                cam,
-                &recorder,
-                &flow,
-                epoch,
-                display.clone(),
-            )?;
-            *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+            attach_raw(&src, &caps)?;
         }
         Source::TestPattern {
             pattern,
@@ -664,20 +670,7 @@ pub fn build(
                     .field("framerate", gst::Fraction::new(*fps as i32, 1))
                     .build(),
             );
-            pipeline.add_many([&src, &caps])?;
-            src.link(&caps)?;
-            let pad = caps.static_pad("src").expect("capsfilter has a src pad");
-            let p = attach_video(
-                &pipeline,
-                &pad,
-                "video/x-raw",
-                cam,
-                &recorder,
-                &flow,
-                epoch,
-                display.clone(),
-            )?;
-            *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+            attach_raw(&src, &caps)?;
         }
     }
     Ok(Built { pipeline, entry })

@@ -104,6 +104,11 @@ pub fn wait_exit(child: &mut std::process::Child, limit: std::time::Duration) ->
     }
 }
 
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &std::process::Child) {
+    signal(child, nix::sys::signal::Signal::SIGTERM);
+}
+
 /// Sends `sig` to `child`.
 pub fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();

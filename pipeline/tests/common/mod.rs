@@ -1,6 +1,6 @@
 //! Helpers shared by the runner's integration tests: paths, configs, running the binary,
 //! making test videos, reading clips back.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,11 +9,7 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-pub fn shared() -> PathBuf {
-    std::env::var_os("EDGEMASK_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-}
+pub use edgemask_tests::{shared, sigterm, wait_for};
 
 pub fn model() -> PathBuf {
     shared().join("models/selfie_segmentation_256x256.onnx")
@@ -70,14 +66,6 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> (i32, String) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-pub fn sigterm(child: &Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
 }
 
 /// The person photo on a grey 320x240 canvas (RGB), and a frame of the same canvas without it.
@@ -258,16 +246,4 @@ pub fn read_masks(path: &Path) -> (Vec<(u32, u32, Vec<u8>)>, String) {
         }
     }
     (masks, csv)
-}
-
-/// Polls until `f` returns true, at most `limit`.
-pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }

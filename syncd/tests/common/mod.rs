@@ -110,13 +110,7 @@ pub fn spawn(config: &Path, env: &[(String, String)], args: &[&str], log: &Path)
         .unwrap()
 }
 
-pub use edgemask_tests::wait_exit;
-
-pub fn sigterm(child: &Child) {
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-}
+pub use edgemask_tests::{sigterm, wait_exit};
 
 /// Deterministic pseudo-random content.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {

@@ -70,6 +70,7 @@ pub fn open_model(m: &Model) -> Result<gstunetmask::unetmask::engine::Engine> {
         library: None,
         device,
         threads: 1,
+        spin: false,
         overrides,
     };
     Engine::open(&cfg).map_err(|e| err(e.to_string()))

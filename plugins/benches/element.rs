@@ -8,8 +8,10 @@
 //! one `memcpy` of the frame as the memory-bandwidth yardstick for the compositing modes.
 //!
 //! Knobs (environment): BENCH_THREADS (ONNX Runtime intra-op threads, default 2),
+//! BENCH_SPIN=1 (ONNX Runtime's busy-waiting threads, for both sides; default off as in the element),
 //! BENCH_FRAMES (frames per measurement, default 48), BENCH_SIZES (e.g. "1280x720,1920x1080"),
-//! BENCH_UNET=0 to skip the original-contract UNet rows (slow: ~1 s per inference on 2 cores).
+//! BENCH_UNET=0 to skip the original-contract UNet rows (slow: ~1 s per inference on 2 cores),
+//! BENCH_MODES (e.g. "meta,mask") and BENCH_FORMATS (e.g. "NV12") to run a subset.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,11 +75,12 @@ struct Bare {
 }
 
 impl Bare {
-    fn new(model: &Path, threads: u32, frame: (u32, u32)) -> Bare {
+    fn new(model: &Path, threads: u32, spin: bool, frame: (u32, u32)) -> Bare {
         let cfg = EngineConfig {
             model: model.into(),
             device: DeviceRequest::Cpu,
             threads,
+            spin,
             ..Default::default()
         };
         let mut engine = Engine::open(&cfg).expect("open model");
@@ -174,6 +177,7 @@ fn main() {
     gst::init().unwrap();
     gstunetmask::plugin_register_static().unwrap();
     let threads: u32 = env_or("BENCH_THREADS", "2").parse().unwrap();
+    let spin = env_or("BENCH_SPIN", "0") == "1";
     let frames: usize = env_or("BENCH_FRAMES", "48").parse().unwrap();
     let sizes: Vec<(u32, u32)> = env_or("BENCH_SIZES", "1280x720,1920x1080,3840x2160")
         .split(',')
@@ -182,18 +186,25 @@ fn main() {
             (w.parse().unwrap(), h.parse().unwrap())
         })
         .collect();
+    let wanted = |list: &str, item: &str| list.split(',').any(|w| w == item || w == "all");
+    let modes_env = env_or("BENCH_MODES", "all");
+    let formats_env = env_or("BENCH_FORMATS", "all");
+    let modes: Vec<&str> = MODES.iter().copied().filter(|m| wanted(&modes_env, m)).collect();
     let mut models = vec![(
         shared().join("models/selfie_segmentation_256x256.onnx"),
         frames,
-        MODES.to_vec(),
+        modes,
     )];
     if env_or("BENCH_UNET", "1") != "0"
         && let Some(m) = unet_model()
     {
-        models.push((m, 4, vec!["meta", "overlay"]));
+        let n: usize = env_or("BENCH_UNET_FRAMES", "8").parse().unwrap();
+        models.push((m, n, vec!["meta", "overlay"]));
     }
     let chunk = 8usize;
-    println!("threads={threads}; medians of interleaved chunks; ratio = element fps / bare fps");
+    println!(
+        "threads={threads} spin-wait={spin}; medians of interleaved chunks; ratio = element fps / bare fps"
+    );
     println!(
         "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9} | {:>9} | {:>6} | {:>11} | {:>10} |",
         "model", "frame", "fmt", "mode", "elem fps", "bare fps", "ratio", "over bare ms", "memcpy ms"
@@ -205,18 +216,20 @@ fn main() {
     for (model, n, modes) in &models {
         let name = model.file_name().unwrap().to_string_lossy().to_string();
         for &(w, h) in &sizes {
-            let mut bare = Bare::new(model, threads, (w, h));
-            for fmt in ["RGBA", "NV12"] {
+            let mut bare = Bare::new(model, threads, spin, (w, h));
+            for fmt in ["RGBA", "NV12"].into_iter().filter(|f| wanted(&formats_env, f)) {
                 let input = frame(fmt, w, h);
                 let bytes = input.buffer().unwrap().size();
                 let copy = memcpy_time(bytes);
                 for mode in modes {
                     let props = format!(
-                        "model={} threads={threads} device=cpu mode={mode}",
+                        "model={} threads={threads} spin-wait={spin} device=cpu mode={mode}",
                         model.display()
                     );
                     let mut el = Element::new(&props, mode, &input);
-                    let c = chunk.min(*n);
+                    // Slow models: chunks of 2, so that even a few frames give several
+                    // interleaved pairs to take the median of.
+                    let c = if *n >= 4 * chunk { chunk } else { 2.min(*n) };
                     let (mut te, mut tb) = (Vec::new(), Vec::new());
                     for _ in 0..(n / c).max(1) {
                         tb.push(bare.run(c) / c as u32);

@@ -22,7 +22,7 @@
 
 use gst::meta::CustomMeta;
 
-use crate::unetmask::composite::{MaskScaler, mask_lut};
+use crate::unetmask::composite::{MaskScaler, Weights};
 
 /// Registered name of the meta.
 pub const META_NAME: &str = "GstUnetMaskMeta";
@@ -91,7 +91,7 @@ impl MaskMeta {
     pub fn to_frame_size(&self, width: usize, height: usize) -> Vec<u8> {
         let map = self.mask.map_readable().expect("mask buffer is readable");
         let mut scaler = MaskScaler::new((self.width as usize, self.height as usize), (width, height));
-        let lut = mask_lut(self.threshold.map(|t| t as f32));
+        let lut = Weights::mask(self.threshold.map(|t| t as f32));
         let mut out = vec![0u8; width * height];
         crate::unetmask::composite::write_mask(&mut out, width, height, &mut scaler, &map, &lut);
         out

@@ -6,18 +6,28 @@
 //! 0 are never written, so the background of `overlay` and the person of `blur`/`replace`
 //! stay bit-identical to the input.
 
+use multiversion::multiversion;
+
 use super::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
 
-/// Bilinear upscaling of the model-resolution mask to one plane's size.
+/// Bilinear upscaling of the model-resolution mask to one plane's size, separably: each
+/// model row the frame needs is upscaled horizontally once per frame (the only gathers),
+/// and every frame row is then a vertical blend of two of those rows, a straight loop
+/// the compiler vectorises.
 #[derive(Debug, Clone)]
 pub struct MaskScaler {
     mw: usize,
     width: usize,
     xs: Vec<(u32, u32, u32)>,
     ys: Vec<(u32, u32, u32)>,
-    /// The vertically blended model row for `cached` (i0, i1, f).
-    tmp: Vec<u32>,
-    cached: Option<(u32, u32, u32)>,
+    /// `col_start[i]`: the first output column whose left neighbour is model column `i`
+    /// or later (`mw + 1` entries), so the outputs between two model columns are a range.
+    col_start: Vec<u32>,
+    /// Horizontally upscaled model rows, `width` values each, in 1/256 steps (0..=65280).
+    hrows: Vec<u16>,
+    /// Per model row: whether `hrows` holds it for the current mask, and its largest value.
+    ready: Vec<bool>,
+    peak: Vec<u8>,
 }
 
 fn fixed_taps(src: usize, dst: usize) -> Vec<(u32, u32, u32)> {
@@ -34,30 +44,67 @@ fn fixed_taps(src: usize, dst: usize) -> Vec<(u32, u32, u32)> {
 
 impl MaskScaler {
     pub fn new(model: (usize, usize), plane: (usize, usize)) -> Self {
+        let xs = fixed_taps(model.0, plane.0);
+        let col_start = (0..=model.0)
+            .map(|i| xs.partition_point(|&(x0, _, _)| (x0 as usize) < i) as u32)
+            .collect();
         Self {
             mw: model.0,
             width: plane.0,
-            xs: fixed_taps(model.0, plane.0),
+            xs,
+            col_start,
             ys: fixed_taps(model.1, plane.1),
-            tmp: vec![0; model.0],
-            cached: None,
+            hrows: vec![0; model.1 * plane.0],
+            ready: vec![false; model.1],
+            peak: vec![0; model.1],
         }
     }
 
-    /// Writes row `y` of the upscaled mask (0..=255) into `out` (`width` values).
-    pub fn row(&mut self, mask: &[u8], y: usize, out: &mut [u8]) {
-        let (y0, y1, fy) = self.ys[y];
-        if self.cached != Some((y0, y1, fy)) {
-            let r0 = &mask[y0 as usize * self.mw..][..self.mw];
-            let r1 = &mask[y1 as usize * self.mw..][..self.mw];
-            for ((t, &a), &b) in self.tmp.iter_mut().zip(r0).zip(r1) {
-                *t = a as u32 * (256 - fy) + b as u32 * fy;
+    /// Starts a new mask: forgets the rows upscaled from the previous one.
+    pub fn begin(&mut self) {
+        self.ready.fill(false);
+    }
+
+    fn model_row(&mut self, mask: &[u8], i: usize) -> u8 {
+        if !self.ready[i] {
+            let src = &mask[i * self.mw..][..self.mw];
+            let row = &mut self.hrows[i * self.width..][..self.width];
+            let peak = src.iter().copied().max().unwrap_or(0);
+            if peak == 0 {
+                row.fill(0);
+            } else {
+                upscale_row(src, &self.xs, &self.col_start, row);
             }
-            self.cached = Some((y0, y1, fy));
+            self.ready[i] = true;
+            self.peak[i] = peak;
         }
-        for (o, &(x0, x1, fx)) in out[..self.width].iter_mut().zip(&self.xs) {
-            let v = self.tmp[x0 as usize] * (256 - fx) + self.tmp[x1 as usize] * fx;
-            *o = ((v + 32768) >> 16) as u8;
+        self.peak[i]
+    }
+
+    /// Writes row `y` of the upscaled mask (0..=255) into `out` (`width` values). Returns
+    /// false, leaving `out` alone, when the whole row is 0 (no person on it).
+    /// Call [`MaskScaler::begin`] first for each new mask.
+    pub fn row(&mut self, mask: &[u8], y: usize, out: &mut [u8]) -> bool {
+        let (y0, y1, fy) = self.ys[y];
+        let (p0, p1) = (
+            self.model_row(mask, y0 as usize),
+            self.model_row(mask, y1 as usize),
+        );
+        let out = &mut out[..self.width];
+        if p0.max(p1) == 0 {
+            return false;
+        }
+        let w = self.width;
+        let h0 = &self.hrows[y0 as usize * w..][..w];
+        let h1 = &self.hrows[y1 as usize * w..][..w];
+        blend_rows(h0, h1, fy, out);
+        true
+    }
+
+    /// Like [`MaskScaler::row`], but always writes the row (zeros when there is no person).
+    pub fn row_filled(&mut self, mask: &[u8], y: usize, out: &mut [u8]) {
+        if !self.row(mask, y, out) {
+            out[..self.width].fill(0);
         }
     }
 
@@ -66,23 +113,117 @@ impl MaskScaler {
     }
 }
 
-/// Maps an upscaled mask value to the mask the user asked for: soft, or hard at a threshold.
-pub fn mask_lut(threshold: Option<f32>) -> [u8; 256] {
-    std::array::from_fn(|v| match threshold {
-        None => v as u8,
-        Some(t) => {
-            if v as f32 > t * 255.0 {
-                255
-            } else {
-                0
-            }
+/// One model row upscaled horizontally (values in 1/256). Masks are mostly flat (0 or 255)
+/// with thin edges: a run of equal model values becomes one fill, and only the outputs
+/// between two different neighbours are interpolated.
+fn upscale_row(src: &[u8], xs: &[(u32, u32, u32)], col_start: &[u32], out: &mut [u16]) {
+    let mw = src.len();
+    let mut i = 0;
+    while i < mw {
+        let v = src[i];
+        let mut j = i;
+        while j + 1 < mw && src[j + 1] == v {
+            j += 1;
         }
-    })
+        // Outputs whose left neighbour is in i..j have both neighbours equal to v.
+        let (a, b) = (col_start[i] as usize, col_start[j] as usize);
+        out[a..b].fill(v as u16 * 256);
+        let end = col_start[j + 1] as usize;
+        for (o, &(x0, x1, fx)) in out[b..end].iter_mut().zip(&xs[b..end]) {
+            *o = (src[x0 as usize] as u32 * (256 - fx) + src[x1 as usize] as u32 * fx) as u16;
+        }
+        i = j + 1;
+    }
 }
 
-/// Composes a weight table on top of a mask table: `weight(mask_lut[v])`.
-pub fn weight_lut(mask: &[u8; 256], weight: impl Fn(u8) -> u8) -> [u8; 256] {
-    std::array::from_fn(|v| weight(mask[v]))
+/// `out = (h0 * (256 - fy) + h1 * fy) / 65536`, rounded: one frame row of the mask.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+fn blend_rows(h0: &[u16], h1: &[u16], fy: u32, out: &mut [u8]) {
+    let (a, b) = (256 - fy, fy);
+    for ((o, &u), &v) in out.iter_mut().zip(h0).zip(h1) {
+        *o = ((u as u32 * a + v as u32 * b + 32768) >> 16) as u8;
+    }
+}
+
+/// The weight of a compositing mode as a function of the upscaled mask value `m`:
+/// the soft mask or the hard one at a threshold, optionally inverted (background
+/// weight), optionally scaled by an opacity. Plain integer arithmetic, so that it is
+/// applied to whole rows in vectorised loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weights {
+    /// Hard mask: `m > cut` is person (255), the rest background (0).
+    cut: Option<u8>,
+    invert: bool,
+    scale: u8,
+}
+
+impl Weights {
+    /// The mask the user asked for: soft (`None`), or hard where probability > `threshold`.
+    pub fn mask(threshold: Option<f32>) -> Self {
+        Self {
+            // m > t*255 for an integer m is m > floor(t*255); t >= 1 never, t <= 0 above 0.
+            cut: threshold.map(|t| (t * 255.0).floor().clamp(0.0, 255.0) as u8),
+            invert: false,
+            scale: 255,
+        }
+    }
+
+    /// The background's weight (`255 - m`).
+    pub fn inverted(self) -> Self {
+        Self {
+            invert: !self.invert,
+            ..self
+        }
+    }
+
+    /// Scaled by `opacity / 255`, rounded.
+    pub fn scaled(self, opacity: u8) -> Self {
+        Self {
+            scale: opacity,
+            ..self
+        }
+    }
+
+    /// The weight of one mask value (the reference for [`Weights::apply`]).
+    pub fn at(&self, m: u8) -> u8 {
+        let mut v = [m];
+        self.apply(&mut v);
+        v[0]
+    }
+
+    /// Maps a row of upscaled mask values to weights, in place.
+    pub fn apply(&self, row: &mut [u8]) {
+        apply_weights(self, row)
+    }
+
+    /// Whether a mask value of 0 (no person) gives weight 0.
+    fn zero_at_zero(&self) -> bool {
+        self.at(0) == 0
+    }
+}
+
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+fn apply_weights(weights: &Weights, row: &mut [u8]) {
+    {
+        let s = weights;
+        if let Some(t) = s.cut {
+            for v in row.iter_mut() {
+                *v = if *v > t { 255 } else { 0 };
+            }
+        }
+        if s.invert {
+            for v in row.iter_mut() {
+                *v = 255 - *v;
+            }
+        }
+        if s.scale != 255 {
+            let k = s.scale as u16;
+            for v in row.iter_mut() {
+                let t = *v as u16 * k + 128;
+                *v = ((t + (t >> 8)) >> 8) as u8;
+            }
+        }
+    }
 }
 
 /// How one plane of a format is laid out and which bytes compositing touches.
@@ -165,65 +306,46 @@ pub enum Target<'a> {
     Blurred(&'a BlurPlane),
 }
 
-/// `x + (o - x) * w / 255`, rounded; exact at `w = 0` (x) and `w = 255` (o).
+/// `(x * (255 - w) + o * w) / 255`, rounded; exact at `w = 0` (x) and `w = 255` (o).
+/// All in 16 bits (at most 255 * 255 + 128), so it vectorises on every x86-64.
 #[inline(always)]
 fn mix(x: u8, o: u8, w: u8) -> u8 {
-    let t = (o as i32 - x as i32) * w as i32 + 128;
-    (x as i32 + ((t + (t >> 8)) >> 8)) as u8
+    let t = x as u16 * (255 - w as u16) + o as u16 * w as u16 + 128;
+    ((t + (t >> 8)) >> 8) as u8
 }
 
-/// Mixes a plane towards `target`: `x + (target - x) * w / 255`, with `w = lut[mask]` per pixel.
-/// Scratch buffers are the caller's, so this allocates nothing.
-#[allow(clippy::too_many_arguments)]
-pub fn mix_plane(
-    data: &mut [u8],
-    stride: usize,
-    geom: &PlaneGeom,
-    scaler: &mut MaskScaler,
-    mask: &[u8],
-    lut: &[u8; 256],
-    target: Target<'_>,
-    scratch: &mut Scratch,
-) {
-    let w = geom.width;
-    scratch.ensure(w * geom.pstride.max(1));
-    for y in 0..geom.height {
-        scaler.row(mask, y, &mut scratch.mask[..w]);
-        for m in &mut scratch.mask[..w] {
-            *m = lut[*m as usize];
-        }
-        if scratch.mask[..w].iter().all(|&m| m == 0) {
-            continue;
-        }
-        let ps = geom.pstride;
-        let row = &mut data[y * stride..][..w * ps];
-        let weights = &scratch.mask[..w];
-        match target {
-            Target::Color(col) => {
-                for (x, &wt) in weights.iter().enumerate() {
-                    if wt != 0 {
-                        let px = &mut row[x * ps..x * ps + ps];
-                        for (&c, &o) in geom.chans.iter().zip(col) {
-                            px[c] = mix(px[c], o, wt);
-                        }
-                    }
-                }
+/// `mix` over a whole row of bytes with a weight per byte: vectorised by the compiler.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+fn mix_row(row: &mut [u8], target: &[u8], weights: &[u8]) {
+    for ((x, &o), &w) in row.iter_mut().zip(target).zip(weights) {
+        *x = mix(*x, o, w);
+    }
+}
+
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+/// Per-pixel weights to per-byte weights: the colour channels of a pixel get the pixel's
+/// weight, alpha and padding bytes 0 (so they stay as they are).
+fn expand_weights(weights: &[u8], pstride: usize, chans: &[usize], out: &mut [u8]) {
+    match pstride {
+        1 => out.copy_from_slice(weights),
+        2 => {
+            for (o, &w) in out.chunks_exact_mut(2).zip(weights) {
+                o.copy_from_slice(&[w, w]);
             }
-            Target::Plane { .. } | Target::Blurred(_) => {
-                let other: &[u8] = match target {
-                    Target::Plane { data, stride } => &data[y * stride..][..w * ps],
-                    Target::Blurred(b) => {
-                        b.row(y, &mut scratch.row[..w * ps]);
-                        &scratch.row[..w * ps]
-                    }
-                    Target::Color(_) => unreachable!(),
-                };
-                for (x, &wt) in weights.iter().enumerate() {
-                    if wt != 0 {
-                        let (px, o) = (&mut row[x * ps..x * ps + ps], &other[x * ps..x * ps + ps]);
-                        for &c in &geom.chans {
-                            px[c] = mix(px[c], o[c], wt);
-                        }
+        }
+        n => {
+            let mut keep = [0u8; 4];
+            for &c in chans {
+                keep[c] = 0xff;
+            }
+            if n == 4 {
+                for (o, &w) in out.chunks_exact_mut(4).zip(weights) {
+                    o.copy_from_slice(&[w & keep[0], w & keep[1], w & keep[2], w & keep[3]]);
+                }
+            } else {
+                for (o, &w) in out.chunks_exact_mut(n).zip(weights) {
+                    for (b, &k) in o.iter_mut().zip(&keep) {
+                        *b = w & k;
                     }
                 }
             }
@@ -231,18 +353,76 @@ pub fn mix_plane(
     }
 }
 
+/// Mixes a plane towards `target`: `x + (target - x) * w / 255`, with `w = weights(mask)`
+/// per pixel. Rows where every weight is 0 are not touched at all. Scratch buffers are the
+/// caller's, so this allocates nothing once they have grown.
+#[allow(clippy::too_many_arguments)]
+pub fn mix_plane(
+    data: &mut [u8],
+    stride: usize,
+    geom: &PlaneGeom,
+    scaler: &mut MaskScaler,
+    mask: &[u8],
+    weights: &Weights,
+    target: Target<'_>,
+    scratch: &mut Scratch,
+) {
+    let (w, ps) = (geom.width, geom.pstride);
+    let bytes = w * ps;
+    scratch.ensure(bytes);
+    scaler.begin();
+    if let Target::Color(col) = target {
+        // One row of the colour, laid out as the plane's pixels.
+        for px in scratch.color[..bytes].chunks_exact_mut(ps) {
+            for (&c, &o) in geom.chans.iter().zip(col) {
+                px[c] = o;
+            }
+        }
+    }
+    let skip_empty = weights.zero_at_zero();
+    for y in 0..geom.height {
+        let m = &mut scratch.mask[..w];
+        if !scaler.row(mask, y, m) {
+            if skip_empty {
+                continue;
+            }
+            m.fill(0);
+        }
+        weights.apply(m);
+        if skip_empty && m.iter().all(|&v| v == 0) {
+            continue;
+        }
+        expand_weights(m, ps, &geom.chans, &mut scratch.wide[..bytes]);
+        let row = &mut data[y * stride..][..bytes];
+        let other: &[u8] = match target {
+            Target::Color(_) => &scratch.color[..bytes],
+            Target::Plane { data, stride } => &data[y * stride..][..bytes],
+            Target::Blurred(b) => {
+                b.row(y, &mut scratch.row[..bytes]);
+                &scratch.row[..bytes]
+            }
+        };
+        mix_row(row, other, &scratch.wide[..bytes]);
+    }
+}
+
 /// Reusable row buffers for the compositing loops.
 #[derive(Debug, Default)]
 pub struct Scratch {
     mask: Vec<u8>,
+    wide: Vec<u8>,
     row: Vec<u8>,
+    color: Vec<u8>,
+    /// `write_alpha`: the chroma terms of one row.
+    chroma: Vec<i32>,
 }
 
 impl Scratch {
     fn ensure(&mut self, row_bytes: usize) {
-        if self.row.len() < row_bytes {
-            self.row.resize(row_bytes, 0);
-            self.mask.resize(row_bytes, 0);
+        for v in [&mut self.mask, &mut self.wide, &mut self.row, &mut self.color] {
+            if v.len() < row_bytes {
+                v.resize(row_bytes, 0);
+            }
         }
     }
 }
@@ -254,15 +434,14 @@ pub fn write_mask(
     height: usize,
     scaler: &mut MaskScaler,
     mask: &[u8],
-    lut: &[u8; 256],
+    weights: &Weights,
 ) {
     let w = scaler.width();
+    scaler.begin();
     for y in 0..height {
         let row = &mut out[y * stride..][..w];
-        scaler.row(mask, y, row);
-        for v in row.iter_mut() {
-            *v = lut[*v as usize];
-        }
+        scaler.row_filled(mask, y, row);
+        weights.apply(row);
     }
 }
 
@@ -275,49 +454,115 @@ pub fn write_alpha(
     stride: usize,
     scaler: &mut MaskScaler,
     mask: &[u8],
-    lut: &[u8; 256],
+    weights: &Weights,
     scratch: &mut Scratch,
 ) {
     let w = frame.width;
-    scratch.ensure(w);
-    let conv = matrix.to_rgb_coeffs();
+    scratch.ensure(w * 4);
+    scaler.begin();
+    let conv = FixedYuv::new(matrix);
+    let (cw, _) = chroma_size(w, frame.height);
     for y in 0..frame.height {
-        scaler.row(mask, y, &mut scratch.mask[..w]);
+        let m = &mut scratch.mask[..w];
+        scaler.row_filled(mask, y, m);
+        weights.apply(m);
         let row = &mut out[y * stride..][..w * 4];
         match frame.format.packed_rgb() {
+            Some((off, 4)) => {
+                let src = &frame.planes[0][y * frame.strides[0]..][..w * 4];
+                alpha_from_packed4(src, m, off.map(|o| 8 * o as u32), row);
+            }
             Some((off, bpp)) => {
-                let src = &frame.planes[0][y * frame.strides[0]..];
-                for x in 0..w {
-                    let s = &src[x * bpp..];
-                    row[x * 4..x * 4 + 4].copy_from_slice(&[
-                        s[off[0]],
-                        s[off[1]],
-                        s[off[2]],
-                        lut[scratch.mask[x] as usize],
-                    ]);
+                let src = &frame.planes[0][y * frame.strides[0]..][..w * bpp];
+                for ((o, s), &a) in row.chunks_exact_mut(4).zip(src.chunks_exact(bpp)).zip(m.iter()) {
+                    o.copy_from_slice(&[s[off[0]], s[off[1]], s[off[2]], a]);
                 }
             }
             None => {
-                let ys = &frame.planes[0][y * frame.strides[0]..];
                 let cy = y / 2;
+                let ys = &frame.planes[0][y * frame.strides[0]..][..w];
                 let us = &frame.planes[1][cy * frame.strides[1]..];
-                for x in 0..w {
+                // The chroma terms once per chroma sample, spread over the two pixels it
+                // covers, and kept for the second luma row of the pair.
+                scratch.chroma.resize(3 * 2 * cw, 0);
+                let (cr, rest) = scratch.chroma.split_at_mut(2 * cw);
+                let (cg, cb) = rest.split_at_mut(2 * cw);
+                for cx in (0..cw).filter(|_| y % 2 == 0) {
                     let (u, v) = if frame.format == PixelFormat::Nv12 {
-                        (us[(x / 2) * 2], us[(x / 2) * 2 + 1])
+                        (us[cx * 2], us[cx * 2 + 1])
                     } else {
-                        (us[x / 2], frame.planes[2][cy * frame.strides[2] + x / 2])
+                        (us[cx], frame.planes[2][cy * frame.strides[2] + cx])
                     };
-                    let rgb = conv.rgb(ys[x] as f32, u as f32, v as f32);
-                    let q = |c: f32| (c + 0.5).clamp(0.0, 255.0) as u8;
-                    row[x * 4..x * 4 + 4].copy_from_slice(&[
-                        q(rgb[0]),
-                        q(rgb[1]),
-                        q(rgb[2]),
-                        lut[scratch.mask[x] as usize],
-                    ]);
+                    let [r, g, b] = conv.chroma(u, v);
+                    cr[2 * cx..2 * cx + 2].copy_from_slice(&[r, r]);
+                    cg[2 * cx..2 * cx + 2].copy_from_slice(&[g, g]);
+                    cb[2 * cx..2 * cx + 2].copy_from_slice(&[b, b]);
                 }
+                alpha_from_yuv(ys, [&cr[..w], &cg[..w], &cb[..w]], m, &conv, row);
             }
         }
+    }
+}
+
+/// Four-byte pixels to RGBA: the colour bytes at `shifts` (bits), then the alpha.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+fn alpha_from_packed4(src: &[u8], alpha: &[u8], shifts: [u32; 3], out: &mut [u8]) {
+    for ((o, s), &a) in out.chunks_exact_mut(4).zip(src.chunks_exact(4)).zip(alpha) {
+        let p = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        let v = ((p >> shifts[0]) & 0xff)
+            | ((p >> shifts[1]) & 0xff) << 8
+            | ((p >> shifts[2]) & 0xff) << 16
+            | (a as u32) << 24;
+        o.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// One row of luma plus per-pixel chroma terms to RGBA with the alpha.
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+fn alpha_from_yuv(luma: &[u8], [cr, cg, cb]: [&[i32]; 3], alpha: &[u8], conv: &FixedYuv, out: &mut [u8]) {
+    let it = out.chunks_exact_mut(4).zip(luma).zip(alpha);
+    for ((((o, &y), &a), &r), (&g, &b)) in it.zip(cr).zip(cg.iter().zip(cb)) {
+        let [r, g, b] = conv.rgb(y, [r, g, b]);
+        o.copy_from_slice(&[r, g, b, a]);
+    }
+}
+
+/// YUV -> RGB in fixed point (12 fractional bits), for the per-pixel output modes.
+#[derive(Debug, Clone, Copy)]
+struct FixedYuv {
+    y_mul: i32,
+    y_off: i32,
+    r_v: i32,
+    g_u: i32,
+    g_v: i32,
+    b_u: i32,
+}
+
+impl FixedYuv {
+    fn new(matrix: YuvMatrix) -> Self {
+        let c = matrix.to_rgb_coeffs();
+        let q = |v: f32| (v * 4096.0).round() as i32;
+        Self {
+            y_mul: q(c.y_mul),
+            // + 0.5 for rounding at the final shift.
+            y_off: q(c.y_off + 0.5),
+            r_v: q(c.r_v),
+            g_u: q(c.g_u),
+            g_v: q(c.g_v),
+            b_u: q(c.b_u),
+        }
+    }
+
+    #[inline(always)]
+    fn chroma(&self, u: u8, v: u8) -> [i32; 3] {
+        let (u, v) = (u as i32 - 128, v as i32 - 128);
+        [self.r_v * v, self.g_u * u + self.g_v * v, self.b_u * u]
+    }
+
+    #[inline(always)]
+    fn rgb(&self, y: u8, c: [i32; 3]) -> [u8; 3] {
+        let yy = y as i32 * self.y_mul + self.y_off;
+        c.map(|c| ((yy + c) >> 12).clamp(0, 255) as u8)
     }
 }
 
@@ -338,11 +583,13 @@ pub struct BlurPlane {
     acc: Vec<f32>,
     wsum: Vec<f32>,
     tmp: Vec<f32>,
-    xs: Vec<(u32, u32, f32)>,
-    ys: Vec<(u32, u32, f32)>,
+    xs: Vec<(u32, u32, u32)>,
+    ys: Vec<(u32, u32, u32)>,
+    /// Each row of the reduced grid upscaled horizontally to the plane's width, in the
+    /// plane's pixel layout, in 1/256 steps: rows of the background are then vertical
+    /// blends of two of these (the same separable scheme as [`MaskScaler`]).
+    hrows: Vec<u16>,
     mask_row: Vec<u8>,
-    /// Scratch for [`BlurPlane::row`].
-    vrow: std::cell::RefCell<Vec<f32>>,
 }
 
 fn box_blur(data: &mut [f32], tmp: &mut Vec<f32>, w: usize, h: usize, c: usize, r: usize) {
@@ -382,7 +629,7 @@ impl BlurPlane {
         geom: &PlaneGeom,
         scaler: &mut MaskScaler,
         mask: &[u8],
-        mask_lut: &[u8; 256],
+        weights: &Weights,
         radius: usize,
     ) {
         let factor = (geom.width.min(geom.height) / 96).clamp(1, 16);
@@ -401,25 +648,29 @@ impl BlurPlane {
                 acc: vec![0.0; sw * sh * chans],
                 wsum: vec![0.0; sw * sh],
                 tmp: Vec::new(),
-                xs: float_taps(sw, geom.width, factor),
-                ys: float_taps(sh, geom.height, factor),
+                xs: grid_taps(sw, geom.width, factor),
+                ys: grid_taps(sh, geom.height, factor),
+                hrows: vec![0; sh * geom.width * geom.pstride],
                 mask_row: vec![0; geom.width],
-                vrow: Default::default(),
             };
         }
         self.acc.fill(0.0);
         self.wsum.fill(0.0);
-        // Within each factor x factor cell, every `step`-th pixel in both directions is
-        // enough: the cells are blurred over several cells afterwards.
-        let step = (factor / 4).max(1);
+        // Within each factor x factor cell, every `step`-th pixel in both directions (about
+        // two by two samples per cell) is enough: the cells are blurred over several cells
+        // afterwards.
+        let step = (factor / 2).max(1);
+        let background = weights.inverted();
+        scaler.begin();
         for y in (0..geom.height).step_by(step) {
-            scaler.row(mask, y, &mut self.mask_row);
+            scaler.row_filled(mask, y, &mut self.mask_row);
+            background.apply(&mut self.mask_row);
             let row = &data[y * stride..];
             let sy = y / factor;
             for x in (0..geom.width).step_by(step) {
                 // Background weight; person pixels keep a token weight so a window that is all
                 // person still has a defined (and unused) value.
-                let w = (255 - mask_lut[self.mask_row[x] as usize]) as f32 + 0.01;
+                let w = self.mask_row[x] as f32 + 0.01;
                 let si = sy * sw + x / factor;
                 self.wsum[si] += w;
                 for (k, &c) in self.chan_off.iter().enumerate() {
@@ -439,39 +690,41 @@ impl BlurPlane {
                 self.small[i * chans + k] = self.acc[i * chans + k] / self.wsum[i];
             }
         }
-    }
-
-    /// Row `y` of the blurred background at plane resolution, in the plane's pixel layout.
-    pub fn row(&self, y: usize, out: &mut [u8]) {
-        let (y0, y1, fy) = self.ys[y];
-        let c = self.chans;
-        let n = self.sw * c;
-        let (r0, r1) = (
-            &self.small[y0 as usize * n..][..n],
-            &self.small[y1 as usize * n..][..n],
-        );
-        // Vertical blend once per row, then two taps per pixel.
-        let mut v = self.vrow.borrow_mut();
-        v.clear();
-        v.extend(r0.iter().zip(r1).map(|(a, b)| a + (b - a) * fy + 0.5));
-        for (x, &(x0, x1, fx)) in self.xs.iter().enumerate() {
-            let (a, b) = (&v[x0 as usize * c..][..c], &v[x1 as usize * c..][..c]);
-            let px = &mut out[x * self.pstride..];
-            for (k, &off) in self.chan_off.iter().enumerate() {
-                px[off] = (a[k] + (b[k] - a[k]) * fx) as u8;
+        let rb = geom.width * self.pstride;
+        for (i, h) in self.hrows.chunks_exact_mut(rb).enumerate() {
+            let small = &self.small[i * sw * chans..][..sw * chans];
+            for (px, &(x0, x1, fx)) in h.chunks_exact_mut(self.pstride).zip(&self.xs) {
+                let (a, b) = (
+                    &small[x0 as usize * chans..][..chans],
+                    &small[x1 as usize * chans..][..chans],
+                );
+                for (k, &off) in self.chan_off.iter().enumerate() {
+                    px[off] = ((a[k] + 0.5) as u32 * (256 - fx) + (b[k] + 0.5) as u32 * fx) as u16;
+                }
             }
         }
+    }
+
+    /// Row `y` of the blurred background at plane resolution, in the plane's pixel layout
+    /// (bytes that are not colour channels are 0).
+    pub fn row(&self, y: usize, out: &mut [u8]) {
+        let (y0, y1, fy) = self.ys[y];
+        let rb = self.hrows.len() / self.sh;
+        let h0 = &self.hrows[y0 as usize * rb..][..rb];
+        let h1 = &self.hrows[y1 as usize * rb..][..rb];
+        blend_rows(h0, h1, fy, &mut out[..rb]);
     }
 }
 
 /// Taps from plane coordinates into the reduced grid whose cell `i` covers pixels
-/// `i*factor .. (i+1)*factor` (centre at `(i + 0.5) * factor`).
-fn float_taps(small: usize, full: usize, factor: usize) -> Vec<(u32, u32, f32)> {
+/// `i*factor .. (i+1)*factor` (centre at `(i + 0.5) * factor`), weights in 1/256.
+fn grid_taps(small: usize, full: usize, factor: usize) -> Vec<(u32, u32, u32)> {
     (0..full)
         .map(|o| {
             let s = ((o as f32 + 0.5) / factor as f32 - 0.5).clamp(0.0, (small - 1) as f32);
             let i0 = s.floor() as usize;
-            ((i0 as u32), (i0 + 1).min(small - 1) as u32, s - i0 as f32)
+            let f = ((s - i0 as f32) * 256.0).round() as u32;
+            ((i0 as u32), (i0 + 1).min(small - 1) as u32, f)
         })
         .collect()
 }
@@ -485,22 +738,88 @@ mod tests {
         let mask = [0u8, 255, 255, 0];
         let mut s = MaskScaler::new((2, 2), (2, 2));
         let mut row = [0u8; 4];
-        s.row(&mask, 0, &mut row);
+        s.begin();
+        assert!(s.row(&mask, 0, &mut row));
         assert_eq!(&row[..2], &[0, 255]);
         s.row(&mask, 1, &mut row);
         assert_eq!(&row[..2], &[255, 0]);
         let mut s = MaskScaler::new((2, 1), (4, 1));
+        s.begin();
         s.row(&[0, 255], 0, &mut row);
         assert_eq!(row, [0, 64, 191, 255]);
+        // A new mask after begin(); an empty row reports itself and row_filled zeroes.
+        s.begin();
+        assert!(!s.row(&[0, 0], 0, &mut row));
+        assert_eq!(row, [0, 64, 191, 255], "left alone");
+        s.row_filled(&[0, 0], 0, &mut row);
+        assert_eq!(row, [0; 4]);
     }
 
     #[test]
-    fn hard_threshold_lut() {
-        let l = mask_lut(Some(0.5));
-        assert_eq!((l[127], l[128]), (0, 255));
-        assert_eq!(mask_lut(None)[77], 77);
-        let overlay = weight_lut(&l, |m| (m as u32 * 128 / 255) as u8);
-        assert_eq!((overlay[0], overlay[255]), (0, 128));
+    fn separable_upscale_matches_direct_bilinear() {
+        // 7x5 mask -> 23x17: every pixel equals the 2-D fixed-point bilinear formula.
+        let (mw, mh, w, h) = (7, 5, 23, 17);
+        let mask: Vec<u8> = (0..mw * mh).map(|i| ((i * 37) % 256) as u8).collect();
+        let (xs, ys) = (fixed_taps(mw, w), fixed_taps(mh, h));
+        let mut s = MaskScaler::new((mw, mh), (w, h));
+        s.begin();
+        let mut row = vec![0u8; w];
+        for (y, &(y0, y1, fy)) in ys.iter().enumerate() {
+            s.row_filled(&mask, y, &mut row);
+            for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
+                let at = |r: u32, c: u32| mask[r as usize * mw + c as usize] as u32;
+                let top = at(y0, x0) * (256 - fx) + at(y0, x1) * fx;
+                let bot = at(y1, x0) * (256 - fx) + at(y1, x1) * fx;
+                let want = ((top * (256 - fy) + bot * fy + 32768) >> 16) as u8;
+                assert_eq!(row[x], want, "({x},{y})");
+            }
+        }
+    }
+
+    #[test]
+    fn weights_threshold_invert_and_scale() {
+        let hard = Weights::mask(Some(0.5));
+        assert_eq!((hard.at(127), hard.at(128)), (0, 255));
+        assert_eq!(Weights::mask(None).at(77), 77);
+        assert_eq!(Weights::mask(Some(0.0)).at(0), 0);
+        assert_eq!(Weights::mask(Some(0.0)).at(1), 255);
+        assert_eq!(Weights::mask(Some(1.0)).at(255), 0);
+        let overlay = hard.scaled(128);
+        assert_eq!((overlay.at(0), overlay.at(255)), (0, 128));
+        assert_eq!(Weights::mask(None).inverted().at(55), 200);
+        // The row form equals the scalar form for every value.
+        let w = Weights::mask(None).inverted().scaled(77);
+        let mut row: Vec<u8> = (0..=255).collect();
+        w.apply(&mut row);
+        for (m, &v) in row.iter().enumerate() {
+            let want = (((255 - m) as u32 * 77) as f64 / 255.0).round() as u8;
+            assert_eq!(v, want, "m={m}");
+        }
+    }
+
+    #[test]
+    fn fixed_point_yuv_matches_float() {
+        for m in [YuvMatrix::BT601, YuvMatrix::BT709] {
+            let (f, c) = (FixedYuv::new(m), m.to_rgb_coeffs());
+            for (y, u, v) in [
+                (16u8, 128u8, 128u8),
+                (235, 128, 128),
+                (81, 90, 240),
+                (145, 54, 34),
+                (0, 255, 0),
+            ] {
+                let got = f.rgb(y, f.chroma(u, v));
+                let want = c
+                    .rgb(y as f32, u as f32, v as f32)
+                    .map(|x| (x + 0.5).clamp(0.0, 255.0) as u8);
+                for k in 0..3 {
+                    assert!(
+                        (got[k] as i32 - want[k] as i32).abs() <= 1,
+                        "{y},{u},{v}: {got:?} vs {want:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -523,7 +842,7 @@ mod tests {
         let mask = [255u8, 0];
         let geom = &planes_of(PixelFormat::Rgbx, w, h)[0];
         let mut sc = MaskScaler::new((2, 1), (w, h));
-        let lut = weight_lut(&mask_lut(Some(0.5)), |m| m);
+        let lut = Weights::mask(Some(0.5));
         mix_plane(
             &mut data,
             w * 4,
@@ -560,7 +879,7 @@ mod tests {
             chroma: false,
         };
         let mut sc = MaskScaler::new((w, h), (w, h));
-        let lut = mask_lut(Some(0.5));
+        let lut = Weights::mask(Some(0.5));
         let mut b = BlurPlane::default();
         b.compute(&data, w, &geom, &mut sc, &mask, &lut, 20);
         let mut row = vec![0u8; w];
@@ -570,7 +889,7 @@ mod tests {
             "halo: {:?}",
             &row[w / 2..w / 2 + 8]
         );
-        let weights = weight_lut(&lut, |m| 255 - m);
+        let weights = lut.inverted();
         let before = data.clone();
         mix_plane(
             &mut data,
@@ -624,7 +943,7 @@ mod tests {
             w * 4,
             &mut sc,
             &[200],
-            &mask_lut(None),
+            &Weights::mask(None),
             &mut Scratch::default(),
         );
         let px = &out[..4];

@@ -71,6 +71,10 @@ pub struct EngineConfig {
     pub device: DeviceRequest,
     /// Intra-op threads; 0 lets ONNX Runtime decide.
     pub threads: u32,
+    /// Let ONNX Runtime's worker threads busy-wait between runs (its own default). Off here:
+    /// a spinning worker burns the CPU that pre/post-processing, decoders and the other
+    /// cameras of the host need, for no gain at video frame rates.
+    pub spin: bool,
     pub overrides: Overrides,
 }
 
@@ -354,6 +358,8 @@ mod providers {
         if cfg.threads > 0 {
             b = b.with_intra_threads(cfg.threads as usize).map_err(err)?;
         }
+        b = b.with_intra_op_spinning(cfg.spin).map_err(err)?;
+        b = b.with_inter_op_spinning(cfg.spin).map_err(err)?;
         Ok(b)
     }
 

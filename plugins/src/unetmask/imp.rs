@@ -21,7 +21,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::VideoFrameExt;
 
-use super::composite::{self, BlurPlane, MaskScaler, PlaneGeom, Scratch, Target};
+use super::composite::{self, BlurPlane, MaskScaler, PlaneGeom, Scratch, Target, Weights};
 use super::contract::{Activation, Layout, Overrides};
 use super::engine::{DeviceRequest, Engine, EngineConfig, EngineError, Prepared};
 use super::frame::{Frame, PixelFormat, YuvMatrix};
@@ -95,6 +95,7 @@ struct Settings {
     library: Option<PathBuf>,
     device: String,
     threads: u32,
+    spin_wait: bool,
     mode: Mode,
     layout: LayoutChoice,
     channel_order: ChannelOrderChoice,
@@ -116,6 +117,7 @@ impl Default for Settings {
             library: None,
             device: "auto".into(),
             threads: 0,
+            spin_wait: false,
             mode: Mode::Overlay,
             layout: LayoutChoice::Auto,
             channel_order: ChannelOrderChoice::Rgb,
@@ -298,6 +300,7 @@ impl UnetMask {
             library: s.library.clone(),
             device,
             threads: s.threads,
+            spin: s.spin_wait,
             overrides: Overrides {
                 layout: match s.layout {
                     LayoutChoice::Auto => None,
@@ -598,17 +601,17 @@ impl UnetMask {
         if mode != Mode::Meta {
             let stream = state.stream.as_mut().unwrap();
             let map = last.buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-            let mask_lut = composite::mask_lut(live.threshold().map(|t| t as f32));
+            let mask_weights = Weights::mask(live.threshold().map(|t| t as f32));
             let colors;
             let weights = match mode {
                 Mode::Overlay => {
-                    let op = (live.overlay_opacity.clamp(0.0, 1.0) * 255.0).round() as u32;
+                    let op = (live.overlay_opacity.clamp(0.0, 1.0) * 255.0).round() as u8;
                     colors = composite::plane_colors(format, stream.matrix, rgb_of(live.overlay_color));
-                    composite::weight_lut(&mask_lut, |m| ((m as u32 * op + 127) / 255) as u8)
+                    mask_weights.scaled(op)
                 }
                 _ => {
                     colors = composite::plane_colors(format, stream.matrix, rgb_of(live.replace_color));
-                    composite::weight_lut(&mask_lut, |m| 255 - m)
+                    mask_weights.inverted()
                 }
             };
             let mut vframe =
@@ -639,7 +642,7 @@ impl UnetMask {
                         geom,
                         scaler,
                         &map,
-                        &mask_lut,
+                        &mask_weights,
                         live.blur_radius as usize,
                     );
                 }
@@ -688,7 +691,7 @@ impl UnetMask {
         let t_post = Instant::now();
         let stream = state.stream.as_mut().unwrap();
         let map = last.buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-        let lut = composite::mask_lut(live.threshold().map(|t| t as f32));
+        let lut = Weights::mask(live.threshold().map(|t| t as f32));
         let mut vout =
             gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out_info).map_err(|_| {
                 gst::element_imp_error!(self, gst::StreamError::Failed, ("cannot map the output frame"));
@@ -744,6 +747,16 @@ impl ObjectImpl for UnetMask {
                     .nick("Threads")
                     .blurb("ONNX Runtime intra-op threads (0 = ONNX Runtime's default: one per core)")
                     .maximum(256)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("spin-wait")
+                    .nick("Spin wait")
+                    .blurb(
+                        "Let ONNX Runtime's threads busy-wait between inferences (ONNX Runtime's own default). \
+                         Off: an idle worker sleeps instead of burning the CPU that decoding, pre/post-processing \
+                         and other cameras need",
+                    )
+                    .default_value(false)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("mode", Mode::Overlay)
@@ -912,6 +925,7 @@ impl ObjectImpl for UnetMask {
                     .unwrap_or_else(|| "auto".into())
             }
             "threads" => s.threads = value.get().unwrap(),
+            "spin-wait" => s.spin_wait = value.get().unwrap(),
             "mode" => {
                 let mode = value.get().unwrap();
                 if mode != s.mode {
@@ -961,6 +975,7 @@ impl ObjectImpl for UnetMask {
             "onnxruntime-library" => path(&s.library),
             "device" => s.device.to_value(),
             "threads" => s.threads.to_value(),
+            "spin-wait" => s.spin_wait.to_value(),
             "mode" => s.mode.to_value(),
             "threshold" => s.live.threshold.to_value(),
             "smoothing" => s.live.smoothing.to_value(),
@@ -1254,6 +1269,32 @@ impl BaseTransformImpl for UnetMask {
             }
         }
         ok
+    }
+
+    /// `mask`/`alpha` write a new frame per buffer: without a pool from downstream, every
+    /// frame would be a fresh allocation (page faults for every megabyte), so offer our own
+    /// video buffer pool.
+    fn decide_allocation(&self, query: &mut gst::query::Allocation) -> Result<(), gst::LoggableError> {
+        let has_pool = query.allocation_pools().any(|(pool, ..)| pool.is_some());
+        let (caps, _) = query.get_owned();
+        if !has_pool
+            && let Some(caps) = caps
+            && let Ok(info) = gst_video::VideoInfo::from_caps(&caps)
+        {
+            let pool = gst_video::VideoBufferPool::new();
+            let mut config = pool.config();
+            config.set_params(Some(&caps), info.size() as u32, 2, 0);
+            config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_ref());
+            pool.set_config(config)
+                .map_err(|e| gst::loggable_error!(CAT, "configuring the output buffer pool: {e}"))?;
+            query.add_allocation_pool(Some(&pool), info.size() as u32, 2, 0);
+            gst::debug!(
+                CAT,
+                imp = self,
+                "no pool from downstream: using our own for {caps}"
+            );
+        }
+        self.parent_decide_allocation(query)
     }
 
     fn unit_size(&self, caps: &gst::Caps) -> Option<usize> {

@@ -12,9 +12,34 @@ pub struct OutputSpec {
     pub activation: Activation,
 }
 
+/// `e^x`, branch-free so that loops over slices vectorise (libm's `expf` is a call per
+/// value). Range reduction `x = n ln2 + r` and Cephes' degree-6 polynomial for `e^r`:
+/// relative error below 3e-7 over the clamped range, far finer than the 8-bit mask.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer that sits in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let ni = t.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((ni + 127) << 23) as u32)
+}
+
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp_approx(-x))
 }
 
 /// Writes the person probability of every output pixel into `prob`.
@@ -31,6 +56,12 @@ pub fn person_probability(out: &[f32], spec: &OutputSpec, prob: &mut [f32]) {
         OutputLayout::ChannelsFirst => out[k * pixels + i],
     };
     match (spec.activation, c) {
+        (Activation::Sigmoid, 1) => {
+            // The common case (one logit channel): a straight vectorised map.
+            for (p, &x) in prob.iter_mut().zip(out) {
+                *p = sigmoid(x);
+            }
+        }
         (Activation::Sigmoid, _) => {
             for (i, p) in prob.iter_mut().enumerate() {
                 *p = sigmoid(at(i, spec.person));
@@ -119,6 +150,19 @@ pub fn quantize(prob: &[f32], threshold: Option<f32>, out: &mut [u8]) -> MaskSta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_approx_is_accurate_over_the_range() {
+        let mut worst = 0f32;
+        for i in -87_000..88_000 {
+            let x = i as f32 / 1000.0;
+            let (a, b) = (exp_approx(x), x.exp());
+            worst = worst.max(((a - b) / b).abs());
+        }
+        assert!(worst < 1e-6, "worst relative error {worst}");
+        assert_eq!(exp_approx(-1000.0), (-87f32).exp().max(exp_approx(-87.0)));
+        assert!(sigmoid(-200.0) < 1e-30 && sigmoid(200.0) == 1.0);
+    }
 
     #[test]
     fn sigmoid_logits_channels_first() {

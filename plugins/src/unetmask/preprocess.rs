@@ -7,6 +7,8 @@
 //! tensor layout are folded into the same loop; sampling tables are built once per caps
 //! and the tensor is written in place, so a frame allocates nothing.
 
+use multiversion::multiversion;
+
 use super::contract::Layout;
 use super::frame::{Frame, PixelFormat, YuvMatrix, YuvToRgb, chroma_size};
 use super::resize::Downscaler;
@@ -118,6 +120,44 @@ fn taps(src: usize, dst: usize, step: usize) -> Vec<Tap> {
         .collect()
 }
 
+/// One output row of the tensor, in either layout.
+enum OutRow<'a> {
+    /// NCHW: the row in each of the three channel planes.
+    Planar([&'a mut [f32]; 3]),
+    /// NHWC: interleaved.
+    Interleaved(&'a mut [f32]),
+}
+
+impl<'a> OutRow<'a> {
+    fn new<const NHWC: bool>(out: &'a mut [f32], tw: usize, th: usize, oy: usize) -> Self {
+        let base = oy * tw;
+        if NHWC {
+            OutRow::Interleaved(&mut out[base * 3..(base + tw) * 3])
+        } else {
+            let plane = tw * th;
+            let (c0, rest) = out.split_at_mut(plane);
+            let (c1, c2) = rest.split_at_mut(plane);
+            OutRow::Planar([
+                &mut c0[base..base + tw],
+                &mut c1[base..base + tw],
+                &mut c2[base..base + tw],
+            ])
+        }
+    }
+
+    #[inline(always)]
+    fn set(&mut self, x: usize, v: [f32; 3]) {
+        match self {
+            OutRow::Planar([c0, c1, c2]) => {
+                c0[x] = v[0];
+                c1[x] = v[1];
+                c2[x] = v[2];
+            }
+            OutRow::Interleaved(row) => row[x * 3..x * 3 + 3].copy_from_slice(&v),
+        }
+    }
+}
+
 /// Converts frames of one format and size into tensors of one shape.
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
@@ -140,6 +180,40 @@ pub struct Preprocessor {
     yuv: YuvToRgb,
     /// Model channel k takes RGB component `rgb_index[k]`.
     rgb_index: [usize; 3],
+    /// The fast path (frames of at least 2x2): taps whose two neighbours are always
+    /// adjacent, so each pair is one load. `None` for degenerate sizes.
+    pairs: Option<PairTaps>,
+    /// Per-row scratch of the fast path: gathered neighbours, then the three channel rows.
+    gathered: Vec<u64>,
+    gathered_c: Vec<u64>,
+    rows: [Vec<f32>; 3],
+}
+
+/// Taps as (first neighbour, weight of the second), the second being the next sample.
+#[derive(Debug, Clone)]
+struct PairTaps {
+    xs: Vec<usize>,
+    fx: Vec<f32>,
+    ys: Vec<(usize, f32)>,
+    xs_c: Vec<usize>,
+    fx_c: Vec<f32>,
+    ys_c: Vec<(usize, f32)>,
+}
+
+/// Bilinear taps whose neighbours are `i` and `i + 1` (`src >= 2`): at the far edge the
+/// pair is moved one sample back with weight 1 on the second, which reads the same value.
+fn pair_taps(src: usize, dst: usize) -> Vec<(usize, f32)> {
+    debug_assert!(src >= 2);
+    taps(src, dst, 1)
+        .into_iter()
+        .map(|t| {
+            if t.i0 + 1 >= src {
+                (src - 2, 1.0)
+            } else {
+                (t.i0, t.f)
+            }
+        })
+        .collect()
 }
 
 impl Preprocessor {
@@ -191,6 +265,29 @@ impl Preprocessor {
             },
             yuv: matrix.to_rgb_coeffs(),
             rgb_index,
+            pairs: (width >= 2 && height >= 2 && (!format.is_yuv() || (cw >= 2 && ch >= 2))).then(|| {
+                let (xs, fx) = pair_taps(width, tw).into_iter().unzip();
+                let (xs_c, fx_c) = if format.is_yuv() {
+                    pair_taps(cw, tw).into_iter().unzip()
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                PairTaps {
+                    xs,
+                    fx,
+                    ys: pair_taps(height, th),
+                    xs_c,
+                    fx_c,
+                    ys_c: if format.is_yuv() {
+                        pair_taps(ch, th)
+                    } else {
+                        Vec::new()
+                    },
+                }
+            }),
+            gathered: vec![0; tw],
+            gathered_c: vec![0; tw],
+            rows: std::array::from_fn(|_| vec![0.0; tw]),
         }
     }
 
@@ -200,12 +297,21 @@ impl Preprocessor {
     }
 
     /// Writes the tensor for `frame` into `out` (`tensor_len()` values).
-    pub fn run(&self, frame: &Frame<'_>, out: &mut [f32]) {
+    pub fn run(&mut self, frame: &Frame<'_>, out: &mut [f32]) {
         assert_eq!(
             (frame.format, frame.width, frame.height),
             (self.format, self.width, self.height)
         );
         assert_eq!(out.len(), self.tensor_len());
+        if self.pairs.is_some() {
+            return self.fast(frame, out);
+        }
+        self.reference(frame, out)
+    }
+
+    /// The straightforward per-pixel path: degenerate sizes, and the reference that the
+    /// fast path is tested against.
+    fn reference(&self, frame: &Frame<'_>, out: &mut [f32]) {
         match (self.format.is_yuv(), self.layout) {
             (false, Layout::Nchw) => self.packed::<false>(frame, out),
             (false, Layout::Nhwc) => self.packed::<true>(frame, out),
@@ -214,74 +320,361 @@ impl Preprocessor {
         }
     }
 
-    #[inline(always)]
-    fn store<const NHWC: bool>(&self, out: &mut [f32], idx: usize, v: [f32; 3]) {
-        let plane = self.tw * self.th;
-        for k in 0..3 {
-            let val = v[k] * self.mul[k] + self.add[k];
-            if NHWC {
-                out[idx * 3 + k] = val;
-            } else {
-                out[k * plane + idx] = val;
-            }
+    fn packed<const NHWC: bool>(&self, frame: &Frame<'_>, out: &mut [f32]) {
+        match self.format.packed_rgb().map(|(_, bpp)| bpp) {
+            Some(4) => self.packed_bpp::<NHWC, 4>(frame, out),
+            _ => self.packed_bpp::<NHWC, 3>(frame, out),
         }
     }
 
-    fn packed<const NHWC: bool>(&self, frame: &Frame<'_>, out: &mut [f32]) {
+    /// Packed RGB(x): all channels of a pixel are interpolated together (one 4-lane
+    /// multiply-add chain per tap, which the compiler keeps in SIMD registers), then the
+    /// three model channels are normalised and stored.
+    fn packed_bpp<const NHWC: bool, const BPP: usize>(&self, frame: &Frame<'_>, out: &mut [f32]) {
         let (data, stride) = (frame.planes[0], frame.strides[0]);
         let o = self.offsets;
+        let (mul, add) = (self.mul, self.add);
+        let row_bytes = self.width * BPP;
+        #[inline(always)]
+        fn px<const BPP: usize>(row: &[u8], i: usize) -> [f32; BPP] {
+            let p: &[u8; BPP] = row[i..i + BPP].try_into().expect("BPP bytes");
+            p.map(|v| v as f32)
+        }
+        let identity = self.width == self.tw && self.height == self.th;
         for (oy, ty) in self.ys.iter().enumerate() {
-            let r0 = &data[ty.i0 * stride..];
-            let r1 = &data[ty.i1 * stride..];
+            let r0 = &data[ty.i0 * stride..][..row_bytes];
+            let r1 = &data[ty.i1 * stride..][..row_bytes];
             let fy = ty.f;
+            let mut row = OutRow::new::<NHWC>(out, self.tw, self.th, oy);
+            if identity {
+                // Already at the tensor size (the anti-aliased path): a straight conversion.
+                for (ox, p) in r0.chunks_exact(BPP).enumerate() {
+                    row.set(ox, std::array::from_fn(|k| p[o[k]] as f32 * mul[k] + add[k]));
+                }
+                continue;
+            }
             for (ox, tx) in self.xs.iter().enumerate() {
+                let (a, b) = (px::<BPP>(r0, tx.i0), px::<BPP>(r0, tx.i1));
+                let (c, d) = (px::<BPP>(r1, tx.i0), px::<BPP>(r1, tx.i1));
                 let fx = tx.f;
-                let v = std::array::from_fn(|k| {
-                    let a = r0[tx.i0 + o[k]] as f32;
-                    let b = r0[tx.i1 + o[k]] as f32;
-                    let c = r1[tx.i0 + o[k]] as f32;
-                    let d = r1[tx.i1 + o[k]] as f32;
-                    let top = a + (b - a) * fx;
-                    let bot = c + (d - c) * fx;
-                    top + (bot - top) * fy
-                });
-                self.store::<NHWC>(out, oy * self.tw + ox, v);
+                let mut v = [0f32; BPP];
+                for k in 0..BPP {
+                    let top = a[k] + (b[k] - a[k]) * fx;
+                    let bot = c[k] + (d[k] - c[k]) * fx;
+                    v[k] = top + (bot - top) * fy;
+                }
+                row.set(ox, std::array::from_fn(|k| v[o[k]] * mul[k] + add[k]));
             }
         }
     }
 
     fn yuv420<const NHWC: bool>(&self, frame: &Frame<'_>, out: &mut [f32]) {
-        let lerp2 = |r0: &[u8], r1: &[u8], tx: &Tap, fy: f32, off: usize| {
-            let a = r0[tx.i0 + off] as f32;
-            let b = r0[tx.i1 + off] as f32;
-            let c = r1[tx.i0 + off] as f32;
-            let d = r1[tx.i1 + off] as f32;
-            let top = a + (b - a) * tx.f;
-            top + (c + (d - c) * tx.f - top) * fy
-        };
+        #[inline(always)]
+        fn lerp2(r0: &[u8], r1: &[u8], i0: usize, i1: usize, fx: f32, fy: f32) -> f32 {
+            let (a, b) = (r0[i0] as f32, r0[i1] as f32);
+            let (c, d) = (r1[i0] as f32, r1[i1] as f32);
+            let top = a + (b - a) * fx;
+            top + (c + (d - c) * fx - top) * fy
+        }
         let nv12 = self.format == PixelFormat::Nv12;
+        let (cw, _) = chroma_size(self.width, self.height);
         let (y_plane, ys) = (frame.planes[0], frame.strides[0]);
+        let (mul, add, idx, yuv) = (self.mul, self.add, self.rgb_index, self.yuv);
+        let u_bytes = if nv12 { cw * 2 } else { cw };
         for oy in 0..self.th {
             let (ty, tc) = (&self.ys[oy], &self.ys_c[oy]);
-            let (y0, y1) = (&y_plane[ty.i0 * ys..], &y_plane[ty.i1 * ys..]);
+            let y0 = &y_plane[ty.i0 * ys..][..self.width];
+            let y1 = &y_plane[ty.i1 * ys..][..self.width];
             let us = frame.strides[1];
-            let (u0, u1) = (&frame.planes[1][tc.i0 * us..], &frame.planes[1][tc.i1 * us..]);
+            let u0 = &frame.planes[1][tc.i0 * us..][..u_bytes];
+            let u1 = &frame.planes[1][tc.i1 * us..][..u_bytes];
             let (v0, v1, v_off) = if nv12 {
                 (u0, u1, 1)
             } else {
                 let vs = frame.strides[2];
-                (&frame.planes[2][tc.i0 * vs..], &frame.planes[2][tc.i1 * vs..], 0)
+                (
+                    &frame.planes[2][tc.i0 * vs..][..cw],
+                    &frame.planes[2][tc.i1 * vs..][..cw],
+                    0,
+                )
             };
-            for ox in 0..self.tw {
-                let (tx, txc) = (&self.xs[ox], &self.xs_c[ox]);
-                let y = lerp2(y0, y1, tx, ty.f, 0);
-                let u = lerp2(u0, u1, txc, tc.f, 0);
-                let v = lerp2(v0, v1, txc, tc.f, v_off);
-                let rgb = self.yuv.rgb(y, u, v).map(|c| c.clamp(0.0, 255.0));
-                let idx = self.rgb_index;
-                self.store::<NHWC>(out, oy * self.tw + ox, [rgb[idx[0]], rgb[idx[1]], rgb[idx[2]]]);
+            let mut row = OutRow::new::<NHWC>(out, self.tw, self.th, oy);
+            for (ox, (tx, txc)) in self.xs.iter().zip(&self.xs_c).enumerate() {
+                let y = lerp2(y0, y1, tx.i0, tx.i1, tx.f, ty.f);
+                let u = lerp2(u0, u1, txc.i0, txc.i1, txc.f, tc.f);
+                let v = lerp2(v0, v1, txc.i0 + v_off, txc.i1 + v_off, txc.f, tc.f);
+                let rgb = yuv.rgb(y, u, v).map(|c| c.clamp(0.0, 255.0));
+                row.set(ox, std::array::from_fn(|k| rgb[idx[k]] * mul[k] + add[k]));
             }
         }
+    }
+}
+
+/// The fast path: per tensor row, a gather pass that fetches each 2x2 neighbourhood with
+/// two loads (the neighbours are adjacent), then an arithmetic pass over the gathered row
+/// (interpolation, colour conversion, normalisation) that the compiler vectorises.
+impl Preprocessor {
+    fn fast(&mut self, frame: &Frame<'_>, out: &mut [f32]) {
+        let pairs = self.pairs.take().expect("fast path has pair taps");
+        let mut gathered = std::mem::take(&mut self.gathered);
+        let mut gathered_c = std::mem::take(&mut self.gathered_c);
+        let mut rows = std::mem::take(&mut self.rows);
+        let (tw, th) = (self.tw, self.th);
+        for oy in 0..th {
+            let [c0, c1, c2] = &mut rows;
+            let (ty, fy) = pairs.ys[oy];
+            match self.format.packed_rgb() {
+                Some((_, 4)) => {
+                    gather_packed::<4>(
+                        frame.planes[0],
+                        frame.strides[0],
+                        ty,
+                        &pairs.xs,
+                        &mut gathered,
+                        self.width,
+                    );
+                }
+                Some(_) => {
+                    gather_packed::<3>(
+                        frame.planes[0],
+                        frame.strides[0],
+                        ty,
+                        &pairs.xs,
+                        &mut gathered,
+                        self.width,
+                    );
+                }
+                None => {
+                    let (tc, _) = pairs.ys_c[oy];
+                    gather_yuv(
+                        frame,
+                        ty,
+                        tc,
+                        &pairs.xs,
+                        &pairs.xs_c,
+                        &mut gathered,
+                        &mut gathered_c,
+                    );
+                }
+            }
+            let (a, b) = (&self.mul, &self.add);
+            match self.format.packed_rgb() {
+                Some((_, bpp)) => {
+                    let shifts = self.offsets.map(|o| (8 * o) as u32);
+                    interpolate_packed(
+                        &gathered,
+                        &pairs.fx,
+                        fy,
+                        shifts,
+                        (8 * bpp) as u32,
+                        *a,
+                        *b,
+                        [c0, c1, c2],
+                    );
+                }
+                None => {
+                    let fyc = pairs.ys_c[oy].1;
+                    interpolate_yuv(
+                        &gathered,
+                        &gathered_c,
+                        (&pairs.fx, &pairs.fx_c),
+                        (fy, fyc),
+                        &self.yuv,
+                        self.rgb_index,
+                        *a,
+                        *b,
+                        [c0, c1, c2],
+                    );
+                }
+            }
+            let base = oy * tw;
+            match self.layout {
+                Layout::Nchw => {
+                    let plane = tw * th;
+                    for (k, r) in rows.iter().enumerate() {
+                        out[k * plane + base..k * plane + base + tw].copy_from_slice(r);
+                    }
+                }
+                Layout::Nhwc => {
+                    let dst = &mut out[base * 3..(base + tw) * 3];
+                    for (x, px) in dst.chunks_exact_mut(3).enumerate() {
+                        px.copy_from_slice(&[rows[0][x], rows[1][x], rows[2][x]]);
+                    }
+                }
+            }
+        }
+        self.pairs = Some(pairs);
+        self.gathered = gathered;
+        self.gathered_c = gathered_c;
+        self.rows = rows;
+    }
+}
+
+/// Little-endian `u64` from up to 8 bytes.
+#[inline(always)]
+fn load_u64(bytes: &[u8]) -> u64 {
+    match bytes.first_chunk::<8>() {
+        Some(b) => u64::from_le_bytes(*b),
+        None => {
+            let mut b = [0u8; 8];
+            b[..bytes.len()].copy_from_slice(bytes);
+            u64::from_le_bytes(b)
+        }
+    }
+}
+
+/// Packed pixels: for each tap, pixels `x` and `x + 1` of row `y` (low 32 bits) and of row
+/// `y + 1` are not both needed in one word for 4-byte pixels, so `out` holds the top pair and
+/// `out` of the bottom row follows in the second half of the buffer.
+fn gather_packed<const BPP: usize>(
+    plane: &[u8],
+    stride: usize,
+    y: usize,
+    xs: &[usize],
+    out: &mut Vec<u64>,
+    width: usize,
+) {
+    let n = xs.len();
+    out.resize(2 * n, 0);
+    let row_bytes = width * BPP;
+    let r0 = &plane[y * stride..][..row_bytes];
+    let r1 = &plane[(y + 1) * stride..][..row_bytes];
+    let (top, bottom) = out.split_at_mut(n);
+    for ((t, b), &x) in top.iter_mut().zip(bottom.iter_mut()).zip(xs) {
+        let i = x * BPP;
+        let end = (i + 8).min(row_bytes);
+        *t = load_u64(&r0[i..end]);
+        *b = load_u64(&r1[i..end]);
+    }
+}
+
+/// 4:2:0 frames: luma neighbours `[y0 x, y0 x+1, y1 x, y1 x+1]` in the low 32 bits of
+/// `luma`; chroma as `[u v u v]` for the top chroma row (low half) and the bottom one.
+fn gather_yuv(
+    frame: &Frame<'_>,
+    y: usize,
+    cy: usize,
+    xs: &[usize],
+    xs_c: &[usize],
+    luma: &mut Vec<u64>,
+    chroma: &mut Vec<u64>,
+) {
+    let n = xs.len();
+    luma.resize(n, 0);
+    chroma.resize(n, 0);
+    let (w, (cw, _)) = (frame.width, chroma_size(frame.width, frame.height));
+    let ys = frame.strides[0];
+    let (y0, y1) = (
+        &frame.planes[0][y * ys..][..w],
+        &frame.planes[0][(y + 1) * ys..][..w],
+    );
+    for (o, &x) in luma.iter_mut().zip(xs) {
+        let t = u16::from_le_bytes([y0[x], y0[x + 1]]) as u64;
+        let b = u16::from_le_bytes([y1[x], y1[x + 1]]) as u64;
+        *o = t | b << 16;
+    }
+    let us = frame.strides[1];
+    if frame.format == PixelFormat::Nv12 {
+        let u0 = &frame.planes[1][cy * us..][..cw * 2];
+        let u1 = &frame.planes[1][(cy + 1) * us..][..cw * 2];
+        for (o, &x) in chroma.iter_mut().zip(xs_c) {
+            let t = u32::from_le_bytes(u0[x * 2..x * 2 + 4].try_into().unwrap()) as u64;
+            let b = u32::from_le_bytes(u1[x * 2..x * 2 + 4].try_into().unwrap()) as u64;
+            *o = t | b << 32;
+        }
+    } else {
+        let vs = frame.strides[2];
+        let (u0, u1) = (
+            &frame.planes[1][cy * us..][..cw],
+            &frame.planes[1][(cy + 1) * us..][..cw],
+        );
+        let (v0, v1) = (
+            &frame.planes[2][cy * vs..][..cw],
+            &frame.planes[2][(cy + 1) * vs..][..cw],
+        );
+        for (o, &x) in chroma.iter_mut().zip(xs_c) {
+            *o = u64::from_le_bytes([
+                u0[x],
+                v0[x],
+                u0[x + 1],
+                v0[x + 1],
+                u1[x],
+                v1[x],
+                u1[x + 1],
+                v1[x + 1],
+            ]);
+        }
+    }
+}
+
+#[inline(always)]
+fn byte(q: u64, shift: u32) -> f32 {
+    ((q >> shift) & 0xff) as f32
+}
+
+#[inline(always)]
+fn bilerp(a: f32, b: f32, c: f32, d: f32, fx: f32, fy: f32) -> f32 {
+    let top = a + (b - a) * fx;
+    top + (c + (d - c) * fx - top) * fy
+}
+
+/// Packed pixels: `gathered` holds the top pairs then the bottom pairs; `shifts` are the
+/// bit offsets of the model channels inside a pixel, `pixel_bits` the pixel size.
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+fn interpolate_packed(
+    gathered: &[u64],
+    fx: &[f32],
+    fy: f32,
+    shifts: [u32; 3],
+    pixel_bits: u32,
+    mul: [f32; 3],
+    add: [f32; 3],
+    out: [&mut Vec<f32>; 3],
+) {
+    let (top, bottom) = gathered.split_at(fx.len());
+    for (k, row) in out.into_iter().enumerate() {
+        let (s0, s1) = (shifts[k], shifts[k] + pixel_bits);
+        for (((o, &t), &b), &f) in row.iter_mut().zip(top).zip(bottom).zip(fx) {
+            let v = bilerp(byte(t, s0), byte(t, s1), byte(b, s0), byte(b, s1), f, fy);
+            *o = v * mul[k] + add[k];
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+fn interpolate_yuv(
+    luma: &[u64],
+    chroma: &[u64],
+    (fx, fx_c): (&[f32], &[f32]),
+    (fy, fy_c): (f32, f32),
+    yuv: &YuvToRgb,
+    rgb_index: [usize; 3],
+    mul: [f32; 3],
+    add: [f32; 3],
+    out: [&mut Vec<f32>; 3],
+) {
+    // Per model channel: its U and V coefficients, so the loop has no data-dependent
+    // indexing and vectorises.
+    let coeff = |c: usize| match c {
+        0 => (0.0, yuv.r_v),
+        1 => (yuv.g_u, yuv.g_v),
+        _ => (yuv.b_u, 0.0),
+    };
+    let (cu, cv): (Vec<f32>, Vec<f32>) = rgb_index.iter().map(|&c| coeff(c)).unzip();
+    let (cu, cv) = ([cu[0], cu[1], cu[2]], [cv[0], cv[1], cv[2]]);
+    let [r0, r1, r2] = out;
+    let iter = r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter_mut());
+    for ((((((o0, o1), o2), &l), &c), &f), &fc) in iter.zip(luma).zip(chroma).zip(fx).zip(fx_c) {
+        let y = bilerp(byte(l, 0), byte(l, 8), byte(l, 16), byte(l, 24), f, fy);
+        let u = bilerp(byte(c, 0), byte(c, 16), byte(c, 32), byte(c, 48), fc, fy_c) - 128.0;
+        let v = bilerp(byte(c, 8), byte(c, 24), byte(c, 40), byte(c, 56), fc, fy_c) - 128.0;
+        let yy = y * yuv.y_mul + yuv.y_off;
+        let ch = |k: usize| (yy + cu[k] * u + cv[k] * v).clamp(0.0, 255.0) * mul[k] + add[k];
+        *o0 = ch(0);
+        *o1 = ch(1);
+        *o2 = ch(2);
     }
 }
 
@@ -297,6 +690,80 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn fast_path_equals_the_reference_for_every_format_size_and_layout() {
+        let formats = [
+            PixelFormat::Rgba,
+            PixelFormat::Bgrx,
+            PixelFormat::Rgb,
+            PixelFormat::Bgr,
+            PixelFormat::Nv12,
+            PixelFormat::I420,
+        ];
+        let noise = |n: usize, seed: usize| -> Vec<u8> {
+            (0..n).map(|i| ((i * 131 + seed * 17) % 251) as u8).collect()
+        };
+        for format in formats {
+            for (w, h, tw, th) in [(37, 23, 8, 6), (9, 7, 16, 12), (400, 600, 256, 256), (3, 3, 3, 3)] {
+                let (cw, ch) = chroma_size(w, h);
+                // Padded strides, as GStreamer gives them.
+                let (planes, strides): (Vec<Vec<u8>>, [usize; 3]) = match format.packed_rgb() {
+                    Some((_, bpp)) => (vec![noise((w * bpp + 5) * h, 1)], [w * bpp + 5, 0, 0]),
+                    None if format == PixelFormat::Nv12 => (
+                        vec![noise((w + 3) * h, 1), noise((cw * 2 + 4) * ch, 2)],
+                        [w + 3, cw * 2 + 4, 0],
+                    ),
+                    None => (
+                        vec![
+                            noise((w + 3) * h, 1),
+                            noise((cw + 1) * ch, 2),
+                            noise((cw + 2) * ch, 3),
+                        ],
+                        [w + 3, cw + 1, cw + 2],
+                    ),
+                };
+                let mut ps: [&[u8]; 3] = [&[]; 3];
+                for (i, p) in planes.iter().enumerate() {
+                    ps[i] = p;
+                }
+                let frame = Frame {
+                    format,
+                    width: w,
+                    height: h,
+                    planes: ps,
+                    strides,
+                };
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    let norm = Normalization {
+                        scale: 1.0 / 255.0,
+                        mean: [0.485, 0.456, 0.406],
+                        std: [0.229, 0.224, 0.225],
+                    };
+                    let mut p = Preprocessor::new(
+                        format,
+                        w,
+                        h,
+                        (tw, th),
+                        layout,
+                        ChannelOrder::Bgr,
+                        norm,
+                        YuvMatrix::BT709,
+                    );
+                    assert!(p.pairs.is_some());
+                    let (mut fast, mut want) = (vec![0.0; p.tensor_len()], vec![0.0; p.tensor_len()]);
+                    p.run(&frame, &mut fast);
+                    p.reference(&frame, &mut want);
+                    for (i, (a, b)) in fast.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() < 1e-4,
+                            "{format:?} {w}x{h}->{tw}x{th} {layout:?} [{i}]: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -327,7 +794,7 @@ mod tests {
             mean: [0.0; 3],
             std: [1.0; 3],
         };
-        let p = Preprocessor::new(
+        let mut p = Preprocessor::new(
             PixelFormat::Rgba,
             w,
             h,
@@ -342,7 +809,7 @@ mod tests {
         assert_eq!(out[2 * w + 4], 40.0); // R at (4,2)
         assert_eq!(out[w * h + 2 * w + 4], 40.0); // G at (4,2)
         assert_eq!(out[2 * w * h], 7.0); // B
-        let p = Preprocessor::new(
+        let mut p = Preprocessor::new(
             PixelFormat::Rgba,
             w,
             h,
@@ -371,7 +838,7 @@ mod tests {
             mean: [0.5, 0.25, 0.0],
             std: [0.5, 0.25, 2.0],
         };
-        let p = Preprocessor::new(
+        let mut p = Preprocessor::new(
             PixelFormat::Bgrx,
             1,
             1,
@@ -410,7 +877,7 @@ mod tests {
             scale: 1.0,
             ..Default::default()
         };
-        let p = Preprocessor::new(
+        let mut p = Preprocessor::new(
             PixelFormat::Rgbx,
             4,
             1,
@@ -451,7 +918,7 @@ mod tests {
                 planes,
                 strides,
             };
-            let p = Preprocessor::new(fmt, w, h, (4, 4), Layout::Nchw, ChannelOrder::Rgb, norm, m);
+            let mut p = Preprocessor::new(fmt, w, h, (4, 4), Layout::Nchw, ChannelOrder::Rgb, norm, m);
             let mut out = vec![0.0; p.tensor_len()];
             p.run(&frame, &mut out);
             for (k, want) in [200.0, 60.0, 30.0].into_iter().enumerate() {

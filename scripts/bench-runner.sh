@@ -25,8 +25,12 @@ resize="${BENCH_RESIZE:-antialias}"
 interval="${BENCH_INTERVAL:-1}"
 model="$root/models/selfie_segmentation_256x256.onnx"
 work="$(mktemp -d)"
-server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+server_pid=""; pid=""
+cleanup() {
+  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 echo "host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); model $(basename "$model") on $device, resize $resize, inference-interval $interval; load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -94,26 +98,38 @@ for n in ${BENCH_CAMERAS:-1 2 4}; do
   EDGEMASK_LOG=edgemask=debug,warn "$bin" run "$work/rtsp$n.toml" 2> "$work/rtsp$n.log" &
   pid=$!
   scrape() { curl -s "http://127.0.0.1:$mport/metrics" | awk -v c="$1" '$1 ~ "^edgemask_frames_total\\{camera=\""c"\"\\}" {print $2}'; }
+  scrape_qos() { curl -s "http://127.0.0.1:$mport/metrics" | awk '$1 ~ "^edgemask_dropped_frames_total" {s += $2} END {print s + 0}'; }
   cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
   sleep 5 # connect + warm up
   t0=$(date +%s.%N); c0=$(cpu)
-  declare -A f0=()
-  for i in $(seq 0 $((n - 1))); do f0[$i]=$(scrape "cam$i"); f0[$i]=${f0[$i]:-0}; done
+  declare -A f0=() s0=()
+  # Each camera's count is taken with its own timestamp, so the scrapes' own time does not
+  # show up as drops.
+  for i in $(seq 0 $((n - 1))); do s0[$i]=$(date +%s.%N); f0[$i]=$(scrape "cam$i"); f0[$i]=${f0[$i]:-0}; done
+  q0=$(scrape_qos)
   window=$((secs - 8))
   sleep "$window"
   t1=$(date +%s.%N); c1=$(cpu)
   line="  N=$n:"
-  total_drop=0
+  total_drop=0; total_got=0; total_want=0
   for i in $(seq 0 $((n - 1))); do
-    f1=$(scrape "cam$i"); f1=${f1:-0}
-    read -r fps drop < <(python3 -c "d=$t1-$t0; got=$f1-${f0[$i]}; print(f'{got/d:.1f}', max(0, round(30*d-got)))")
+    s1=$(date +%s.%N); f1=$(scrape "cam$i"); f1=${f1:-0}
+    read -r fps drop < <(python3 -c "d=$s1-${s0[$i]}; got=$f1-${f0[$i]}; print(f'{got/d:.1f}', max(0, round(30*d-got)))")
     line="$line cam$i ${fps} fps (dropped ~${drop});"
+    read -r g w < <(python3 -c "print(round($f1-${f0[$i]}), round(30*($s1-${s0[$i]})))")
+    total_got=$((total_got + g)); total_want=$((total_want + w))
     total_drop=$((total_drop + drop))
   done
+  q1=$(scrape_qos)
   hz=$(getconf CLK_TCK)
   cpu_pct=$(python3 -c "print(f'{100*($c1-$c0)/$hz/($t1-$t0):.0f}')")
-  echo "$line CPU ${cpu_pct} % of one core; dropped total ~${total_drop} over ${window} s"
+  echo "$line CPU ${cpu_pct} % of one core; dropped total ~${total_drop} over ${window} s; masks skipped by QoS (late frames) $((q1 - q0))"
+  echo "    all cameras: ${total_got} frames of ${total_want} sent at 30 fps in the window (the frame counter moves once a second: +-30 frames per camera)"
   stats_summary "$work/rtsp$n.log"
-  kill -TERM "$pid"; wait "$pid" || true
+  kill -TERM "$pid"
+  # A clean stop finalises every clip; a runner still there after 30 s is reported.
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then echo "  runner did not stop within 30 s of SIGTERM" >&2; kill -KILL "$pid"; fi
+  wait "$pid" || true; pid=""
   kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; server_pid=""
 done

@@ -10,7 +10,7 @@
 #
 # Needs Garage (EDGEMASK_WITH_GARAGE=1 scripts/setup.sh); installs rclone and GNU time with
 # apt-get when they are missing. Both tools get the same parallelism: 4 files at a time,
-# 2 parts per file, 8 MiB parts, multipart above 16 MiB; each verifies what it sends
+# 8 metadata requests (checks) besides, 2 parts per file, 8 MiB parts, multipart above 16 MiB; each verifies what it sends
 # (edgemask-syncd: CRC32C sent and checked by the store, then HeadObject; rclone: MD5).
 # For each set it prints wall time, throughput, the ratio and the peak RSS (GNU time) of
 # each tool; then the latency from a clip's manifest renamed into place to its first
@@ -148,6 +148,7 @@ after_upload = "retain"
 settle_secs = 0
 [upload]
 max_files = 4
+max_checks = 8
 part_concurrency = 2
 part_size = 8388608
 multipart_threshold = 16777216
@@ -156,7 +157,9 @@ endpoint_url = "http://127.0.0.1:$s3p"
 region = "garage"
 force_path_style = true
 TOML
-    read -r sec rss < <(measure "$syncd" --config "$work/syncd-$name.toml" --once)
+    # SYNCD_WRAP: a command prefix for the daemon (e.g. "perf record -o /tmp/syncd.perf --").
+    # shellcheck disable=SC2086
+    read -r sec rss < <(measure ${SYNCD_WRAP:-} "$syncd" --config "$work/syncd-$name.toml" --once)
     [ "$(objects "syncd-$name-$round")" -eq "$n" ] || { echo "edgemask-syncd: not all $n objects in the bucket" >&2; exit 1; }
     if [ -z "$best_s" ] || (( $(echo "$sec < $best_s" | bc -l) )); then best_s=$sec; fi
     (( rss > s_rss )) && s_rss=$rss

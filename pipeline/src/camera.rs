@@ -20,6 +20,7 @@ use crate::clip::FrameSummary;
 use crate::config::{Camera, Runner, Source, redact_url};
 use crate::error::{Error, Result};
 use crate::recorder::{MaskFrame, Recorder};
+use crate::timing::DtsGuard;
 
 /// Live counters of a camera, shared with the streaming threads.
 #[derive(Debug, Default)]
@@ -214,6 +215,38 @@ fn splitmux(cam: &Camera, recorder: &Arc<Mutex<Recorder>>) -> Result<gst::Elemen
     Ok(s)
 }
 
+/// Removes a clock offset between the camera's DTS and PTS before the muxer sees it
+/// ([`DtsGuard`]); starts over at every discontinuity (a reconnect).
+fn guard_dts(queue: &gst::Element, camera: &str) {
+    let guard = Mutex::new(DtsGuard::default());
+    let camera = camera.to_string();
+    let pad = queue.static_pad("src").expect("queue has a src pad");
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(gst::PadProbeData::Buffer(buf)) = info.data.as_mut() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.flags().contains(gst::BufferFlags::DISCONT) {
+            *g = DtsGuard::default();
+        }
+        let known = g.shift().is_some();
+        let (pts, dts) = (buf.pts().map(|t| t.nseconds()), buf.dts().map(|t| t.nseconds()));
+        let fixed = g.fix(pts, dts);
+        if !known && let Some(shift) = g.shift().filter(|&s| s != 0) {
+            tracing::warn!(
+                camera = %camera,
+                gap_s = shift as f64 / 1e9,
+                "the stream's DTS runs behind its PTS by more than any reordering: recording with the DTS moved up \
+                 (mp4 clips would otherwise play as empty)"
+            );
+        }
+        if fixed != dts {
+            buf.make_mut().set_dts(fixed.map(gst::ClockTime::from_nseconds));
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 /// The name of the `intervideosink`/`intervideosrc` channel that carries a camera's
 /// processed video to the runner's RTSP server.
 pub fn restream_channel(camera: &str) -> String {
@@ -396,6 +429,9 @@ fn attach_video(
         let sink: gst::Element = if in_memory {
             video_sink(recorder.clone()).upcast()
         } else {
+            if compressed {
+                guard_dts(&q_rec, &cam.name);
+            }
             splitmux(cam, recorder)?
         };
         if let Some(parsebin) = unlinked.take() {

@@ -861,12 +861,34 @@ pub fn validate(file: &ConfigFile, base: &Path) -> Result<Settings> {
             "at least one enabled camera is required",
         ));
     }
+    // threads = 0: share the cores between the cameras instead of giving every camera's
+    // ONNX Runtime one thread per core (N cameras x cores threads fighting over the cores).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = auto_threads(cores, cameras.len());
+    for c in cameras.iter_mut().filter(|c| c.model.threads == 0) {
+        c.model.threads = threads;
+    }
     Ok(Settings { runner, cameras })
+}
+
+/// ONNX Runtime threads per camera when the config says 0: the cores divided between the
+/// cameras, at least one each.
+pub fn auto_threads(cores: usize, cameras: usize) -> u32 {
+    (cores / cameras.max(1)).max(1) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_threads_share_the_cores() {
+        assert_eq!(auto_threads(2, 1), 2);
+        assert_eq!(auto_threads(2, 4), 1);
+        assert_eq!(auto_threads(16, 4), 4);
+        assert_eq!(auto_threads(16, 3), 5);
+        assert_eq!(auto_threads(1, 0), 1);
+    }
 
     fn parse(toml: &str) -> Result<Settings> {
         let cfg = config::Config::builder()

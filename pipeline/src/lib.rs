@@ -16,3 +16,4 @@ pub mod preroll;
 pub mod recorder;
 pub mod restream;
 pub mod runner;
+pub mod timing;

@@ -5,9 +5,10 @@
 //! skips ever reaches the disk.
 //!
 //! The ring is trimmed by running time (a GOP leaves it once the policy has decided it: kept
-//! GOPs go to the writer, dropped ones are freed) and by a byte cap (`policy.preroll_max_mb`):
-//! above it the oldest undecided GOPs are freed unwritten (counted as overflows), so memory
-//! stays bounded whatever the policy or the mask branch do.
+//! GOPs go to the writer, dropped ones are freed) and by a byte cap (`policy.preroll_max_mb`)
+//! on the video and the masks waiting with it: above it the oldest undecided GOPs are freed
+//! unwritten (counted as overflows), so memory stays bounded whatever the policy or the
+//! mask branch do.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -32,6 +33,8 @@ pub struct Gop {
     /// Buffers not handed to a writer yet, in decode order.
     pub bufs: VecDeque<gst::Buffer>,
     pub bytes: usize,
+    /// Bytes of the masks (PNG) of this GOP's frames waiting with it: counted in the cap.
+    pub mask_bytes: usize,
     /// Decided `keep`: its buffers go to the writer as they arrive.
     pub writing: bool,
 }
@@ -80,6 +83,7 @@ impl Ring {
                 caps: caps.clone(),
                 bufs: VecDeque::new(),
                 bytes: 0,
+                mask_bytes: 0,
                 writing: false,
             });
         } else if self.waiting_keyframe {
@@ -106,20 +110,32 @@ impl Ring {
         }
     }
 
+    /// Counts `bytes` of mask data (the mask of the frame at running time `rt`, held until
+    /// the policy decides) against the cap, with the GOP holding that frame.
+    pub fn attach_mask(&mut self, rt: u64, bytes: usize) {
+        let Some(g) = self.gops.iter_mut().rev().find(|g| g.start_rt <= rt) else {
+            return;
+        };
+        g.mask_bytes += bytes;
+        self.bytes += bytes;
+        self.peak = self.peak.max(self.bytes);
+    }
+
     /// Removes the front GOP (decided, or freed by the cap).
     pub fn pop(&mut self) -> Option<Gop> {
         let g = self.gops.pop_front()?;
-        self.bytes -= g.bytes;
+        self.bytes -= g.bytes + g.mask_bytes;
         Some(g)
     }
 
-    /// Takes the front GOP's buffers for the writer.
+    /// Takes the front GOP's buffers for the writer (its masks go to the clip as well).
     pub fn drain_front(&mut self) -> Vec<gst::Buffer> {
         let Some(g) = self.gops.front_mut() else {
             return Vec::new();
         };
-        self.bytes -= g.bytes;
+        self.bytes -= g.bytes + g.mask_bytes;
         g.bytes = 0;
+        g.mask_bytes = 0;
         g.bufs.drain(..).collect()
     }
 
@@ -147,14 +163,28 @@ impl Ring {
 }
 
 /// Writes one clip: `appsrc ! parser ! muxer ! filesink`, timestamps rebased to start at 0.
+///
+/// Timestamps are normalised before they reach the muxer (see [`crate::timing`]): the first
+/// frames are held until [`REORDER_WINDOW`] of them show the stream's constant PTS-DTS
+/// offset, DTS is shifted by it, and both are rebased to 0.
 pub struct ClipWriter {
     pipeline: gst::Pipeline,
     src: gst_app::AppSrc,
     caps: gst::Caps,
-    offset: Option<u64>,
+    /// Frames held until the PTS-DTS offset is known.
+    pending: Vec<gst::Buffer>,
+    /// (DTS shift, rebase offset), in ns, once known.
+    timing: Option<(i128, i128)>,
+    first: bool,
     pub frames: u64,
     pub bytes: u64,
 }
+
+/// Frames looked at to find a stream's PTS-DTS offset: more than the reorder depth of
+/// any common encoder configuration.
+pub const REORDER_WINDOW: usize = 16;
+
+use crate::timing::clip_timing;
 
 fn make(factory: &str) -> Result<gst::Element> {
     gst::ElementFactory::make(factory).build().map_err(|_| {
@@ -194,7 +224,9 @@ impl ClipWriter {
             pipeline,
             src,
             caps: caps.clone(),
-            offset: None,
+            pending: Vec::new(),
+            timing: None,
+            first: true,
             frames: 0,
             bytes: 0,
         })
@@ -204,29 +236,53 @@ impl ClipWriter {
         &self.caps
     }
 
-    pub fn push(&mut self, mut buffer: gst::Buffer) -> Result<()> {
-        let first = self.offset.is_none();
-        let offset = *self.offset.get_or_insert_with(|| {
-            match (buffer.dts(), buffer.pts()) {
-                (Some(d), Some(p)) => d.min(p),
-                (d, p) => d.or(p).unwrap_or(gst::ClockTime::ZERO),
-            }
-            .nseconds()
-        });
+    pub fn push(&mut self, buffer: gst::Buffer) -> Result<()> {
         self.bytes += buffer.size() as u64;
         self.frames += 1;
+        if self.timing.is_some() {
+            return self.emit(buffer);
+        }
+        self.pending.push(buffer);
+        if self.pending.len() >= REORDER_WINDOW {
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    /// Fixes the timing from the frames held so far and sends them on.
+    fn settle(&mut self) -> Result<()> {
+        if self.timing.is_none() {
+            let ts: Vec<_> = self
+                .pending
+                .iter()
+                .map(|b| (b.pts().map(|t| t.nseconds()), b.dts().map(|t| t.nseconds())))
+                .collect();
+            self.timing = Some(clip_timing(&ts));
+        }
+        for b in std::mem::take(&mut self.pending) {
+            self.emit(b)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, mut buffer: gst::Buffer) -> Result<()> {
+        let (shift, offset) = self.timing.expect("timing is settled");
         {
             let b = buffer.make_mut();
-            let rebase = |t: Option<gst::ClockTime>| {
-                t.map(|t| gst::ClockTime::from_nseconds(t.nseconds().saturating_sub(offset)))
-            };
-            let (pts, dts) = (rebase(b.pts()), rebase(b.dts()));
+            let at = |t: i128| gst::ClockTime::from_nseconds((t - offset).max(0) as u64);
+            let pts = b.pts().map(|t| at(t.nseconds() as i128));
+            // Never after the PTS: a frame cannot be shown before it is decoded.
+            let dts = b.dts().map(|t| {
+                let d = at(t.nseconds() as i128 + shift);
+                pts.map_or(d, |p| d.min(p))
+            });
             b.set_pts(pts);
             b.set_dts(dts);
-            if first {
+            if self.first {
                 b.set_flags(gst::BufferFlags::DISCONT);
             }
         }
+        self.first = false;
         self.src
             .push_buffer(buffer)
             .map(|_| ())
@@ -234,7 +290,8 @@ impl ClipWriter {
     }
 
     /// Ends the clip and waits until the muxer has written it completely (bounded).
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
+        self.settle()?;
         let _ = self.src.end_of_stream();
         let bus = self.pipeline.bus().expect("pipelines have a bus");
         let msg = bus.timed_pop_filtered(
@@ -302,6 +359,29 @@ mod tests {
     }
 
     #[test]
+    fn masks_waiting_with_their_gop_count_against_the_cap() {
+        gst::init().unwrap();
+        let caps = gst::Caps::new_empty_simple("video/x-h264");
+        let mut r = Ring::new(1000);
+        r.attach_mask(0, 50); // before any GOP: nothing holds it yet
+        assert_eq!(r.bytes, 0);
+        r.push(buf(300, 0, true), 0, &caps);
+        r.push(buf(300, 100, true), 100_000_000, &caps);
+        r.attach_mask(50_000_000, 200); // a frame of the first GOP
+        r.attach_mask(150_000_000, 100); // of the second
+        assert_eq!(
+            (r.gops[0].mask_bytes, r.gops[1].mask_bytes, r.bytes),
+            (200, 100, 900)
+        );
+        // 300 more video bytes: 1200 > 1000, the oldest GOP goes with its masks.
+        r.push(buf(300, 200, true), 200_000_000, &caps);
+        assert_eq!(r.enforce_cap().len(), 1);
+        assert_eq!(r.bytes, 700);
+        assert_eq!(r.drain_front().len(), 1);
+        assert_eq!(r.bytes, 300);
+    }
+
+    #[test]
     fn a_gop_larger_than_the_cap_is_freed_and_the_rest_waits_for_a_key_frame() {
         gst::init().unwrap();
         let caps = gst::Caps::new_empty_simple("video/x-h264");
@@ -313,5 +393,85 @@ mod tests {
         assert!(r.gops.is_empty(), "delta frames of the freed GOP are discarded");
         r.push(buf(100, 300, true), 300_000_000, &caps);
         assert_eq!(r.gops.len(), 1);
+    }
+
+    /// 30 H.264 frames with B-frames (x264), as the encoder timestamps them.
+    fn h264_frames() -> (gst::Caps, Vec<gst::Buffer>) {
+        let p = gst::parse::launch(
+            "videotestsrc num-buffers=30 ! video/x-raw,width=160,height=120,framerate=30/1 ! \
+             x264enc speed-preset=ultrafast bframes=2 key-int-max=30 ! h264parse ! \
+             video/x-h264,stream-format=avc,alignment=au ! appsink name=s sync=false",
+        )
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
+        p.set_state(gst::State::Playing).unwrap();
+        let mut caps = None;
+        let mut v = Vec::new();
+        while let Ok(s) = sink.pull_sample() {
+            caps = s.caps().map(|c| c.to_owned());
+            v.push(s.buffer_owned().unwrap());
+        }
+        p.set_state(gst::State::Null).unwrap();
+        (caps.unwrap(), v)
+    }
+
+    fn decoded_frames(path: &Path) -> usize {
+        let p = gst::parse::launch(&format!(
+            "filesrc location={} ! qtdemux ! h264parse ! avdec_h264 ! appsink name=s sync=false",
+            path.display()
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
+        p.set_state(gst::State::Playing).unwrap();
+        let mut n = 0;
+        while sink.try_pull_sample(gst::ClockTime::from_seconds(5)).is_some() {
+            n += 1;
+        }
+        p.set_state(gst::State::Null).unwrap();
+        n
+    }
+
+    #[test]
+    fn mp4_clips_play_every_frame_whatever_the_pts_dts_offset() {
+        gst::init().unwrap();
+        let (caps, frames) = h264_frames();
+        let dir = std::env::temp_dir().join(format!("edgemask-clipwriter-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // As encoded (small reorder delay); PTS far ahead of DTS (some cameras and
+        // demuxers); no DTS at all (RTP depayloaders); everything far from zero.
+        let cases: [(&str, fn(&mut gst::BufferRef)); 4] = [
+            ("as-encoded", |_| {}),
+            ("pts-far-ahead", |b| {
+                b.set_pts(b.pts().map(|t| t + gst::ClockTime::from_seconds(10)))
+            }),
+            ("no-dts", |b| b.set_dts(gst::ClockTime::NONE)),
+            ("both-late", |b| {
+                let h = gst::ClockTime::from_seconds(3600);
+                b.set_pts(b.pts().map(|t| t + h));
+                b.set_dts(b.dts().map(|t| t + h));
+            }),
+        ];
+        let mut results = Vec::new();
+        for (name, shift) in cases {
+            let path = dir.join(format!("{name}.mp4"));
+            let mut w = ClipWriter::open(&path, &caps, Container::Mp4).unwrap();
+            for f in &frames {
+                let mut f = f.copy();
+                shift(f.make_mut());
+                w.push(f).unwrap();
+            }
+            w.finish().unwrap();
+            results.push((name, decoded_frames(&path)));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            results.iter().all(|&(_, n)| n == frames.len()),
+            "every frame plays in every case ({} frames): {results:?}",
+            frames.len()
+        );
     }
 }

@@ -293,6 +293,9 @@ impl Recorder {
         if !self.enabled {
             return;
         }
+        if let Some(mem) = self.memory.as_mut() {
+            mem.ring.attach_mask(m.running_time, m.png.len());
+        }
         self.pending.push_back(m);
         if self.memory.is_some() {
             self.pump();

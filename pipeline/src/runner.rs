@@ -229,11 +229,39 @@ fn start_camera(shared: &Shared, idx: usize) {
     }
 }
 
+/// How long a pipeline gets to reach NULL before it is left behind.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stops a camera's pipeline. The state change runs on its own thread with a deadline:
+/// an element that deadlocks on the way down (rtspsrc 1.22 does, now and then, when a
+/// server vanishes at the wrong moment) must not freeze the main loop, the other cameras'
+/// supervision or the shutdown. A pipeline that does not stop in time is logged and left.
 fn teardown(c: &mut Cam) {
     if let Some(b) = c.built.take() {
-        let _ = b.pipeline.set_state(gst::State::Null);
-        if let Some(bus) = b.pipeline.bus() {
-            bus.unset_sync_handler();
+        let pipeline = b.pipeline;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("stop-{}", c.cam.name))
+            .spawn(move || {
+                let _ = pipeline.set_state(gst::State::Null);
+                if let Some(bus) = pipeline.bus() {
+                    bus.unset_sync_handler();
+                }
+                let _ = tx.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                if rx.recv_timeout(TEARDOWN_TIMEOUT).is_err() {
+                    tracing::error!(
+                        camera = %c.cam.name,
+                        timeout_s = TEARDOWN_TIMEOUT.as_secs(),
+                        "pipeline did not stop in time (an element is stuck); left behind"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(camera = %c.cam.name, error = %e, "cannot start the thread that stops the pipeline")
+            }
         }
     }
     c.watch = None;

@@ -121,11 +121,22 @@ pub fn file_md5s(path: &Path, part_size: u64) -> Result<([u8; 16], Vec<[u8; 16]>
 
 /// Read `len` bytes at `offset` (blocking). Fails if the file is shorter.
 pub fn read_range(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).map_err(|e| SyncError::io(path, e))?;
-    let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, offset)
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| SyncError::io(path, e))?;
+    f.seek(SeekFrom::Start(offset))
         .map_err(|e| SyncError::io(path, e))?;
+    // Straight into spare capacity: no zeroing of a buffer about to be overwritten.
+    let mut buf = Vec::with_capacity(len);
+    f.take(len as u64)
+        .read_to_end(&mut buf)
+        .map_err(|e| SyncError::io(path, e))?;
+    if buf.len() != len {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{} bytes at offset {offset}, expected {len}", buf.len()),
+        );
+        return Err(SyncError::io(path, e));
+    }
     Ok(buf)
 }
 

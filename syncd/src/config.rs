@@ -91,8 +91,12 @@ impl Default for Readiness {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upload {
-    /// Files uploaded at the same time.
+    /// Files whose data is in transfer at the same time.
     pub max_files: usize,
+    /// Metadata requests (existence check before, verification after a transfer) in
+    /// flight besides the transfers, like rclone's checkers: small files are bound by
+    /// round trips, which must not hold a transfer slot.
+    pub max_checks: usize,
     /// Files above this size go multipart (bytes).
     pub multipart_threshold: u64,
     /// Multipart part size (bytes, ≥ 5 MiB for S3).
@@ -116,6 +120,7 @@ impl Default for Upload {
     fn default() -> Self {
         Upload {
             max_files: 4,
+            max_checks: 8,
             multipart_threshold: 16 << 20,
             part_size: 8 << 20,
             part_concurrency: 2,
@@ -341,6 +346,9 @@ impl Config {
         let u = &self.upload;
         if u.max_files == 0 || u.max_files > 64 {
             return err("upload.max_files", &u.max_files, "1 to 64");
+        }
+        if u.max_checks == 0 || u.max_checks > 64 {
+            return err("upload.max_checks", &u.max_checks, "1 to 64");
         }
         if u.memory_limit_bytes < u.part_size.max(u.multipart_threshold) {
             return err(

@@ -341,6 +341,7 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
         dest: dest.clone(),
         limiter,
         metrics: metrics.clone(),
+        transfers: Arc::new(tokio::sync::Semaphore::new(cfg.upload.max_files)),
     });
     info!(destination = %dest.describe(), watch = ?cfg.watch, once = opts.once, "edgemask-syncd starting");
     let mut report = Report::default();
@@ -547,12 +548,14 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
         insert_ready(&journal, &mut fresh)?;
 
         // Dispatch.
-        if dest_down.is_none() && !cancel.is_cancelled() && jobs.len() < cfg.upload.max_files {
+        // Jobs in flight: the transfers plus the files in their metadata phases (checks).
+        let max_jobs = cfg.upload.max_files + cfg.upload.max_checks;
+        if dest_down.is_none() && !cancel.is_cancelled() && jobs.len() < max_jobs {
             let now = Instant::now();
             not_before.retain(|_, t| *t > now);
-            let limit = cfg.upload.max_files * 4 + inflight.len() + not_before.len() + given_up.len();
+            let limit = max_jobs * 4 + inflight.len() + not_before.len() + given_up.len();
             for row in journal.open_work(limit)? {
-                if jobs.len() >= cfg.upload.max_files {
+                if jobs.len() >= max_jobs {
                     break;
                 }
                 if inflight.contains(&row.id)

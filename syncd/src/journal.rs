@@ -217,6 +217,10 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE INDEX IF NOT EXISTS files_clip ON files(clip);
+-- MAX(uploaded_seq) for each verified upload, and key lookups: index reads, not scans of
+-- every file the journal holds (which made each upload cost O(files)).
+CREATE INDEX IF NOT EXISTS files_seq ON files(uploaded_seq);
+CREATE INDEX IF NOT EXISTS files_key ON files(key);
 -- The dispatcher's queue (`open_work`), in its order: a few rows per call, not a sort of
 -- every open file each time a job ends.
 CREATE INDEX IF NOT EXISTS files_open ON files(is_manifest, ready_at, id)
@@ -363,11 +367,11 @@ impl Journal {
             }
             None => {
                 let c = self.lock();
-                c.execute(
+                c.prepare_cached(
                     "INSERT INTO files (path, size, mtime_ns, clip, is_manifest, key, state, ready_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
-                    params![path_str(&f.path)?, f.size as i64, f.mtime_ns, f.clip, f.is_manifest as i64, f.key, now],
-                )?;
+                )?
+                .execute(params![path_str(&f.path)?, f.size as i64, f.mtime_ns, f.clip, f.is_manifest as i64, f.key, now])?;
                 let id = c.last_insert_rowid();
                 drop(c);
                 Ok(Some(self.get(id)?))
@@ -456,9 +460,9 @@ impl Journal {
     /// The upload is verified in the destination.
     pub fn mark_uploaded(&self, row: &FileRow, etag: Option<&str>, checksum: &str) -> Result<()> {
         let c = self.lock();
-        let seq: i64 = c.query_row("SELECT COALESCE(MAX(uploaded_seq), 0) + 1 FROM files", [], |r| {
-            r.get(0)
-        })?;
+        let seq: i64 = c
+            .prepare_cached("SELECT COALESCE(MAX(uploaded_seq), 0) + 1 FROM files")?
+            .query_row([], |r| r.get(0))?;
         drop(c);
         self.set_state(
             row,
@@ -467,7 +471,8 @@ impl Journal {
             &[&etag, &checksum, &seq],
         )?;
         let c = self.lock();
-        c.execute("DELETE FROM parts WHERE file_id=?1", [row.id])?;
+        c.prepare_cached("DELETE FROM parts WHERE file_id=?1")?
+            .execute([row.id])?;
         Ok(())
     }
 
@@ -476,7 +481,8 @@ impl Journal {
     pub fn mark_dropped(&self, row: &FileRow, why: &str) -> Result<()> {
         self.set_state(row, Event::Dropped, ", upload_id=NULL, last_error=?4", &[&why])?;
         let c = self.lock();
-        c.execute("DELETE FROM parts WHERE file_id=?1", [row.id])?;
+        c.prepare_cached("DELETE FROM parts WHERE file_id=?1")?
+            .execute([row.id])?;
         Ok(())
     }
 
@@ -518,12 +524,12 @@ impl Journal {
     /// Whether a clip still has members not verified in the destination.
     pub fn clip_members_open(&self, clip: &str) -> Result<u64> {
         let c = self.lock();
-        let n: i64 = c.query_row(
-            "SELECT COUNT(*) FROM files WHERE clip=?1 AND is_manifest=0
-             AND state IN ('pending','uploading','conflict','rejected')",
-            [clip],
-            |r| r.get(0),
-        )?;
+        let n: i64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM files WHERE clip=?1 AND is_manifest=0
+                 AND state IN ('pending','uploading','conflict','rejected')",
+            )?
+            .query_row([clip], |r| r.get(0))?;
         Ok(n as u64)
     }
 
@@ -573,7 +579,9 @@ impl Journal {
     /// Whether `key` belongs to a file this journal knows.
     pub fn knows_key(&self, key: &str) -> Result<bool> {
         let c = self.lock();
-        let n: i64 = c.query_row("SELECT COUNT(*) FROM files WHERE key=?1", [key], |r| r.get(0))?;
+        let n: i64 = c
+            .prepare_cached("SELECT COUNT(*) FROM files WHERE key=?1")?
+            .query_row([key], |r| r.get(0))?;
         Ok(n > 0)
     }
 

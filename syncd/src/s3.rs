@@ -178,11 +178,16 @@ pub struct S3Dest {
     /// `upload.memory_limit_bytes` in 64 KiB units: a buffer of file data holds its share
     /// until its request is done.
     buffers: Arc<tokio::sync::Semaphore>,
+    /// `upload.max_checks`: HEAD requests in flight for existence checks and verification.
+    checks: Arc<tokio::sync::Semaphore>,
     storage_class: Option<StorageClass>,
     sse: Option<ServerSideEncryption>,
     sse_kms_key_id: Option<String>,
     metrics: Arc<Metrics>,
 }
+
+/// Single-PUT files up to this size are read on the task instead of the blocking pool.
+const INLINE_READ_MAX: usize = 1 << 20;
 
 impl S3Dest {
     pub async fn connect(cfg: &Config, bucket: &str, prefix: &str, metrics: Arc<Metrics>) -> S3Dest {
@@ -231,6 +236,7 @@ impl S3Dest {
             buffers: Arc::new(tokio::sync::Semaphore::new(
                 cfg.upload.memory_limit_bytes.div_ceil(BUFFER_UNIT) as usize,
             )),
+            checks: Arc::new(tokio::sync::Semaphore::new(cfg.upload.max_checks)),
             storage_class: cfg.s3.storage_class.as_deref().map(StorageClass::from),
             sse: cfg.s3.sse.as_deref().map(ServerSideEncryption::from),
             sse_kms_key_id: cfg.s3.sse_kms_key_id.clone(),
@@ -418,6 +424,12 @@ impl S3Dest {
         }
     }
 
+    /// [`S3Dest::head`] under a check slot (`upload.max_checks`).
+    async fn checked_head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<Head>> {
+        let _slot = self.checks.acquire().await.expect("semaphore never closed");
+        self.head(key, cancel).await
+    }
+
     /// Compare an existing object with the local file. `Ok(Some(done))` when identical.
     async fn compare_existing(
         &self,
@@ -510,7 +522,7 @@ impl S3Dest {
         let existing = if self.caps().conditional_writes && first_try {
             None
         } else {
-            self.head(key, ctx.cancel).await?
+            self.checked_head(key, ctx.cancel).await?
         };
         if let Some(head) = existing {
             if let Some(done) = self.compare_existing(ctx, &head, part_size).await? {
@@ -528,14 +540,17 @@ impl S3Dest {
                 detail: format!("bucket has {} bytes, checksum {:?}", head.size, head.crc32c),
             });
         }
-        let done = if ctx.row.size <= ctx.multipart_threshold {
-            self.put_single(ctx).await?
-        } else {
-            self.multipart(ctx).await?
+        let done = {
+            let _slot = ctx.transfers.acquire().await.expect("semaphore never closed");
+            if ctx.row.size <= ctx.multipart_threshold {
+                self.put_single(ctx).await?
+            } else {
+                self.multipart(ctx).await?
+            }
         };
         // Verify what the store reports before the upload counts as done.
         let head = self
-            .head(key, ctx.cancel)
+            .checked_head(key, ctx.cancel)
             .await?
             .ok_or_else(|| SyncError::Verify {
                 key: key.to_string(),
@@ -597,12 +612,18 @@ impl S3Dest {
         let path = ctx.row.path.clone();
         let len = ctx.row.size as usize;
         let _buffer = self.reserve(len as u64).await;
-        let data = tokio::task::spawn_blocking(move || checksum::read_range(&path, 0, len))
-            .await
-            .map_err(|e| SyncError::Transient {
-                code: "join".into(),
-                message: e.to_string(),
-            })??;
+        // Small files are read in place (tens of microseconds from the page cache); a
+        // blocking-pool round trip would cost more than the read.
+        let data = if len <= INLINE_READ_MAX {
+            checksum::read_range(&path, 0, len)?
+        } else {
+            tokio::task::spawn_blocking(move || checksum::read_range(&path, 0, len))
+                .await
+                .map_err(|e| SyncError::Transient {
+                    code: "join".into(),
+                    message: e.to_string(),
+                })??
+        };
         let data = Bytes::from(data);
         let crc = crc32c::crc32c(&data);
         let crc_b64 = checksum::b64(crc);

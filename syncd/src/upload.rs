@@ -35,6 +35,8 @@ pub struct UploadCtx<'a> {
     pub journal: &'a Journal,
     pub cancel: &'a CancellationToken,
     pub limiter: &'a RateLimiter,
+    /// Transfer slots (`upload.max_files`): taken for the data, not for metadata requests.
+    pub transfers: &'a tokio::sync::Semaphore,
     pub metadata: BTreeMap<String, String>,
     pub multipart_threshold: u64,
     pub part_size: u64,
@@ -120,6 +122,7 @@ impl FileDest {
                 }),
             };
         }
+        let _slot = ctx.transfers.acquire().await.expect("semaphore never closed");
         // Copy in 1 MiB chunks through the shared rate limiter, computing CRC32C.
         let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(|e| SyncError::io(&parent, e))?;
@@ -226,6 +229,8 @@ pub struct Worker {
     pub dest: Arc<Dest>,
     pub limiter: Arc<RateLimiter>,
     pub metrics: Arc<Metrics>,
+    /// `upload.max_files` transfer slots shared by all jobs.
+    pub transfers: Arc<tokio::sync::Semaphore>,
 }
 
 /// How a job ended.
@@ -329,6 +334,7 @@ impl Worker {
                 journal: &self.journal,
                 cancel,
                 limiter: &self.limiter,
+                transfers: &self.transfers,
                 metadata: self.metadata_for(row),
                 multipart_threshold: self.cfg.upload.multipart_threshold,
                 part_size: self.cfg.upload.part_size,

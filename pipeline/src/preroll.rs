@@ -443,7 +443,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // As encoded (small reorder delay); PTS far ahead of DTS (some cameras and
         // demuxers); no DTS at all (RTP depayloaders); everything far from zero.
-        let cases: [(&str, fn(&mut gst::BufferRef)); 4] = [
+        type Shift = fn(&mut gst::BufferRef);
+        let cases: [(&str, Shift); 4] = [
             ("as-encoded", |_| {}),
             ("pts-far-ahead", |b| {
                 b.set_pts(b.pts().map(|t| t + gst::ClockTime::from_seconds(10)))

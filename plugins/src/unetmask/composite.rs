@@ -1,10 +1,14 @@
 //! Frame-size work: upscaling the model-resolution mask and the compositing modes.
 //!
 //! Every mode runs row by row in one pass over each plane: the mask row is upscaled
-//! (bilinear, fixed point) into a small reusable buffer, mapped through a 256-entry table
-//! (threshold and mode weight folded in), and mixed into the pixels. Pixels whose weight is
-//! 0 are never written, so the background of `overlay` and the person of `blur`/`replace`
-//! stay bit-identical to the input.
+//! (bilinear, fixed point, separably: see [`MaskScaler`]) into a small reusable buffer,
+//! mapped to the mode's weights ([`Weights`]: threshold, inversion, opacity, in integer
+//! arithmetic), widened to one weight per byte, and mixed into the pixels with 16-bit
+//! arithmetic. Every row loop is a straight loop over slices that the compiler vectorises;
+//! the hot ones are compiled for AVX2 and SSE4.1 as well and picked at run time
+//! (`multiversion`). Rows whose weights are all 0 are skipped; elsewhere a weight of 0 gives
+//! back the pixel exactly, so the background of `overlay` and the person of
+//! `blur`/`replace` stay bit-identical to the input.
 
 use multiversion::multiversion;
 

@@ -119,6 +119,7 @@ measure() { # cmd... -> "secs rss_kib" (wall time of the command, peak RSS from 
   local t0 t1
   t0=$(date +%s.%N)
   /usr/bin/time -f '%M' -o "$work/rss" "$@" > "$work/cmd.log" 2>&1 || { cat "$work/cmd.log" >&2; return 1; }
+  cp "$work/cmd.log" "${TMPDIR:-/tmp}/bench-syncd-last-$(basename "$1").log" 2>/dev/null || true
   t1=$(date +%s.%N)
   echo "$(echo "$t1 - $t0" | bc -l) $(tail -1 "$work/rss")"
 }

@@ -313,6 +313,23 @@ fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
             if c.phase != Phase::Running {
                 return;
             }
+            // EOS before the video branch exists: nothing was recorded, and saying "done"
+            // would be a silent wrong result. (A pipeline with no sink yet is "at EOS" for
+            // GstBin; known case: MPEG-TS files, whose demuxer exposes its streams too late.)
+            let attached = c
+                .built
+                .as_ref()
+                .is_some_and(|b| b.entry.lock().unwrap_or_else(|e| e.into_inner()).is_some());
+            if !attached && !stopping {
+                drop(st);
+                fail(
+                    shared,
+                    idx,
+                    "the source ended before any video stream appeared (no video in it, or a container \
+                     the runner cannot open yet such as MPEG-TS: remux it to MP4 or Matroska)",
+                );
+                return;
+            }
             update_device(c);
             c.recorder.lock().unwrap_or_else(|e| e.into_inner()).finish();
             teardown(c);

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use gst::prelude::*;
 
 fn config(out: &std::path::Path, video: &std::path::Path, extra: &str) -> String {
     format!(
@@ -556,5 +557,98 @@ num_frames = 40
     assert!(
         err.contains("skipped_disk=3"),
         "three 1-second clips counted as skipped:\n{err}"
+    );
+}
+
+/// An FLV file whose DTS run 10 s behind its PTS (FLV stores DTS plus a composition
+/// offset, as some cameras and RTMP gateways stamp them): x264 frames of the test
+/// photograph, PTS moved forward in a probe.
+fn make_ts_with_dts_far_behind(path: &std::path::Path, frames: u32) {
+    let photo = shared().join("testdata/person_400x600.png");
+    let p = gst::parse::launch(&format!(
+        "filesrc location={} ! pngdec ! imagefreeze num-buffers={frames} ! videoconvert ! \
+         video/x-raw,format=I420,width=400,height=600,framerate=30/1 ! \
+         x264enc speed-preset=ultrafast key-int-max=15 ! h264parse name=parse ! flvmux ! \
+         filesink location={}",
+        photo.display(),
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let pad = p.by_name("parse").unwrap().static_pad("src").unwrap();
+    pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+        if let Some(gst::PadProbeData::Buffer(b)) = info.data.as_mut() {
+            let b = b.make_mut();
+            b.set_pts(b.pts().map(|t| t + gst::ClockTime::from_seconds(10)));
+        }
+        gst::PadProbeReturn::Ok
+    });
+    p.set_state(gst::State::Playing).unwrap();
+    let msg = p
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("video written within 60 s");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    p.set_state(gst::State::Null).unwrap();
+}
+
+/// Frames a player gets out of a clip: demuxed and decoded.
+fn decoded_frames(path: &std::path::Path) -> u64 {
+    let p = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! appsink name=s sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let mut n = 0;
+    while sink.try_pull_sample(gst::ClockTime::from_seconds(5)).is_some() {
+        n += 1;
+    }
+    p.set_state(gst::State::Null).unwrap();
+    n
+}
+
+#[test]
+fn dts_far_behind_pts_still_gives_mp4_clips_that_play_every_frame() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("in.flv");
+    make_ts_with_dts_far_behind(&video, 60);
+    let n = decoded_frames(&video);
+    let parsed = count_frames(&video);
+    assert_eq!((n, parsed), (60, 60), "the input plays");
+    let out = dir.path().join("out");
+    let cfg = write_config(
+        dir.path(),
+        &config(&out, &video, "").replace("[recording]\n", "[recording]\ncontainer = \"mp4\"\n"),
+    );
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(120));
+    assert_eq!(code, 0, "{err}");
+    let clips = clips(&out.join("cam"));
+    assert!(!clips.is_empty(), "clips recorded");
+    let mut total = 0;
+    for c in &clips {
+        let n = c.manifest["frame_count"].as_u64().unwrap();
+        assert_eq!(
+            decoded_frames(&c.video),
+            n,
+            "{} plays all its frames",
+            c.video.display()
+        );
+        total += n;
+    }
+    assert_eq!(total, 60, "every frame recorded");
+    assert!(
+        err.contains("DTS runs behind its PTS"),
+        "the correction is logged: {err}"
     );
 }

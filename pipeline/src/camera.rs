@@ -604,9 +604,14 @@ pub fn build(
             } else {
                 String::new()
             };
-            let is_video = name.starts_with("video/") || pad.name().starts_with("video");
+            // Unfixed caps that are all video (a demuxer's parser that has not settled its
+            // stream-format yet, e.g. MPEG-TS through parsebin) are video too.
+            let all_video =
+                !caps.is_any() && !caps.is_empty() && caps.iter().all(|s| s.name().starts_with("video/"));
+            let is_video = name.starts_with("video/") || pad.name().starts_with("video") || all_video;
             let mut slot = entry.lock().unwrap_or_else(|e| e.into_inner());
             if !is_video || slot.is_some() {
+                tracing::debug!(camera = %cam.name, pad = %pad.name(), caps = %caps, "source pad not used");
                 discard(&pipeline, pad);
                 return;
             }

@@ -314,8 +314,8 @@ fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
                 return;
             }
             // EOS before the video branch exists: nothing was recorded, and saying "done"
-            // would be a silent wrong result. (A pipeline with no sink yet is "at EOS" for
-            // GstBin; known case: MPEG-TS files, whose demuxer exposes its streams too late.)
+            // would be a silent wrong result (a pipeline with no sink yet is "at EOS" for
+            // GstBin, so a source that never gives a video stream ends up here).
             let attached = c
                 .built
                 .as_ref()
@@ -325,8 +325,8 @@ fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
                 fail(
                     shared,
                     idx,
-                    "the source ended before any video stream appeared (no video in it, or a container \
-                     the runner cannot open yet such as MPEG-TS: remux it to MP4 or Matroska)",
+                    "the source ended before any video stream appeared: check that it holds video \
+                     (gst-discoverer-1.0 FILE) and that the plugins for its container and codec are installed",
                 );
                 return;
             }

@@ -560,15 +560,15 @@ num_frames = 40
     );
 }
 
-/// An FLV file whose DTS run 10 s behind its PTS (FLV stores DTS plus a composition
-/// offset, as some cameras and RTMP gateways stamp them): x264 frames of the test
-/// photograph, PTS moved forward in a probe.
-fn make_ts_with_dts_far_behind(path: &std::path::Path, frames: u32) {
+/// x264 frames of the test photograph in `muxer`'s container, PTS moved `pts_ahead_s`
+/// forward in a probe (FLV stores DTS plus a composition offset, so its demuxer gives
+/// DTS that far behind PTS, as some cameras and RTMP gateways stamp them).
+fn make_stream(path: &std::path::Path, frames: u32, muxer: &str, pts_ahead_s: u64) {
     let photo = shared().join("testdata/person_400x600.png");
     let p = gst::parse::launch(&format!(
         "filesrc location={} ! pngdec ! imagefreeze num-buffers={frames} ! videoconvert ! \
          video/x-raw,format=I420,width=400,height=600,framerate=30/1 ! \
-         x264enc speed-preset=ultrafast key-int-max=15 ! h264parse name=parse ! flvmux ! \
+         x264enc speed-preset=ultrafast key-int-max=15 ! h264parse name=parse ! {muxer} ! \
          filesink location={}",
         photo.display(),
         path.display()
@@ -577,10 +577,10 @@ fn make_ts_with_dts_far_behind(path: &std::path::Path, frames: u32) {
     .downcast::<gst::Pipeline>()
     .unwrap();
     let pad = p.by_name("parse").unwrap().static_pad("src").unwrap();
-    pad.add_probe(gst::PadProbeType::BUFFER, |_, info| {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if let Some(gst::PadProbeData::Buffer(b)) = info.data.as_mut() {
             let b = b.make_mut();
-            b.set_pts(b.pts().map(|t| t + gst::ClockTime::from_seconds(10)));
+            b.set_pts(b.pts().map(|t| t + gst::ClockTime::from_seconds(pts_ahead_s)));
         }
         gst::PadProbeReturn::Ok
     });
@@ -621,7 +621,7 @@ fn dts_far_behind_pts_still_gives_mp4_clips_that_play_every_frame() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("in.flv");
-    make_ts_with_dts_far_behind(&video, 60);
+    make_stream(&video, 60, "flvmux", 10);
     let n = decoded_frames(&video);
     let parsed = count_frames(&video);
     assert_eq!((n, parsed), (60, 60), "the input plays");
@@ -651,4 +651,34 @@ fn dts_far_behind_pts_still_gives_mp4_clips_that_play_every_frame() {
         err.contains("DTS runs behind its PTS"),
         "the correction is logged: {err}"
     );
+}
+
+#[test]
+fn mpeg_ts_files_record_every_frame() {
+    // parsebin exposes an MPEG-TS stream with caps that are not fixed yet: it must still
+    // be taken as the video (it was discarded, and the camera ended with 0 frames).
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("in.ts");
+    make_stream(&video, 45, "mpegtsmux", 0);
+    let out = dir.path().join("out");
+    let cfg = write_config(dir.path(), &config(&out, &video, ""));
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(120));
+    assert_eq!(code, 0, "{err}");
+    let clips = clips(&out.join("cam"));
+    let total: u64 = clips
+        .iter()
+        .map(|c| {
+            let n = c.manifest["frame_count"].as_u64().unwrap();
+            assert_eq!(
+                decoded_frames(&c.video),
+                n,
+                "{} plays all its frames",
+                c.video.display()
+            );
+            n
+        })
+        .sum();
+    assert_eq!(total, 45, "every frame recorded");
 }

@@ -417,24 +417,6 @@ mod tests {
         (caps.unwrap(), v)
     }
 
-    fn decoded_frames(path: &Path) -> usize {
-        let p = gst::parse::launch(&format!(
-            "filesrc location={} ! qtdemux ! h264parse ! avdec_h264 ! appsink name=s sync=false",
-            path.display()
-        ))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-        let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
-        p.set_state(gst::State::Playing).unwrap();
-        let mut n = 0;
-        while sink.try_pull_sample(gst::ClockTime::from_seconds(5)).is_some() {
-            n += 1;
-        }
-        p.set_state(gst::State::Null).unwrap();
-        n
-    }
-
     #[test]
     fn mp4_clips_play_every_frame_whatever_the_pts_dts_offset() {
         gst::init().unwrap();
@@ -466,11 +448,11 @@ mod tests {
                 w.push(f).unwrap();
             }
             w.finish().unwrap();
-            results.push((name, decoded_frames(&path)));
+            results.push((name, edgemask_tests::media::decoded_frames(&path)));
         }
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
-            results.iter().all(|&(_, n)| n == frames.len()),
+            results.iter().all(|&(_, n)| n == frames.len() as u64),
             "every frame plays in every case ({} frames): {results:?}",
             frames.len()
         );

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use edgemask_tests::media::decoded_frames;
 use gst::prelude::*;
 
 fn config(out: &std::path::Path, video: &std::path::Path, extra: &str) -> String {
@@ -595,25 +596,6 @@ fn make_stream(path: &std::path::Path, frames: u32, muxer: &str, pts_ahead_s: u6
         .expect("video written within 60 s");
     assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
     p.set_state(gst::State::Null).unwrap();
-}
-
-/// Frames a player gets out of a clip: demuxed and decoded.
-fn decoded_frames(path: &std::path::Path) -> u64 {
-    let p = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! appsink name=s sync=false",
-        path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
-    p.set_state(gst::State::Playing).unwrap();
-    let mut n = 0;
-    while sink.try_pull_sample(gst::ClockTime::from_seconds(5)).is_some() {
-        n += 1;
-    }
-    p.set_state(gst::State::Null).unwrap();
-    n
 }
 
 #[test]

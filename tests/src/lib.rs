@@ -47,6 +47,7 @@ pub fn onnxruntime() -> PathBuf {
 
 pub mod element;
 pub mod garage;
+pub mod media;
 pub mod notify;
 pub mod rtsp;
 pub mod units;

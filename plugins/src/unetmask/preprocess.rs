@@ -420,30 +420,23 @@ impl Preprocessor {
         let mut gathered_c = std::mem::take(&mut self.gathered_c);
         let mut rows = std::mem::take(&mut self.rows);
         let (tw, th) = (self.tw, self.th);
+        type Gather = fn(&[u8], usize, usize, &[usize], &mut Vec<u64>, usize);
+        let gather: Gather = match self.format.packed_rgb() {
+            Some((_, 4)) => gather_packed::<4>,
+            _ => gather_packed::<3>,
+        };
         for oy in 0..th {
             let [c0, c1, c2] = &mut rows;
             let (ty, fy) = pairs.ys[oy];
             match self.format.packed_rgb() {
-                Some((_, 4)) => {
-                    gather_packed::<4>(
-                        frame.planes[0],
-                        frame.strides[0],
-                        ty,
-                        &pairs.xs,
-                        &mut gathered,
-                        self.width,
-                    );
-                }
-                Some(_) => {
-                    gather_packed::<3>(
-                        frame.planes[0],
-                        frame.strides[0],
-                        ty,
-                        &pairs.xs,
-                        &mut gathered,
-                        self.width,
-                    );
-                }
+                Some(_) => gather(
+                    frame.planes[0],
+                    frame.strides[0],
+                    ty,
+                    &pairs.xs,
+                    &mut gathered,
+                    self.width,
+                ),
                 None => {
                     let (tc, _) = pairs.ys_c[oy];
                     gather_yuv(

@@ -654,16 +654,6 @@ pub fn build(
             pipeline.add_many([&src, &parse])?;
             src.link(&parse)?;
             dynamic(&parse);
-            // Every stream is known and none was video: say so instead of waiting.
-            let (entry, pipeline_weak, file) = (entry.clone(), pipeline.downgrade(), path.clone());
-            parse.connect_no_more_pads(move |_| {
-                let attached = entry.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-                if let (false, Some(pipeline)) = (attached, pipeline_weak.upgrade()) {
-                    let text = format!("{}: no video stream in this file", file.display());
-                    let msg = gst::message::Error::builder(gst::StreamError::WrongType, &text).build();
-                    let _ = pipeline.post_message(msg);
-                }
-            });
         }
         Source::Rtsp { url, tcp } => {
             let src = make("fallbacksrc")?;

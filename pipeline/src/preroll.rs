@@ -17,6 +17,7 @@ use gst::prelude::*;
 
 use crate::config::Container;
 use crate::error::{Error, Result};
+use crate::timing::clip_timing;
 
 /// One GOP of the recording branch: a key frame and the delta frames after it.
 #[derive(Debug)]
@@ -183,8 +184,6 @@ pub struct ClipWriter {
 /// Frames looked at to find a stream's PTS-DTS offset: more than the reorder depth of
 /// any common encoder configuration.
 pub const REORDER_WINDOW: usize = 16;
-
-use crate::timing::clip_timing;
 
 fn make(factory: &str) -> Result<gst::Element> {
     gst::ElementFactory::make(factory).build().map_err(|_| {

@@ -586,16 +586,32 @@ fn make_stream(path: &std::path::Path, frames: u32, muxer: &str, pts_ahead_s: u6
         gst::PadProbeReturn::Ok
     });
     p.set_state(gst::State::Playing).unwrap();
-    let msg = p
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(60),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("video written within 60 s");
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-    p.set_state(gst::State::Null).unwrap();
+    finish_writing(&p);
+}
+
+/// Runs the runner with the config `toml` (exit 0 expected; output in `dir/out`) and checks that every clip plays
+/// all the frames its manifest counts; returns the frames recorded and the runner's log.
+fn record_playable(dir: &std::path::Path, toml: &str) -> (u64, String) {
+    let cfg = write_config(dir, toml);
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(120));
+    assert_eq!(code, 0, "{err}");
+    let clips = clips(&dir.join("out").join("cam"));
+    assert!(!clips.is_empty(), "clips recorded");
+    let total = clips
+        .iter()
+        .map(|c| {
+            let n = c.manifest["frame_count"].as_u64().unwrap();
+            assert_eq!(
+                decoded_frames(&c.video),
+                n,
+                "{} plays all its frames",
+                c.video.display()
+            );
+            n
+        })
+        .sum();
+    (total, err)
 }
 
 #[test]
@@ -608,26 +624,8 @@ fn dts_far_behind_pts_still_gives_mp4_clips_that_play_every_frame() {
     let parsed = count_frames(&video);
     assert_eq!((n, parsed), (60, 60), "the input plays");
     let out = dir.path().join("out");
-    let cfg = write_config(
-        dir.path(),
-        &config(&out, &video, "").replace("[recording]\n", "[recording]\ncontainer = \"mp4\"\n"),
-    );
-    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
-    let (code, err) = wait_bounded(&mut child, Duration::from_secs(120));
-    assert_eq!(code, 0, "{err}");
-    let clips = clips(&out.join("cam"));
-    assert!(!clips.is_empty(), "clips recorded");
-    let mut total = 0;
-    for c in &clips {
-        let n = c.manifest["frame_count"].as_u64().unwrap();
-        assert_eq!(
-            decoded_frames(&c.video),
-            n,
-            "{} plays all its frames",
-            c.video.display()
-        );
-        total += n;
-    }
+    let toml = config(&out, &video, "").replace("[recording]\n", "[recording]\ncontainer = \"mp4\"\n");
+    let (total, err) = record_playable(dir.path(), &toml);
     assert_eq!(total, 60, "every frame recorded");
     assert!(
         err.contains("DTS runs behind its PTS"),
@@ -643,24 +641,6 @@ fn mpeg_ts_files_record_every_frame() {
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("in.ts");
     make_stream(&video, 45, "mpegtsmux", 0);
-    let out = dir.path().join("out");
-    let cfg = write_config(dir.path(), &config(&out, &video, ""));
-    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
-    let (code, err) = wait_bounded(&mut child, Duration::from_secs(120));
-    assert_eq!(code, 0, "{err}");
-    let clips = clips(&out.join("cam"));
-    let total: u64 = clips
-        .iter()
-        .map(|c| {
-            let n = c.manifest["frame_count"].as_u64().unwrap();
-            assert_eq!(
-                decoded_frames(&c.video),
-                n,
-                "{} plays all its frames",
-                c.video.display()
-            );
-            n
-        })
-        .sum();
+    let (total, _) = record_playable(dir.path(), &config(&dir.path().join("out"), &video, ""));
     assert_eq!(total, 45, "every frame recorded");
 }

@@ -619,10 +619,7 @@ impl S3Dest {
         } else {
             tokio::task::spawn_blocking(move || checksum::read_range(&path, 0, len))
                 .await
-                .map_err(|e| SyncError::Transient {
-                    code: "join".into(),
-                    message: e.to_string(),
-                })??
+                .map_err(join_err)??
         };
         let data = Bytes::from(data);
         let crc = crc32c::crc32c(&data);
@@ -884,7 +881,7 @@ impl S3Dest {
             let permit = tokio::select! {
                 p = sem.clone().acquire_owned() => p.expect("semaphore never closed"),
                 Some(r) = tasks.join_next() => {
-                    let p = r.map_err(|e| SyncError::Transient { code: "join".into(), message: e.to_string() })??;
+                    let p = r.map_err(join_err)??;
                     done.insert(p.number, p);
                     sem.clone().acquire_owned().await.expect("semaphore never closed")
                 }
@@ -895,10 +892,7 @@ impl S3Dest {
             let path = ctx.row.path.clone();
             let data = tokio::task::spawn_blocking(move || checksum::read_range(&path, offset, len))
                 .await
-                .map_err(|e| SyncError::Transient {
-                    code: "join".into(),
-                    message: e.to_string(),
-                })??;
+                .map_err(join_err)??;
             let crc = crc32c::crc32c(&data);
             full = crc32c::crc32c_append(full, &data);
             crcs.push(crc);
@@ -1006,10 +1000,7 @@ impl S3Dest {
                     first_err.get_or_insert(e);
                 }
                 Err(e) => {
-                    first_err.get_or_insert(SyncError::Transient {
-                        code: "join".into(),
-                        message: e.to_string(),
-                    });
+                    first_err.get_or_insert(join_err(e));
                 }
             }
         }

@@ -132,8 +132,15 @@ pub fn make_video_from(path: &Path, segments: &[(u32, &[u8])]) -> u32 {
         }
     }
     src.end_of_stream().unwrap();
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
+    finish_writing(&pipeline);
+    n
+}
+
+/// Waits (at most 60 s) for a playing pipeline that writes a file to reach EOS, then stops it.
+pub fn finish_writing(pipeline: &gst::Pipeline) {
+    let msg = pipeline
+        .bus()
+        .unwrap()
         .timed_pop_filtered(
             gst::ClockTime::from_seconds(60),
             &[gst::MessageType::Eos, gst::MessageType::Error],
@@ -141,7 +148,6 @@ pub fn make_video_from(path: &Path, segments: &[(u32, &[u8])]) -> u32 {
         .expect("video written within 60 s");
     assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
     pipeline.set_state(gst::State::Null).unwrap();
-    n
 }
 
 /// Number of video frames in a clip (demuxed, not decoded).

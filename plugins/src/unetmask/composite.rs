@@ -208,24 +208,21 @@ impl Weights {
 
 #[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
 fn apply_weights(weights: &Weights, row: &mut [u8]) {
-    {
-        let s = weights;
-        if let Some(t) = s.cut {
-            for v in row.iter_mut() {
-                *v = if *v > t { 255 } else { 0 };
-            }
+    if let Some(t) = weights.cut {
+        for v in row.iter_mut() {
+            *v = if *v > t { 255 } else { 0 };
         }
-        if s.invert {
-            for v in row.iter_mut() {
-                *v = 255 - *v;
-            }
+    }
+    if weights.invert {
+        for v in row.iter_mut() {
+            *v = 255 - *v;
         }
-        if s.scale != 255 {
-            let k = s.scale as u16;
-            for v in row.iter_mut() {
-                let t = *v as u16 * k + 128;
-                *v = ((t + (t >> 8)) >> 8) as u8;
-            }
+    }
+    if weights.scale != 255 {
+        let k = weights.scale as u16;
+        for v in row.iter_mut() {
+            let t = *v as u16 * k + 128;
+            *v = ((t + (t >> 8)) >> 8) as u8;
         }
     }
 }
@@ -326,9 +323,9 @@ fn mix_row(row: &mut [u8], target: &[u8], weights: &[u8]) {
     }
 }
 
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
 /// Per-pixel weights to per-byte weights: the colour channels of a pixel get the pixel's
 /// weight, alpha and padding bytes 0 (so they stay as they are).
+#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
 fn expand_weights(weights: &[u8], pstride: usize, chans: &[usize], out: &mut [u8]) {
     match pstride {
         1 => out.copy_from_slice(weights),

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::error::{Result, SyncError};
 use crate::keys;
+pub use crate::listing::ExistenceCheck;
 use crate::ready::NameRules;
 use crate::retry::RetryPolicy;
 
@@ -114,6 +115,12 @@ pub struct Upload {
     /// Bytes of file data held in memory for requests in flight, all uploads together
     /// (part and single-PUT buffers); at least `part_size` and `multipart_threshold`.
     pub memory_limit_bytes: u64,
+    /// How an object is looked for before it is written, on endpoints without
+    /// create-only writes: `auto` (HeadObject; one listing for a directory with many
+    /// checks at once), `head` (always HeadObject; no `s3:ListBucket` needed), `listing`.
+    pub existence_check: ExistenceCheck,
+    /// How long a listing answers existence checks, seconds.
+    pub listing_max_age_secs: f64,
 }
 
 impl Default for Upload {
@@ -129,6 +136,8 @@ impl Default for Upload {
             shutdown_timeout_secs: 20.0,
             metadata_from_manifest: true,
             memory_limit_bytes: 32 << 20,
+            existence_check: ExistenceCheck::Auto,
+            listing_max_age_secs: 2.0,
         }
     }
 }
@@ -372,6 +381,13 @@ impl Config {
         }
         if u.request_timeout_secs.is_nan() || u.request_timeout_secs <= 0.0 {
             return err("upload.request_timeout_secs", &u.request_timeout_secs, "> 0");
+        }
+        if !(u.listing_max_age_secs > 0.0 && u.listing_max_age_secs <= 60.0) {
+            return err(
+                "upload.listing_max_age_secs",
+                &u.listing_max_age_secs,
+                "more than 0, at most 60",
+            );
         }
         if u.shutdown_timeout_secs.is_nan() || u.shutdown_timeout_secs < 0.0 {
             return err("upload.shutdown_timeout_secs", &u.shutdown_timeout_secs, ">= 0");

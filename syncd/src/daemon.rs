@@ -1,6 +1,6 @@
 //! The daemon: watch + rescan, readiness, journal, dispatch, retention, shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -414,6 +414,7 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
     let mut inflight: HashSet<i64> = HashSet::new();
     let mut not_before: HashMap<i64, Instant> = HashMap::new();
     let mut given_up: HashSet<i64> = HashSet::new();
+    let mut queue: VecDeque<FileRow> = VecDeque::new();
     let once_deadline = Instant::now() + cfg.settle() * 2 + Duration::from_secs(1);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -545,7 +546,9 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
             scanner.scan_all(Some(&journal), &mut fresh)?;
             last_scan = Instant::now();
         }
-        insert_ready(&journal, &mut fresh)?;
+        if insert_ready(&journal, &mut fresh)? {
+            queue.clear(); // new work: take the journal's order again
+        }
 
         // Dispatch.
         // Jobs in flight: the transfers plus the files in their metadata phases (checks).
@@ -553,11 +556,19 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
         if dest_down.is_none() && !cancel.is_cancelled() && jobs.len() < max_jobs {
             let now = Instant::now();
             not_before.retain(|_, t| *t > now);
-            let limit = max_jobs * 4 + inflight.len() + not_before.len() + given_up.len();
-            for row in journal.open_work(limit)? {
-                if jobs.len() >= max_jobs {
-                    break;
-                }
+            // Candidates come from a batch read of the journal's queue, refilled when used
+            // up: one read per batch of jobs, not one per finished job.
+            let mut refilled = false;
+            while jobs.len() < max_jobs {
+                let Some(row) = queue.pop_front() else {
+                    if refilled {
+                        break;
+                    }
+                    let limit = max_jobs * 4 + inflight.len() + not_before.len() + given_up.len();
+                    queue.extend(journal.open_work(limit)?);
+                    refilled = true;
+                    continue;
+                };
                 if inflight.contains(&row.id)
                     || not_before.contains_key(&row.id)
                     || given_up.contains(&row.id)
@@ -608,7 +619,14 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
     while aux.join_next().await.is_some() {}
     drop(watcher);
     report.uploaded = metrics.files_uploaded();
-    info!(uploaded = report.uploaded, "edgemask-syncd stopped");
+    info!(
+        uploaded = report.uploaded,
+        checks_create_only = metrics.existence_checks("create_only"),
+        checks_by_head = metrics.existence_checks("head"),
+        checks_by_listing = metrics.existence_checks("listing"),
+        list_requests = metrics.list_requests(),
+        "edgemask-syncd stopped"
+    );
     Ok(report)
 }
 
@@ -640,13 +658,16 @@ fn new_entry(kind: &notify::EventKind) -> bool {
     )
 }
 
-fn insert_ready(journal: &Journal, fresh: &mut Vec<NewFile>) -> Result<()> {
+/// Record the files found ready; true when any is new work.
+fn insert_ready(journal: &Journal, fresh: &mut Vec<NewFile>) -> Result<bool> {
+    let mut any = false;
     for f in fresh.drain(..) {
         if let Some(row) = journal.upsert_ready(&f)? {
             debug!(path = %row.path.display(), key = %row.key, "ready");
+            any = true;
         }
     }
-    Ok(())
+    Ok(any)
 }
 
 async fn check_destination(

@@ -1,7 +1,7 @@
 //! The crash-safe journal: one SQLite database (rusqlite, bundled) holding every file's
 //! state, its object key, the multipart UploadId with the parts done and their checksums.
 //!
-//! Each state change is one transaction in WAL mode with `synchronous=NORMAL`: after a
+//! Each state change is one transaction (its reads and writes together) in WAL mode with `synchronous=NORMAL`: after a
 //! kill -9 the journal holds every committed state; after a power cut it may lose the last
 //! few commits, which only makes the daemon redo a HEAD (the object is found identical and
 //! counted once) — a local file is deleted only after the store verified it, whatever the
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::error::{Result, SyncError};
 
@@ -276,6 +276,42 @@ fn path_str(p: &Path) -> Result<&str> {
         .ok_or_else(|| SyncError::Config(format!("{} is not valid UTF-8", p.display())))
 }
 
+fn row_by_path(c: &Connection, path: &Path) -> Result<Option<FileRow>> {
+    let pair = c
+        .prepare_cached(&format!("SELECT {COLS} FROM files WHERE path = ?1"))?
+        .query_row([path_str(path)?], row_from)
+        .optional()?;
+    pair.map(finish).transpose()
+}
+
+fn row_by_id(c: &Connection, id: i64) -> Result<FileRow> {
+    let pair = c
+        .prepare_cached(&format!("SELECT {COLS} FROM files WHERE id = ?1"))?
+        .query_row([id], row_from)?;
+    finish(pair)
+}
+
+/// Move row `id` along the state machine from the state the journal holds (not the one a
+/// caller remembers); `extra` sets more columns from `args` (numbered from ?4).
+fn set_state(
+    c: &Connection,
+    id: i64,
+    ev: Event,
+    extra: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<State> {
+    let current: String = c
+        .prepare_cached("SELECT state FROM files WHERE id=?1")?
+        .query_row([id], |r| r.get(0))?;
+    let to = transition(State::parse(&current)?, ev)?;
+    let sql = format!("UPDATE files SET state=?1, updated_at=?2{extra} WHERE id=?3");
+    let (to_s, now) = (to.as_str(), now_secs());
+    let mut all: Vec<&dyn rusqlite::ToSql> = vec![&to_s, &now, &id];
+    all.extend_from_slice(args);
+    c.prepare_cached(&sql)?.execute(all.as_slice())?;
+    Ok(to)
+}
+
 impl Journal {
     /// Open (creating) the journal for the daemon.
     pub fn open(path: &Path) -> Result<Journal> {
@@ -310,47 +346,50 @@ impl Journal {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get_by_path(&self, path: &Path) -> Result<Option<FileRow>> {
+    /// Run `f` as one transaction: one commit and one round of file locks for every
+    /// statement in it (each statement on its own is a transaction of its own).
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let c = self.lock();
-        let pair = c
-            .prepare_cached(&format!("SELECT {COLS} FROM files WHERE path = ?1"))?
-            .query_row([path_str(path)?], row_from)
-            .optional()?;
-        pair.map(finish).transpose()
+        // IMMEDIATE: the write lock up front, so the read that decides the change and the
+        // change itself see the same journal.
+        let tx = Transaction::new_unchecked(&c, TransactionBehavior::Immediate)?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+
+    pub fn get_by_path(&self, path: &Path) -> Result<Option<FileRow>> {
+        row_by_path(&self.lock(), path)
     }
 
     pub fn get(&self, id: i64) -> Result<FileRow> {
-        let c = self.lock();
-        let pair = c
-            .prepare_cached(&format!("SELECT {COLS} FROM files WHERE id = ?1"))?
-            .query_row([id], row_from)?;
-        finish(pair)
+        row_by_id(&self.lock(), id)
     }
 
     /// Record a ready file: inserts it as pending, or starts a new generation when the path
     /// was seen before with other content. Returns the row, or `None` when the journal
     /// already has this exact file (same size and mtime).
     pub fn upsert_ready(&self, f: &NewFile) -> Result<Option<FileRow>> {
-        let existing = self.get_by_path(&f.path)?;
-        let now = now_secs();
-        match existing {
-            Some(row) if row.size == f.size && row.mtime_ns == f.mtime_ns => Ok(None),
-            Some(row) if matches!(row.state, State::Uploading | State::Uploaded) => {
-                // Changed while an upload was under way (the job notices and re-queues
-                // it), or after it was verified (the next scan sees it as new once the
-                // row is removed or retained).
-                Ok(None)
-            }
-            Some(row) => {
-                let to = transition(row.state, Event::Reappeared)?;
-                let c = self.lock();
-                let tx = c.unchecked_transaction()?;
-                tx.execute("DELETE FROM parts WHERE file_id = ?1", [row.id])?;
-                tx.execute(
-                    "UPDATE files SET size=?2, mtime_ns=?3, clip=?4, is_manifest=?5, key=?6, state=?7,
-                       upload_id=NULL, part_size=NULL, etag=NULL, checksum=NULL, attempts=0,
-                       last_error=NULL, ready_at=?8, updated_at=?8, uploaded_seq=NULL WHERE id=?1",
-                    params![
+        self.write(|c| {
+            let now = now_secs();
+            match row_by_path(c, &f.path)? {
+                Some(row) if row.size == f.size && row.mtime_ns == f.mtime_ns => Ok(None),
+                Some(row) if matches!(row.state, State::Uploading | State::Uploaded) => {
+                    // Changed while an upload was under way (the job notices and re-queues
+                    // it), or after it was verified (the next scan sees it as new once the
+                    // row is removed or retained).
+                    Ok(None)
+                }
+                Some(row) => {
+                    let to = transition(row.state, Event::Reappeared)?;
+                    c.prepare_cached("DELETE FROM parts WHERE file_id = ?1")?
+                        .execute([row.id])?;
+                    c.prepare_cached(
+                        "UPDATE files SET size=?2, mtime_ns=?3, clip=?4, is_manifest=?5, key=?6, state=?7,
+                           upload_id=NULL, part_size=NULL, etag=NULL, checksum=NULL, attempts=0,
+                           last_error=NULL, ready_at=?8, updated_at=?8, uploaded_seq=NULL WHERE id=?1",
+                    )?
+                    .execute(params![
                         row.id,
                         f.size as i64,
                         f.mtime_ns,
@@ -359,24 +398,36 @@ impl Journal {
                         f.key,
                         to.as_str(),
                         now
-                    ],
-                )?;
-                tx.commit()?;
-                drop(c);
-                Ok(Some(self.get(row.id)?))
+                    ])?;
+                    Ok(Some(row_by_id(c, row.id)?))
+                }
+                None => {
+                    c.prepare_cached(
+                        "INSERT INTO files (path, size, mtime_ns, clip, is_manifest, key, state, ready_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+                    )?
+                    .execute(params![path_str(&f.path)?, f.size as i64, f.mtime_ns, f.clip, f.is_manifest as i64, f.key, now])?;
+                    Ok(Some(FileRow {
+                        id: c.last_insert_rowid(),
+                        path: f.path.clone(),
+                        size: f.size,
+                        mtime_ns: f.mtime_ns,
+                        clip: f.clip.clone(),
+                        is_manifest: f.is_manifest,
+                        key: f.key.clone(),
+                        state: State::Pending,
+                        upload_id: None,
+                        part_size: None,
+                        etag: None,
+                        checksum: None,
+                        attempts: 0,
+                        last_error: None,
+                        ready_at: now,
+                        uploaded_seq: None,
+                    }))
+                }
             }
-            None => {
-                let c = self.lock();
-                c.prepare_cached(
-                    "INSERT INTO files (path, size, mtime_ns, clip, is_manifest, key, state, ready_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
-                )?
-                .execute(params![path_str(&f.path)?, f.size as i64, f.mtime_ns, f.clip, f.is_manifest as i64, f.key, now])?;
-                let id = c.last_insert_rowid();
-                drop(c);
-                Ok(Some(self.get(id)?))
-            }
-        }
+        })
     }
 
     fn set_state(
@@ -386,17 +437,7 @@ impl Journal {
         extra: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<State> {
-        let c = self.lock();
-        let current: String = c
-            .prepare_cached("SELECT state FROM files WHERE id=?1")?
-            .query_row([row.id], |r| r.get(0))?;
-        let to = transition(State::parse(&current)?, ev)?;
-        let sql = format!("UPDATE files SET state=?1, updated_at=?2{extra} WHERE id=?3");
-        let (to_s, now) = (to.as_str(), now_secs());
-        let mut all: Vec<&dyn rusqlite::ToSql> = vec![&to_s, &now, &row.id];
-        all.extend_from_slice(args);
-        c.prepare_cached(&sql)?.execute(all.as_slice())?;
-        Ok(to)
+        self.write(|c| set_state(c, row.id, ev, extra, args))
     }
 
     pub fn mark_uploading(&self, row: &FileRow) -> Result<()> {
@@ -406,37 +447,33 @@ impl Journal {
 
     /// A multipart upload was created: remember its id before any part is sent.
     pub fn set_upload(&self, id: i64, upload_id: &str, part_size: u64) -> Result<()> {
-        let c = self.lock();
-        let tx = c.unchecked_transaction()?;
-        tx.execute("DELETE FROM parts WHERE file_id = ?1", [id])?;
-        tx.execute(
-            "UPDATE files SET upload_id=?2, part_size=?3, updated_at=?4 WHERE id=?1",
-            params![id, upload_id, part_size as i64, now_secs()],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|c| {
+            c.prepare_cached("DELETE FROM parts WHERE file_id = ?1")?
+                .execute([id])?;
+            c.prepare_cached("UPDATE files SET upload_id=?2, part_size=?3, updated_at=?4 WHERE id=?1")?
+                .execute(params![id, upload_id, part_size as i64, now_secs()])?;
+            Ok(())
+        })
     }
 
     /// Forget the multipart upload (gone from the store, or the file changed).
     pub fn clear_upload(&self, id: i64) -> Result<()> {
-        let c = self.lock();
-        let tx = c.unchecked_transaction()?;
-        tx.execute("DELETE FROM parts WHERE file_id = ?1", [id])?;
-        tx.execute(
-            "UPDATE files SET upload_id=NULL, part_size=NULL, updated_at=?2 WHERE id=?1",
-            params![id, now_secs()],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|c| {
+            c.prepare_cached("DELETE FROM parts WHERE file_id = ?1")?
+                .execute([id])?;
+            c.prepare_cached("UPDATE files SET upload_id=NULL, part_size=NULL, updated_at=?2 WHERE id=?1")?
+                .execute(params![id, now_secs()])?;
+            Ok(())
+        })
     }
 
     pub fn record_part(&self, id: i64, upload_id: &str, p: &PartRow) -> Result<()> {
         let c = self.lock();
-        c.execute(
+        c.prepare_cached(
             "INSERT OR REPLACE INTO parts (file_id, upload_id, part_number, etag, crc32c, size)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, upload_id, p.number, p.etag, p.crc32c, p.size as i64],
-        )?;
+        )?
+        .execute(params![id, upload_id, p.number, p.etag, p.crc32c, p.size as i64])?;
         Ok(())
     }
 
@@ -457,33 +494,51 @@ impl Journal {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// The upload is verified in the destination.
-    pub fn mark_uploaded(&self, row: &FileRow, etag: Option<&str>, checksum: &str) -> Result<()> {
-        let c = self.lock();
-        let seq: i64 = c
-            .prepare_cached("SELECT COALESCE(MAX(uploaded_seq), 0) + 1 FROM files")?
-            .query_row([], |r| r.get(0))?;
-        drop(c);
-        self.set_state(
-            row,
-            Event::Verified,
-            ", etag=?4, checksum=?5, uploaded_seq=?6, upload_id=NULL, last_error=NULL",
-            &[&etag, &checksum, &seq],
-        )?;
-        let c = self.lock();
-        c.prepare_cached("DELETE FROM parts WHERE file_id=?1")?
-            .execute([row.id])?;
-        Ok(())
+    /// The upload is verified in the destination; `then` (e.g. [`Event::Kept`], when
+    /// keeping the file needs nothing done to it) follows in the same transaction.
+    /// Returns the state reached.
+    pub fn mark_uploaded(
+        &self,
+        row: &FileRow,
+        etag: Option<&str>,
+        checksum: &str,
+        then: Option<Event>,
+    ) -> Result<State> {
+        self.write(|c| {
+            let seq: i64 = c
+                .prepare_cached("SELECT COALESCE(MAX(uploaded_seq), 0) + 1 FROM files")?
+                .query_row([], |r| r.get(0))?;
+            let mut to = set_state(
+                c,
+                row.id,
+                Event::Verified,
+                ", etag=?4, checksum=?5, uploaded_seq=?6, upload_id=NULL, last_error=NULL",
+                &[&etag, &checksum, &seq],
+            )?;
+            if let Some(ev) = then {
+                to = set_state(c, row.id, ev, "", &[])?;
+            }
+            c.prepare_cached("DELETE FROM parts WHERE file_id=?1")?
+                .execute([row.id])?;
+            Ok(to)
+        })
     }
 
     /// A file not uploaded was deleted under disk pressure: its multipart upload (aborted
     /// by the caller) is no longer one the journal relies on.
     pub fn mark_dropped(&self, row: &FileRow, why: &str) -> Result<()> {
-        self.set_state(row, Event::Dropped, ", upload_id=NULL, last_error=?4", &[&why])?;
-        let c = self.lock();
-        c.prepare_cached("DELETE FROM parts WHERE file_id=?1")?
-            .execute([row.id])?;
-        Ok(())
+        self.write(|c| {
+            set_state(
+                c,
+                row.id,
+                Event::Dropped,
+                ", upload_id=NULL, last_error=?4",
+                &[&why],
+            )?;
+            c.prepare_cached("DELETE FROM parts WHERE file_id=?1")?
+                .execute([row.id])?;
+            Ok(())
+        })
     }
 
     pub fn mark(&self, row: &FileRow, ev: Event, error: Option<&str>) -> Result<State> {
@@ -492,12 +547,11 @@ impl Journal {
 
     /// Drop a row (the file turned out not to be finished); readiness decides again.
     pub fn forget(&self, id: i64) -> Result<()> {
-        let c = self.lock();
-        let tx = c.unchecked_transaction()?;
-        tx.execute("DELETE FROM parts WHERE file_id=?1", [id])?;
-        tx.execute("DELETE FROM files WHERE id=?1", [id])?;
-        tx.commit()?;
-        Ok(())
+        self.write(|c| {
+            c.execute("DELETE FROM parts WHERE file_id=?1", [id])?;
+            c.execute("DELETE FROM files WHERE id=?1", [id])?;
+            Ok(())
+        })
     }
 
     pub fn note_error(&self, id: i64, error: &str) -> Result<()> {
@@ -742,6 +796,7 @@ mod tests {
         };
         let row = j.upsert_ready(&nf).unwrap().unwrap();
         assert_eq!(row.state, State::Pending);
+        assert_eq!(j.get(row.id).unwrap(), row, "the row returned is the row stored");
         assert!(j.upsert_ready(&nf).unwrap().is_none(), "same file twice");
         j.mark_uploading(&row).unwrap();
         j.set_upload(row.id, "up-1", 5).unwrap();
@@ -767,7 +822,7 @@ mod tests {
             j.live_uploads().unwrap().get("k/c1.mkv").map(String::as_str),
             Some("up-1")
         );
-        j.mark_uploaded(&row, Some("etag"), "crc").unwrap();
+        j.mark_uploaded(&row, Some("etag"), "crc", None).unwrap();
         assert!(
             j.mark(&row, Event::Evicted, None).is_err(),
             "uploaded is not retained"
@@ -783,5 +838,39 @@ mod tests {
         assert_eq!(row2.uploaded_seq, None);
         let s = j.summary().unwrap();
         assert_eq!(s.counts.get("pending"), Some(&1));
+    }
+
+    #[test]
+    fn verified_and_kept_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        let nf = |p: &str| NewFile {
+            path: p.into(),
+            size: 3,
+            mtime_ns: 1,
+            clip: None,
+            is_manifest: false,
+            key: p.trim_start_matches('/').into(),
+        };
+        let a = j.upsert_ready(&nf("/o/a")).unwrap().unwrap();
+        j.mark_uploading(&a).unwrap();
+        let to = j.mark_uploaded(&a, None, "crc-a", Some(Event::Kept)).unwrap();
+        assert_eq!(to, State::Retained);
+        let a = j.get(a.id).unwrap();
+        assert_eq!(
+            (a.state, a.uploaded_seq, a.checksum.as_deref()),
+            (State::Retained, Some(1), Some("crc-a"))
+        );
+        // A follow-up the state machine refuses undoes the whole change, the upload too.
+        let b = j.upsert_ready(&nf("/o/b")).unwrap().unwrap();
+        j.mark_uploading(&b).unwrap();
+        assert!(j.mark_uploaded(&b, None, "crc-b", Some(Event::Evicted)).is_err());
+        let b = j.get(b.id).unwrap();
+        assert_eq!(
+            (b.state, b.uploaded_seq, b.checksum.as_deref()),
+            (State::Uploading, None, None)
+        );
+        assert_eq!(j.mark_uploaded(&b, None, "crc-b", None).unwrap(), State::Uploaded);
+        assert_eq!(j.get(b.id).unwrap().uploaded_seq, Some(2));
     }
 }

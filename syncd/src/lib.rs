@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod error;
 pub mod journal;
 pub mod keys;
+pub mod listing;
 pub mod metrics;
 pub mod ratelimit;
 pub mod ready;

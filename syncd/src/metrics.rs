@@ -21,6 +21,8 @@ pub struct Metrics {
     dropped: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
     retries: Mutex<BTreeMap<String, u64>>,
+    existence_checks: Mutex<BTreeMap<String, u64>>,
+    list_requests: AtomicU64,
     queue_files: AtomicU64,
     queue_bytes: AtomicU64,
     oldest_pending_secs: AtomicU64,
@@ -60,6 +62,8 @@ impl Metrics {
             dropped: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             retries: Mutex::new(BTreeMap::new()),
+            existence_checks: Mutex::new(BTreeMap::new()),
+            list_requests: AtomicU64::new(0),
             queue_files: AtomicU64::new(0),
             queue_bytes: AtomicU64::new(0),
             oldest_pending_secs: AtomicU64::new(0),
@@ -114,6 +118,26 @@ impl Metrics {
             .or_default() += 1;
     }
     /// Forward progress (bytes moved, a retry scheduled): feeds the systemd watchdog.
+    /// An existence check before a write, by how it was answered: `head`, `listing`, or
+    /// `create_only` (none needed: the write itself refuses to replace an object).
+    pub fn existence_check(&self, by: &str) {
+        *self
+            .existence_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(label(by))
+            .or_default() += 1;
+    }
+    pub fn existence_checks(&self, by: &str) -> u64 {
+        let m = self.existence_checks.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(by).copied().unwrap_or(0)
+    }
+    pub fn list_request(&self) {
+        self.list_requests.fetch_add(1, Relaxed);
+    }
+    pub fn list_requests(&self) -> u64 {
+        self.list_requests.load(Relaxed)
+    }
     pub fn touch(&self) {
         self.last_progress_ms
             .store(self.start.elapsed().as_millis() as u64, Relaxed);
@@ -211,16 +235,31 @@ impl Metrics {
             "1 when the destination accepts uploads.",
             (self.dest_up.load(Relaxed) as u8).to_string(),
         );
+        g(
+            "list_requests_total",
+            "counter",
+            "ListObjectsV2 requests sent for existence checks.",
+            self.list_requests.load(Relaxed).to_string(),
+        );
         for (name, map, help) in [
             ("failures_total", &self.failures, "Failed uploads by kind."),
             ("retries_total", &self.retries, "Retried requests by error code."),
+            (
+                "existence_checks_total",
+                &self.existence_checks,
+                "Existence checks before a write, by how they were answered (head, listing, create_only).",
+            ),
         ] {
             let _ = writeln!(
                 o,
                 "# HELP edgemask_syncd_{name} {help}\n# TYPE edgemask_syncd_{name} counter"
             );
             for (k, v) in map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                let lbl = if name == "failures_total" { "kind" } else { "code" };
+                let lbl = match name {
+                    "failures_total" => "kind",
+                    "existence_checks_total" => "by",
+                    _ => "code",
+                };
                 let _ = writeln!(o, "edgemask_syncd_{name}{{{lbl}=\"{k}\"}} {v}");
             }
         }

@@ -8,10 +8,10 @@
 //! take or does not report that header, the daemon falls back to `Content-MD5` on every
 //! PUT and part, and verifies size and ETag (the MD5, or the MD5 of the part MD5s).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -33,6 +33,7 @@ use crate::checksum;
 use crate::config::{Config, IntegritySetting};
 use crate::error::{Result, SyncError};
 use crate::journal::{Journal, PartRow};
+use crate::listing::{self, Listings, Plan};
 use crate::metrics::Metrics;
 use crate::retry::{ErrorClass, RetryPolicy, classify};
 use crate::upload::{Done, UploadCtx, join_err};
@@ -180,6 +181,10 @@ pub struct S3Dest {
     buffers: Arc<tokio::sync::Semaphore>,
     /// `upload.max_checks`: HEAD requests in flight for existence checks and verification.
     checks: Arc<tokio::sync::Semaphore>,
+    /// Existence checks answered by listings (endpoints without create-only writes).
+    listings: Listings,
+    /// One listing at a time: the checks that want the same one wait for it.
+    list_gate: tokio::sync::Mutex<()>,
     storage_class: Option<StorageClass>,
     sse: Option<ServerSideEncryption>,
     sse_kms_key_id: Option<String>,
@@ -237,6 +242,11 @@ impl S3Dest {
                 cfg.upload.memory_limit_bytes.div_ceil(BUFFER_UNIT) as usize,
             )),
             checks: Arc::new(tokio::sync::Semaphore::new(cfg.upload.max_checks)),
+            listings: Listings::new(
+                cfg.upload.existence_check,
+                Duration::from_secs_f64(cfg.upload.listing_max_age_secs),
+            ),
+            list_gate: tokio::sync::Mutex::new(()),
             storage_class: cfg.s3.storage_class.as_deref().map(StorageClass::from),
             sse: cfg.s3.sse.as_deref().map(ServerSideEncryption::from),
             sse_kms_key_id: cfg.s3.sse_kms_key_id.clone(),
@@ -430,6 +440,86 @@ impl S3Dest {
         self.head(key, cancel).await
     }
 
+    /// Whether `key` exists, answered by a listing of its directory when the policy
+    /// ([`Listings::plan`]) says one answers or is worth taking; `None`: ask HeadObject.
+    async fn listed(&self, key: &str, cancel: &CancellationToken) -> Option<bool> {
+        let dir = match self.listings.plan(key, Instant::now(), true) {
+            Plan::Answer(present) => return Some(present),
+            Plan::Head => return None,
+            Plan::List(dir) => dir,
+        };
+        let _gate = self.list_gate.lock().await;
+        // The checks that waited for the gate find the listing just taken.
+        if let Plan::Answer(present) = self.listings.plan(key, Instant::now(), false) {
+            return Some(present);
+        }
+        let at = Instant::now();
+        match self.list_dir(&dir, cancel).await {
+            Ok(Some((keys, pages))) => {
+                debug!(dir, keys = keys.len(), pages, "listed for existence checks");
+                self.listings.store(&dir, keys, pages, at);
+            }
+            Ok(None) => {
+                info!(
+                    dir,
+                    "directory too big to list for existence checks; HeadObject there"
+                );
+                self.listings.too_big(&dir, at);
+                return None;
+            }
+            Err(e) if e.class == ErrorClass::Fatal => {
+                if !self.listings.is_disabled() {
+                    warn!(code = %e.code, error = %e.message,
+                          "listing refused (s3:ListBucket on the prefix would save one request per file); existence checks by HeadObject");
+                }
+                self.listings.disable();
+                return None;
+            }
+            Err(e) => {
+                debug!(dir, code = %e.code, error = %e.message, "listing failed; HeadObject instead");
+                return None;
+            }
+        }
+        match self.listings.plan(key, Instant::now(), false) {
+            Plan::Answer(present) => Some(present),
+            _ => None,
+        }
+    }
+
+    /// The keys directly in `dir` (delimiter `/`), and the pages it took; `None` when it
+    /// has more than [`listing::MAX_PAGES`] pages.
+    async fn list_dir(
+        &self,
+        dir: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(HashSet<String>, u32)>, S3Fail> {
+        let _slot = self.checks.acquire().await.expect("semaphore never closed");
+        let mut keys = HashSet::new();
+        let mut token: Option<String> = None;
+        for page in 1..=listing::MAX_PAGES {
+            let out = self
+                .call("ListObjectsV2", dir, cancel, || async {
+                    self.client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(dir)
+                        .delimiter("/")
+                        .set_continuation_token(token.clone())
+                        .send()
+                        .await
+                        .map_err(S3Fail::from_sdk)
+                })
+                .await?;
+            self.metrics.list_request();
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => return Ok(Some((keys, page))),
+            }
+        }
+        Ok(None)
+    }
+
     /// Compare an existing object with the local file. `Ok(Some(done))` when identical.
     async fn compare_existing(
         &self,
@@ -520,8 +610,16 @@ impl S3Dest {
         // attempt on a store with create-only writes skips it: If-None-Match guards.
         let first_try = ctx.row.attempts == 0 && ctx.row.upload_id.is_none();
         let existing = if self.caps().conditional_writes && first_try {
+            self.metrics.existence_check("create_only");
             None
+        } else if first_try && let Some(present) = self.listed(key, ctx.cancel).await {
+            self.metrics.existence_check("listing");
+            match present {
+                true => self.checked_head(key, ctx.cancel).await?,
+                false => None,
+            }
         } else {
+            self.metrics.existence_check("head");
             self.checked_head(key, ctx.cancel).await?
         };
         if let Some(head) = existing {

@@ -45,7 +45,7 @@ pub struct UploadCtx<'a> {
 
 /// Where files go.
 pub enum Dest {
-    S3(S3Dest),
+    S3(Box<S3Dest>),
     File(FileDest),
 }
 
@@ -53,7 +53,7 @@ impl Dest {
     pub async fn new(cfg: &Config, metrics: Arc<Metrics>) -> Dest {
         match cfg.destination() {
             Destination::S3 { bucket, prefix } => {
-                Dest::S3(S3Dest::connect(cfg, &bucket, &prefix, metrics).await)
+                Dest::S3(Box::new(S3Dest::connect(cfg, &bucket, &prefix, metrics).await))
             }
             Destination::File { dir } => Dest::File(FileDest { dir, metrics }),
         }
@@ -348,11 +348,16 @@ impl Worker {
             if after.len() != row.size || mtime_after != row.mtime_ns {
                 return Err(SyncError::Changed(row.path.clone()));
             }
+            // Keeping the file needs nothing done to it: recorded with the upload.
+            let keep = (self.cfg.after_upload == AfterUpload::Retain).then_some(Event::Kept);
             self.journal
-                .mark_uploaded(row, done.etag.as_deref(), &done.checksum)?;
+                .mark_uploaded(row, done.etag.as_deref(), &done.checksum, keep)?;
             self.metrics.uploaded(row.size);
             info!(path = %row.path.display(), key = %row.key, bytes = row.size,
                   checksum = %done.checksum, secs = started.elapsed().as_secs_f64(), "uploaded and verified");
+            if keep.is_some() {
+                return Ok(());
+            }
         }
         let row = &self.journal.get(row.id)?;
         if row.state == State::Uploaded {

@@ -559,51 +559,122 @@ async fn permanent_errors_keep_files_and_say_why() {
     assert_eq!(count(), 0);
 }
 
+/// A counter from the daemon's last log line (`edgemask-syncd stopped ... name=N`).
+fn stopped_field(stderr: &str, name: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("edgemask-syncd stopped"))
+        .unwrap_or_else(|| panic!("no stop line in:\n{stderr}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
 /// Different content already under a key is never clobbered: the file is kept and the
-/// conflict reported; identical content counts as uploaded.
+/// conflict reported; identical content counts as uploaded. Garage ignores
+/// `If-None-Match`, so the daemon looks first — by HeadObject per file, by one listing
+/// per directory, and (`auto`) by HeadObject until a backlog makes the directory worth
+/// listing: the same outcome every way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_objects_are_never_clobbered() {
     let g = Garage::start();
     let client = g.client().await;
-    let work = tempfile::tempdir().unwrap();
-    let out = work.path().join("out");
-    let same = content(7, 4000);
-    write_final(&out.join("cam"), "same.bin", &same);
-    write_final(&out.join("cam"), "diff.bin", &content(8, 4000));
-    for (k, data) in [
-        ("retrain/cam/same.bin", same.clone()),
-        ("retrain/cam/diff.bin", b"someone else's".to_vec()),
-    ] {
-        client
-            .put_object()
-            .bucket(BUCKET)
-            .key(k)
-            .body(data.into())
-            .send()
-            .await
-            .unwrap();
+    for (mode, fillers) in [("head", 0), ("listing", 0), ("auto", 40)] {
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("out");
+        let dir = out.join(mode);
+        let same = content(7, 4000);
+        write_final(&dir, "same.bin", &same);
+        write_final(&dir, "diff.bin", &content(8, 4000));
+        for i in 0..fillers {
+            write_final(&dir, &format!("f{i:03}.bin"), &content(100 + i, 3000));
+        }
+        // Someone else's object in the directory, not among ours: listed, never touched.
+        for (k, data) in [
+            (format!("retrain/{mode}/same.bin"), same.clone()),
+            (format!("retrain/{mode}/diff.bin"), b"someone else's".to_vec()),
+            (format!("retrain/{mode}/other.bin"), b"not ours".to_vec()),
+        ] {
+            client
+                .put_object()
+                .bucket(BUCKET)
+                .key(k)
+                .body(data.into())
+                .send()
+                .await
+                .unwrap();
+        }
+        let journal = work.path().join("journal.sqlite");
+        let cfg = write_config(
+            work.path(),
+            &s3_config(
+                &g,
+                &out,
+                &journal,
+                &format!(
+                    "key_template = \"{{rel}}\"\n[readiness]\nsettle_secs = 0\n\
+                     [upload]\nexistence_check = \"{mode}\"\nlisting_max_age_secs = 30\n"
+                ),
+            ),
+        );
+        let (code, _, se) = run(&cfg, &g.env(), &["--once"], Duration::from_secs(60));
+        assert_eq!(code, 0, "{mode}: {se}");
+        assert!(
+            !dir.join("same.bin").exists(),
+            "{mode}: identical object counts as uploaded"
+        );
+        assert!(
+            dir.join("diff.bin").exists(),
+            "{mode}: conflicting file must be kept"
+        );
+        assert_eq!(
+            get(&client, &format!("retrain/{mode}/diff.bin")).await,
+            b"someone else's"
+        );
+        assert_eq!(
+            get(&client, &format!("retrain/{mode}/other.bin")).await,
+            b"not ours"
+        );
+        for i in 0..fillers {
+            assert_eq!(
+                get(&client, &format!("retrain/{mode}/f{i:03}.bin")).await,
+                content(100 + i, 3000),
+                "{mode}: f{i:03}"
+            );
+        }
+        assert!(se.contains("conflict"), "{mode}: {se}");
+        let files = 2 + fillers;
+        let (by_head, by_listing, lists) = (
+            stopped_field(&se, "checks_by_head"),
+            stopped_field(&se, "checks_by_listing"),
+            stopped_field(&se, "list_requests"),
+        );
+        assert_eq!(by_head + by_listing, files, "{mode}: one check per file: {se}");
+        match mode {
+            "head" => assert_eq!((by_listing, lists), (0, 0), "{mode}"),
+            "listing" => assert_eq!((by_head, lists), (0, 1), "{mode}: one listing answers all"),
+            _ => {
+                // The first checks go by HeadObject; once the directory is hot, one
+                // listing (30 s fresh here) answers the rest.
+                assert_eq!(lists, 1, "{mode}: {se}");
+                assert!(
+                    by_head >= listing_min_checks() - 1 && by_listing >= files - 16,
+                    "{mode}: {by_head} {by_listing}"
+                );
+            }
+        }
+        let (_, so, _) = run(&cfg, &[], &["status"], Duration::from_secs(20));
+        assert!(
+            so.contains("conflict: 1") && so.contains("diff.bin"),
+            "{mode}: {so}"
+        );
     }
-    let journal = work.path().join("journal.sqlite");
-    let cfg = write_config(
-        work.path(),
-        &s3_config(
-            &g,
-            &out,
-            &journal,
-            "key_template = \"{rel}\"\n[readiness]\nsettle_secs = 0\n",
-        ),
-    );
-    let (code, _, se) = run(&cfg, &g.env(), &["--once"], Duration::from_secs(60));
-    assert_eq!(code, 0, "{se}");
-    assert!(
-        !out.join("cam/same.bin").exists(),
-        "identical object counts as uploaded"
-    );
-    assert!(out.join("cam/diff.bin").exists(), "conflicting file must be kept");
-    assert_eq!(get(&client, "retrain/cam/diff.bin").await, b"someone else's");
-    assert!(se.contains("conflict"), "{se}");
-    let (_, so, _) = run(&cfg, &[], &["status"], Duration::from_secs(20));
-    assert!(so.contains("conflict: 1") && so.contains("diff.bin"), "{so}");
+}
+
+fn listing_min_checks() -> u64 {
+    edgemask_syncd::listing::MIN_CHECKS as u64
 }
 
 /// Uploads under way, then the endpoint goes down, then answers 503 SlowDown to a fifth

@@ -168,6 +168,30 @@ pub struct NewFile {
     pub key: String,
 }
 
+impl NewFile {
+    /// The journal row of this file, just inserted as `id` at `now`.
+    pub fn pending_row(&self, id: i64, now: i64) -> FileRow {
+        FileRow {
+            id,
+            path: self.path.clone(),
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            clip: self.clip.clone(),
+            is_manifest: self.is_manifest,
+            key: self.key.clone(),
+            state: State::Pending,
+            upload_id: None,
+            part_size: None,
+            etag: None,
+            checksum: None,
+            attempts: 0,
+            last_error: None,
+            ready_at: now,
+            uploaded_seq: None,
+        }
+    }
+}
+
 /// Counts per state plus the oldest open file.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -407,24 +431,7 @@ impl Journal {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
                     )?
                     .execute(params![path_str(&f.path)?, f.size as i64, f.mtime_ns, f.clip, f.is_manifest as i64, f.key, now])?;
-                    Ok(Some(FileRow {
-                        id: c.last_insert_rowid(),
-                        path: f.path.clone(),
-                        size: f.size,
-                        mtime_ns: f.mtime_ns,
-                        clip: f.clip.clone(),
-                        is_manifest: f.is_manifest,
-                        key: f.key.clone(),
-                        state: State::Pending,
-                        upload_id: None,
-                        part_size: None,
-                        etag: None,
-                        checksum: None,
-                        attempts: 0,
-                        last_error: None,
-                        ready_at: now,
-                        uploaded_seq: None,
-                    }))
+                    Ok(Some(f.pending_row(c.last_insert_rowid(), now)))
                 }
             }
         })
@@ -726,23 +733,16 @@ mod tests {
 
     #[test]
     fn clips_to_drop_oldest_first() {
-        let row = |id: i64, clip: Option<&str>, mtime_ns: i64| FileRow {
-            id,
-            path: format!("/out/{id}").into(),
-            size: 1,
-            mtime_ns,
-            clip: clip.map(str::to_string),
-            is_manifest: false,
-            key: format!("k{id}"),
-            state: State::Pending,
-            upload_id: None,
-            part_size: None,
-            etag: None,
-            checksum: None,
-            attempts: 0,
-            last_error: None,
-            ready_at: 0,
-            uploaded_seq: None,
+        let row = |id: i64, clip: Option<&str>, mtime_ns: i64| {
+            NewFile {
+                path: format!("/out/{id}").into(),
+                size: 1,
+                mtime_ns,
+                clip: clip.map(str::to_string),
+                is_manifest: false,
+                key: format!("k{id}"),
+            }
+            .pending_row(id, 0)
         };
         let groups = group_oldest_first(vec![
             row(1, Some("/out/new"), 300),

@@ -67,7 +67,7 @@ fn main() {
         )
     };
     let mut input = vec![0f32; model.0 * model.1 * 3];
-    let mut infer = |engine: &mut Engine, input: &[f32]| {
+    let infer = |engine: &mut Engine, input: &[f32]| {
         engine.run(input, msize, |_, d| d[0]).unwrap();
     };
     println!(

@@ -467,7 +467,9 @@ impl S3Dest {
                 self.listings.too_big(&dir, at);
                 return None;
             }
-            Err(e) if e.class == ErrorClass::Fatal => {
+            Err(e) if e.code == "AccessDenied" => {
+                // Other permanent errors (a wrong key, a missing bucket) fail the HeadObject
+                // that follows too, and stop the destination there.
                 if !self.listings.is_disabled() {
                     warn!(code = %e.code, error = %e.message,
                           "listing refused (s3:ListBucket on the prefix would save one request per file); existence checks by HeadObject");

@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-EDGEMASK_WITH_GARAGE="${EDGEMASK_WITH_GARAGE:-1}" bash scripts/setup.sh
+EDGEMASK_WITH_GARAGE="${EDGEMASK_WITH_GARAGE:-1}" EDGEMASK_WITH_NVRTC="${EDGEMASK_WITH_NVRTC:-1}" bash scripts/setup.sh
 # shellcheck source=/dev/null
 source scripts/env.sh
 
@@ -26,3 +26,7 @@ cargo build -p gst-plugin-unetmask --locked
 
 step "cargo test"
 cargo test --workspace --locked -- --test-threads="${EDGEMASK_TEST_THREADS:-2}"
+
+step "cargo test (GPU kernels with the cuda feature: CPU mirror, NVRTC compile; no GPU needed)"
+LD_LIBRARY_PATH="$root/.deps/nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" EDGEMASK_REQUIRE_NVRTC=1 \
+  cargo test -p gst-plugin-unetmask --locked --features cuda --lib gpu_pre

@@ -1,0 +1,323 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The GPU pre-processing kernel (`kernels/preprocess.cu`, compiled at run time by NVRTC)
+//! and its CPU mirror.
+//!
+//! [`reference`] runs the kernel's arithmetic on the CPU, one iteration per GPU thread, in
+//! the same `f32` operations; the tests hold it to the element's CPU path
+//! ([`Preprocessor`](super::preprocess::Preprocessor)) for every format, layout and
+//! channel order, so the maths of the GPU path is checked on every machine. With the `cuda`
+//! feature, a test also compiles the kernel with NVRTC (`libnvrtc.so.12`, from the
+//! `nvidia-cuda-nvrtc-cu12` wheel that `scripts/setup.sh` installs for the tests).
+
+use super::contract::Layout;
+use super::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
+use super::preprocess::{ChannelOrder, Normalization};
+
+/// The kernel's CUDA C source.
+pub const PREPROCESS_CU: &str = include_str!("kernels/preprocess.cu");
+/// The kernel's entry point.
+pub const PREPROCESS_FN: &str = "edgemask_preprocess";
+
+/// The kernel's parameters, passed by value: identical to `struct PreParams` in
+/// `kernels/preprocess.cu` (`repr(C)`, 4-byte fields only, so no padding differs).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreParams {
+    /// 0: packed RGB(x), 1: NV12, 2: I420.
+    pub kind: i32,
+    /// Bytes per pixel (packed formats).
+    pub bpp: i32,
+    /// Byte offset in a pixel of the value for model channel `k` (packed formats).
+    pub offsets: [i32; 3],
+    pub width: i32,
+    pub height: i32,
+    /// Row strides of the planes, bytes.
+    pub strides: [i32; 3],
+    pub tensor_w: i32,
+    pub tensor_h: i32,
+    /// 1: NHWC, 0: NCHW.
+    pub nhwc: i32,
+    /// Model channel `k` takes RGB channel `rgb_index[k]` (YUV formats).
+    pub rgb_index: [i32; 3],
+    /// `tensor = value * mul[k] + add[k]`.
+    pub mul: [f32; 3],
+    pub add: [f32; 3],
+    /// YUV -> RGB: `y_mul, y_off, r_v, g_u, g_v, b_u`.
+    pub yuv: [f32; 6],
+}
+
+impl PreParams {
+    /// The parameters for frames of `format`, `width` x `height` with `strides`, to a
+    /// tensor of `tensor_size` — the same inputs as the CPU path's `Preprocessor::new`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        format: PixelFormat,
+        (width, height): (usize, usize),
+        strides: [usize; 3],
+        tensor_size: (usize, usize),
+        layout: Layout,
+        order: ChannelOrder,
+        norm: Normalization,
+        matrix: YuvMatrix,
+    ) -> PreParams {
+        let rgb_index = match order {
+            ChannelOrder::Rgb => [0, 1, 2],
+            ChannelOrder::Bgr => [2, 1, 0],
+        };
+        let (kind, bpp, offsets) = match format.packed_rgb() {
+            Some((off, bpp)) => (0, bpp as i32, rgb_index.map(|c| off[c] as i32)),
+            None if format == PixelFormat::Nv12 => (1, 1, [0; 3]),
+            None => (2, 1, [0; 3]),
+        };
+        let c = matrix.to_rgb_coeffs();
+        PreParams {
+            kind,
+            bpp,
+            offsets,
+            width: width as i32,
+            height: height as i32,
+            strides: strides.map(|s| s as i32),
+            tensor_w: tensor_size.0 as i32,
+            tensor_h: tensor_size.1 as i32,
+            nhwc: (layout == Layout::Nhwc) as i32,
+            rgb_index: rgb_index.map(|i| i as i32),
+            mul: std::array::from_fn(|k| norm.scale / norm.std[k]),
+            add: std::array::from_fn(|k| -norm.mean[k] / norm.std[k]),
+            yuv: [c.y_mul, c.y_off, c.r_v, c.g_u, c.g_v, c.b_u],
+        }
+    }
+
+    /// Number of `f32` values of the tensor.
+    pub fn tensor_len(&self) -> usize {
+        self.tensor_w as usize * self.tensor_h as usize * 3
+    }
+}
+
+/// The kernel's `tap`: source neighbours and weight for output coordinate `o`.
+fn tap(o: i32, src: i32, dst: i32) -> (i32, i32, f32) {
+    let scale = src as f32 / dst as f32;
+    let s = ((o as f32 + 0.5) * scale - 0.5).clamp(0.0, (src - 1) as f32);
+    let i0 = s.floor() as i32;
+    (i0, (i0 + 1).min(src - 1), s - i0 as f32)
+}
+
+/// The kernel's `lerp2`.
+fn lerp2(r0: &[u8], r1: &[u8], i0: i32, i1: i32, fx: f32, fy: f32) -> f32 {
+    let (a, b) = (r0[i0 as usize] as f32, r0[i1 as usize] as f32);
+    let (c, d) = (r1[i0 as usize] as f32, r1[i1 as usize] as f32);
+    let top = a + (b - a) * fx;
+    top + (c + (d - c) * fx - top) * fy
+}
+
+/// What one GPU thread computes: the tensor values of pixel (`ox`, `oy`).
+fn thread(p: &PreParams, planes: [&[u8]; 3], ox: i32, oy: i32) -> [f32; 3] {
+    let (tx0, tx1, fx) = tap(ox, p.width, p.tensor_w);
+    let (ty0, ty1, fy) = tap(oy, p.height, p.tensor_h);
+    let row = |plane: usize, y: i32| &planes[plane][y as usize * p.strides[plane] as usize..];
+    let (y0, y1) = (row(0, ty0), row(0, ty1));
+    if p.kind == 0 {
+        return std::array::from_fn(|k| {
+            let o = p.offsets[k];
+            let x = lerp2(y0, y1, tx0 * p.bpp + o, tx1 * p.bpp + o, fx, fy);
+            x * p.mul[k] + p.add[k]
+        });
+    }
+    let (cw, ch) = ((p.width + 1) / 2, (p.height + 1) / 2);
+    let (cx0, cx1, fxc) = tap(ox, cw, p.tensor_w);
+    let (cy0, cy1, fyc) = tap(oy, ch, p.tensor_h);
+    let y = lerp2(y0, y1, tx0, tx1, fx, fy);
+    let (u0, u1) = (row(1, cy0), row(1, cy1));
+    let (u, w) = if p.kind == 1 {
+        (
+            lerp2(u0, u1, cx0 * 2, cx1 * 2, fxc, fyc),
+            lerp2(u0, u1, cx0 * 2 + 1, cx1 * 2 + 1, fxc, fyc),
+        )
+    } else {
+        let (v0, v1) = (row(2, cy0), row(2, cy1));
+        (
+            lerp2(u0, u1, cx0, cx1, fxc, fyc),
+            lerp2(v0, v1, cx0, cx1, fxc, fyc),
+        )
+    };
+    let yy = y * p.yuv[0] + p.yuv[1];
+    let (u, w) = (u - 128.0, w - 128.0);
+    let rgb = [
+        (yy + p.yuv[2] * w).clamp(0.0, 255.0),
+        (yy + p.yuv[3] * u + p.yuv[4] * w).clamp(0.0, 255.0),
+        (yy + p.yuv[5] * u).clamp(0.0, 255.0),
+    ];
+    std::array::from_fn(|k| rgb[p.rgb_index[k] as usize] * p.mul[k] + p.add[k])
+}
+
+/// The kernel on the CPU: every thread of the launch grid in turn, writing `out` as the
+/// kernel does. `frame` must match the parameters (format, size; its strides are used).
+pub fn reference(p: &PreParams, frame: &Frame<'_>, out: &mut [f32]) {
+    assert_eq!(out.len(), p.tensor_len(), "tensor size");
+    assert_eq!((frame.width, frame.height), (p.width as usize, p.height as usize));
+    if p.kind != 0 {
+        let (cw, ch) = chroma_size(frame.width, frame.height);
+        assert!(
+            frame.planes[1].len() >= (ch - 1) * frame.strides[1] + cw,
+            "chroma plane"
+        );
+    }
+    let p = PreParams {
+        strides: frame.strides.map(|s| s as i32),
+        ..*p
+    };
+    let (tw, th) = (p.tensor_w as usize, p.tensor_h as usize);
+    for oy in 0..th {
+        for ox in 0..tw {
+            let v = thread(&p, frame.planes, ox as i32, oy as i32);
+            let px = oy * tw + ox;
+            for (k, v) in v.into_iter().enumerate() {
+                if p.nhwc != 0 {
+                    out[px * 3 + k] = v;
+                } else {
+                    out[k * tw * th + px] = v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unetmask::preprocess::Preprocessor;
+
+    /// A frame of pseudo-random bytes (every plane, padded strides).
+    fn frame_data(
+        format: PixelFormat,
+        w: usize,
+        h: usize,
+        pad: usize,
+        seed: u32,
+    ) -> (Vec<Vec<u8>>, [usize; 3]) {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    (x >> 24) as u8
+                })
+                .collect()
+        };
+        let (cw, ch) = chroma_size(w, h);
+        match format.packed_rgb() {
+            Some((_, bpp)) => {
+                let s = w * bpp + pad;
+                (vec![bytes(s * h)], [s, 0, 0])
+            }
+            None if format == PixelFormat::Nv12 => {
+                let (s0, s1) = (w + pad, cw * 2 + pad);
+                (vec![bytes(s0 * h), bytes(s1 * ch)], [s0, s1, 0])
+            }
+            None => {
+                let (s0, s1) = (w + pad, cw + pad);
+                (vec![bytes(s0 * h), bytes(s1 * ch), bytes(s1 * ch)], [s0, s1, s1])
+            }
+        }
+    }
+
+    #[test]
+    fn params_match_the_kernel_struct() {
+        // 28 four-byte values in the CUDA struct.
+        assert_eq!(std::mem::size_of::<PreParams>(), 28 * 4);
+        assert!(PREPROCESS_CU.contains(&format!("__global__ void {PREPROCESS_FN}(PreParams p")));
+    }
+
+    /// The kernel's arithmetic (run on the CPU) against the element's CPU path, within
+    /// 1e-3 of the tensor value, for every format, both layouts and channel orders,
+    /// downscaling, upscaling, odd sizes, padded strides and a mean/std normalisation.
+    #[test]
+    fn kernel_arithmetic_matches_the_cpu_path() {
+        let imagenet = Normalization {
+            scale: 1.0 / 255.0,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        };
+        let formats = [
+            PixelFormat::Rgba,
+            PixelFormat::Bgra,
+            PixelFormat::Rgbx,
+            PixelFormat::Bgrx,
+            PixelFormat::Rgb,
+            PixelFormat::Bgr,
+            PixelFormat::Nv12,
+            PixelFormat::I420,
+        ];
+        let cases = [
+            ((640, 480), (256, 256)),
+            ((33, 17), (40, 30)),
+            ((7, 5), (4, 3)),
+            ((1, 1), (2, 2)),
+        ];
+        let mut checked = 0;
+        for (i, format) in formats.into_iter().enumerate() {
+            for ((w, h), tensor) in cases {
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    for (order, norm) in [
+                        (ChannelOrder::Rgb, Normalization::default()),
+                        (ChannelOrder::Bgr, imagenet),
+                    ] {
+                        let (data, strides) = frame_data(format, w, h, 8, i as u32 + 7);
+                        let mut planes: [&[u8]; 3] = [&[]; 3];
+                        for (k, d) in data.iter().enumerate() {
+                            planes[k] = d;
+                        }
+                        let frame = Frame {
+                            format,
+                            width: w,
+                            height: h,
+                            planes,
+                            strides,
+                        };
+                        let matrix = YuvMatrix::BT709;
+                        let mut cpu = Preprocessor::new(format, w, h, tensor, layout, order, norm, matrix);
+                        let mut want = vec![0f32; cpu.tensor_len()];
+                        cpu.run(&frame, &mut want);
+                        let p = PreParams::new(format, (w, h), strides, tensor, layout, order, norm, matrix);
+                        let mut got = vec![f32::NAN; p.tensor_len()];
+                        reference(&p, &frame, &mut got);
+                        let worst = want
+                            .iter()
+                            .zip(&got)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0f32, f32::max);
+                        assert!(
+                            worst <= 1e-3,
+                            "{format:?} {w}x{h} -> {tensor:?} {layout:?} {order:?}: differs by {worst}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 8 * 4 * 2 * 2);
+    }
+
+    /// NVRTC compiles the kernel (the `cuda` feature; no GPU needed). Without libnvrtc
+    /// the test says so and passes, unless `EDGEMASK_REQUIRE_NVRTC=1` (the test command sets
+    /// it after installing NVRTC), where a missing library fails it.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn kernel_compiles_with_nvrtc() {
+        // SAFETY: probes for the library with dlopen; no NVRTC call is made.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            let msg = "libnvrtc.so.12 not found on the library path (scripts/setup.sh installs it)";
+            assert!(
+                std::env::var("EDGEMASK_REQUIRE_NVRTC").as_deref() != Ok("1"),
+                "{msg}"
+            );
+            eprintln!("skipped: {msg}");
+            return;
+        }
+        let ptx = cudarc::nvrtc::compile_ptx(PREPROCESS_CU).unwrap_or_else(|e| panic!("NVRTC: {e:?}"));
+        let text = ptx.to_src();
+        assert!(text.contains(&format!(".entry {PREPROCESS_FN}")), "{text}");
+    }
+}

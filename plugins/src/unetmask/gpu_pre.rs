@@ -183,7 +183,7 @@ pub fn reference(p: &PreParams, frame: &Frame<'_>, out: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::unetmask::preprocess::Preprocessor;
 
@@ -300,12 +300,11 @@ mod tests {
         assert_eq!(checked, 8 * 4 * 2 * 2);
     }
 
-    /// NVRTC compiles the kernel (the `cuda` feature; no GPU needed). Without libnvrtc
-    /// the test says so and passes, unless `EDGEMASK_REQUIRE_NVRTC=1` (the test command sets
-    /// it after installing NVRTC), where a missing library fails it.
+    /// NVRTC compiles `src` and the PTX has `entry` (the `cuda` feature; no GPU needed).
+    /// Without libnvrtc the test says so and passes, unless `EDGEMASK_REQUIRE_NVRTC=1` (the
+    /// test command sets it after installing NVRTC), where a missing library fails it.
     #[cfg(feature = "cuda")]
-    #[test]
-    fn kernel_compiles_with_nvrtc() {
+    pub(crate) fn nvrtc_compiles(src: &str, entry: &str) {
         // SAFETY: probes for the library with dlopen; no NVRTC call is made.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             let msg = "libnvrtc.so.12 not found on the library path (scripts/setup.sh installs it)";
@@ -316,8 +315,14 @@ mod tests {
             eprintln!("skipped: {msg}");
             return;
         }
-        let ptx = cudarc::nvrtc::compile_ptx(PREPROCESS_CU).unwrap_or_else(|e| panic!("NVRTC: {e:?}"));
+        let ptx = cudarc::nvrtc::compile_ptx(src).unwrap_or_else(|e| panic!("NVRTC: {e:?}"));
         let text = ptx.to_src();
-        assert!(text.contains(&format!(".entry {PREPROCESS_FN}")), "{text}");
+        assert!(text.contains(&format!(".entry {entry}")), "{text}");
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn kernel_compiles_with_nvrtc() {
+        nvrtc_compiles(PREPROCESS_CU, PREPROCESS_FN);
     }
 }

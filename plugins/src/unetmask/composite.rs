@@ -34,7 +34,9 @@ pub struct MaskScaler {
     peak: Vec<u8>,
 }
 
-fn fixed_taps(src: usize, dst: usize) -> Vec<(u32, u32, u32)> {
+/// Bilinear taps `(i0, i1, f)` mapping `dst` samples onto `src` (half-pixel centres,
+/// clamped edges), `f` the weight of `i1` in 1/256.
+pub fn fixed_taps(src: usize, dst: usize) -> Vec<(u32, u32, u32)> {
     let scale = src as f64 / dst as f64;
     (0..dst)
         .map(|o| {
@@ -186,6 +188,11 @@ impl Weights {
             scale: opacity,
             ..self
         }
+    }
+
+    /// The hard-mask cut, whether inverted, and the opacity scale.
+    pub fn parts(&self) -> (Option<u8>, bool, u8) {
+        (self.cut, self.invert, self.scale)
     }
 
     /// The weight of one mask value (the reference for [`Weights::apply`]).

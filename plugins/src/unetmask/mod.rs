@@ -11,6 +11,7 @@ pub mod engine;
 pub mod frame;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod gpu_composite;
 pub mod gpu_post;
 pub mod gpu_pre;
 mod imp;

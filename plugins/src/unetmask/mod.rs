@@ -12,6 +12,8 @@ pub mod frame;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod gpu_composite;
+#[cfg(feature = "cuda")]
+pub mod gpu_launch;
 pub mod gpu_post;
 pub mod gpu_pre;
 mod imp;

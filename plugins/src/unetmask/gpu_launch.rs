@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The GPU kernels on a device (feature `cuda`): compiled with NVRTC once, loaded into one
+//! context, launched on one stream. This is the harness the GPU tests run the kernels
+//! through (host data in, host data out); the element does not use it yet — its GPU path
+//! still needs the frame upload into buffers allocated per caps and ONNX Runtime's
+//! IoBinding on the same device memory.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::compile_ptx;
+
+use super::frame::{Frame, chroma_size};
+use super::gpu_composite::{self, COMPOSITE_CU, MASK_FN, MIX_FN, MixParams};
+use super::gpu_post::{POSTPROCESS_CU, POSTPROCESS_FN, PostParams};
+use super::gpu_pre::{PREPROCESS_CU, PREPROCESS_FN, PreParams};
+
+// SAFETY: `repr(C)` structs of 4-byte integers and floats, laid out as the kernels' structs
+// (checked by the `params_match_the_kernel_struct` tests); passed by value.
+unsafe impl DeviceRepr for PreParams {}
+unsafe impl DeviceRepr for PostParams {}
+unsafe impl DeviceRepr for MixParams {}
+
+/// The kernels loaded on one device, with the stream they run on.
+pub struct GpuKernels {
+    pub stream: Arc<CudaStream>,
+    pre: CudaFunction,
+    post: CudaFunction,
+    mix: CudaFunction,
+    mask: CudaFunction,
+}
+
+fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// A 2-D launch covering `w` x `h` threads in 16 x 16 blocks.
+fn grid(w: i32, h: i32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((w.max(1) as u32).div_ceil(16), (h.max(1) as u32).div_ceil(16), 1),
+        block_dim: (16, 16, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl GpuKernels {
+    /// Compile the kernels (NVRTC) and load them on device `ordinal`, with a new stream.
+    pub fn new(ordinal: usize) -> Result<GpuKernels, String> {
+        let ctx = CudaContext::new(ordinal).map_err(err("creating the CUDA context"))?;
+        let stream = ctx.new_stream().map_err(err("creating a CUDA stream"))?;
+        let load = |src: &str, names: &[&str]| -> Result<Vec<CudaFunction>, String> {
+            let ptx = compile_ptx(src).map_err(|e| format!("NVRTC: {e:?}"))?;
+            let module = ctx.load_module(ptx).map_err(err("loading the kernels"))?;
+            names
+                .iter()
+                .map(|n| module.load_function(n).map_err(err(n)))
+                .collect()
+        };
+        let pre = load(PREPROCESS_CU, &[PREPROCESS_FN])?.remove(0);
+        let post = load(POSTPROCESS_CU, &[POSTPROCESS_FN])?.remove(0);
+        let mut composite = load(COMPOSITE_CU, &[MIX_FN, MASK_FN])?;
+        let mask = composite.remove(1);
+        let mix = composite.remove(0);
+        Ok(GpuKernels {
+            stream,
+            pre,
+            post,
+            mix,
+            mask,
+        })
+    }
+
+    fn upload(&self, data: &[u8]) -> Result<CudaSlice<u8>, String> {
+        // A zero-length buffer cannot be allocated; unused planes get one byte.
+        let data = if data.is_empty() { &[0u8][..] } else { data };
+        self.stream.clone_htod(data).map_err(err("uploading"))
+    }
+
+    /// `edgemask_preprocess` over `frame`: the tensor, downloaded.
+    pub fn preprocess(&self, p: &PreParams, frame: &Frame<'_>) -> Result<Vec<f32>, String> {
+        let p = PreParams {
+            strides: frame.strides.map(|s| s as i32),
+            ..*p
+        };
+        let (_, ch) = chroma_size(frame.width, frame.height);
+        let rows = [frame.height, ch, ch];
+        let planes: Vec<CudaSlice<u8>> = (0..3)
+            .map(|i| {
+                let used = frame.planes[i].len().min(rows[i] * frame.strides[i]);
+                self.upload(&frame.planes[i][..used])
+            })
+            .collect::<Result<_, _>>()?;
+        let mut out = self
+            .stream
+            .alloc_zeros::<f32>(p.tensor_len())
+            .map_err(err("allocating the tensor"))?;
+        let mut launch = self.stream.launch_builder(&self.pre);
+        launch
+            .arg(&p)
+            .arg(&planes[0])
+            .arg(&planes[1])
+            .arg(&planes[2])
+            .arg(&mut out);
+        // SAFETY: the arguments match the kernel's signature; every buffer is as large as
+        // the parameters say the kernel reads or writes.
+        unsafe { launch.launch(grid(p.tensor_w, p.tensor_h)) }
+            .map_err(err("launching edgemask_preprocess"))?;
+        self.stream
+            .clone_dtoh(&out)
+            .map_err(err("downloading the tensor"))
+    }
+
+    /// `edgemask_postprocess` over one output tensor; `state` is updated in place.
+    /// Returns the mask and the counts (above the threshold, in the uncertainty band).
+    pub fn postprocess(
+        &self,
+        p: &PostParams,
+        out: &[f32],
+        state: &mut Vec<f32>,
+    ) -> Result<(Vec<u8>, [u32; 2]), String> {
+        let n = p.pixels as usize;
+        let input = self.stream.clone_htod(out).map_err(err("uploading the output"))?;
+        let mut st = self
+            .stream
+            .clone_htod(&state[..n])
+            .map_err(err("uploading the state"))?;
+        let mut mask = self
+            .stream
+            .alloc_zeros::<u8>(n)
+            .map_err(err("allocating the mask"))?;
+        let mut counts = self
+            .stream
+            .alloc_zeros::<u32>(2)
+            .map_err(err("allocating the counts"))?;
+        let mut launch = self.stream.launch_builder(&self.post);
+        launch
+            .arg(p)
+            .arg(&input)
+            .arg(&mut st)
+            .arg(&mut mask)
+            .arg(&mut counts);
+        // SAFETY: as in `preprocess`.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(n as u32)) }
+            .map_err(err("launching edgemask_postprocess"))?;
+        *state = self
+            .stream
+            .clone_dtoh(&st)
+            .map_err(err("downloading the state"))?;
+        let c = self
+            .stream
+            .clone_dtoh(&counts)
+            .map_err(err("downloading the counts"))?;
+        let mask = self
+            .stream
+            .clone_dtoh(&mask)
+            .map_err(err("downloading the mask"))?;
+        Ok((mask, [c[0], c[1]]))
+    }
+
+    /// `edgemask_mix` over one plane; returns the mixed plane.
+    pub fn mix(&self, p: &MixParams, mask: &[u8], plane: &[u8], target: &[u8]) -> Result<Vec<u8>, String> {
+        let (xt, yt) = gpu_composite::taps(p);
+        let (m, xt, yt) = (
+            self.upload(mask)?,
+            self.stream.clone_htod(&xt),
+            self.stream.clone_htod(&yt),
+        );
+        let (xt, yt) = (
+            xt.map_err(err("uploading taps"))?,
+            yt.map_err(err("uploading taps"))?,
+        );
+        let mut pl = self.upload(plane)?;
+        let tg = self.upload(target)?;
+        let mut launch = self.stream.launch_builder(&self.mix);
+        launch.arg(p).arg(&m).arg(&xt).arg(&yt).arg(&mut pl).arg(&tg);
+        // SAFETY: as in `preprocess`.
+        unsafe { launch.launch(grid(p.width, p.height)) }.map_err(err("launching edgemask_mix"))?;
+        self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
+    }
+
+    /// `edgemask_mask`: the GRAY8 mask of one plane (`p.stride` bytes per row).
+    pub fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String> {
+        let (xt, yt) = gpu_composite::taps(p);
+        let m = self.upload(mask)?;
+        let xt = self.stream.clone_htod(&xt).map_err(err("uploading taps"))?;
+        let yt = self.stream.clone_htod(&yt).map_err(err("uploading taps"))?;
+        let mut out = self
+            .stream
+            .alloc_zeros::<u8>(p.stride as usize * p.height as usize)
+            .map_err(err("allocating the mask"))?;
+        let mut launch = self.stream.launch_builder(&self.mask);
+        launch.arg(p).arg(&m).arg(&xt).arg(&yt).arg(&mut out);
+        // SAFETY: as in `preprocess`.
+        unsafe { launch.launch(grid(p.width, p.height)) }.map_err(err("launching edgemask_mask"))?;
+        self.stream.clone_dtoh(&out).map_err(err("downloading the mask"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unetmask::composite::{Weights, plane_colors, planes_of};
+    use crate::unetmask::contract::{Activation, Layout, OutputLayout};
+    use crate::unetmask::frame::{PixelFormat, YuvMatrix};
+    use crate::unetmask::postprocess::OutputSpec;
+    use crate::unetmask::preprocess::{ChannelOrder, Normalization};
+    use crate::unetmask::{gpu, gpu_post, gpu_pre};
+
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// The kernels on a real GPU against their CPU mirrors: tensors within 1e-3, masks
+    /// within one level, compositing byte for byte. Skipped, saying so, without a GPU.
+    #[test]
+    fn kernels_on_the_gpu_match_their_cpu_mirrors() {
+        if let Err(why) = gpu::device_count() {
+            eprintln!("skipped: no GPU ({why})");
+            return;
+        }
+        let k = GpuKernels::new(0).expect("kernels load on GPU 0");
+        for format in [
+            PixelFormat::Rgba,
+            PixelFormat::Bgrx,
+            PixelFormat::Rgb,
+            PixelFormat::Nv12,
+            PixelFormat::I420,
+        ] {
+            let (w, h) = (1921, 1081);
+            let geoms = planes_of(format, w, h);
+            let data: Vec<Vec<u8>> = geoms
+                .iter()
+                .enumerate()
+                .map(|(i, g)| bytes(g.width * g.pstride * g.height, i as u32 + 3))
+                .collect();
+            let mut planes: [&[u8]; 3] = [&[]; 3];
+            let mut strides = [0usize; 3];
+            for (i, (d, g)) in data.iter().zip(&geoms).enumerate() {
+                planes[i] = d;
+                strides[i] = g.width * g.pstride;
+            }
+            let frame = Frame {
+                format,
+                width: w,
+                height: h,
+                planes,
+                strides,
+            };
+            for layout in [Layout::Nchw, Layout::Nhwc] {
+                let p = gpu_pre::PreParams::new(
+                    format,
+                    (w, h),
+                    strides,
+                    (256, 144),
+                    layout,
+                    ChannelOrder::Rgb,
+                    Normalization::default(),
+                    YuvMatrix::BT709,
+                );
+                let mut want = vec![0f32; p.tensor_len()];
+                gpu_pre::reference(&p, &frame, &mut want);
+                let got = k.preprocess(&p, &frame).expect("preprocess");
+                let worst = want
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst <= 1e-3, "{format:?} {layout:?}: tensor differs by {worst}");
+            }
+            let mask = bytes(256 * 144, 11);
+            let colors = plane_colors(format, YuvMatrix::BT709, [250, 200, 10]);
+            for (i, g) in geoms.iter().enumerate() {
+                let wt = Weights::mask(Some(0.4)).scaled(200);
+                let p = MixParams::new((256, 144), g, strides[i], &wt, &colors[i], None);
+                let mut want = data[i].clone();
+                gpu_composite::reference_mix(&p, &mask, &mut want, &[]);
+                assert!(
+                    k.mix(&p, &mask, &data[i], &[]).expect("mix") == want,
+                    "{format:?} plane {i}: mix"
+                );
+            }
+        }
+        let spec = OutputSpec {
+            layout: OutputLayout::ChannelsFirst,
+            channels: 1,
+            person: 0,
+            activation: Activation::Sigmoid,
+        };
+        let n = 256 * 144;
+        let out: Vec<f32> = bytes(n, 5).iter().map(|&b| b as f32 / 16.0 - 8.0).collect();
+        let (mut s_gpu, mut s_cpu) = (vec![0f32; n], vec![0f32; n]);
+        for frame in 0..2 {
+            let p = gpu_post::PostParams::new(&spec, n, 0.5, frame > 0, None);
+            let mut want = vec![0u8; n];
+            let stats = gpu_post::reference(&p, &out, &mut s_cpu, &mut want);
+            let (got, counts) = k.postprocess(&p, &out, &mut s_gpu).expect("postprocess");
+            let worst = want.iter().zip(&got).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            assert!(worst <= 1, "post-processing differs by {worst} levels");
+            let coverage = counts[0] as f32 / n as f32;
+            assert!((coverage - stats.coverage).abs() <= 2.0 / n as f32, "coverage");
+        }
+        // No leak over many launches: the device's free memory comes back.
+        let free = || {
+            cudarc::driver::result::mem_get_info()
+                .map(|(f, _)| f)
+                .unwrap_or(0)
+        };
+        let before = free();
+        let g = &planes_of(PixelFormat::Rgba, 640, 360)[0];
+        let plane = bytes(640 * 360 * 4, 1);
+        let mask = bytes(256 * 144, 2);
+        let p = MixParams::new((256, 144), g, 640 * 4, &Weights::mask(None), &[1, 2, 3], None);
+        for _ in 0..10_000 {
+            k.mix(&p, &mask, &plane, &[]).expect("mix");
+        }
+        let after = free();
+        assert!(
+            after + (16 << 20) >= before,
+            "device memory fell from {before} to {after} bytes"
+        );
+    }
+}

@@ -166,6 +166,7 @@ mod tests {
         MaskScaler, Scratch, Target, mix_plane, plane_colors, planes_of, write_mask,
     };
     use crate::unetmask::frame::{PixelFormat, YuvMatrix};
+    use crate::unetmask::test_bytes::bytes;
 
     /// A person-shaped soft mask: an ellipse with a ramp at its edge, and a hard-edged block.
     fn model_mask(w: usize, h: usize) -> Vec<u8> {
@@ -184,18 +185,6 @@ mod tests {
             }
         }
         m
-    }
-
-    fn bytes(n: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8
-            })
-            .collect()
     }
 
     #[test]

@@ -207,19 +207,8 @@ mod tests {
     use crate::unetmask::frame::{PixelFormat, YuvMatrix};
     use crate::unetmask::postprocess::OutputSpec;
     use crate::unetmask::preprocess::{ChannelOrder, Normalization};
+    use crate::unetmask::test_bytes::bytes;
     use crate::unetmask::{gpu, gpu_post, gpu_pre};
-
-    fn bytes(n: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     /// The kernels on a real GPU against their CPU mirrors: tensors within 1e-3, masks
     /// within one level, compositing byte for byte. Skipped, saying so, without a GPU.

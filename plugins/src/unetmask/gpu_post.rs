@@ -127,14 +127,9 @@ mod tests {
     use crate::unetmask::postprocess::{Smoother, person_probability, quantize};
 
     fn logits(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        let mut next = crate::unetmask::test_bytes::stream(seed);
         (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 8) as f32 / (1u32 << 24) as f32 * 16.0 - 8.0
-            })
+            .map(|_| (next() >> 8) as f32 / (1u32 << 24) as f32 * 16.0 - 8.0)
             .collect()
     }
 

@@ -195,16 +195,10 @@ pub(crate) mod tests {
         pad: usize,
         seed: u32,
     ) -> (Vec<Vec<u8>>, [usize; 3]) {
-        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-        let mut bytes = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    (x >> 24) as u8
-                })
-                .collect()
+        let mut k = 0;
+        let mut bytes = |n: usize| {
+            k += 1;
+            crate::unetmask::test_bytes::bytes(n, seed * 8 + k)
         };
         let (cw, ch) = chroma_size(w, h);
         match format.packed_rgb() {

@@ -20,6 +20,8 @@ mod imp;
 pub mod postprocess;
 pub mod preprocess;
 pub mod resize;
+#[cfg(test)]
+mod test_bytes;
 
 glib::wrapper! {
     pub struct UnetMask(ObjectSubclass<imp::UnetMask>) @extends gst_base::BaseTransform, gst::Element, gst::Object;

@@ -459,7 +459,7 @@ mod providers {
 
     #[cfg(all(feature = "cuda", feature = "tensorrt"))]
     fn tensorrt(env: &Environment, cfg: &EngineConfig, n: u32) -> Result<(Session, String), EngineError> {
-        let cache = super::super::gpu::engine_cache_dir(&cfg.model)
+        let cache = super::super::gpu::engine_cache_dir(&cfg.model, n)
             .map_err(|e| EngineError::Provider(format!("device=tensorrt:{n}: {e}")))?;
         let trt = ort::ep::TensorRT::default()
             .with_device_id(n as i32)

@@ -39,8 +39,8 @@ pub const MIN_CHECKS: u32 = 8;
 pub const CHECKS_PER_PAGE: u32 = 4;
 /// Pages (of 1,000 keys) beyond which a directory is checked by HeadObject instead.
 pub const MAX_PAGES: u32 = 16;
-/// How long a directory too big to list is left alone.
-const TOO_BIG_FOR: Duration = Duration::from_secs(600);
+/// How long a directory too big or too slow to list is left to HeadObject.
+const HEAD_FOR: Duration = Duration::from_secs(600);
 /// Directories without a check for this long are forgotten.
 const IDLE_FOR: Duration = Duration::from_secs(60);
 
@@ -74,7 +74,7 @@ struct Dir {
     last_check: Option<Instant>,
     listed: Option<(Instant, Arc<HashSet<String>>)>,
     pages: u32,
-    too_big_until: Option<Instant>,
+    head_until: Option<Instant>,
 }
 
 /// The listings taken, per key directory, and the checks counted against them.
@@ -112,7 +112,7 @@ impl Listings {
         {
             return Plan::Answer(keys.contains(key));
         }
-        if d.too_big_until.is_some_and(|t| now < t) {
+        if d.head_until.is_some_and(|t| now < t) {
             return Plan::Head;
         }
         if self.mode == ExistenceCheck::Listing {
@@ -149,13 +149,20 @@ impl Listings {
         d.window_start = Some(at);
     }
 
-    /// `dir` has more than [`MAX_PAGES`] pages: HeadObject there for a while.
-    pub fn too_big(&self, dir: &str, now: Instant) {
+    /// Whether a listing that took `took` is too slow to be worth taking: it must answer
+    /// checks for at least half of its freshness.
+    pub fn too_slow(&self, took: Duration) -> bool {
+        took > self.max_age / 2
+    }
+
+    /// `dir` has more than [`MAX_PAGES`] pages, or lists too slowly: HeadObject there for a
+    /// while.
+    pub fn leave_to_head(&self, dir: &str, now: Instant) {
         let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         let d = dirs.entry(dir.to_string()).or_default();
         d.listed = None;
         d.pages = MAX_PAGES;
-        d.too_big_until = Some(now + TOO_BIG_FOR);
+        d.head_until = Some(now + HEAD_FOR);
     }
 
     /// The endpoint refuses listings: HeadObject from now on.
@@ -246,10 +253,10 @@ mod tests {
     fn big_directories_are_left_to_head_requests() {
         let l = Listings::new(ExistenceCheck::Listing, Duration::from_secs(2));
         let t = Instant::now();
-        l.too_big("d/", t);
+        l.leave_to_head("d/", t);
         assert_eq!(l.plan("d/k", t, true), Plan::Head);
         assert_eq!(
-            l.plan("d/k", t + TOO_BIG_FOR + Duration::from_secs(1), true),
+            l.plan("d/k", t + HEAD_FOR + Duration::from_secs(1), true),
             Plan::List("d/".into())
         );
         // Auto mode weighs the pages of the last listing: 16 pages need 64 checks.
@@ -264,6 +271,13 @@ mod tests {
                 .all(|p| p == Plan::Head)
         );
         assert_eq!(plans.next(), Some(Plan::List("d/".into())));
+    }
+
+    #[test]
+    fn slow_listings_are_not_worth_taking() {
+        let l = Listings::new(ExistenceCheck::Auto, Duration::from_secs(2));
+        assert!(!l.too_slow(Duration::from_millis(900)));
+        assert!(l.too_slow(Duration::from_millis(1100)));
     }
 
     #[test]

@@ -455,6 +455,16 @@ impl S3Dest {
         }
         let at = Instant::now();
         match self.list_dir(&dir, cancel).await {
+            Ok(Some((_, pages))) if self.listings.too_slow(at.elapsed()) => {
+                info!(
+                    dir,
+                    pages,
+                    secs = at.elapsed().as_secs_f64(),
+                    "listing too slow to answer existence checks; HeadObject there"
+                );
+                self.listings.leave_to_head(&dir, Instant::now());
+                return None;
+            }
             Ok(Some((keys, pages))) => {
                 debug!(dir, keys = keys.len(), pages, "listed for existence checks");
                 self.listings.store(&dir, keys, pages, at);
@@ -464,7 +474,7 @@ impl S3Dest {
                     dir,
                     "directory too big to list for existence checks; HeadObject there"
                 );
-                self.listings.too_big(&dir, at);
+                self.listings.leave_to_head(&dir, at);
                 return None;
             }
             Err(e) if e.code == "AccessDenied" => {

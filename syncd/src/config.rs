@@ -121,6 +121,11 @@ pub struct Upload {
     pub existence_check: ExistenceCheck,
     /// How long a listing answers existence checks, seconds.
     pub listing_max_age_secs: f64,
+    /// Threads running the daemon's asynchronous work (requests, the journal, the
+    /// dispatcher); checksums of large files run on the blocking pool besides. One keeps the
+    /// cores for the runner on an edge box and spares cross-thread wake-ups; more for
+    /// multi-Gbit/s uplinks over TLS.
+    pub io_threads: usize,
 }
 
 impl Default for Upload {
@@ -138,6 +143,7 @@ impl Default for Upload {
             memory_limit_bytes: 32 << 20,
             existence_check: ExistenceCheck::Auto,
             listing_max_age_secs: 2.0,
+            io_threads: 1,
         }
     }
 }
@@ -381,6 +387,9 @@ impl Config {
         }
         if u.request_timeout_secs.is_nan() || u.request_timeout_secs <= 0.0 {
             return err("upload.request_timeout_secs", &u.request_timeout_secs, "> 0");
+        }
+        if u.io_threads == 0 || u.io_threads > 64 {
+            return err("upload.io_threads", &u.io_threads, "1 to 64");
         }
         if !(u.listing_max_age_secs > 0.0 && u.listing_max_age_secs <= 60.0) {
             return err(

@@ -658,16 +658,14 @@ fn new_entry(kind: &notify::EventKind) -> bool {
     )
 }
 
-/// Record the files found ready; true when any is new work.
+/// Record the files found ready, in one transaction; true when any is new work.
 fn insert_ready(journal: &Journal, fresh: &mut Vec<NewFile>) -> Result<bool> {
-    let mut any = false;
-    for f in fresh.drain(..) {
-        if let Some(row) = journal.upsert_ready(&f)? {
-            debug!(path = %row.path.display(), key = %row.key, "ready");
-            any = true;
-        }
+    let rows = journal.upsert_ready_many(fresh)?;
+    fresh.clear();
+    for row in &rows {
+        debug!(path = %row.path.display(), key = %row.key, "ready");
     }
-    Ok(any)
+    Ok(!rows.is_empty())
 }
 
 async fn check_destination(

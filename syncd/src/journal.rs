@@ -315,6 +315,48 @@ fn row_by_id(c: &Connection, id: i64) -> Result<FileRow> {
     finish(pair)
 }
 
+/// Record one ready file (see [`Journal::upsert_ready`]) on `c`, inside a transaction.
+fn upsert_on(c: &Connection, f: &NewFile, now: i64) -> Result<Option<FileRow>> {
+    match row_by_path(c, &f.path)? {
+        Some(row) if row.size == f.size && row.mtime_ns == f.mtime_ns => Ok(None),
+        Some(row) if matches!(row.state, State::Uploading | State::Uploaded) => {
+            // Changed while an upload was under way (the job notices and re-queues
+            // it), or after it was verified (the next scan sees it as new once the
+            // row is removed or retained).
+            Ok(None)
+        }
+        Some(row) => {
+            let to = transition(row.state, Event::Reappeared)?;
+            c.prepare_cached("DELETE FROM parts WHERE file_id = ?1")?
+                .execute([row.id])?;
+            c.prepare_cached(
+                "UPDATE files SET size=?2, mtime_ns=?3, clip=?4, is_manifest=?5, key=?6, state=?7,
+                   upload_id=NULL, part_size=NULL, etag=NULL, checksum=NULL, attempts=0,
+                   last_error=NULL, ready_at=?8, updated_at=?8, uploaded_seq=NULL WHERE id=?1",
+            )?
+            .execute(params![
+                row.id,
+                f.size as i64,
+                f.mtime_ns,
+                f.clip,
+                f.is_manifest as i64,
+                f.key,
+                to.as_str(),
+                now
+            ])?;
+            Ok(Some(row_by_id(c, row.id)?))
+        }
+        None => {
+            c.prepare_cached(
+                "INSERT INTO files (path, size, mtime_ns, clip, is_manifest, key, state, ready_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+            )?
+            .execute(params![path_str(&f.path)?, f.size as i64, f.mtime_ns, f.clip, f.is_manifest as i64, f.key, now])?;
+            Ok(Some(f.pending_row(c.last_insert_rowid(), now)))
+        }
+    }
+}
+
 /// Move row `id` along the state machine from the state the journal holds (not the one a
 /// caller remembers); `extra` sets more columns from `args` (numbered from ?4).
 fn set_state(
@@ -394,46 +436,22 @@ impl Journal {
     /// was seen before with other content. Returns the row, or `None` when the journal
     /// already has this exact file (same size and mtime).
     pub fn upsert_ready(&self, f: &NewFile) -> Result<Option<FileRow>> {
+        self.write(|c| upsert_on(c, f, now_secs()))
+    }
+
+    /// [`Journal::upsert_ready`] for many files in one transaction (a scan finding a
+    /// backlog: one commit instead of one per file). Returns the rows that are new work.
+    pub fn upsert_ready_many(&self, files: &[NewFile]) -> Result<Vec<FileRow>> {
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
         self.write(|c| {
             let now = now_secs();
-            match row_by_path(c, &f.path)? {
-                Some(row) if row.size == f.size && row.mtime_ns == f.mtime_ns => Ok(None),
-                Some(row) if matches!(row.state, State::Uploading | State::Uploaded) => {
-                    // Changed while an upload was under way (the job notices and re-queues
-                    // it), or after it was verified (the next scan sees it as new once the
-                    // row is removed or retained).
-                    Ok(None)
-                }
-                Some(row) => {
-                    let to = transition(row.state, Event::Reappeared)?;
-                    c.prepare_cached("DELETE FROM parts WHERE file_id = ?1")?
-                        .execute([row.id])?;
-                    c.prepare_cached(
-                        "UPDATE files SET size=?2, mtime_ns=?3, clip=?4, is_manifest=?5, key=?6, state=?7,
-                           upload_id=NULL, part_size=NULL, etag=NULL, checksum=NULL, attempts=0,
-                           last_error=NULL, ready_at=?8, updated_at=?8, uploaded_seq=NULL WHERE id=?1",
-                    )?
-                    .execute(params![
-                        row.id,
-                        f.size as i64,
-                        f.mtime_ns,
-                        f.clip,
-                        f.is_manifest as i64,
-                        f.key,
-                        to.as_str(),
-                        now
-                    ])?;
-                    Ok(Some(row_by_id(c, row.id)?))
-                }
-                None => {
-                    c.prepare_cached(
-                        "INSERT INTO files (path, size, mtime_ns, clip, is_manifest, key, state, ready_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
-                    )?
-                    .execute(params![path_str(&f.path)?, f.size as i64, f.mtime_ns, f.clip, f.is_manifest as i64, f.key, now])?;
-                    Ok(Some(f.pending_row(c.last_insert_rowid(), now)))
-                }
+            let mut rows = Vec::new();
+            for f in files {
+                rows.extend(upsert_on(c, f, now)?);
             }
+            Ok(rows)
         })
     }
 
@@ -838,6 +856,46 @@ mod tests {
         assert_eq!(row2.uploaded_seq, None);
         let s = j.summary().unwrap();
         assert_eq!(s.counts.get("pending"), Some(&1));
+    }
+
+    #[test]
+    fn a_backlog_is_recorded_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        let files: Vec<NewFile> = (0..3)
+            .map(|i| NewFile {
+                path: format!("/o/f{i}").into(),
+                size: 3,
+                mtime_ns: 1,
+                clip: None,
+                is_manifest: false,
+                key: format!("k{i}"),
+            })
+            .collect();
+        let rows = j.upsert_ready_many(&files).unwrap();
+        assert_eq!(rows.len(), 3);
+        for r in &rows {
+            assert_eq!(&j.get(r.id).unwrap(), r);
+        }
+        assert!(
+            j.upsert_ready_many(&files).unwrap().is_empty(),
+            "the same files again"
+        );
+        assert!(j.upsert_ready_many(&[]).unwrap().is_empty());
+        // One bad entry (a path that is not UTF-8) leaves the journal as it was.
+        use std::os::unix::ffi::OsStrExt;
+        let bad = NewFile {
+            path: std::ffi::OsStr::from_bytes(b"/o/\xff").into(),
+            key: "bad".into(),
+            ..files[0].clone()
+        };
+        let new = NewFile {
+            path: "/o/new".into(),
+            key: "new".into(),
+            ..files[0].clone()
+        };
+        assert!(j.upsert_ready_many(&[new.clone(), bad]).is_err());
+        assert!(j.get_by_path(&new.path).unwrap().is_none(), "rolled back");
     }
 
     #[test]

@@ -125,7 +125,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .worker_threads(2)
+        .worker_threads(cfg.upload.io_threads)
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
@@ -146,7 +146,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             std::process::exit(130);
         });
         let once = cli.once;
-        let report = daemon::run(cfg, RunOpts { once }, cancel).await?;
+        // On the runtime's workers, not on this thread: with one I/O thread everything
+        // asynchronous then runs on it, without hand-offs between threads.
+        let report = tokio::spawn(daemon::run(cfg, RunOpts { once }, cancel))
+            .await
+            .context("the daemon's task failed")??;
         if let Some(e) = report.destination_error {
             eprintln!("edgemask-syncd: destination refused uploads: {e}; every file is kept");
             return Ok(ExitCode::from(3));

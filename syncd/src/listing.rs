@@ -13,7 +13,6 @@
 //! before the check it answers. Retries and resumed uploads always use HeadObject.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -72,7 +71,7 @@ struct Dir {
     window_start: Option<Instant>,
     checks: u32,
     last_check: Option<Instant>,
-    listed: Option<(Instant, Arc<HashSet<String>>)>,
+    listed: Option<(Instant, HashSet<String>)>,
     pages: u32,
     head_until: Option<Instant>,
 }
@@ -143,7 +142,7 @@ impl Listings {
                     .is_some_and(|t| at.saturating_duration_since(t) < IDLE_FOR)
         });
         let d = dirs.entry(dir.to_string()).or_default();
-        d.listed = Some((at, Arc::new(keys)));
+        d.listed = Some((at, keys));
         d.pages = pages;
         d.checks = 0;
         d.window_start = Some(at);
@@ -165,14 +164,10 @@ impl Listings {
         d.head_until = Some(now + HEAD_FOR);
     }
 
-    /// The endpoint refuses listings: HeadObject from now on.
-    pub fn disable(&self) {
-        self.disabled.store(true, std::sync::atomic::Ordering::Relaxed);
+    /// The endpoint refuses listings: HeadObject from now on. True the first time.
+    pub fn disable(&self) -> bool {
         self.dirs.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    pub fn is_disabled(&self) -> bool {
-        self.disabled.load(std::sync::atomic::Ordering::Relaxed)
+        !self.disabled.swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -244,8 +239,8 @@ mod tests {
         assert_eq!(always.plan("d/k", t, true), Plan::List("d/".into()));
         always.store("d/", keys(&[]), 1, t);
         assert_eq!(always.plan("d/k", t, true), Plan::Answer(false));
-        always.disable();
-        assert!(always.is_disabled());
+        assert!(always.disable(), "the first refusal turns listings off");
+        assert!(!always.disable());
         assert_eq!(always.plan("d/k", t, true), Plan::Head);
     }
 

@@ -463,11 +463,13 @@ impl S3Dest {
                     "listing too slow to answer existence checks; HeadObject there"
                 );
                 self.listings.leave_to_head(&dir, Instant::now());
-                return None;
+                None
             }
             Ok(Some((keys, pages))) => {
                 debug!(dir, keys = keys.len(), pages, "listed for existence checks");
+                let present = keys.contains(key);
                 self.listings.store(&dir, keys, pages, at);
+                Some(present)
             }
             Ok(None) => {
                 info!(
@@ -475,26 +477,21 @@ impl S3Dest {
                     "directory too big to list for existence checks; HeadObject there"
                 );
                 self.listings.leave_to_head(&dir, at);
-                return None;
+                None
             }
             Err(e) if e.code == "AccessDenied" => {
                 // Other permanent errors (a wrong key, a missing bucket) fail the HeadObject
                 // that follows too, and stop the destination there.
-                if !self.listings.is_disabled() {
+                if self.listings.disable() {
                     warn!(code = %e.code, error = %e.message,
                           "listing refused (s3:ListBucket on the prefix would save one request per file); existence checks by HeadObject");
                 }
-                self.listings.disable();
-                return None;
+                None
             }
             Err(e) => {
                 debug!(dir, code = %e.code, error = %e.message, "listing failed; HeadObject instead");
-                return None;
+                None
             }
-        }
-        match self.listings.plan(key, Instant::now(), false) {
-            Plan::Answer(present) => Some(present),
-            _ => None,
         }
     }
 

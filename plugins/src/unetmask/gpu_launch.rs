@@ -79,6 +79,13 @@ impl GpuKernels {
         self.stream.clone_htod(data).map_err(err("uploading"))
     }
 
+    /// The mask-upscaling taps of one plane ([`gpu_composite::taps`]), on the device.
+    fn upload_taps(&self, p: &MixParams) -> Result<(CudaSlice<u32>, CudaSlice<u32>), String> {
+        let (xt, yt) = gpu_composite::taps(p);
+        let up = |t: &[u32]| self.stream.clone_htod(t).map_err(err("uploading taps"));
+        Ok((up(&xt)?, up(&yt)?))
+    }
+
     /// `edgemask_preprocess` over `frame`: the tensor, downloaded.
     pub fn preprocess(&self, p: &PreParams, frame: &Frame<'_>) -> Result<Vec<f32>, String> {
         let p = PreParams {
@@ -162,16 +169,8 @@ impl GpuKernels {
 
     /// `edgemask_mix` over one plane; returns the mixed plane.
     pub fn mix(&self, p: &MixParams, mask: &[u8], plane: &[u8], target: &[u8]) -> Result<Vec<u8>, String> {
-        let (xt, yt) = gpu_composite::taps(p);
-        let (m, xt, yt) = (
-            self.upload(mask)?,
-            self.stream.clone_htod(&xt),
-            self.stream.clone_htod(&yt),
-        );
-        let (xt, yt) = (
-            xt.map_err(err("uploading taps"))?,
-            yt.map_err(err("uploading taps"))?,
-        );
+        let m = self.upload(mask)?;
+        let (xt, yt) = self.upload_taps(p)?;
         let mut pl = self.upload(plane)?;
         let tg = self.upload(target)?;
         let mut launch = self.stream.launch_builder(&self.mix);
@@ -183,10 +182,8 @@ impl GpuKernels {
 
     /// `edgemask_mask`: the GRAY8 mask of one plane (`p.stride` bytes per row).
     pub fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String> {
-        let (xt, yt) = gpu_composite::taps(p);
         let m = self.upload(mask)?;
-        let xt = self.stream.clone_htod(&xt).map_err(err("uploading taps"))?;
-        let yt = self.stream.clone_htod(&yt).map_err(err("uploading taps"))?;
+        let (xt, yt) = self.upload_taps(p)?;
         let mut out = self
             .stream
             .alloc_zeros::<u8>(p.stride as usize * p.height as usize)
@@ -207,7 +204,7 @@ mod tests {
     use crate::unetmask::frame::{PixelFormat, YuvMatrix};
     use crate::unetmask::postprocess::OutputSpec;
     use crate::unetmask::preprocess::{ChannelOrder, Normalization};
-    use crate::unetmask::test_bytes::bytes;
+    use crate::unetmask::test_bytes::{bytes, frame, frame_planes};
     use crate::unetmask::{gpu, gpu_post, gpu_pre};
 
     /// The kernels on a real GPU against their CPU mirrors: tensors within 1e-3, masks
@@ -228,24 +225,8 @@ mod tests {
         ] {
             let (w, h) = (1921, 1081);
             let geoms = planes_of(format, w, h);
-            let data: Vec<Vec<u8>> = geoms
-                .iter()
-                .enumerate()
-                .map(|(i, g)| bytes(g.width * g.pstride * g.height, i as u32 + 3))
-                .collect();
-            let mut planes: [&[u8]; 3] = [&[]; 3];
-            let mut strides = [0usize; 3];
-            for (i, (d, g)) in data.iter().zip(&geoms).enumerate() {
-                planes[i] = d;
-                strides[i] = g.width * g.pstride;
-            }
-            let frame = Frame {
-                format,
-                width: w,
-                height: h,
-                planes,
-                strides,
-            };
+            let (data, strides) = frame_planes(format, w, h, 0, 3);
+            let frame = frame(format, w, h, &data, strides);
             for layout in [Layout::Nchw, Layout::Nhwc] {
                 let p = gpu_pre::PreParams::new(
                     format,

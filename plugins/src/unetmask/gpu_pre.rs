@@ -186,36 +186,7 @@ pub fn reference(p: &PreParams, frame: &Frame<'_>, out: &mut [f32]) {
 pub(crate) mod tests {
     use super::*;
     use crate::unetmask::preprocess::Preprocessor;
-
-    /// A frame of pseudo-random bytes (every plane, padded strides).
-    fn frame_data(
-        format: PixelFormat,
-        w: usize,
-        h: usize,
-        pad: usize,
-        seed: u32,
-    ) -> (Vec<Vec<u8>>, [usize; 3]) {
-        let mut k = 0;
-        let mut bytes = |n: usize| {
-            k += 1;
-            crate::unetmask::test_bytes::bytes(n, seed * 8 + k)
-        };
-        let (cw, ch) = chroma_size(w, h);
-        match format.packed_rgb() {
-            Some((_, bpp)) => {
-                let s = w * bpp + pad;
-                (vec![bytes(s * h)], [s, 0, 0])
-            }
-            None if format == PixelFormat::Nv12 => {
-                let (s0, s1) = (w + pad, cw * 2 + pad);
-                (vec![bytes(s0 * h), bytes(s1 * ch)], [s0, s1, 0])
-            }
-            None => {
-                let (s0, s1) = (w + pad, cw + pad);
-                (vec![bytes(s0 * h), bytes(s1 * ch), bytes(s1 * ch)], [s0, s1, s1])
-            }
-        }
-    }
+    use crate::unetmask::test_bytes::{frame, frame_planes};
 
     #[test]
     fn params_match_the_kernel_struct() {
@@ -258,18 +229,8 @@ pub(crate) mod tests {
                         (ChannelOrder::Rgb, Normalization::default()),
                         (ChannelOrder::Bgr, imagenet),
                     ] {
-                        let (data, strides) = frame_data(format, w, h, 8, i as u32 + 7);
-                        let mut planes: [&[u8]; 3] = [&[]; 3];
-                        for (k, d) in data.iter().enumerate() {
-                            planes[k] = d;
-                        }
-                        let frame = Frame {
-                            format,
-                            width: w,
-                            height: h,
-                            planes,
-                            strides,
-                        };
+                        let (data, strides) = frame_planes(format, w, h, 8, i as u32 + 7);
+                        let frame = frame(format, w, h, &data, strides);
                         let matrix = YuvMatrix::BT709;
                         let mut cpu = Preprocessor::new(format, w, h, tensor, layout, order, norm, matrix);
                         let mut want = vec![0f32; cpu.tensor_len()];

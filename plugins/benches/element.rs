@@ -109,7 +109,7 @@ struct Element {
 
 impl Element {
     fn new(props: &str, mode: &str, input: &gst::Sample) -> Element {
-        let mut h = gst_check::Harness::new_parse(&format!("unetmask {props} stats-interval=0"));
+        let mut h = gst_check::Harness::new_parse(&format!("unetmask name=m {props} stats-interval=0"));
         h.set_src_caps(input.caps().unwrap().to_owned());
         let in_place = !(mode.starts_with("mask") || mode.starts_with("alpha"));
         let mut e = Element {
@@ -136,6 +136,15 @@ impl Element {
             }
         }
         t.elapsed()
+    }
+}
+
+impl Element {
+    /// The element's own per-stage means (pre-processing, inference, post-processing), ms.
+    fn stages(&self) -> [f64; 3] {
+        let bin = self.h.element().unwrap().downcast::<gst::Bin>().unwrap();
+        let stats = bin.by_name("m").unwrap().property::<gst::Structure>("stats");
+        ["preprocess-ms", "inference-ms", "postprocess-ms"].map(|f| stats.get::<f64>(f).unwrap_or(f64::NAN))
     }
 }
 
@@ -206,12 +215,23 @@ fn main() {
         "threads={threads} spin-wait={spin}; medians of interleaved chunks; ratio = element fps / bare fps"
     );
     println!(
-        "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9} | {:>9} | {:>6} | {:>11} | {:>10} |",
-        "model", "frame", "fmt", "mode", "elem fps", "bare fps", "ratio", "over bare ms", "memcpy ms"
+        "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9} | {:>9} | {:>6} | {:>11} | {:>10} | {:>6} | {:>8} | {:>7} |",
+        "model",
+        "frame",
+        "fmt",
+        "mode",
+        "elem fps",
+        "bare fps",
+        "ratio",
+        "over bare ms",
+        "memcpy ms",
+        "pre ms",
+        "infer ms",
+        "post ms"
     );
     println!(
-        "|{:-<30}|{:-<11}|{:-<7}|{:-<22}|{:-<11}|{:-<11}|{:-<8}|{:-<13}|{:-<12}|",
-        "", "", "", "", "", "", "", "", ""
+        "|{:-<30}|{:-<11}|{:-<7}|{:-<22}|{:-<11}|{:-<11}|{:-<8}|{:-<13}|{:-<12}|{:-<8}|{:-<10}|{:-<9}|",
+        "", "", "", "", "", "", "", "", "", "", "", ""
     );
     for (model, n, modes) in &models {
         let name = model.file_name().unwrap().to_string_lossy().to_string();
@@ -237,8 +257,9 @@ fn main() {
                     }
                     let (e, b) = (median(te), median(tb));
                     let fps = |d: Duration| 1.0 / d.as_secs_f64();
+                    let [pre, infer, post] = el.stages();
                     println!(
-                        "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9.1} | {:>9.1} | {:>6.3} | {:>11.2} | {:>10.2} |",
+                        "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9.1} | {:>9.1} | {:>6.3} | {:>11.2} | {:>10.2} | {:>6.3} | {:>8.3} | {:>7.3} |",
                         name,
                         format!("{w}x{h}"),
                         fmt,
@@ -247,7 +268,10 @@ fn main() {
                         fps(b),
                         fps(e) / fps(b),
                         (e.as_secs_f64() - b.as_secs_f64()) * 1e3,
-                        copy.as_secs_f64() * 1e3
+                        copy.as_secs_f64() * 1e3,
+                        pre,
+                        infer,
+                        post
                     );
                 }
             }

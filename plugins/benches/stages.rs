@@ -4,6 +4,8 @@
 //! the median time of each stage next to one `memcpy` of the frame (the memory-bandwidth
 //! yardstick). Synthetic frames and a synthetic 256x256 mask (a person-shaped ellipse);
 //! every stage works on the same buffers each run, as the element does per caps.
+//! "lines" reads one word per cache line of the source rows that bilinear sampling needs:
+//! the floor of the "bilinear" column, set by memory, not arithmetic.
 //! Knobs: BENCH_SIZES (default "1280x720,1920x1080,3840x2160"), BENCH_RUNS (default 30).
 
 use std::time::{Duration, Instant};
@@ -76,6 +78,23 @@ fn person_mask() -> Vec<u8> {
         .collect()
 }
 
+/// The memory floor of bilinear sampling: one read per cache line of the two source rows
+/// of every tensor row, in every plane (the lines bilinear taps touch when a line holds
+/// fewer pixels than the horizontal step, as at 1080p and above).
+fn touch_lines(planes: &[Vec<u8>], strides: [usize; 3], h: usize) -> u64 {
+    let mut acc = 0u64;
+    for (p, (data, &stride)) in planes.iter().zip(&strides).enumerate() {
+        let rows = if p == 0 { h } else { h.div_ceil(2) };
+        for oy in 0..MODEL.1 {
+            let y = (oy * rows / MODEL.1).min(rows - 2);
+            for line in data[y * stride..(y + 2) * stride].chunks(64) {
+                acc = acc.wrapping_add(line[0] as u64);
+            }
+        }
+    }
+    acc
+}
+
 fn main() {
     let runs: usize = env_or("BENCH_RUNS", "30").parse().unwrap();
     let sizes: Vec<(usize, usize)> = env_or("BENCH_SIZES", "1280x720,1920x1080,3840x2160")
@@ -92,10 +111,11 @@ fn main() {
         MODEL.0, MODEL.1
     );
     println!(
-        "| {:>9} | {:<5} | {:>6} | {:>9} | {:>9} | {:>6} | {:>6} | {:>6} | {:>7} | {:>6} | {:>7} | {:>6} |",
+        "| {:>9} | {:<5} | {:>6} | {:>6} | {:>9} | {:>9} | {:>6} | {:>6} | {:>6} | {:>7} | {:>6} | {:>7} | {:>6} |",
         "frame",
         "fmt",
         "memcpy",
+        "lines",
         "bilinear",
         "antialias",
         "post",
@@ -107,8 +127,8 @@ fn main() {
         "meta*"
     );
     println!(
-        "|{:-<11}|{:-<7}|{:-<8}|{:-<11}|{:-<11}|{:-<8}|{:-<8}|{:-<8}|{:-<9}|{:-<8}|{:-<9}|{:-<8}|",
-        "", "", "", "", "", "", "", "", "", "", "", ""
+        "|{:-<11}|{:-<7}|{:-<8}|{:-<8}|{:-<11}|{:-<11}|{:-<8}|{:-<8}|{:-<8}|{:-<9}|{:-<8}|{:-<9}|{:-<8}|",
+        "", "", "", "", "", "", "", "", "", "", "", "", ""
     );
     let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3);
     for &(w, h) in &sizes {
@@ -118,6 +138,9 @@ fn main() {
             let mut copy = vec![0u8; total];
             let flat: Vec<u8> = src.concat();
             let memcpy = median(runs, || copy.copy_from_slice(std::hint::black_box(&flat)));
+            let lines = median(runs, || {
+                std::hint::black_box(touch_lines(&src, strides, h));
+            });
             let f = frame(format, w, h, &src, strides);
             let mut tensor = vec![0f32; MODEL.0 * MODEL.1 * 3];
             let mut tb = |filter| {
@@ -204,10 +227,11 @@ fn main() {
                 }
             });
             println!(
-                "| {:>9} | {:<5} | {:>6} | {:>9} | {:>9} | {:>6} | {:>6} | {:>6} | {:>7} | {:>6} | {:>7} | {:>6} |",
+                "| {:>9} | {:<5} | {:>6} | {:>6} | {:>9} | {:>9} | {:>6} | {:>6} | {:>6} | {:>7} | {:>6} | {:>7} | {:>6} |",
                 format!("{w}x{h}"),
                 format!("{format:?}"),
                 ms(memcpy),
+                ms(lines),
                 ms(bilinear),
                 ms(antialias),
                 ms(post),
@@ -220,5 +244,8 @@ fn main() {
             );
         }
     }
+    println!(
+        "lines = one read per cache line of the two source rows per tensor row: the memory floor of bilinear"
+    );
     println!("meta* = antialias + post: the element's own work per frame in meta mode (default resize)");
 }

@@ -5,6 +5,8 @@
 use gst::glib;
 use gst::prelude::*;
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod bilinear_x86;
 pub mod composite;
 pub mod contract;
 pub mod engine;

@@ -45,6 +45,11 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// Writes the person probability of every output pixel into `prob`.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.1"
+))]
 pub fn person_probability(out: &[f32], spec: &OutputSpec, prob: &mut [f32]) {
     let pixels = prob.len();
     let c = spec.channels;

@@ -9,6 +9,7 @@
 
 use multiversion::multiversion;
 
+use super::bilinear_x86;
 use super::contract::Layout;
 use super::frame::{Frame, PixelFormat, YuvMatrix, YuvToRgb, chroma_size};
 use super::resize::Downscaler;
@@ -198,6 +199,10 @@ struct PairTaps {
     xs_c: Vec<usize>,
     fx_c: Vec<f32>,
     ys_c: Vec<(usize, f32)>,
+    /// 4-byte pixels on a CPU with AVX2: the taps [`bilinear_x86::row`] computes.
+    simd: Option<bilinear_x86::RowTaps>,
+    /// 4:2:0 frames on a CPU with AVX2: the taps [`bilinear_x86::yuv_row`] computes.
+    simd_yuv: Option<bilinear_x86::YuvTaps>,
 }
 
 /// Bilinear taps whose neighbours are `i` and `i + 1` (`src >= 2`): at the far edge the
@@ -266,13 +271,19 @@ impl Preprocessor {
             yuv: matrix.to_rgb_coeffs(),
             rgb_index,
             pairs: (width >= 2 && height >= 2 && (!format.is_yuv() || (cw >= 2 && ch >= 2))).then(|| {
-                let (xs, fx) = pair_taps(width, tw).into_iter().unzip();
+                let (xs, fx): (Vec<usize>, Vec<f32>) = pair_taps(width, tw).into_iter().unzip();
                 let (xs_c, fx_c) = if format.is_yuv() {
                     pair_taps(cw, tw).into_iter().unzip()
                 } else {
                     (Vec::new(), Vec::new())
                 };
+                let simd = (step == 4 && bilinear_x86::available())
+                    .then(|| bilinear_x86::RowTaps::new(&xs, &fx, width * 4));
+                let simd_yuv = (format.is_yuv() && bilinear_x86::available())
+                    .then(|| bilinear_x86::YuvTaps::new(&xs, &xs_c, width, cw, format == PixelFormat::Nv12));
                 PairTaps {
+                    simd,
+                    simd_yuv,
                     xs,
                     fx,
                     ys: pair_taps(height, th),
@@ -448,40 +459,88 @@ impl Preprocessor {
             };
             let (a, b) = (&self.mul, &self.add);
             match self.format.packed_rgb() {
-                Some(_) => {
-                    gather(
-                        frame.planes[0],
-                        frame.strides[0],
-                        ty,
-                        &pairs.xs,
-                        &mut gathered,
-                        self.width,
-                    );
-                    let shifts = self.offsets.map(|o| (8 * o) as u32);
-                    interpolate_packed(&gathered, &pairs.fx, fy, shifts, *a, *b, dst);
+                Some((_, bpp)) => {
+                    // The AVX2 row takes the taps it can (whole groups of 8 inside the
+                    // row), the portable path the rest.
+                    let (plane, stride) = (frame.planes[0], frame.strides[0]);
+                    let [d0, d1, d2] = dst;
+                    let done = match &pairs.simd {
+                        #[cfg(target_arch = "x86_64")]
+                        Some(taps) => {
+                            let r0 = &plane[ty * stride..][..self.width * bpp];
+                            let r1 = &plane[(ty + 1) * stride..][..self.width * bpp];
+                            bilinear_x86::row(taps, r0, r1, fy, self.offsets, *a, *b, [d0, d1, d2]);
+                            taps.len()
+                        }
+                        _ => 0,
+                    };
+                    if done < tw {
+                        gather(plane, stride, ty, &pairs.xs[done..], &mut gathered, self.width);
+                        let shifts = self.offsets.map(|o| (8 * o) as u32);
+                        let rest = [&mut d0[done..], &mut d1[done..], &mut d2[done..]];
+                        interpolate_packed(&gathered, &pairs.fx[done..], fy, shifts, *a, *b, rest);
+                    }
                 }
                 None => {
                     let (tc, fyc) = pairs.ys_c[oy];
-                    gather_yuv(
-                        frame,
-                        ty,
-                        tc,
-                        &pairs.xs,
-                        &pairs.xs_c,
-                        &mut gathered,
-                        &mut gathered_c,
-                    );
-                    interpolate_yuv(
-                        &gathered,
-                        &gathered_c,
-                        (&pairs.fx, &pairs.fx_c),
-                        (fy, fyc),
-                        &self.yuv,
-                        self.rgb_index,
-                        *a,
-                        *b,
-                        dst,
-                    );
+                    let [d0, d1, d2] = dst;
+                    let (cu, cv) = chroma_coeffs(&self.yuv, self.rgb_index);
+                    let done = match &pairs.simd_yuv {
+                        #[cfg(target_arch = "x86_64")]
+                        Some(taps) => {
+                            let (cw, _) = chroma_size(self.width, self.height);
+                            let row = |p: usize, y: usize, len: usize| {
+                                &frame.planes[p][y * frame.strides[p]..][..len]
+                            };
+                            let nv12 = self.format == PixelFormat::Nv12;
+                            let c_len = if nv12 { 2 * cw } else { cw };
+                            let rows = bilinear_x86::YuvRows {
+                                y0: row(0, ty, self.width),
+                                y1: row(0, ty + 1, self.width),
+                                u0: row(1, tc, c_len),
+                                u1: row(1, tc + 1, c_len),
+                                v0: if nv12 { &[] } else { row(2, tc, cw) },
+                                v1: if nv12 { &[] } else { row(2, tc + 1, cw) },
+                            };
+                            let w = bilinear_x86::YuvWeights {
+                                fx: &pairs.fx,
+                                fx_c: &pairs.fx_c,
+                                fy,
+                                fy_c: fyc,
+                                y_mul: self.yuv.y_mul,
+                                y_off: self.yuv.y_off,
+                                cu,
+                                cv,
+                                mul: *a,
+                                add: *b,
+                            };
+                            bilinear_x86::yuv_row(taps, &rows, &w, [d0, d1, d2]);
+                            taps.len()
+                        }
+                        _ => 0,
+                    };
+                    if done < tw {
+                        gather_yuv(
+                            frame,
+                            ty,
+                            tc,
+                            &pairs.xs[done..],
+                            &pairs.xs_c[done..],
+                            &mut gathered,
+                            &mut gathered_c,
+                        );
+                        interpolate_yuv(
+                            &gathered,
+                            &gathered_c,
+                            (&pairs.fx[done..], &pairs.fx_c[done..]),
+                            (fy, fyc),
+                            (self.yuv.y_mul, self.yuv.y_off),
+                            (cu, cv),
+                            *a,
+                            *b,
+                            [&mut d0[done..], &mut d1[done..], &mut d2[done..]],
+                        );
+                    }
                 }
             }
             if self.layout == Layout::Nhwc {
@@ -530,19 +589,10 @@ fn gather_packed<const BPP: usize>(
     let (a, rest) = out.split_at_mut(n);
     let (b, rest) = rest.split_at_mut(n);
     let (c, d) = rest.split_at_mut(n);
-    // Both pixels of a pair come from one 8-byte load (two per tap); only the last taps
-    // of a row, whose 8 bytes would run past it, take the slower path.
+    // Only the last taps of a row, whose 8 bytes would run past it, take the slower path.
     let fast = xs.partition_point(|&x| x * BPP + 8 <= row_bytes);
-    let shift = 8 * BPP as u32;
-    let words = |r: &[u8], i: usize| {
-        let q = u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
-        (q as u32, (q >> shift) as u32)
-    };
-    let iter = a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut()).zip(d.iter_mut());
-    for ((((a, b), c), d), &x) in iter.zip(xs).take(fast) {
-        let i = x * BPP;
-        (*a, *b) = words(r0, i);
-        (*c, *d) = words(r1, i);
+    if fast > 0 {
+        gather_words(r0, r1, &xs[..fast], BPP, [a, b, c, d]);
     }
     let iter = a.iter_mut().zip(b).zip(c).zip(d).zip(xs).skip(fast);
     for ((((a, b), c), d), &x) in iter {
@@ -551,6 +601,25 @@ fn gather_packed<const BPP: usize>(
         *b = load_u32(&r0[i + BPP..]);
         *c = load_u32(&r1[i..]);
         *d = load_u32(&r1[i + BPP..]);
+    }
+}
+
+/// The body of [`gather_packed`] for taps whose 8 bytes lie inside the row (`r0`, `r1` at
+/// least 8 bytes long): branch-free (the `min` proves every read in bounds), so that it
+/// compiles to vector gathers where the CPU has them.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma", "x86_64+avx2+fma"))]
+fn gather_words(r0: &[u8], r1: &[u8], xs: &[usize], bpp: usize, out: [&mut [u32]; 4]) {
+    let last = r0.len().min(r1.len()) - 8;
+    let word = |r: &[u8], i: usize| u32::from_le_bytes(r[i..i + 4].try_into().expect("4 bytes"));
+    let [a, b, c, d] = out;
+    let iter = a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut()).zip(d.iter_mut());
+    for ((((a, b), c), d), &x) in iter.zip(xs) {
+        let i = (x * bpp).min(last);
+        let j = (i + bpp).min(last + 4);
+        *a = word(r0, i);
+        *b = word(r0, j);
+        *c = word(r1, i);
+        *d = word(r1, j);
     }
 }
 
@@ -616,9 +685,25 @@ fn bilerp(a: f32, b: f32, c: f32, d: f32, fx: f32, fy: f32) -> f32 {
     top + (c + (d - c) * fx - top) * fy
 }
 
+/// Per model channel: its U and V coefficients in the YUV -> RGB conversion, so that the
+/// conversion loops have no data-dependent indexing.
+fn chroma_coeffs(yuv: &YuvToRgb, rgb_index: [usize; 3]) -> ([f32; 3], [f32; 3]) {
+    let coeff = |c: usize| match c {
+        0 => (0.0, yuv.r_v),
+        1 => (yuv.g_u, yuv.g_v),
+        _ => (yuv.b_u, 0.0),
+    };
+    let pairs = rgb_index.map(coeff);
+    (pairs.map(|p| p.0), pairs.map(|p| p.1))
+}
+
 /// Packed pixels: `gathered` holds the four neighbour words per tap as four runs (see
 /// [`gather_packed`]); `shifts` are the bit offsets of the model channels inside a pixel.
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.1"
+))]
 fn interpolate_packed(
     gathered: &[u32],
     fx: &[f32],
@@ -643,27 +728,22 @@ fn interpolate_packed(
 }
 
 #[allow(clippy::too_many_arguments)]
-#[multiversion(targets("x86_64+avx2+fma", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.1"
+))]
 fn interpolate_yuv(
     luma: &[u32],
     chroma: &[u32],
     (fx, fx_c): (&[f32], &[f32]),
     (fy, fy_c): (f32, f32),
-    yuv: &YuvToRgb,
-    rgb_index: [usize; 3],
+    (y_mul, y_off): (f32, f32),
+    (cu, cv): ([f32; 3], [f32; 3]),
     mul: [f32; 3],
     add: [f32; 3],
     out: [&mut [f32]; 3],
 ) {
-    // Per model channel: its U and V coefficients, so the loop has no data-dependent
-    // indexing and vectorises.
-    let coeff = |c: usize| match c {
-        0 => (0.0, yuv.r_v),
-        1 => (yuv.g_u, yuv.g_v),
-        _ => (yuv.b_u, 0.0),
-    };
-    let (cu, cv): (Vec<f32>, Vec<f32>) = rgb_index.iter().map(|&c| coeff(c)).unzip();
-    let (cu, cv) = ([cu[0], cu[1], cu[2]], [cv[0], cv[1], cv[2]]);
     let (top, bottom) = chroma.split_at(fx.len());
     let [r0, r1, r2] = out;
     let iter = r0.iter_mut().zip(r1.iter_mut()).zip(r2.iter_mut());
@@ -672,7 +752,7 @@ fn interpolate_yuv(
         let y = bilerp(byte(l, 0), byte(l, 8), byte(l, 16), byte(l, 24), f, fy);
         let u = bilerp(byte(t, 0), byte(t, 16), byte(b, 0), byte(b, 16), fc, fy_c) - 128.0;
         let v = bilerp(byte(t, 8), byte(t, 24), byte(b, 8), byte(b, 24), fc, fy_c) - 128.0;
-        let yy = y * yuv.y_mul + yuv.y_off;
+        let yy = y * y_mul + y_off;
         let ch = |k: usize| (yy + cu[k] * u + cv[k] * v).clamp(0.0, 255.0) * mul[k] + add[k];
         *o0 = ch(0);
         *o1 = ch(1);
@@ -753,7 +833,16 @@ mod tests {
                         norm,
                         YuvMatrix::BT709,
                     );
-                    assert!(p.pairs.is_some());
+                    let pairs = p.pairs.as_ref().expect("fast path");
+                    if bilinear_x86::available() && tw == 256 {
+                        // The AVX2 rows take all but the last group of taps here.
+                        let simd = match format.packed_rgb() {
+                            Some((_, 4)) => pairs.simd.as_ref().map(|t| t.len()),
+                            Some(_) => Some(tw),
+                            None => pairs.simd_yuv.as_ref().map(|t| t.len()),
+                        };
+                        assert!(simd.is_some_and(|n| n >= 248), "{format:?}: {simd:?}");
+                    }
                     let (mut fast, mut want) = (vec![0.0; p.tensor_len()], vec![0.0; p.tensor_len()]);
                     p.run(&frame, &mut fast);
                     p.reference(&frame, &mut want);

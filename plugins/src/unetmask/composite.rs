@@ -535,19 +535,21 @@ fn alpha_from_yuv(luma: &[u8], [cr, cg, cb]: [&[i32]; 3], alpha: &[u8], conv: &F
     }
 }
 
-/// YUV -> RGB in fixed point (12 fractional bits), for the per-pixel output modes.
+/// YUV -> RGB in fixed point (12 fractional bits), for the per-pixel output modes (and the
+/// GPU's `alpha` kernel, which takes the same coefficients).
 #[derive(Debug, Clone, Copy)]
-struct FixedYuv {
-    y_mul: i32,
-    y_off: i32,
-    r_v: i32,
-    g_u: i32,
-    g_v: i32,
-    b_u: i32,
+pub(crate) struct FixedYuv {
+    pub(crate) y_mul: i32,
+    /// Includes + 0.5 for rounding at the final shift.
+    pub(crate) y_off: i32,
+    pub(crate) r_v: i32,
+    pub(crate) g_u: i32,
+    pub(crate) g_v: i32,
+    pub(crate) b_u: i32,
 }
 
 impl FixedYuv {
-    fn new(matrix: YuvMatrix) -> Self {
+    pub(crate) fn new(matrix: YuvMatrix) -> Self {
         let c = matrix.to_rgb_coeffs();
         let q = |v: f32| (v * 4096.0).round() as i32;
         Self {

@@ -2,17 +2,21 @@
 
 //! The GPU compositing kernels (`kernels/composite.cu`, compiled at run time by NVRTC) and
 //! their CPU mirrors: the mask upscaled to a plane, mapped to weights, and the plane mixed
-//! towards a colour or a picture (`overlay`, `replace`), or written as GRAY8 (`mask`).
+//! towards a colour or a picture (`overlay`, `replace`), written as GRAY8 (`mask`), or the
+//! frame written as RGBA with the weight as alpha (`alpha`).
 //! The arithmetic is the CPU path's integer arithmetic (`composite.rs`), so the tests hold
 //! the mirrors to it exactly.
 
-use super::composite::{PlaneGeom, Weights, fixed_taps};
+use super::composite::{FixedYuv, PlaneGeom, Weights, fixed_taps};
+use super::frame::{Frame, PixelFormat, YuvMatrix};
 
 /// The kernels' CUDA C source.
 pub const COMPOSITE_CU: &str = include_str!("kernels/composite.cu");
 /// Entry points: mix a plane; write the GRAY8 mask.
 pub const MIX_FN: &str = "edgemask_mix";
 pub const MASK_FN: &str = "edgemask_mask";
+/// Entry point: the frame as RGBA with the mask as alpha.
+pub const ALPHA_FN: &str = "edgemask_alpha";
 
 /// The kernels' parameters, passed by value: identical to `struct MixParams` in
 /// `kernels/composite.cu` (`repr(C)`, 4-byte fields only).
@@ -80,6 +84,63 @@ impl MixParams {
             target_plane: target_stride.is_some() as i32,
             target_stride: target_stride.unwrap_or(0) as i32,
             color: col,
+        }
+    }
+}
+
+/// The `alpha` kernel's parameters: identical to `struct AlphaParams` in
+/// `kernels/composite.cu` (`repr(C)`, 4-byte fields only).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlphaParams {
+    /// The mask's size and weights, at the frame's size (stride and channels unused).
+    pub mask: MixParams,
+    /// 0: packed RGB(x), 1: NV12, 2: I420.
+    pub kind: i32,
+    /// Packed: bytes per pixel and the offsets of R, G, B in a pixel.
+    pub bpp: i32,
+    pub offs: [i32; 3],
+    /// Input plane strides, bytes.
+    pub strides: [i32; 3],
+    /// RGBA output stride, bytes.
+    pub out_stride: i32,
+    /// Fixed-point YUV -> RGB (12 fractional bits): y_mul, y_off, r_v, g_u, g_v, b_u.
+    pub yuv: [i32; 6],
+}
+
+impl AlphaParams {
+    /// Parameters for `frame`'s `format` and size (`strides` of its planes), a `model`
+    /// size mask, `weights`, YUV `matrix`, and an RGBA output `out_stride` bytes a row.
+    pub fn new(
+        format: PixelFormat,
+        (width, height): (usize, usize),
+        strides: [usize; 3],
+        model: (usize, usize),
+        weights: &Weights,
+        matrix: YuvMatrix,
+        out_stride: usize,
+    ) -> AlphaParams {
+        let geom = PlaneGeom {
+            width,
+            height,
+            pstride: 1,
+            chans: vec![0],
+            chroma: false,
+        };
+        let c = FixedYuv::new(matrix);
+        let (kind, offs, bpp) = match format.packed_rgb() {
+            Some((off, bpp)) => (0, off.map(|o| o as i32), bpp as i32),
+            None if format == PixelFormat::Nv12 => (1, [0; 3], 1),
+            None => (2, [0; 3], 1),
+        };
+        AlphaParams {
+            mask: MixParams::new(model, &geom, width, weights, &[], None),
+            kind,
+            bpp,
+            offs,
+            strides: strides.map(|s| s as i32),
+            out_stride: out_stride as i32,
+            yuv: [c.y_mul, c.y_off, c.r_v, c.g_u, c.g_v, c.b_u],
         }
     }
 }
@@ -159,14 +220,50 @@ pub fn reference_mask(p: &MixParams, mask: &[u8], out: &mut [u8]) {
     }
 }
 
+/// `edgemask_alpha` on the CPU: `frame` (its planes as the kernel gets them) to RGBA rows
+/// of `p.out_stride` bytes in `out`.
+pub fn reference_alpha(p: &AlphaParams, mask: &[u8], frame: &Frame<'_>, out: &mut [u8]) {
+    let (xt, yt) = taps(&p.mask);
+    let s = p.strides.map(|s| s as usize);
+    let clamp = |v: i32| v.clamp(0, 255) as u8;
+    for y in 0..p.mask.height as usize {
+        for x in 0..p.mask.width as usize {
+            let o = &mut out[y * p.out_stride as usize + x * 4..][..4];
+            if p.kind == 0 {
+                let px = &frame.planes[0][y * s[0] + x * p.bpp as usize..];
+                for k in 0..3 {
+                    o[k] = px[p.offs[k] as usize];
+                }
+            } else {
+                let (cx, cy) = (x / 2, y / 2);
+                let (u, v) = if p.kind == 1 {
+                    let c = &frame.planes[1][cy * s[1] + cx * 2..];
+                    (c[0] as i32, c[1] as i32)
+                } else {
+                    (
+                        frame.planes[1][cy * s[1] + cx] as i32,
+                        frame.planes[2][cy * s[2] + cx] as i32,
+                    )
+                };
+                let (u, v) = (u - 128, v - 128);
+                let c = p.yuv;
+                let yy = frame.planes[0][y * s[0] + x] as i32 * c[0] + c[1];
+                o[0] = clamp((yy + c[2] * v) >> 12);
+                o[1] = clamp((yy + c[3] * u + c[4] * v) >> 12);
+                o[2] = clamp((yy + c[5] * u) >> 12);
+            }
+            o[3] = weight(&p.mask, upscaled(&p.mask, mask, &xt, &yt, x, y)) as u8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::unetmask::composite::{
-        MaskScaler, Scratch, Target, mix_plane, plane_colors, planes_of, write_mask,
+        MaskScaler, Scratch, Target, mix_plane, plane_colors, planes_of, write_alpha, write_mask,
     };
-    use crate::unetmask::frame::{PixelFormat, YuvMatrix};
-    use crate::unetmask::test_bytes::bytes;
+    use crate::unetmask::test_bytes::{bytes, frame, frame_planes};
 
     /// A person-shaped soft mask: an ellipse with a ramp at its edge, and a hard-edged block.
     fn model_mask(w: usize, h: usize) -> Vec<u8> {
@@ -190,6 +287,8 @@ mod tests {
     #[test]
     fn params_match_the_kernel_struct() {
         assert_eq!(std::mem::size_of::<MixParams>(), 20 * 4);
+        assert_eq!(std::mem::size_of::<AlphaParams>(), (20 + 15) * 4);
+        assert!(COMPOSITE_CU.contains(&format!("__global__ void {ALPHA_FN}(AlphaParams p")));
         assert!(COMPOSITE_CU.contains(&format!("__global__ void {MIX_FN}(MixParams p")));
         assert!(COMPOSITE_CU.contains(&format!("__global__ void {MASK_FN}(MixParams p")));
     }
@@ -282,9 +381,71 @@ mod tests {
         assert!(changed > 100, "only {changed} mixes changed the plane");
     }
 
+    /// `alpha` for every input format, odd sizes and padded strides, every kind of
+    /// weights: byte for byte what the element's CPU path writes.
+    #[test]
+    fn alpha_kernel_matches_the_cpu_path_exactly() {
+        let model = (40, 30);
+        let mask = model_mask(model.0, model.1);
+        let weights = [
+            Weights::mask(None),
+            Weights::mask(Some(0.5)),
+            Weights::mask(None).inverted().scaled(140),
+        ];
+        let mut opaque = 0usize;
+        for (f, format) in [
+            PixelFormat::Rgba,
+            PixelFormat::Bgra,
+            PixelFormat::Bgrx,
+            PixelFormat::Rgb,
+            PixelFormat::Bgr,
+            PixelFormat::Nv12,
+            PixelFormat::I420,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for (w, h) in [(97, 61), (320, 240)] {
+                let (data, strides) = frame_planes(format, w, h, 3, f as u32 + 1);
+                let frame = frame(format, w, h, &data, strides);
+                for (k, wt) in weights.iter().enumerate() {
+                    for matrix in [YuvMatrix::BT601, YuvMatrix::BT709] {
+                        let out_stride = w * 4 + 8;
+                        let mut want = vec![1u8; out_stride * h];
+                        let mut scaler = MaskScaler::new(model, (w, h));
+                        write_alpha(
+                            &frame,
+                            matrix,
+                            &mut want,
+                            out_stride,
+                            &mut scaler,
+                            &mask,
+                            wt,
+                            &mut Scratch::default(),
+                        );
+                        let p = AlphaParams::new(format, (w, h), strides, model, wt, matrix, out_stride);
+                        let mut got = vec![1u8; want.len()];
+                        reference_alpha(&p, &mask, &frame, &mut got);
+                        let at = want.iter().zip(&got).position(|(a, b)| a != b);
+                        assert!(
+                            at.is_none(),
+                            "{format:?} {w}x{h} weights {k} {matrix:?}: byte {at:?} differs"
+                        );
+                        opaque += want.chunks(4).filter(|px| px[3] == 255).count();
+                    }
+                }
+            }
+        }
+        assert!(
+            opaque > 1000,
+            "the masks were never opaque: the comparison would be vacuous"
+        );
+    }
+
     #[cfg(feature = "cuda")]
     #[test]
     fn kernels_compile_with_nvrtc() {
+        crate::unetmask::gpu_pre::tests::nvrtc_compiles(COMPOSITE_CU, ALPHA_FN);
         crate::unetmask::gpu_pre::tests::nvrtc_compiles(COMPOSITE_CU, MIX_FN);
         crate::unetmask::gpu_pre::tests::nvrtc_compiles(COMPOSITE_CU, MASK_FN);
     }

@@ -14,7 +14,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::compile_ptx;
 
 use super::frame::{Frame, chroma_size};
-use super::gpu_composite::{self, COMPOSITE_CU, MASK_FN, MIX_FN, MixParams};
+use super::gpu_composite::{self, ALPHA_FN, AlphaParams, COMPOSITE_CU, MASK_FN, MIX_FN, MixParams};
 use super::gpu_post::{POSTPROCESS_CU, POSTPROCESS_FN, PostParams};
 use super::gpu_pre::{PREPROCESS_CU, PREPROCESS_FN, PreParams};
 
@@ -23,6 +23,7 @@ use super::gpu_pre::{PREPROCESS_CU, PREPROCESS_FN, PreParams};
 unsafe impl DeviceRepr for PreParams {}
 unsafe impl DeviceRepr for PostParams {}
 unsafe impl DeviceRepr for MixParams {}
+unsafe impl DeviceRepr for AlphaParams {}
 
 /// The kernels loaded on one device, with the stream they run on.
 pub struct GpuKernels {
@@ -31,6 +32,7 @@ pub struct GpuKernels {
     post: CudaFunction,
     mix: CudaFunction,
     mask: CudaFunction,
+    alpha: CudaFunction,
 }
 
 fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
@@ -61,7 +63,8 @@ impl GpuKernels {
         };
         let pre = load(PREPROCESS_CU, &[PREPROCESS_FN])?.remove(0);
         let post = load(POSTPROCESS_CU, &[POSTPROCESS_FN])?.remove(0);
-        let mut composite = load(COMPOSITE_CU, &[MIX_FN, MASK_FN])?;
+        let mut composite = load(COMPOSITE_CU, &[MIX_FN, MASK_FN, ALPHA_FN])?;
+        let alpha = composite.remove(2);
         let mask = composite.remove(1);
         let mix = composite.remove(0);
         Ok(GpuKernels {
@@ -70,6 +73,7 @@ impl GpuKernels {
             post,
             mix,
             mask,
+            alpha,
         })
     }
 
@@ -86,20 +90,25 @@ impl GpuKernels {
         Ok((up(&xt)?, up(&yt)?))
     }
 
+    /// The used bytes of each plane of `frame`, on the device.
+    fn upload_frame(&self, frame: &Frame<'_>) -> Result<Vec<CudaSlice<u8>>, String> {
+        let (_, ch) = chroma_size(frame.width, frame.height);
+        let rows = [frame.height, ch, ch];
+        (0..3)
+            .map(|i| {
+                let used = frame.planes[i].len().min(rows[i] * frame.strides[i]);
+                self.upload(&frame.planes[i][..used])
+            })
+            .collect()
+    }
+
     /// `edgemask_preprocess` over `frame`: the tensor, downloaded.
     pub fn preprocess(&self, p: &PreParams, frame: &Frame<'_>) -> Result<Vec<f32>, String> {
         let p = PreParams {
             strides: frame.strides.map(|s| s as i32),
             ..*p
         };
-        let (_, ch) = chroma_size(frame.width, frame.height);
-        let rows = [frame.height, ch, ch];
-        let planes: Vec<CudaSlice<u8>> = (0..3)
-            .map(|i| {
-                let used = frame.planes[i].len().min(rows[i] * frame.strides[i]);
-                self.upload(&frame.planes[i][..used])
-            })
-            .collect::<Result<_, _>>()?;
+        let planes = self.upload_frame(frame)?;
         let mut out = self
             .stream
             .alloc_zeros::<f32>(p.tensor_len())
@@ -180,6 +189,33 @@ impl GpuKernels {
         self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
     }
 
+    /// `edgemask_alpha` over `frame`: RGBA rows of `p.out_stride` bytes, downloaded.
+    pub fn alpha(&self, p: &AlphaParams, mask: &[u8], frame: &Frame<'_>) -> Result<Vec<u8>, String> {
+        let m = self.upload(mask)?;
+        let (xt, yt) = self.upload_taps(&p.mask)?;
+        let planes = self.upload_frame(frame)?;
+        let mut out = self
+            .stream
+            .alloc_zeros::<u8>(p.out_stride as usize * p.mask.height as usize)
+            .map_err(err("allocating the RGBA frame"))?;
+        let mut launch = self.stream.launch_builder(&self.alpha);
+        launch
+            .arg(p)
+            .arg(&m)
+            .arg(&xt)
+            .arg(&yt)
+            .arg(&planes[0])
+            .arg(&planes[1])
+            .arg(&planes[2])
+            .arg(&mut out);
+        // SAFETY: as in `preprocess`.
+        unsafe { launch.launch(grid(p.mask.width, p.mask.height)) }
+            .map_err(err("launching edgemask_alpha"))?;
+        self.stream
+            .clone_dtoh(&out)
+            .map_err(err("downloading the RGBA frame"))
+    }
+
     /// `edgemask_mask`: the GRAY8 mask of one plane (`p.stride` bytes per row).
     pub fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String> {
         let m = self.upload(mask)?;
@@ -208,7 +244,7 @@ mod tests {
     use crate::unetmask::{gpu, gpu_post, gpu_pre};
 
     /// The kernels on a real GPU against their CPU mirrors: tensors within 1e-3, masks
-    /// within one level, compositing byte for byte. Skipped, saying so, without a GPU.
+    /// within one level, compositing and `alpha` byte for byte. Skipped, saying so, without a GPU.
     #[test]
     fn kernels_on_the_gpu_match_their_cpu_mirrors() {
         if let Err(why) = gpu::device_count() {
@@ -249,6 +285,14 @@ mod tests {
                 assert!(worst <= 1e-3, "{format:?} {layout:?}: tensor differs by {worst}");
             }
             let mask = bytes(256 * 144, 11);
+            let wt = Weights::mask(None).inverted();
+            let p = AlphaParams::new(format, (w, h), strides, (256, 144), &wt, YuvMatrix::BT709, w * 4);
+            let mut want = vec![0u8; w * 4 * h];
+            gpu_composite::reference_alpha(&p, &mask, &frame, &mut want);
+            assert!(
+                k.alpha(&p, &mask, &frame).expect("alpha") == want,
+                "{format:?}: alpha"
+            );
             let colors = plane_colors(format, YuvMatrix::BT709, [250, 200, 10]);
             for (i, g) in geoms.iter().enumerate() {
                 let wt = Weights::mask(Some(0.4)).scaled(200);

@@ -3,8 +3,9 @@
 // Compositing on the GPU, one thread per pixel of one plane: the model-resolution mask
 // upscaled bilinearly (fixed-point taps from the host, 1/256 steps), mapped to a weight
 // (soft or hard mask, inverted for the background, scaled by an opacity) and the plane's
-// colour bytes mixed towards a colour or another picture — the CPU path's integer
-// arithmetic (composite.rs) exactly, mirrored on the CPU by `gpu_composite::reference_*`.
+// colour bytes mixed towards a colour or another picture, or the frame written as RGBA with
+// the weight as alpha — the CPU path's integer arithmetic (composite.rs) exactly, mirrored
+// on the CPU by `gpu_composite::reference_*`.
 // Compiled at run time by NVRTC; `MixParams` must stay identical to
 // `gpu_composite::MixParams`.
 
@@ -88,4 +89,58 @@ extern "C" __global__ void edgemask_mask(MixParams p, const unsigned char* mask,
         return;
     }
     out[(size_t)y * p.stride + x] = (unsigned char)weight(p, upscaled(p, mask, xtaps, ytaps, x, y));
+}
+
+// `alpha` output mode: the frame as RGBA with the weight as alpha. Packed RGB(x) frames
+// copy their colour bytes; 4:2:0 frames convert in the CPU path's fixed point (12
+// fractional bits, coefficients from the host). `mask` holds the frame size and the
+// weights; its stride and channel fields are unused.
+struct AlphaParams {
+    MixParams mask;
+    int kind;           // 0: packed RGB(x), 1: NV12, 2: I420
+    int bpp;            // packed: bytes per pixel
+    int offs[3];        // packed: offsets of R, G, B in a pixel
+    int strides[3];     // input plane strides, bytes
+    int out_stride;     // RGBA output stride, bytes
+    int yuv[6];         // y_mul, y_off (with the rounding half), r_v, g_u, g_v, b_u
+};
+
+__device__ __forceinline__ unsigned char clamp_byte(int v) {
+    return (unsigned char)(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+extern "C" __global__ void edgemask_alpha(AlphaParams p, const unsigned char* mask,
+                                          const unsigned int* xtaps, const unsigned int* ytaps,
+                                          const unsigned char* p0, const unsigned char* p1,
+                                          const unsigned char* p2, unsigned char* out) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= p.mask.width || y >= p.mask.height) {
+        return;
+    }
+    unsigned char* o = out + (size_t)y * p.out_stride + (size_t)x * 4;
+    if (p.kind == 0) {
+        const unsigned char* s = p0 + (size_t)y * p.strides[0] + (size_t)x * p.bpp;
+        o[0] = s[p.offs[0]];
+        o[1] = s[p.offs[1]];
+        o[2] = s[p.offs[2]];
+    } else {
+        int cx = x / 2, cy = y / 2;
+        int u, v;
+        if (p.kind == 1) {
+            const unsigned char* c = p1 + (size_t)cy * p.strides[1] + (size_t)cx * 2;
+            u = c[0];
+            v = c[1];
+        } else {
+            u = p1[(size_t)cy * p.strides[1] + cx];
+            v = p2[(size_t)cy * p.strides[2] + cx];
+        }
+        u -= 128;
+        v -= 128;
+        int yy = (int)p0[(size_t)y * p.strides[0] + x] * p.yuv[0] + p.yuv[1];
+        o[0] = clamp_byte((yy + p.yuv[2] * v) >> 12);
+        o[1] = clamp_byte((yy + p.yuv[3] * u + p.yuv[4] * v) >> 12);
+        o[2] = clamp_byte((yy + p.yuv[5] * u) >> 12);
+    }
+    o[3] = (unsigned char)weight(p.mask, upscaled(p.mask, mask, xtaps, ytaps, x, y));
 }

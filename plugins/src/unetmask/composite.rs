@@ -642,8 +642,7 @@ impl BlurPlane {
         weights: &Weights,
         radius: usize,
     ) {
-        let factor = (geom.width.min(geom.height) / 96).clamp(1, 16);
-        let (sw, sh) = (geom.width.div_ceil(factor), geom.height.div_ceil(factor));
+        let BlurGrid { factor, step, sw, sh } = BlurGrid::of(geom.width, geom.height);
         let chans = geom.chans.len();
         if (self.factor, self.sw, self.sh, self.chans, self.pstride) != (factor, sw, sh, chans, geom.pstride)
         {
@@ -666,10 +665,6 @@ impl BlurPlane {
         }
         self.acc.fill(0.0);
         self.wsum.fill(0.0);
-        // Within each factor x factor cell, every `step`-th pixel in both directions (about
-        // two by two samples per cell) is enough: the cells are blurred over several cells
-        // afterwards.
-        let step = (factor / 2).max(1);
         let background = weights.inverted();
         scaler.begin();
         for y in (0..geom.height).step_by(step) {
@@ -688,7 +683,7 @@ impl BlurPlane {
                 }
             }
         }
-        let r = (radius / factor).max(1);
+        let r = blur_cells(radius, factor);
         let mut tmp = std::mem::take(&mut self.tmp);
         box_blur(&mut self.acc, &mut tmp, sw, sh, chans, r);
         box_blur(&mut self.acc, &mut tmp, sw, sh, chans, r);
@@ -726,9 +721,39 @@ impl BlurPlane {
     }
 }
 
+/// The reduced grid of [`BlurPlane`] for a plane of `width` x `height`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlurGrid {
+    /// Cell size, pixels.
+    pub factor: usize,
+    /// Within each cell, every `step`-th pixel in both directions (about two by two
+    /// samples per cell) is enough: the cells are blurred over several cells afterwards.
+    pub step: usize,
+    /// Grid size, cells.
+    pub sw: usize,
+    pub sh: usize,
+}
+
+impl BlurGrid {
+    pub fn of(width: usize, height: usize) -> BlurGrid {
+        let factor = (width.min(height) / 96).clamp(1, 16);
+        BlurGrid {
+            factor,
+            step: (factor / 2).max(1),
+            sw: width.div_ceil(factor),
+            sh: height.div_ceil(factor),
+        }
+    }
+}
+
+/// The box radius in cells for a blur `radius` in pixels.
+pub fn blur_cells(radius: usize, factor: usize) -> usize {
+    (radius / factor).max(1)
+}
+
 /// Taps from plane coordinates into the reduced grid whose cell `i` covers pixels
 /// `i*factor .. (i+1)*factor` (centre at `(i + 0.5) * factor`), weights in 1/256.
-fn grid_taps(small: usize, full: usize, factor: usize) -> Vec<(u32, u32, u32)> {
+pub(crate) fn grid_taps(small: usize, full: usize, factor: usize) -> Vec<(u32, u32, u32)> {
     (0..full)
         .map(|o| {
             let s = ((o as f32 + 0.5) / factor as f32 - 0.5).clamp(0.0, (small - 1) as f32);

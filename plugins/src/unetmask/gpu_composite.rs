@@ -155,7 +155,7 @@ pub fn taps(p: &MixParams) -> (Vec<u32>, Vec<u32>) {
 }
 
 /// The kernels' `upscaled`.
-fn upscaled(p: &MixParams, mask: &[u8], xt: &[u32], yt: &[u32], x: usize, y: usize) -> u32 {
+pub(crate) fn upscaled(p: &MixParams, mask: &[u8], xt: &[u32], yt: &[u32], x: usize, y: usize) -> u32 {
     let (x0, x1, fx) = (xt[3 * x] as usize, xt[3 * x + 1] as usize, xt[3 * x + 2]);
     let (y0, y1, fy) = (yt[3 * y] as usize, yt[3 * y + 1] as usize, yt[3 * y + 2]);
     let mw = p.model_w as usize;
@@ -166,7 +166,7 @@ fn upscaled(p: &MixParams, mask: &[u8], xt: &[u32], yt: &[u32], x: usize, y: usi
 }
 
 /// The kernels' `weight`.
-fn weight(p: &MixParams, mut m: u32) -> u32 {
+pub(crate) fn weight(p: &MixParams, mut m: u32) -> u32 {
     if p.cut >= 0 {
         m = if m > p.cut as u32 { 255 } else { 0 };
     }
@@ -181,7 +181,7 @@ fn weight(p: &MixParams, mut m: u32) -> u32 {
 }
 
 /// The kernels' `mix`.
-fn mix(x: u32, o: u32, w: u32) -> u8 {
+pub(crate) fn mix(x: u32, o: u32, w: u32) -> u8 {
     let t = x * (255 - w) + o * w + 128;
     ((t + (t >> 8)) >> 8) as u8
 }

@@ -14,6 +14,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::compile_ptx;
 
 use super::frame::{Frame, chroma_size};
+use super::gpu_blur::{self, BLUR_CU, BlurParams, BlurPlan, BoxParams};
 use super::gpu_composite::{self, ALPHA_FN, AlphaParams, COMPOSITE_CU, MASK_FN, MIX_FN, MixParams};
 use super::gpu_post::{POSTPROCESS_CU, POSTPROCESS_FN, PostParams};
 use super::gpu_pre::{PREPROCESS_CU, PREPROCESS_FN, PreParams};
@@ -24,6 +25,8 @@ unsafe impl DeviceRepr for PreParams {}
 unsafe impl DeviceRepr for PostParams {}
 unsafe impl DeviceRepr for MixParams {}
 unsafe impl DeviceRepr for AlphaParams {}
+unsafe impl DeviceRepr for BlurParams {}
+unsafe impl DeviceRepr for BoxParams {}
 
 /// The kernels loaded on one device, with the stream they run on.
 pub struct GpuKernels {
@@ -33,6 +36,8 @@ pub struct GpuKernels {
     mix: CudaFunction,
     mask: CudaFunction,
     alpha: CudaFunction,
+    /// `blur`: grid sums, box rows, box columns, upscaled rows, mix (in launch order).
+    blur: [CudaFunction; 5],
 }
 
 fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
@@ -63,7 +68,24 @@ impl GpuKernels {
         };
         let pre = load(PREPROCESS_CU, &[PREPROCESS_FN])?.remove(0);
         let post = load(POSTPROCESS_CU, &[POSTPROCESS_FN])?.remove(0);
-        let mut composite = load(COMPOSITE_CU, &[MIX_FN, MASK_FN, ALPHA_FN])?;
+        // blur.cu uses composite.cu's mask helpers: one module from both.
+        let mut composite = load(
+            &format!("{COMPOSITE_CU}\n{BLUR_CU}"),
+            &[
+                MIX_FN,
+                MASK_FN,
+                ALPHA_FN,
+                gpu_blur::GRID_FN,
+                gpu_blur::BOX_ROWS_FN,
+                gpu_blur::BOX_COLS_FN,
+                gpu_blur::ROWS_FN,
+                gpu_blur::MIX_FN,
+            ],
+        )?;
+        let blur: [CudaFunction; 5] = composite
+            .split_off(3)
+            .try_into()
+            .map_err(|_| "five blur kernels".to_string())?;
         let alpha = composite.remove(2);
         let mask = composite.remove(1);
         let mix = composite.remove(0);
@@ -74,6 +96,7 @@ impl GpuKernels {
             mix,
             mask,
             alpha,
+            blur,
         })
     }
 
@@ -216,6 +239,68 @@ impl GpuKernels {
             .map_err(err("downloading the RGBA frame"))
     }
 
+    /// The five `blur` kernels over one plane ([`gpu_blur::reference`] on the device);
+    /// returns the plane mixed towards its blurred background.
+    pub fn blur(&self, plan: &BlurPlan, mask: &[u8], plane: &[u8]) -> Result<Vec<u8>, String> {
+        let p = &plan.blur;
+        let n = p.bg.nchans as usize;
+        let cells = (p.sw * p.sh) as usize;
+        let m = self.upload(mask)?;
+        let (xt, yt) = self.upload_taps(&p.bg)?;
+        let up = |t: &[u32]| self.stream.clone_htod(t).map_err(err("uploading grid taps"));
+        let (gx, gy) = (up(&plan.gx)?, up(&plan.gy)?);
+        let mut pl = self.upload(plane)?;
+        let alloc = |len: usize| {
+            self.stream
+                .alloc_zeros::<f32>(len)
+                .map_err(err("allocating the grid"))
+        };
+        let (mut acc, mut wsum, mut tmp) = (alloc(cells * n)?, alloc(cells)?, alloc(cells * n)?);
+        let mut hrows = self
+            .stream
+            .alloc_zeros::<u16>(p.sh as usize * p.bg.width as usize * p.bg.pstride as usize)
+            .map_err(err("allocating the background rows"))?;
+        let lines = |count: i32| LaunchConfig::for_num_elems(count.max(1) as u32);
+        let [grid_fn, rows_fn, cols_fn, up_fn, mix_fn] = &self.blur;
+        let mut launch = self.stream.launch_builder(grid_fn);
+        launch
+            .arg(p)
+            .arg(&m)
+            .arg(&xt)
+            .arg(&yt)
+            .arg(&pl)
+            .arg(&mut acc)
+            .arg(&mut wsum);
+        // SAFETY (every launch below): the arguments match the kernel's signature; every
+        // buffer is as large as the parameters say the kernel reads or writes.
+        unsafe { launch.launch(grid(p.sw, p.sh)) }.map_err(err("launching edgemask_blur_grid"))?;
+        for (b, data) in [(&plan.box_acc, &mut acc), (&plan.box_wsum, &mut wsum)] {
+            for _ in 0..2 {
+                let mut launch = self.stream.launch_builder(rows_fn);
+                launch.arg(b).arg(&*data).arg(&mut tmp);
+                unsafe { launch.launch(lines(b.h * b.c)) }.map_err(err("launching edgemask_box_rows"))?;
+                let mut launch = self.stream.launch_builder(cols_fn);
+                launch.arg(b).arg(&tmp).arg(&mut *data);
+                unsafe { launch.launch(lines(b.w * b.c)) }.map_err(err("launching edgemask_box_cols"))?;
+            }
+        }
+        let mut launch = self.stream.launch_builder(up_fn);
+        launch.arg(p).arg(&acc).arg(&wsum).arg(&gx).arg(&mut hrows);
+        unsafe { launch.launch(grid(p.bg.width, p.sh)) }.map_err(err("launching edgemask_blur_rows"))?;
+        let mut launch = self.stream.launch_builder(mix_fn);
+        launch
+            .arg(&plan.mix)
+            .arg(&m)
+            .arg(&xt)
+            .arg(&yt)
+            .arg(&gy)
+            .arg(&hrows)
+            .arg(&mut pl);
+        unsafe { launch.launch(grid(p.bg.width, p.bg.height)) }
+            .map_err(err("launching edgemask_blur_mix"))?;
+        self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
+    }
+
     /// `edgemask_mask`: the GRAY8 mask of one plane (`p.stride` bytes per row).
     pub fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String> {
         let m = self.upload(mask)?;
@@ -244,7 +329,7 @@ mod tests {
     use crate::unetmask::{gpu, gpu_post, gpu_pre};
 
     /// The kernels on a real GPU against their CPU mirrors: tensors within 1e-3, masks
-    /// within one level, compositing and `alpha` byte for byte. Skipped, saying so, without a GPU.
+    /// within one level, compositing, `alpha` and `blur` byte for byte. Skipped, saying so, without a GPU.
     #[test]
     fn kernels_on_the_gpu_match_their_cpu_mirrors() {
         if let Err(why) = gpu::device_count() {
@@ -302,6 +387,13 @@ mod tests {
                 assert!(
                     k.mix(&p, &mask, &data[i], &[]).expect("mix") == want,
                     "{format:?} plane {i}: mix"
+                );
+                let plan = gpu_blur::BlurPlan::new((256, 144), g, strides[i], &Weights::mask(None), 21);
+                let mut want = data[i].clone();
+                gpu_blur::reference(&plan, &mask, &mut want);
+                assert!(
+                    k.blur(&plan, &mask, &data[i]).expect("blur") == want,
+                    "{format:?} plane {i}: blur"
                 );
             }
         }

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod frame;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod gpu_blur;
 pub mod gpu_composite;
 #[cfg(feature = "cuda")]
 pub mod gpu_launch;

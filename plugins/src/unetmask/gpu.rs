@@ -29,22 +29,30 @@ pub fn log_fallback(reason: &str) {
 }
 
 /// Where TensorRT keeps built engines for `model` on GPU `device`, so restarts do not
-/// rebuild them: keyed by the model's content (SHA-256) and the GPU's compute capability,
-/// so a changed model or another GPU generation never picks up a stale engine.
+/// rebuild them: keyed by the model's content (SHA-256), the TensorRT library's version
+/// and the GPU's compute capability, so a changed model, an upgraded TensorRT or another
+/// GPU generation never picks up a stale engine.
 pub fn engine_cache_dir(model: &Path, device: u32) -> Result<PathBuf, String> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .ok_or("neither XDG_CACHE_HOME nor HOME is set for the TensorRT engine cache")?;
-    let dir = base
-        .join("edgemask/tensorrt")
-        .join(engine_cache_key(model, compute_capability(device)?)?);
+    let dir = base.join("edgemask/tensorrt").join(engine_cache_key(
+        model,
+        tensorrt_version(),
+        compute_capability(device)?,
+    )?);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
 }
 
-/// `<model stem>-<first 16 hex digits of its SHA-256>-sm<major><minor>`.
-pub fn engine_cache_key(model: &Path, (major, minor): (i32, i32)) -> Result<String, String> {
+/// `<model stem>-<first 16 hex digits of its SHA-256>-trt<version>-sm<major><minor>`
+/// (`trtunknown` when the TensorRT library could not be asked).
+pub fn engine_cache_key(
+    model: &Path,
+    trt: Option<i32>,
+    (major, minor): (i32, i32),
+) -> Result<String, String> {
     use sha2::Digest;
     let mut f = std::fs::File::open(model).map_err(|e| format!("{}: {e}", model.display()))?;
     let mut hash = sha2::Sha256::new();
@@ -52,7 +60,27 @@ pub fn engine_cache_key(model: &Path, (major, minor): (i32, i32)) -> Result<Stri
     let digest = hash.finalize();
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    Ok(format!("{stem}-{hex}-sm{major}{minor}"))
+    let trt = trt.map_or("unknown".to_string(), |v| v.to_string());
+    Ok(format!("{stem}-{hex}-trt{trt}-sm{major}{minor}"))
+}
+
+/// The TensorRT library ONNX Runtime's provider will load: `getInferLibVersion()` of
+/// `libnvinfer.so.10` (or `libnvinfer.so`), e.g. 100800 for 10.8.0; `None` when it cannot
+/// be loaded (ONNX Runtime then reports the missing library itself).
+pub fn tensorrt_version() -> Option<i32> {
+    ["libnvinfer.so.10", "libnvinfer.so"]
+        .into_iter()
+        .find_map(|name| {
+            // SAFETY: loading TensorRT runs its initialisers, which the provider would run
+            // anyway; the symbol is `extern "C" int32_t getInferLibVersion() noexcept`.
+            unsafe {
+                let lib = libloading::Library::new(name).ok()?;
+                let f = lib
+                    .get::<unsafe extern "C" fn() -> i32>(b"getInferLibVersion\0")
+                    .ok()?;
+                Some(f())
+            }
+        })
 }
 
 /// The compute capability of GPU `device` (e.g. `(9, 0)` for an H100/H200).
@@ -80,16 +108,31 @@ mod tests {
         std::fs::create_dir_all(b.parent().unwrap()).unwrap();
         std::fs::write(&a, b"model one").unwrap();
         std::fs::write(&b, b"model two").unwrap(); // same name and size, other content
-        let ka = engine_cache_key(&a, (8, 6)).unwrap();
-        assert!(ka.starts_with("unet-") && ka.ends_with("-sm86"), "{ka}");
-        assert_eq!(ka, engine_cache_key(&a, (8, 6)).unwrap(), "stable");
-        assert_ne!(ka, engine_cache_key(&b, (8, 6)).unwrap(), "content decides");
+        let trt = Some(100800);
+        let ka = engine_cache_key(&a, trt, (8, 6)).unwrap();
+        assert!(ka.starts_with("unet-") && ka.ends_with("-trt100800-sm86"), "{ka}");
+        assert_eq!(ka, engine_cache_key(&a, trt, (8, 6)).unwrap(), "stable");
+        assert_ne!(ka, engine_cache_key(&b, trt, (8, 6)).unwrap(), "content decides");
         assert_ne!(
             ka,
-            engine_cache_key(&a, (9, 0)).unwrap(),
+            engine_cache_key(&a, trt, (9, 0)).unwrap(),
             "GPU generation decides"
         );
-        assert!(engine_cache_key(&dir.join("missing.onnx"), (8, 6)).is_err());
+        assert_ne!(
+            ka,
+            engine_cache_key(&a, Some(100900), (8, 6)).unwrap(),
+            "TensorRT version decides"
+        );
+        assert!(
+            engine_cache_key(&a, None, (8, 6))
+                .unwrap()
+                .contains("-trtunknown-")
+        );
+        assert!(engine_cache_key(&dir.join("missing.onnx"), trt, (8, 6)).is_err());
+        // The probe answers None without TensorRT (as in CI) and a plausible encoded
+        // version (8.x: 8xxx, 10.x: 10xxxx) with it; it never fails the caller.
+        let v = tensorrt_version();
+        assert!(v.is_none_or(|v| v >= 8000), "implausible TensorRT version {v:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use gstunetmask::unetmask::engine::{DeviceRequest, Engine, EngineConfig};
 
-const MODES: [&str; 7] = [
+const MODES: [&str; 9] = [
     "meta",
     "meta resize=bilinear",
+    "meta pipelined=true",
+    "meta resize=bilinear pipelined=true",
     "mask",
     "alpha",
     "overlay",
@@ -112,11 +114,22 @@ impl Element {
         let mut h = gst_check::Harness::new_parse(&format!("unetmask name=m {props} stats-interval=0"));
         h.set_src_caps(input.caps().unwrap().to_owned());
         let in_place = !(mode.starts_with("mask") || mode.starts_with("alpha"));
+        // A continuous stream: the sample's first-buffer DISCONT flag would make every
+        // frame a discontinuity (smoothing reset, and a pipelined element drained each time).
+        let mut buf = input.buffer().unwrap().copy_deep().unwrap();
+        buf.get_mut().unwrap().unset_flags(gst::BufferFlags::DISCONT);
         let mut e = Element {
             h,
-            buf: Some(input.buffer().unwrap().copy_deep().unwrap()),
+            buf: Some(buf),
             in_place,
         };
+        if mode.contains("pipelined=true") {
+            // A pipelined element holds one frame: after this one, each push returns the
+            // frame before it.
+            let mut first = input.buffer().unwrap().copy_deep().unwrap();
+            first.get_mut().unwrap().unset_flags(gst::BufferFlags::DISCONT);
+            e.h.push(first).unwrap();
+        }
         e.run(2); // warm-up and negotiation
         e
     }

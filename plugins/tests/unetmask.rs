@@ -614,3 +614,125 @@ fn unsupported_caps_are_named_with_the_fix() {
         "{warnings:?}"
     );
 }
+
+/// Runs `frames` through a harness and returns every output buffer, pulling after each
+/// push and after EOS (which drains a pipelined element).
+fn outputs(props: &str, input: &gst::Sample, frames: &[gst::Buffer]) -> (Vec<gst::Buffer>, Vec<usize>) {
+    let mut h = harness(props, input);
+    let (mut out, mut after_push) = (Vec::new(), Vec::new());
+    for b in frames {
+        h.push(b.clone()).unwrap();
+        while let Some(o) = h.try_pull() {
+            out.push(o);
+        }
+        after_push.push(out.len());
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+    while let Some(o) = h.try_pull() {
+        out.push(o);
+    }
+    (out, after_push)
+}
+
+#[test]
+fn pipelined_mode_gives_the_same_frames_one_frame_later() {
+    let person = frame(&testdata(PHOTO), "NV12", Some((200, 300)));
+    let grey = {
+        let mut b = person.buffer().unwrap().copy_deep().unwrap();
+        b.get_mut().unwrap().map_writable().unwrap().fill(128);
+        gst::Sample::builder()
+            .buffer(&b)
+            .caps(&person.caps_owned().unwrap())
+            .build()
+    };
+    // Person and nobody alternating, a DISCONT in the middle: every mask differs from the
+    // one before, and smoothing carries state from frame to frame.
+    let frames: Vec<gst::Buffer> = (0..9u64)
+        .map(|i| {
+            let s = if i % 3 == 2 { &grey } else { &person };
+            let flags = if i == 0 || i == 5 {
+                gst::BufferFlags::DISCONT
+            } else {
+                gst::BufferFlags::empty()
+            };
+            stamped(s, i, flags)
+        })
+        .collect();
+    for (mode, extra) in [
+        ("meta", "threshold=-1 smoothing=0.5"),
+        ("overlay", "inference-interval=2"),
+        ("mask", "smoothing=0.3"),
+        ("alpha", "inference-interval=2 smoothing=0.5"),
+        ("blur", ""),
+    ] {
+        let props = format!("model={} mode={mode} {extra}", model(SELFIE));
+        let (want, _) = outputs(&props, &person, &frames);
+        let (got, after_push) = outputs(&format!("{props} pipelined=true"), &person, &frames);
+        assert_eq!(want.len(), frames.len(), "{mode}: without pipelining");
+        assert_eq!(got.len(), frames.len(), "{mode}: pipelined, after EOS");
+        // A fresh frame waits for the next push; the first one always does.
+        assert_eq!(after_push[0], 0, "{mode}: the first frame is held");
+        assert!(
+            after_push.iter().enumerate().all(|(i, &n)| n == i || n == i + 1),
+            "{mode}: at most one frame held: {after_push:?}"
+        );
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            let what = format!("{mode} frame {i}");
+            assert_eq!(g.pts(), w.pts(), "{what}: order");
+            assert_eq!(g.flags(), w.flags(), "{what}: flags");
+            let ((wm, wb), (gm, gb)) = (meta_of(w), meta_of(g));
+            assert_eq!((gm.fresh, gm.frame), (wm.fresh, wm.frame), "{what}: meta");
+            assert!(gb == wb, "{what}: masks differ");
+            let (wd, gd) = (w.map_readable().unwrap(), g.map_readable().unwrap());
+            assert!(wd.as_slice() == gd.as_slice(), "{what}: frames differ");
+        }
+        // Not vacuous: the masks do change along the sequence.
+        let masks: Vec<Vec<u8>> = want.iter().map(|b| meta_of(b).1).collect();
+        assert!(
+            masks.windows(2).any(|w| w[0] != w[1]),
+            "{mode}: one mask throughout"
+        );
+    }
+}
+
+#[test]
+fn pipelined_mode_drops_its_held_frame_on_flush_and_reports_the_extra_latency() {
+    let input = frame(&testdata(PHOTO), "RGBA", Some((200, 300)));
+    let props = format!("model={} mode=meta", model(SELFIE));
+    let mut h = harness(&format!("{props} pipelined=true"), &input);
+    h.push(stamped(&input, 0, gst::BufferFlags::DISCONT)).unwrap();
+    assert!(h.try_pull().is_none(), "held until the next frame");
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    assert!(h.push_event(gst::event::Segment::new(
+        &gst::FormattedSegment::<gst::ClockTime>::new()
+    )));
+    h.push(stamped(&input, 1, gst::BufferFlags::DISCONT)).unwrap();
+    h.push(stamped(&input, 2, gst::BufferFlags::empty())).unwrap();
+    let first = h.try_pull().expect("frame 1 once frame 2 arrives");
+    assert_eq!(
+        first.pts(),
+        Some(gst::ClockTime::from_mseconds(40)),
+        "the flushed frame is gone"
+    );
+    assert!(h.try_pull().is_none());
+    assert!(h.push_event(gst::event::Eos::new()));
+    assert_eq!(
+        h.try_pull().unwrap().pts(),
+        Some(gst::ClockTime::from_mseconds(80))
+    );
+
+    let latency = |props: &str| {
+        let mut h = harness(props, &input);
+        h.push(stamped(&input, 0, gst::BufferFlags::DISCONT)).unwrap();
+        h.push(stamped(&input, 1, gst::BufferFlags::empty())).unwrap();
+        let mut q = gst::query::Latency::new();
+        assert!(element_of(&h).static_pad("src").unwrap().query(&mut q));
+        q.result().1
+    };
+    let (plain, pipelined) = (latency(&props), latency(&format!("{props} pipelined=true")));
+    assert!(
+        pipelined > plain,
+        "pipelined latency {pipelined} is not above {plain}"
+    );
+}

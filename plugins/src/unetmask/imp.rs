@@ -9,6 +9,11 @@
 //!   buffers, the replacement picture.
 //! * Each frame: decide whether to run the model (inference-interval, QoS), pre-process,
 //!   infer, post-process, attach `GstUnetMaskMeta`, composite.
+//! * `pipelined=true` overrides `submit_input_buffer` / `generate_output`: a fresh frame is
+//!   held until the next one arrives, its inference runs on the element's worker thread
+//!   while the next frame is pre-processed, then it is finished and output (one frame of
+//!   latency). The held frame goes out before serialized events and DISCONT buffers, and
+//!   is dropped on flush.
 
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex};
@@ -107,6 +112,8 @@ struct Settings {
     activation: ActivationChoice,
     person_class: i32,
     replace_image: Option<PathBuf>,
+    /// Infer frame n on a worker while frame n+1 is pre-processed (one frame of latency).
+    pipelined: bool,
     live: Live,
 }
 
@@ -129,6 +136,7 @@ impl Default for Settings {
             activation: ActivationChoice::Auto,
             person_class: -1,
             replace_image: None,
+            pipelined: false,
             live: Live::default(),
         }
     }
@@ -244,6 +252,8 @@ struct Stream {
     prepared: Prepared,
     pre: TensorBuilder,
     input: Vec<f32>,
+    /// Pipelined: the next frame's tensor, prepared while `input` is inferred.
+    input_next: Vec<f32>,
     prob: Vec<f32>,
     planes: Vec<PlaneGeom>,
     /// Mask upscalers: [luma/packed, chroma].
@@ -271,6 +281,19 @@ struct State {
     stats: Stats,
     last_stats: Option<gst::Structure>,
     mask_u8: Vec<u8>,
+    /// Pipelined: the fresh frame whose tensor is in `Stream::input`, not yet inferred.
+    held: Option<Held>,
+    /// Pipelined: finished frames for `generate_output`, in order.
+    ready: std::collections::VecDeque<gst::Buffer>,
+    /// Pipelined: the thread inference runs on (one, kept: ONNX Runtime keeps per-thread
+    /// state, and a new thread per frame costs more than the overlap gains).
+    worker: Option<rayon::ThreadPool>,
+}
+
+/// A frame held back by the pipelined mode until its inference has run.
+struct Held {
+    buffer: gst::Buffer,
+    index: u64,
 }
 
 #[derive(Default)]
@@ -461,15 +484,9 @@ impl UnetMask {
         }
     }
 
-    /// Runs the model if this frame needs a fresh mask; attaches the meta. Returns the mask
-    /// to composite with.
-    fn update_mask(
-        &self,
-        state: &mut State,
-        live: &Live,
-        frame: &Frame<'_>,
-        buffer: &gst::BufferRef,
-    ) -> Result<(LastMask, MaskMeta), gst::FlowError> {
+    /// Counts the frame and decides whether it gets a fresh mask (inference-interval, QoS).
+    /// Returns the frame's index and whether it is fresh.
+    fn begin_frame(&self, state: &mut State, live: &Live, buffer: &gst::BufferRef) -> (u64, bool) {
         let index = state.frame_index;
         state.frame_index += 1;
         state.stats.frames += 1;
@@ -478,45 +495,63 @@ impl UnetMask {
             state.smoother.reset();
         }
         let interval = live.inference_interval.max(1);
-        let due = state.last.is_none() || state.since_inference + 1 >= interval;
-        let late = live.skip_late && state.last.is_some() && self.is_late(buffer.pts());
+        // A held frame (pipelined) will have made a mask by the time this one is shown.
+        let has_mask = state.last.is_some() || state.held.is_some();
+        let due = !has_mask || state.since_inference + 1 >= interval;
+        let late = live.skip_late && has_mask && self.is_late(buffer.pts());
         let fresh = due && !late;
         if due && late {
             state.stats.qos_skipped += 1;
         }
         if fresh {
             state.since_inference = 0;
+        } else {
+            state.since_inference += 1;
+            state.stats.carried += 1;
+        }
+        (index, fresh)
+    }
+
+    /// Runs the model on `input` and leaves the person probability in `prob`.
+    fn infer(
+        &self,
+        engine: &mut Engine,
+        prepared: &Prepared,
+        input: &[f32],
+        prob: &mut [f32],
+    ) -> Result<(), gst::FlowError> {
+        let spec = prepared.spec;
+        let (iw, ih) = prepared.input_size;
+        engine
+            .run(input, (iw, ih), |_, out| {
+                if out.len() == prob.len() * spec.channels {
+                    postprocess::person_probability(out, &spec, prob);
+                    true
+                } else {
+                    false
+                }
+            })
+            .map_err(|e| {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", e));
+                gst::FlowError::Error
+            })?
+            .then_some(())
+            .ok_or_else(|| {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ("the model's output size changed between frames; unetmask needs a fixed output size per input size")
+                );
+                gst::FlowError::Error
+            })
+    }
+
+    /// After inference (fresh frames): smoothing, quantisation, the new mask. Then, for
+    /// every frame, the meta that describes the mask in use.
+    fn finish_mask(&self, state: &mut State, live: &Live, index: u64, fresh: bool) -> (LastMask, MaskMeta) {
+        if fresh {
+            let t = Instant::now();
             let stream = state.stream.as_mut().expect("caps are set");
-            let t0 = Instant::now();
-            stream.pre.run(frame, &mut stream.input);
-            let t1 = Instant::now();
-            let spec = stream.prepared.spec;
-            let (iw, ih) = stream.prepared.input_size;
-            let prob = &mut stream.prob;
-            state
-                .engine
-                .run(&stream.input, (iw, ih), |_, out| {
-                    if out.len() == prob.len() * spec.channels {
-                        postprocess::person_probability(out, &spec, prob);
-                        true
-                    } else {
-                        false
-                    }
-                })
-                .map_err(|e| {
-                    gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", e));
-                    gst::FlowError::Error
-                })?
-                .then_some(())
-                .ok_or_else(|| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Failed,
-                        ("the model's output size changed between frames; unetmask needs a fixed output size per input size")
-                    );
-                    gst::FlowError::Error
-                })?;
-            let t2 = Instant::now();
             state.smoother.apply(&mut stream.prob, live.smoothing as f32);
             let threshold = live.threshold().map(|t| t as f32);
             state.mask_u8.resize(stream.prob.len(), 0);
@@ -525,12 +560,7 @@ impl UnetMask {
             state.last = Some(LastMask { buffer: mask, stats });
             state.stats.fresh += 1;
             state.stats.window_fresh += 1;
-            state.stats.pre += t1 - t0;
-            state.stats.infer += t2 - t1;
-            state.stats.post += t2.elapsed();
-        } else {
-            state.since_inference += 1;
-            state.stats.carried += 1;
+            state.stats.post += t.elapsed();
         }
         let last = state.last.clone().expect("a mask exists after the first frame");
         let stream = state.stream.as_ref().expect("caps are set");
@@ -544,7 +574,199 @@ impl UnetMask {
             coverage: last.stats.coverage as f64,
             uncertain: last.stats.uncertain as f64,
         };
-        Ok((last, meta))
+        (last, meta)
+    }
+
+    /// Runs the model if this frame needs a fresh mask. Returns the mask to composite with
+    /// and the meta to attach.
+    fn update_mask(
+        &self,
+        state: &mut State,
+        live: &Live,
+        frame: &Frame<'_>,
+        buffer: &gst::BufferRef,
+    ) -> Result<(LastMask, MaskMeta), gst::FlowError> {
+        let (index, fresh) = self.begin_frame(state, live, buffer);
+        if fresh {
+            let stream = state.stream.as_mut().expect("caps are set");
+            let t0 = Instant::now();
+            stream.pre.run(frame, &mut stream.input);
+            let t1 = Instant::now();
+            self.infer(
+                &mut state.engine,
+                &stream.prepared,
+                &stream.input,
+                &mut stream.prob,
+            )?;
+            state.stats.pre += t1 - t0;
+            state.stats.infer += t1.elapsed();
+        }
+        Ok(self.finish_mask(state, live, index, fresh))
+    }
+
+    /// Pipelined mode, one input buffer. A fresh frame is held until the next one: its
+    /// inference runs on a worker thread while the next frame is pre-processed here, then
+    /// it is finished (post-processing, meta, compositing) and queued for `generate_output`.
+    /// Frames that reuse a mask (inference-interval, QoS) and DISCONT frames first finish
+    /// the held one, so every frame sees the same masks, smoothing and order as without
+    /// pipelining.
+    fn submit_pipelined(&self, live: &Live, inbuf: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if inbuf.flags().contains(gst::BufferFlags::DISCONT) {
+            // Pushed from here, not through `generate_output`: the base class marks the
+            // next buffer it outputs after a DISCONT input as DISCONT, and the held frame
+            // is not one.
+            self.drain()?;
+        }
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let stream = state.stream.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
+        let (info, format) = (stream.in_info.clone(), stream.format);
+        let (index, fresh) = self.begin_frame(state, live, &inbuf);
+        if !fresh {
+            self.complete_held(state, live)?;
+            let ready = self.finish_mask(state, live, index, false);
+            let out = self.render(state, live, inbuf, ready)?;
+            state.ready.push_back(out);
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        let vframe =
+            gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &info).map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Decode,
+                    ("cannot map the frame for reading")
+                );
+                gst::FlowError::Error
+            })?;
+        let frame = Self::frame_of(&vframe, format);
+        let held = state.held.take();
+        if held.is_some() && state.worker.is_none() {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "unetmask-infer".into())
+                .build()
+                .map_err(|e| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Thread,
+                        ("cannot start the inference thread: {e}")
+                    );
+                    gst::FlowError::Error
+                })?;
+            state.worker = Some(pool);
+        }
+        let State {
+            engine,
+            stream,
+            stats,
+            worker,
+            ..
+        } = state;
+        let stream = stream.as_mut().expect("caps are set");
+        let t0 = Instant::now();
+        let (pre, infer) = if let (Some(_), Some(worker)) = (&held, worker.as_ref()) {
+            let Stream {
+                pre,
+                input,
+                input_next,
+                prob,
+                prepared,
+                ..
+            } = stream;
+            let mut done = None;
+            let mut pre_time = Duration::ZERO;
+            worker.in_place_scope(|s| {
+                s.spawn(|_| {
+                    let t = Instant::now();
+                    let r = self.infer(engine, prepared, input, prob);
+                    done = Some((r, t.elapsed()));
+                });
+                pre.run(&frame, input_next);
+                pre_time = t0.elapsed();
+            });
+            let (result, infer_time) = done.expect("the scope ran the inference");
+            result?;
+            std::mem::swap(input, input_next);
+            (pre_time, infer_time)
+        } else {
+            stream.pre.run(&frame, &mut stream.input);
+            (t0.elapsed(), Duration::ZERO)
+        };
+        stats.pre += pre;
+        stats.infer += infer;
+        drop(vframe);
+        if let Some(h) = held {
+            let ready = self.finish_mask(state, live, h.index, true);
+            let out = self.render(state, live, h.buffer, ready)?;
+            state.ready.push_back(out);
+        }
+        state.held = Some(Held { buffer: inbuf, index });
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Pipelined mode: runs the held frame's inference now (no next frame to overlap with)
+    /// and queues the finished frame.
+    fn complete_held(&self, state: &mut State, live: &Live) -> Result<(), gst::FlowError> {
+        let Some(h) = state.held.take() else {
+            return Ok(());
+        };
+        let stream = state.stream.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
+        let t = Instant::now();
+        self.infer(
+            &mut state.engine,
+            &stream.prepared,
+            &stream.input,
+            &mut stream.prob,
+        )?;
+        state.stats.infer += t.elapsed();
+        let ready = self.finish_mask(state, live, h.index, true);
+        let out = self.render(state, live, h.buffer, ready)?;
+        state.ready.push_back(out);
+        Ok(())
+    }
+
+    /// Pipelined mode: the output buffer of `buffer` with its mask.
+    fn render(
+        &self,
+        state: &mut State,
+        live: &Live,
+        mut buffer: gst::Buffer,
+        ready: (LastMask, MaskMeta),
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let mode = state.stream.as_ref().ok_or(gst::FlowError::NotNegotiated)?.mode;
+        if mode.in_place() {
+            self.composite_in_place(state, live, buffer.make_mut(), Some(ready))?;
+            return Ok(buffer);
+        }
+        use gst_base::subclass::base_transform::{InputBuffer, PrepareOutputBufferSuccess};
+        let mut out = match self.parent_prepare_output_buffer(InputBuffer::Readable(&buffer))? {
+            PrepareOutputBufferSuccess::Buffer(b) => b,
+            PrepareOutputBufferSuccess::InputBuffer => return Err(gst::FlowError::NotSupported),
+        };
+        self.render_to_output(state, live, &buffer, out.make_mut(), Some(ready))?;
+        Ok(out)
+    }
+
+    /// Pipelined mode: finishes the held frame and pushes everything queued downstream,
+    /// before a serialized event (EOS, segment, caps) or a DISCONT buffer passes it.
+    fn drain(&self) -> Result<(), gst::FlowError> {
+        let live = self.settings.lock().unwrap().live;
+        let queued: Vec<gst::Buffer> = {
+            let mut guard = self.state.lock().unwrap();
+            let Some(state) = guard.as_mut() else {
+                return Ok(());
+            };
+            if state.held.is_none() && state.ready.is_empty() {
+                return Ok(());
+            }
+            self.complete_held(state, &live)?;
+            state.ready.drain(..).collect()
+        };
+        gst::debug!(CAT, imp = self, "draining {} pipelined frame(s)", queued.len());
+        for b in queued {
+            self.obj().src_pad().push(b)?;
+        }
+        Ok(())
     }
 
     fn is_late(&self, pts: Option<gst::ClockTime>) -> bool {
@@ -578,9 +800,24 @@ impl UnetMask {
         let live = self.settings.lock().unwrap().live;
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        self.composite_in_place(state, &live, buf, None)
+    }
+
+    /// The in-place modes on `buf`, with the mask from `ready` (pipelined) or made now.
+    fn composite_in_place(
+        &self,
+        state: &mut State,
+        live: &Live,
+        buf: &mut gst::BufferRef,
+        ready: Option<(LastMask, MaskMeta)>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let live = *live;
         let stream = state.stream.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
         let (mode, info, format) = (stream.mode, stream.in_info.clone(), stream.format);
-        let last = {
+        let last = if let Some((last, meta)) = ready {
+            meta.attach(buf);
+            last
+        } else {
             // Read-only mapping for the model; the meta goes on the buffer afterwards.
             let buf_ro: &gst::BufferRef = buf;
             let vframe = gst_video::VideoFrameRef::from_buffer_ref_readable(buf_ro, &info).map_err(|_| {
@@ -673,6 +910,19 @@ impl UnetMask {
         let live = self.settings.lock().unwrap().live;
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        self.render_to_output(state, &live, inbuf, outbuf, None)
+    }
+
+    /// `mask` and `alpha` into `outbuf`, with the mask from `ready` (pipelined) or made now.
+    fn render_to_output(
+        &self,
+        state: &mut State,
+        live: &Live,
+        inbuf: &gst::Buffer,
+        outbuf: &mut gst::BufferRef,
+        ready: Option<(LastMask, MaskMeta)>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let live = *live;
         let stream = state.stream.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
         let (mode, in_info, out_info, format) = (
             stream.mode,
@@ -686,7 +936,10 @@ impl UnetMask {
                 gst::FlowError::Error
             })?;
         let frame = Self::frame_of(&vin, format);
-        let (last, meta) = self.update_mask(state, &live, &frame, inbuf)?;
+        let (last, meta) = match ready {
+            Some(m) => m,
+            None => self.update_mask(state, &live, &frame, inbuf)?,
+        };
         meta.attach(outbuf);
         let t_post = Instant::now();
         let stream = state.stream.as_mut().unwrap();
@@ -755,6 +1008,16 @@ impl ObjectImpl for UnetMask {
                         "Let ONNX Runtime's threads busy-wait between inferences (ONNX Runtime's own default). \
                          Off: an idle worker sleeps instead of burning the CPU that decoding, pre/post-processing \
                          and other cameras need",
+                    )
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("pipelined")
+                    .nick("Pipelined")
+                    .blurb(
+                        "Run the model on frame n in a worker thread while frame n+1 is pre-processed: more \
+                         frames per second where pre-processing is a large share of the work, one frame more \
+                         latency (added to the LATENCY query). Same masks and output as without",
                     )
                     .default_value(false)
                     .mutable_ready()
@@ -926,6 +1189,7 @@ impl ObjectImpl for UnetMask {
             }
             "threads" => s.threads = value.get().unwrap(),
             "spin-wait" => s.spin_wait = value.get().unwrap(),
+            "pipelined" => s.pipelined = value.get().unwrap(),
             "mode" => {
                 let mode = value.get().unwrap();
                 if mode != s.mode {
@@ -976,6 +1240,7 @@ impl ObjectImpl for UnetMask {
             "device" => s.device.to_value(),
             "threads" => s.threads.to_value(),
             "spin-wait" => s.spin_wait.to_value(),
+            "pipelined" => s.pipelined.to_value(),
             "mode" => s.mode.to_value(),
             "threshold" => s.live.threshold.to_value(),
             "smoothing" => s.live.smoothing.to_value(),
@@ -1097,6 +1362,9 @@ impl BaseTransformImpl for UnetMask {
             stats: Stats::default(),
             last_stats: None,
             mask_u8: Vec::new(),
+            held: None,
+            ready: Default::default(),
+            worker: None,
         });
         *self.qos_earliest.lock().unwrap() = None;
         Ok(())
@@ -1228,6 +1496,11 @@ impl BaseTransformImpl for UnetMask {
             matrix,
             prepared,
             input: vec![0.0; pre.tensor_len()],
+            input_next: if settings.pipelined {
+                vec![0.0; pre.tensor_len()]
+            } else {
+                Vec::new()
+            },
             pre,
             prob: vec![0.0; mw * mh],
             blur: planes.iter().map(|_| BlurPlane::default()).collect(),
@@ -1307,10 +1580,49 @@ impl BaseTransformImpl for UnetMask {
                 state.smoother.reset();
                 state.last = None;
                 state.since_inference = 0;
+                state.held = None;
+                state.ready.clear();
             }
             *self.qos_earliest.lock().unwrap() = None;
+        } else if event.is_serialized()
+            && let Err(e) = self.drain()
+        {
+            // Flushing or downstream gone: the event would fail the same way.
+            gst::debug!(CAT, imp = self, "draining before {:?}: {e:?}", event.type_());
+            return false;
         }
         self.parent_sink_event(event)
+    }
+
+    fn submit_input_buffer(
+        &self,
+        is_discont: bool,
+        inbuf: gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let (pipelined, live) = {
+            let s = self.settings.lock().unwrap();
+            (s.pipelined, s.live)
+        };
+        if !pipelined {
+            return self.parent_submit_input_buffer(is_discont, inbuf);
+        }
+        self.submit_pipelined(&live, inbuf)
+    }
+
+    fn generate_output(
+        &self,
+    ) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
+        use gst_base::subclass::base_transform::GenerateOutputSuccess;
+        if !self.settings.lock().unwrap().pipelined {
+            return self.parent_generate_output();
+        }
+        let next = self
+            .state
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|s| s.ready.pop_front());
+        Ok(next.map_or(GenerateOutputSuccess::NoOutput, GenerateOutputSuccess::Buffer))
     }
 
     fn src_event(&self, event: gst::Event) -> bool {
@@ -1340,12 +1652,23 @@ impl BaseTransformImpl for UnetMask {
             if !BaseTransformImplExt::parent_query(self, direction, q.query_mut()) {
                 return false;
             }
+            let pipelined = self.settings.lock().unwrap().pipelined;
             let ours = self
                 .state
                 .lock()
                 .unwrap()
                 .as_ref()
-                .and_then(|s| s.stream.as_ref().map(|st| st.prepared.inference_time))
+                .and_then(|s| s.stream.as_ref())
+                .map(|st| {
+                    // Pipelined: a frame also waits for the next one.
+                    let fps = st.in_info.fps();
+                    let frame = if fps.numer() > 0 {
+                        Duration::from_nanos(1_000_000_000 * fps.denom() as u64 / fps.numer() as u64)
+                    } else {
+                        st.prepared.inference_time
+                    };
+                    st.prepared.inference_time + if pipelined { frame } else { Duration::ZERO }
+                })
                 .unwrap_or(Duration::ZERO);
             let ours = gst::ClockTime::from_nseconds(ours.as_nanos() as u64);
             let (live, min, max) = q.result();

@@ -736,3 +736,23 @@ fn pipelined_mode_drops_its_held_frame_on_flush_and_reports_the_extra_latency() 
         "pipelined latency {pipelined} is not above {plain}"
     );
 }
+
+#[test]
+fn pipelined_mode_in_a_real_pipeline_outputs_every_frame_before_eos() {
+    // 12 frames, a stats message every 4 outputs: three messages, the last one once all
+    // 12 frames are out, the held one included (pushed before EOS).
+    let desc = format!(
+        "videotestsrc num-buffers=12 pattern=ball ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! \
+         unetmask model={} mode=overlay pipelined=true stats-interval=4 ! fakesink",
+        model(SELFIE)
+    );
+    let (err, _, elements) = run_pipeline(&desc);
+    assert_eq!(err, None);
+    let frames: Vec<u64> = elements
+        .iter()
+        .filter(|s| s.name() == "unetmask-stats")
+        .map(|s| s.get::<u64>("frames").unwrap())
+        .collect();
+    assert_eq!(frames.len(), 3, "one stats message per 4 outputs: {frames:?}");
+    assert_eq!(*frames.last().unwrap(), 12, "every frame was output before EOS");
+}

@@ -174,6 +174,8 @@ fn rgb_of(c: u32) -> [u8; 3] {
 #[derive(Debug)]
 struct Stats {
     frames: u64,
+    /// Frames finished and output (pipelined: one behind `frames`); paces the message.
+    output: u64,
     fresh: u64,
     carried: u64,
     qos_skipped: u64,
@@ -189,6 +191,7 @@ impl Default for Stats {
     fn default() -> Self {
         Self {
             frames: 0,
+            output: 0,
             fresh: 0,
             carried: 0,
             qos_skipped: 0,
@@ -785,7 +788,8 @@ impl UnetMask {
 
     fn finish_frame(&self, state: &mut State, live: &Live, t_post: Instant) {
         state.stats.post += t_post.elapsed();
-        if live.stats_interval > 0 && state.stats.frames.is_multiple_of(live.stats_interval as u64) {
+        state.stats.output += 1;
+        if live.stats_interval > 0 && state.stats.output.is_multiple_of(live.stats_interval as u64) {
             let s = state.stats.structure(&state.engine.provider);
             state.last_stats = Some(s.clone());
             state.stats.reset_window();

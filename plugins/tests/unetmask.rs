@@ -314,6 +314,16 @@ fn timestamps_duration_and_flags_pass_through() {
     }
 }
 
+/// A flat grey frame in the caps of `sample`: nobody there.
+fn grey_like(sample: &gst::Sample) -> gst::Sample {
+    let mut b = sample.buffer().unwrap().copy_deep().unwrap();
+    b.get_mut().unwrap().map_writable().unwrap().fill(128);
+    gst::Sample::builder()
+        .buffer(&b)
+        .caps(&sample.caps_owned().unwrap())
+        .build()
+}
+
 fn meta_of(b: &gst::Buffer) -> (MaskMeta, Vec<u8>) {
     let m = MaskMeta::from_buffer(b).expect("meta");
     let bytes = m.mask.map_readable().unwrap().to_vec();
@@ -348,15 +358,7 @@ fn inference_interval_reuses_the_mask_between_runs() {
 #[test]
 fn smoothing_averages_over_time_and_resets_on_discont() {
     let person = frame(&testdata(PHOTO), "RGBA", Some((200, 300)));
-    let blank = {
-        // Same caps, a flat grey frame: nobody there.
-        let mut b = person.buffer().unwrap().copy_deep().unwrap();
-        b.get_mut().unwrap().map_writable().unwrap().fill(128);
-        gst::Sample::builder()
-            .buffer(&b)
-            .caps(&person.caps_owned().unwrap())
-            .build()
-    };
+    let blank = grey_like(&person);
     let soft = |s: &gst::Sample| {
         let (out, _) = run_once(&format!("model={} mode=meta threshold=-1", model(SELFIE)), s);
         meta_of(&out).1
@@ -637,14 +639,7 @@ fn outputs(props: &str, input: &gst::Sample, frames: &[gst::Buffer]) -> (Vec<gst
 #[test]
 fn pipelined_mode_gives_the_same_frames_one_frame_later() {
     let person = frame(&testdata(PHOTO), "NV12", Some((200, 300)));
-    let grey = {
-        let mut b = person.buffer().unwrap().copy_deep().unwrap();
-        b.get_mut().unwrap().map_writable().unwrap().fill(128);
-        gst::Sample::builder()
-            .buffer(&b)
-            .caps(&person.caps_owned().unwrap())
-            .build()
-    };
+    let grey = grey_like(&person);
     // Person and nobody alternating, a DISCONT in the middle: every mask differs from the
     // one before, and smoothing carries state from frame to frame.
     let frames: Vec<gst::Buffer> = (0..9u64)

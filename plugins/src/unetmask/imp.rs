@@ -487,6 +487,22 @@ impl UnetMask {
         }
     }
 
+    /// Maps an input frame for reading, or posts why it cannot be.
+    fn map_for_reading<'a>(
+        &self,
+        buf: &'a gst::BufferRef,
+        info: &gst_video::VideoInfo,
+    ) -> Result<gst_video::VideoFrameRef<&'a gst::BufferRef>, gst::FlowError> {
+        gst_video::VideoFrameRef::from_buffer_ref_readable(buf, info).map_err(|_| {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Decode,
+                ("cannot map the frame for reading")
+            );
+            gst::FlowError::Error
+        })
+    }
+
     /// Counts the frame and decides whether it gets a fresh mask (inference-interval, QoS).
     /// Returns the frame's index and whether it is fresh.
     fn begin_frame(&self, state: &mut State, live: &Live, buffer: &gst::BufferRef) -> (u64, bool) {
@@ -632,15 +648,7 @@ impl UnetMask {
             state.ready.push_back(out);
             return Ok(gst::FlowSuccess::Ok);
         }
-        let vframe =
-            gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &info).map_err(|_| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Decode,
-                    ("cannot map the frame for reading")
-                );
-                gst::FlowError::Error
-            })?;
+        let vframe = self.map_for_reading(inbuf.as_ref(), &info)?;
         let frame = Self::frame_of(&vframe, format);
         let held = state.held.take();
         if held.is_some() && state.worker.is_none() {
@@ -824,14 +832,7 @@ impl UnetMask {
         } else {
             // Read-only mapping for the model; the meta goes on the buffer afterwards.
             let buf_ro: &gst::BufferRef = buf;
-            let vframe = gst_video::VideoFrameRef::from_buffer_ref_readable(buf_ro, &info).map_err(|_| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Decode,
-                    ("cannot map the frame for reading")
-                );
-                gst::FlowError::Error
-            })?;
+            let vframe = self.map_for_reading(buf_ro, &info)?;
             let frame = Self::frame_of(&vframe, format);
             let (last, meta) = self.update_mask(state, &live, &frame, buf_ro)?;
             drop(vframe);
@@ -934,11 +935,7 @@ impl UnetMask {
             stream.out_info.clone(),
             stream.format,
         );
-        let vin =
-            gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &in_info).map_err(|_| {
-                gst::element_imp_error!(self, gst::StreamError::Decode, ("cannot map the input frame"));
-                gst::FlowError::Error
-            })?;
+        let vin = self.map_for_reading(inbuf.as_ref(), &in_info)?;
         let frame = Self::frame_of(&vin, format);
         let (last, meta) = match ready {
             Some(m) => m,

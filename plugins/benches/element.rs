@@ -116,19 +116,20 @@ impl Element {
         let in_place = !(mode.starts_with("mask") || mode.starts_with("alpha"));
         // A continuous stream: the sample's first-buffer DISCONT flag would make every
         // frame a discontinuity (smoothing reset, and a pipelined element drained each time).
-        let mut buf = input.buffer().unwrap().copy_deep().unwrap();
-        buf.get_mut().unwrap().unset_flags(gst::BufferFlags::DISCONT);
+        let continuous = || {
+            let mut b = input.buffer().unwrap().copy_deep().unwrap();
+            b.get_mut().unwrap().unset_flags(gst::BufferFlags::DISCONT);
+            b
+        };
         let mut e = Element {
             h,
-            buf: Some(buf),
+            buf: Some(continuous()),
             in_place,
         };
         if mode.contains("pipelined=true") {
             // A pipelined element holds one frame: after this one, each push returns the
             // frame before it.
-            let mut first = input.buffer().unwrap().copy_deep().unwrap();
-            first.get_mut().unwrap().unset_flags(gst::BufferFlags::DISCONT);
-            e.h.push(first).unwrap();
+            e.h.push(continuous()).unwrap();
         }
         e.run(2); // warm-up and negotiation
         e

@@ -47,9 +47,8 @@ pub struct BoxParams {
 /// uploads once per caps.
 #[derive(Debug, Clone)]
 pub struct BlurPlan {
+    /// Its `bg` (the background's weights) is also the mix towards the background.
     pub blur: BlurParams,
-    /// The mix towards the background (the user's mask weights, inverted).
-    pub mix: MixParams,
     /// Box passes over the weighted sums (`c` = colour bytes) and the weights (`c` = 1).
     pub box_acc: BoxParams,
     pub box_wsum: BoxParams,
@@ -86,7 +85,6 @@ impl BlurPlan {
                 sw: g.sw as i32,
                 sh: g.sh as i32,
             },
-            mix: MixParams::new(model, geom, stride, &weights.inverted(), &[], None),
             box_acc: pass(geom.chans.len()),
             box_wsum: pass(1),
             gx: flat(grid_taps(g.sw, geom.width, g.factor)),
@@ -206,7 +204,7 @@ pub fn reference(plan: &BlurPlan, mask: &[u8], plane: &mut [u8]) {
     }
     let mut hrows = vec![0u16; p.sh as usize * p.bg.width as usize * p.bg.pstride as usize];
     rows(p, &acc, &wsum, &plan.gx, &mut hrows);
-    mix(&plan.mix, mask, &plan.gy, &hrows, plane);
+    mix(&p.bg, mask, &plan.gy, &hrows, plane);
 }
 
 #[cfg(test)]

@@ -289,7 +289,7 @@ impl GpuKernels {
         unsafe { launch.launch(grid(p.bg.width, p.sh)) }.map_err(err("launching edgemask_blur_rows"))?;
         let mut launch = self.stream.launch_builder(mix_fn);
         launch
-            .arg(&plan.mix)
+            .arg(&p.bg)
             .arg(&m)
             .arg(&xt)
             .arg(&yt)

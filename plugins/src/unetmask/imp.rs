@@ -565,6 +565,21 @@ impl UnetMask {
             })
     }
 
+    /// Runs the model on the stream's current tensor (`Stream::input`) into `Stream::prob`,
+    /// counting the time as inference.
+    fn infer_current(&self, state: &mut State) -> Result<(), gst::FlowError> {
+        let stream = state.stream.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
+        let t = Instant::now();
+        self.infer(
+            &mut state.engine,
+            &stream.prepared,
+            &stream.input,
+            &mut stream.prob,
+        )?;
+        state.stats.infer += t.elapsed();
+        Ok(())
+    }
+
     /// After inference (fresh frames): smoothing, quantisation, the new mask. Then, for
     /// every frame, the meta that describes the mask in use.
     fn finish_mask(&self, state: &mut State, live: &Live, index: u64, fresh: bool) -> (LastMask, MaskMeta) {
@@ -610,15 +625,8 @@ impl UnetMask {
             let stream = state.stream.as_mut().expect("caps are set");
             let t0 = Instant::now();
             stream.pre.run(frame, &mut stream.input);
-            let t1 = Instant::now();
-            self.infer(
-                &mut state.engine,
-                &stream.prepared,
-                &stream.input,
-                &mut stream.prob,
-            )?;
-            state.stats.pre += t1 - t0;
-            state.stats.infer += t1.elapsed();
+            state.stats.pre += t0.elapsed();
+            self.infer_current(state)?;
         }
         Ok(self.finish_mask(state, live, index, fresh))
     }
@@ -643,9 +651,7 @@ impl UnetMask {
         let (index, fresh) = self.begin_frame(state, live, &inbuf);
         if !fresh {
             self.complete_held(state, live)?;
-            let ready = self.finish_mask(state, live, index, false);
-            let out = self.render(state, live, inbuf, ready)?;
-            state.ready.push_back(out);
+            self.finish_and_queue(state, live, inbuf, index, false)?;
             return Ok(gst::FlowSuccess::Ok);
         }
         let vframe = self.map_for_reading(inbuf.as_ref(), &info)?;
@@ -707,9 +713,7 @@ impl UnetMask {
         stats.infer += infer;
         drop(vframe);
         if let Some(h) = held {
-            let ready = self.finish_mask(state, live, h.index, true);
-            let out = self.render(state, live, h.buffer, ready)?;
-            state.ready.push_back(out);
+            self.finish_and_queue(state, live, h.buffer, h.index, true)?;
         }
         state.held = Some(Held { buffer: inbuf, index });
         Ok(gst::FlowSuccess::Ok)
@@ -721,17 +725,22 @@ impl UnetMask {
         let Some(h) = state.held.take() else {
             return Ok(());
         };
-        let stream = state.stream.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
-        let t = Instant::now();
-        self.infer(
-            &mut state.engine,
-            &stream.prepared,
-            &stream.input,
-            &mut stream.prob,
-        )?;
-        state.stats.infer += t.elapsed();
-        let ready = self.finish_mask(state, live, h.index, true);
-        let out = self.render(state, live, h.buffer, ready)?;
+        self.infer_current(state)?;
+        self.finish_and_queue(state, live, h.buffer, h.index, true)
+    }
+
+    /// Pipelined mode: finishes frame `index` (post-processing if `fresh`, meta,
+    /// compositing) and queues its output buffer for `generate_output`.
+    fn finish_and_queue(
+        &self,
+        state: &mut State,
+        live: &Live,
+        buffer: gst::Buffer,
+        index: u64,
+        fresh: bool,
+    ) -> Result<(), gst::FlowError> {
+        let ready = self.finish_mask(state, live, index, fresh);
+        let out = self.render(state, live, buffer, ready)?;
         state.ready.push_back(out);
         Ok(())
     }

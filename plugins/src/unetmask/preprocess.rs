@@ -438,6 +438,10 @@ impl Preprocessor {
             Some((_, 4)) => gather_packed::<4>,
             _ => gather_packed::<3>,
         };
+        // 4:2:0: the chroma terms of the conversion and the chroma row size, once per frame.
+        let (cu, cv) = chroma_coeffs(&self.yuv, self.rgb_index);
+        #[cfg(target_arch = "x86_64")]
+        let (cw, _) = chroma_size(self.width, self.height);
         for oy in 0..th {
             let (ty, fy) = pairs.ys[oy];
             let base = oy * tw;
@@ -484,11 +488,9 @@ impl Preprocessor {
                 None => {
                     let (tc, fyc) = pairs.ys_c[oy];
                     let [d0, d1, d2] = dst;
-                    let (cu, cv) = chroma_coeffs(&self.yuv, self.rgb_index);
                     let done = match &pairs.simd_yuv {
                         #[cfg(target_arch = "x86_64")]
                         Some(taps) => {
-                            let (cw, _) = chroma_size(self.width, self.height);
                             let row = |p: usize, y: usize, len: usize| {
                                 &frame.planes[p][y * frame.strides[p]..][..len]
                             };

@@ -2,7 +2,8 @@
 # edgemask set-up for a fresh Debian 12 machine. Idempotent: a second run only checks.
 #
 #   scripts/setup.sh            GStreamer 1.22 + ONNX Runtime 1.31.1 (CPU) + test tooling
-#   EDGEMASK_GPU=1 scripts/setup.sh   onnxruntime-gpu instead (auto when nvidia-smi works)
+#   EDGEMASK_GPU=1 scripts/setup.sh   onnxruntime-gpu, its CUDA/cuDNN wheels and NVRTC instead
+#                               (auto when nvidia-smi works)
 #   EDGEMASK_WITH_GARAGE=1      also builds the Garage S3 server used by the syncd tests
 #   EDGEMASK_WITH_NVRTC=1       also installs NVRTC (nvidia-cuda-nvrtc-cu12 wheel): the tests
 #                               compile the GPU kernels with it (no GPU needed)
@@ -11,7 +12,7 @@
 #   .deps/onnxruntime/lib/libonnxruntime.so   the ONNX Runtime library the element loads
 #   .deps/venv/                               Python with onnxruntime, onnx, numpy, Pillow
 #                                             (test fixtures and independent references)
-#   .deps/nvrtc/lib/libnvrtc.so.12            NVRTC, with EDGEMASK_WITH_NVRTC=1
+#   .deps/nvrtc/lib/libnvrtc.so.12            NVRTC, on GPU hosts or with EDGEMASK_WITH_NVRTC=1
 set -euo pipefail
 
 ORT_VERSION=1.31.1
@@ -81,8 +82,9 @@ done
 ln -sf "libonnxruntime.so.$ORT_VERSION" "$deps/onnxruntime/lib/libonnxruntime.so"
 log "ONNX Runtime $ORT_VERSION ($wheel): $deps/onnxruntime/lib/libonnxruntime.so"
 
-# --- NVRTC (CUDA's run-time compiler) for the GPU kernel tests --------------------------
-if [ "${EDGEMASK_WITH_NVRTC:-0}" = 1 ]; then
+# --- NVRTC (CUDA's run-time compiler): the element's GPU kernels on GPU hosts, and the -----
+# --- kernel tests everywhere (EDGEMASK_WITH_NVRTC=1) ---------------------------------------
+if [ "${EDGEMASK_WITH_NVRTC:-0}" = 1 ] || [ "$gpu" = 1 ]; then
   if ! "$py" -c 'import importlib.metadata as m, sys; sys.exit(not m.version("nvidia-cuda-nvrtc-cu12").startswith("12.8."))' 2>/dev/null; then
     log "installing NVRTC 12.8 (nvidia-cuda-nvrtc-cu12 wheel)"
     "$py" -m pip install -q --disable-pip-version-check 'nvidia-cuda-nvrtc-cu12==12.8.*'

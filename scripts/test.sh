@@ -30,3 +30,6 @@ cargo test --workspace --locked -- --test-threads="${EDGEMASK_TEST_THREADS:-2}"
 step "cargo test (GPU kernels with the cuda feature: CPU mirror, NVRTC compile; no GPU needed)"
 LD_LIBRARY_PATH="$root/.deps/nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" EDGEMASK_REQUIRE_NVRTC=1 \
   cargo test -p gst-plugin-unetmask --locked --features cuda --lib gpu
+
+step "cargo test (the element's GPU path: runs on a GPU host, says \"skipped: no GPU\" elsewhere)"
+cargo test -p gst-plugin-unetmask --locked --features cuda --test gpu -- --nocapture

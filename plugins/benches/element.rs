@@ -12,6 +12,16 @@
 //! BENCH_FRAMES (frames per measurement, default 48), BENCH_SIZES (e.g. "1280x720,1920x1080"),
 //! BENCH_UNET=0 to skip the original-contract UNet rows (slow: ~1 s per inference on 2 cores),
 //! BENCH_MODES (e.g. "meta,mask") and BENCH_FORMATS (e.g. "NV12") to run a subset.
+//!
+//! GPU: BENCH_DEVICE=cuda:0 (or tensorrt:0; build with `--features cuda`/`tensorrt`) runs the
+//! element with that device and times the bare side as ONNX Runtime with IoBinding: the
+//! input tensor already on the GPU, the output left there (what the model alone costs).
+//! The pipelined rows are skipped there (the GPU path runs frames in turn).
+//!
+//! Streams: BENCH_STREAMS (e.g. "1,2,4,8"; default off) runs that many element instances in
+//! one process, each on its own thread with its own 1080p NV12 frames in `meta` mode, for
+//! BENCH_STREAM_SECS seconds (default 5), and prints the slowest stream's fps and how many
+//! 30 fps cameras that count sustains.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -74,13 +84,16 @@ struct Bare {
     engine: Engine,
     input: Vec<f32>,
     size: (u32, u32),
+    /// GPU sessions: the input and output bound to device memory.
+    #[cfg(feature = "cuda")]
+    device: Option<gstunetmask::unetmask::engine::DeviceIo>,
 }
 
 impl Bare {
-    fn new(model: &Path, threads: u32, spin: bool, frame: (u32, u32)) -> Bare {
+    fn new(model: &Path, device: DeviceRequest, threads: u32, spin: bool, frame: (u32, u32)) -> Bare {
         let cfg = EngineConfig {
             model: model.into(),
-            device: DeviceRequest::Cpu,
+            device,
             threads,
             spin,
             ..Default::default()
@@ -91,12 +104,29 @@ impl Bare {
         let input = (0..size.0 * size.1 * 3)
             .map(|i| (i % 255) as f32 / 255.0)
             .collect();
-        Bare { engine, input, size }
+        #[cfg(feature = "cuda")]
+        let device = engine.cuda_device.map(|_| {
+            engine
+                .bind_device(size)
+                .expect("bind the model's input and output on the GPU")
+        });
+        Bare {
+            engine,
+            input,
+            size,
+            #[cfg(feature = "cuda")]
+            device,
+        }
     }
 
     fn run(&mut self, n: usize) -> Duration {
         let t = Instant::now();
         for _ in 0..n {
+            #[cfg(feature = "cuda")]
+            if let Some(io) = self.device.as_mut() {
+                self.engine.run_bound(io).unwrap();
+                continue;
+            }
             self.engine.run(&self.input, self.size, |_, d| d[0]).unwrap();
         }
         t.elapsed()
@@ -175,6 +205,31 @@ fn memcpy_time(bytes: usize) -> Duration {
     median(times)
 }
 
+/// `count` element instances in one process, each on its own thread pushing its own frames
+/// for `secs`: the fps of each, slowest first.
+fn streams(props: &str, input: &gst::Sample, count: usize, secs: f64) -> Vec<f64> {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let (props, input, start) = (props.to_string(), input.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut el = Element::new(&props, "meta", &input);
+                start.wait();
+                let t = Instant::now();
+                let mut n = 0;
+                while t.elapsed().as_secs_f64() < secs {
+                    el.run(4);
+                    n += 4;
+                }
+                n as f64 / t.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+    let mut fps: Vec<f64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    fps.sort_by(f64::total_cmp);
+    fps
+}
+
 fn unet_model() -> Option<PathBuf> {
     let dir = root().join("target/bench-fixtures");
     let model = dir.join("unet_240x160.onnx");
@@ -200,6 +255,10 @@ fn main() {
     gst::init().unwrap();
     gstunetmask::plugin_register_static().unwrap();
     let threads: u32 = env_or("BENCH_THREADS", "2").parse().unwrap();
+    let device_env = env_or("BENCH_DEVICE", "cpu");
+    let device: DeviceRequest = device_env
+        .parse()
+        .expect("BENCH_DEVICE: cpu, cuda:N or tensorrt:N");
     let spin = env_or("BENCH_SPIN", "0") == "1";
     let frames: usize = env_or("BENCH_FRAMES", "48").parse().unwrap();
     let sizes: Vec<(u32, u32)> = env_or("BENCH_SIZES", "1280x720,1920x1080,3840x2160")
@@ -212,7 +271,12 @@ fn main() {
     let wanted = |list: &str, item: &str| list.split(',').any(|w| w == item || w == "all");
     let modes_env = env_or("BENCH_MODES", "all");
     let formats_env = env_or("BENCH_FORMATS", "all");
-    let modes: Vec<&str> = MODES.iter().copied().filter(|m| wanted(&modes_env, m)).collect();
+    let modes: Vec<&str> = MODES
+        .iter()
+        .copied()
+        .filter(|m| wanted(&modes_env, m))
+        .filter(|m| device == DeviceRequest::Cpu || !m.contains("pipelined"))
+        .collect();
     let mut models = vec![(
         shared().join("models/selfie_segmentation_256x256.onnx"),
         frames,
@@ -226,7 +290,7 @@ fn main() {
     }
     let chunk = 8usize;
     println!(
-        "threads={threads} spin-wait={spin}; medians of interleaved chunks; ratio = element fps / bare fps"
+        "device={device} threads={threads} spin-wait={spin}; medians of interleaved chunks; ratio = element fps / bare fps"
     );
     println!(
         "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9} | {:>9} | {:>6} | {:>11} | {:>10} | {:>6} | {:>8} | {:>7} |",
@@ -250,14 +314,14 @@ fn main() {
     for (model, n, modes) in &models {
         let name = model.file_name().unwrap().to_string_lossy().to_string();
         for &(w, h) in &sizes {
-            let mut bare = Bare::new(model, threads, spin, (w, h));
+            let mut bare = Bare::new(model, device, threads, spin, (w, h));
             for fmt in ["RGBA", "NV12"].into_iter().filter(|f| wanted(&formats_env, f)) {
                 let input = frame(fmt, w, h);
                 let bytes = input.buffer().unwrap().size();
                 let copy = memcpy_time(bytes);
                 for mode in modes {
                     let props = format!(
-                        "model={} threads={threads} spin-wait={spin} device=cpu mode={mode}",
+                        "model={} threads={threads} spin-wait={spin} device={device} mode={mode}",
                         model.display()
                     );
                     let mut el = Element::new(&props, mode, &input);
@@ -289,6 +353,29 @@ fn main() {
                     );
                 }
             }
+        }
+    }
+    let counts = env_or("BENCH_STREAMS", "");
+    if !counts.is_empty() {
+        let secs: f64 = env_or("BENCH_STREAM_SECS", "5").parse().unwrap();
+        let input = frame("NV12", 1920, 1080);
+        let model = &models[0].0;
+        let props = format!(
+            "model={} threads={threads} spin-wait={spin} device={device} mode=meta",
+            model.display()
+        );
+        println!();
+        println!("1080p NV12 meta streams in one process, device={device}, {secs} s each:");
+        println!("| streams | slowest fps | total fps | every stream at 30 fps |");
+        println!("|---------|-------------|-----------|------------------------|");
+        for count in counts.split(',').map(|c| c.trim().parse::<usize>().unwrap()) {
+            let fps = streams(&props, &input, count, secs);
+            println!(
+                "| {count:>7} | {:>11.1} | {:>9.1} | {:<22} |",
+                fps[0],
+                fps.iter().sum::<f64>(),
+                if fps[0] >= 30.0 { "yes" } else { "no" }
+            );
         }
     }
 }

@@ -256,39 +256,6 @@ fn odd_sizes_in_every_format() {
     }
 }
 
-/// The `unetmask` inside a harness made with `new_parse` (which wraps it in a bin).
-fn element_of(h: &gst_check::Harness) -> gst::Element {
-    let bin = h.element().unwrap().downcast::<gst::Bin>().unwrap();
-    bin.iterate_elements()
-        .into_iter()
-        .map(|e| e.unwrap())
-        .find(|e| e.factory().is_some_and(|f| f.name() == "unetmask"))
-        .unwrap()
-}
-
-fn harness(props: &str, input: &gst::Sample) -> gst_check::Harness {
-    init();
-    let mut h = gst_check::Harness::new_parse(&format!("unetmask {props}"));
-    h.set_src_caps(input.caps().unwrap().to_owned());
-    h
-}
-
-fn stamped(input: &gst::Sample, i: u64, flags: gst::BufferFlags) -> gst::Buffer {
-    let mut b = input.buffer().unwrap().copy_deep().unwrap();
-    {
-        let b = b.get_mut().unwrap();
-        b.set_pts(gst::ClockTime::from_mseconds(40 * i));
-        b.set_dts(gst::ClockTime::from_mseconds(40 * i));
-        b.set_duration(gst::ClockTime::from_mseconds(40));
-        b.set_offset(i);
-        b.set_offset_end(i + 1);
-        let old = b.flags();
-        b.unset_flags(old);
-        b.set_flags(flags);
-    }
-    b
-}
-
 #[test]
 fn timestamps_duration_and_flags_pass_through() {
     let input = frame(&testdata(PHOTO), "I420", Some((200, 300)));
@@ -315,21 +282,6 @@ fn timestamps_duration_and_flags_pass_through() {
 }
 
 /// A flat grey frame in the caps of `sample`: nobody there.
-fn grey_like(sample: &gst::Sample) -> gst::Sample {
-    let mut b = sample.buffer().unwrap().copy_deep().unwrap();
-    b.get_mut().unwrap().map_writable().unwrap().fill(128);
-    gst::Sample::builder()
-        .buffer(&b)
-        .caps(&sample.caps_owned().unwrap())
-        .build()
-}
-
-fn meta_of(b: &gst::Buffer) -> (MaskMeta, Vec<u8>) {
-    let m = MaskMeta::from_buffer(b).expect("meta");
-    let bytes = m.mask.map_readable().unwrap().to_vec();
-    (m, bytes)
-}
-
 #[test]
 fn inference_interval_reuses_the_mask_between_runs() {
     let input = frame(&testdata(PHOTO), "RGBA", Some((200, 300)));
@@ -531,6 +483,7 @@ fn stats_messages_and_property() {
     assert_eq!(stats.len(), 2);
     assert_eq!(stats[1].get::<u64>("frames").unwrap(), 4);
     assert_eq!(stats[1].get::<&str>("provider").unwrap(), "cpu");
+    assert_eq!(stats[1].get::<&str>("processing").unwrap(), "cpu");
     assert!(stats[1].get::<f64>("inference-ms").unwrap() > 0.0);
     for field in ["fresh", "carried", "qos-skipped"] {
         assert!(stats[1].has_field(field), "{field}");

@@ -207,6 +207,8 @@ pub struct Engine {
     /// Execution provider in use: `cpu`, `cuda:N` or `tensorrt:N`.
     pub provider: String,
     pub library: PathBuf,
+    /// The CUDA device the session runs on (`cuda:N`, `tensorrt:N`), when it runs on one.
+    pub cuda_device: Option<u32>,
     overrides: Overrides,
     prepared: Option<Prepared>,
 }
@@ -243,11 +245,13 @@ impl Engine {
             .map(|o| tensor_info(o.name(), o.dtype()))
             .collect();
         let contract = contract::detect(&inputs, &outputs, &cfg.overrides)?;
+        let cuda_device = provider.split_once(':').and_then(|(_, n)| n.parse().ok());
         Ok(Engine {
             session,
             contract,
             provider,
             library,
+            cuda_device,
             overrides: cfg.overrides.clone(),
             prepared: None,
         })
@@ -339,6 +343,92 @@ impl Engine {
             .try_extract_tensor::<f32>()
             .map_err(|e| EngineError::Inference(e.to_string()))?;
         Ok(f(shape, data))
+    }
+}
+
+/// The model's input and output in GPU memory (feature `cuda`): ONNX Runtime reads the
+/// input tensor from and writes the output into device memory through an IoBinding, so the
+/// GPU kernels fill the one and read the other without a round trip through the host.
+#[cfg(feature = "cuda")]
+pub struct DeviceIo {
+    binding: ort::session::IoBinding,
+    /// Allocated by the session's CUDA allocator; bound once, rewritten in place per frame.
+    _input: ort::value::Tensor<f32>,
+    /// The last run's output, kept alive until the next run replaces it.
+    output: Option<ort::value::DynTensor>,
+    /// Device address of the input tensor: `input_len` `f32` values in the contract's layout.
+    pub input_ptr: u64,
+    pub input_len: usize,
+}
+
+#[cfg(feature = "cuda")]
+impl Engine {
+    /// Allocates the input tensor for `input_size` on the session's GPU and binds it, with
+    /// the output bound to the same GPU. Fails when the session does not run on CUDA.
+    pub fn bind_device(&self, input_size: (u32, u32)) -> Result<DeviceIo, EngineError> {
+        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+        let n = self.cuda_device.ok_or_else(|| {
+            EngineError::Provider(format!(
+                "the session runs on {}, not on a CUDA device",
+                self.provider
+            ))
+        })?;
+        let err = |what: &'static str| move |e: ort::Error| EngineError::Provider(format!("{what}: {e}"));
+        let info = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            n as i32,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(err("describing CUDA memory"))?;
+        let allocator =
+            Allocator::new(&self.session, info.clone()).map_err(err("the session's CUDA allocator"))?;
+        let mut input = ort::value::Tensor::<f32>::new(&allocator, self.input_shape(input_size))
+            .map_err(err("allocating the input tensor on the GPU"))?;
+        let input_ptr = input.data_ptr_mut() as u64;
+        let input_len = (input_size.0 * input_size.1 * 3) as usize;
+        let mut binding = self
+            .session
+            .create_binding()
+            .map_err(err("creating the IoBinding"))?;
+        binding
+            .bind_input(self.contract.input_name.as_str(), &input)
+            .map_err(err("binding the input"))?;
+        binding
+            .bind_output_to_device(self.contract.output_name.as_str(), &info)
+            .map_err(err("binding the output to the GPU"))?;
+        Ok(DeviceIo {
+            binding,
+            _input: input,
+            output: None,
+            input_ptr,
+            input_len,
+        })
+    }
+
+    /// Runs the model on the bound input (already written on the device). Returns the device
+    /// address of the output and its number of `f32` values; valid until the next run.
+    pub fn run_bound(&mut self, io: &mut DeviceIo) -> Result<(u64, usize), EngineError> {
+        let inference = |e: ort::Error| EngineError::Inference(e.to_string());
+        io.output = None;
+        let mut outputs = self.session.run_binding(&io.binding).map_err(inference)?;
+        let name = self.contract.output_name.as_str();
+        let value = outputs
+            .remove(name)
+            .ok_or_else(|| EngineError::Inference(format!("output '{name}' missing")))?;
+        let tensor = value
+            .downcast::<ort::value::DynTensorValueType>()
+            .map_err(inference)?;
+        if *tensor.data_type() != ort::value::TensorElementType::Float32 {
+            return Err(EngineError::Inference(format!(
+                "output '{name}' is {}, not float32",
+                tensor.data_type()
+            )));
+        }
+        let len = tensor.shape().num_elements();
+        let ptr = tensor.data_ptr() as u64;
+        io.output = Some(tensor);
+        Ok((ptr, len))
     }
 }
 

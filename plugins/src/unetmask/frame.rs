@@ -47,6 +47,22 @@ pub fn chroma_size(width: usize, height: usize) -> (usize, usize) {
     (width.div_ceil(2), height.div_ceil(2))
 }
 
+/// The bytes of each plane of `frame` that hold its rows (`rows x stride`, or less where the
+/// plane's memory ends after the last row's pixels), 0 for planes the format lacks: what a
+/// copy of the frame into other memory (the GPU's) has to carry.
+pub fn plane_bytes(frame: &Frame<'_>) -> [usize; 3] {
+    let full = rows_bytes((frame.width, frame.height), frame.strides);
+    std::array::from_fn(|i| frame.planes[i].len().min(full[i]))
+}
+
+/// `rows x stride` of each plane of a `width` x `height` frame with `strides` (0 for a
+/// plane the format lacks): room for any frame of those caps.
+pub fn rows_bytes((width, height): (usize, usize), strides: [usize; 3]) -> [usize; 3] {
+    let (_, ch) = chroma_size(width, height);
+    let rows = [height, ch, ch];
+    std::array::from_fn(|i| rows[i] * strides[i])
+}
+
 /// YUV <-> RGB conversion for 8-bit video (BT.601 / BT.709 / BT.2020 coefficients,
 /// limited or full range), as the stream's colorimetry says.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -172,5 +188,33 @@ mod tests {
         assert_eq!(YuvMatrix::BT601.rgb_to_yuv([0, 0, 0]), [16, 128, 128]);
         assert_eq!(YuvMatrix::BT709.rgb_to_yuv([255, 255, 255]), [235, 128, 128]);
         assert_eq!(chroma_size(401, 601), (201, 301));
+    }
+
+    #[test]
+    fn plane_bytes_cover_the_rows_of_each_plane() {
+        use crate::unetmask::test_bytes::{frame, frame_planes};
+        let (w, h) = (5, 3);
+        let (data, strides) = frame_planes(PixelFormat::Rgba, w, h, 4, 1);
+        assert_eq!(
+            plane_bytes(&frame(PixelFormat::Rgba, w, h, &data, strides)),
+            [72, 0, 0]
+        );
+        let (data, strides) = frame_planes(PixelFormat::Nv12, w, h, 2, 1);
+        assert_eq!(
+            plane_bytes(&frame(PixelFormat::Nv12, w, h, &data, strides)),
+            [21, 16, 0]
+        );
+        let (data, strides) = frame_planes(PixelFormat::I420, w, h, 0, 1);
+        assert_eq!(
+            plane_bytes(&frame(PixelFormat::I420, w, h, &data, strides)),
+            [15, 6, 6]
+        );
+        // Memory that ends after the last row's pixels (no padding after it).
+        let (mut data, strides) = frame_planes(PixelFormat::Rgba, w, h, 4, 1);
+        data[0].truncate(72 - 4);
+        assert_eq!(
+            plane_bytes(&frame(PixelFormat::Rgba, w, h, &data, strides)),
+            [68, 0, 0]
+        );
     }
 }

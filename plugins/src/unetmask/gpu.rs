@@ -4,6 +4,7 @@
 //! this builds on machines without the CUDA toolkit and fails softly without a driver.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Number of CUDA devices, or why there are none.
 pub fn device_count() -> Result<u32, String> {
@@ -18,6 +19,36 @@ pub fn device_count() -> Result<u32, String> {
         return Err("the NVIDIA driver reports no CUDA device".to_string());
     }
     Ok(n as u32)
+}
+
+/// Whether NVRTC (CUDA's run-time compiler, which builds the GPU kernels) can be loaded.
+/// The copy that `scripts/setup.sh` links into `.deps/nvrtc/lib` is loaded first, so the
+/// library-name lookup finds it without `LD_LIBRARY_PATH`.
+pub fn nvrtc_present() -> Result<(), String> {
+    static PRELOAD: OnceLock<Option<libloading::os::unix::Library>> = OnceLock::new();
+    PRELOAD.get_or_init(|| {
+        let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/nvrtc/lib/libnvrtc.so.12");
+        // SAFETY: loads NVRTC, whose initialisers have no preconditions; global, so that a
+        // later dlopen by its soname (cudarc's) resolves to this copy.
+        unsafe {
+            libloading::os::unix::Library::open(
+                Some(&local),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+            )
+        }
+        .ok()
+    });
+    // SAFETY: probes for the library with dlopen; no NVRTC call is made.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(
+            "libnvrtc.so.12 (CUDA's run-time compiler, for the GPU kernels) was not found: run \
+             EDGEMASK_GPU=1 scripts/setup.sh, or put the nvidia-cuda-nvrtc-cu12 wheel's lib folder on \
+             LD_LIBRARY_PATH"
+                .to_string(),
+        )
+    }
 }
 
 /// Logs why `device=auto` runs on the CPU.

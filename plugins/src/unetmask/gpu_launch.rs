@@ -9,11 +9,12 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::compile_ptx;
+use cudarc::nvrtc::{Ptx, compile_ptx};
+use std::sync::OnceLock;
 
-use super::frame::{Frame, chroma_size};
+use super::frame::{Frame, plane_bytes};
 use super::gpu_blur::{self, BLUR_CU, BlurParams, BlurPlan, BoxParams};
 use super::gpu_composite::{self, ALPHA_FN, AlphaParams, COMPOSITE_CU, MASK_FN, MIX_FN, MixParams};
 use super::gpu_post::{POSTPROCESS_CU, POSTPROCESS_FN, PostParams};
@@ -53,24 +54,40 @@ fn grid(w: i32, h: i32) -> LaunchConfig {
     }
 }
 
+/// NVRTC output for each kernel source, compiled once per process (every element instance
+/// loads the same PTX into its device's context).
+fn ptx(slot: usize, src: &dyn Fn() -> String) -> Result<Ptx, String> {
+    static PTX: [OnceLock<Result<Ptx, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    PTX[slot]
+        .get_or_init(|| {
+            super::gpu::nvrtc_present()?;
+            compile_ptx(src()).map_err(|e| format!("NVRTC could not compile the kernels: {e:?}"))
+        })
+        .clone()
+}
+
 impl GpuKernels {
-    /// Compile the kernels (NVRTC) and load them on device `ordinal`, with a new stream.
+    /// Loads the kernels (NVRTC-compiled once per process) on device `ordinal`, with a new
+    /// stream for this instance.
     pub fn new(ordinal: usize) -> Result<GpuKernels, String> {
         let ctx = CudaContext::new(ordinal).map_err(err("creating the CUDA context"))?;
         let stream = ctx.new_stream().map_err(err("creating a CUDA stream"))?;
-        let load = |src: &str, names: &[&str]| -> Result<Vec<CudaFunction>, String> {
-            let ptx = compile_ptx(src).map_err(|e| format!("NVRTC: {e:?}"))?;
-            let module = ctx.load_module(ptx).map_err(err("loading the kernels"))?;
-            names
-                .iter()
-                .map(|n| module.load_function(n).map_err(err(n)))
-                .collect()
-        };
-        let pre = load(PREPROCESS_CU, &[PREPROCESS_FN])?.remove(0);
-        let post = load(POSTPROCESS_CU, &[POSTPROCESS_FN])?.remove(0);
+        let load =
+            |slot: usize, src: &dyn Fn() -> String, names: &[&str]| -> Result<Vec<CudaFunction>, String> {
+                let module = ctx
+                    .load_module(ptx(slot, src)?)
+                    .map_err(err("loading the kernels"))?;
+                names
+                    .iter()
+                    .map(|n| module.load_function(n).map_err(err(n)))
+                    .collect()
+            };
+        let pre = load(0, &|| PREPROCESS_CU.to_string(), &[PREPROCESS_FN])?.remove(0);
+        let post = load(1, &|| POSTPROCESS_CU.to_string(), &[POSTPROCESS_FN])?.remove(0);
         // blur.cu uses composite.cu's mask helpers: one module from both.
         let mut composite = load(
-            &format!("{COMPOSITE_CU}\n{BLUR_CU}"),
+            2,
+            &|| format!("{COMPOSITE_CU}\n{BLUR_CU}"),
             &[
                 MIX_FN,
                 MASK_FN,
@@ -100,29 +117,106 @@ impl GpuKernels {
         })
     }
 
+    /// `edgemask_preprocess` from frame planes on the device into the tensor at device
+    /// address `tensor` (`p.tensor_len()` values), queued on the stream.
+    pub fn preprocess_to(
+        &self,
+        p: &PreParams,
+        planes: &[CudaSlice<u8>; 3],
+        tensor: u64,
+    ) -> Result<(), String> {
+        let mut launch = self.stream.launch_builder(&self.pre);
+        launch
+            .arg(p)
+            .arg(&planes[0])
+            .arg(&planes[1])
+            .arg(&planes[2])
+            .arg(&tensor);
+        // SAFETY: the arguments match the kernel's signature (a device address is passed as
+        // the 64-bit pointer it is); the planes hold the rows the parameters describe and
+        // `tensor` holds `p.tensor_len()` values.
+        unsafe { launch.launch(grid(p.tensor_w, p.tensor_h)) }
+            .map(|_| ())
+            .map_err(err("launching edgemask_preprocess"))
+    }
+
+    /// `edgemask_postprocess` from the network output at device address `output` into the
+    /// mask, updating the smoothing `state`; `counts` is zeroed first. Queued on the stream.
+    pub fn postprocess_to(
+        &self,
+        p: &PostParams,
+        output: u64,
+        state: &mut CudaSlice<f32>,
+        mask: &mut CudaSlice<u8>,
+        counts: &mut CudaSlice<u32>,
+    ) -> Result<(), String> {
+        self.stream
+            .memset_zeros(counts)
+            .map_err(err("clearing the counts"))?;
+        let mut launch = self.stream.launch_builder(&self.post);
+        launch.arg(p).arg(&output).arg(state).arg(mask).arg(counts);
+        // SAFETY: as in `preprocess_to`; `output` holds `p.pixels * p.channels` values, the
+        // state and mask `p.pixels` each, the counts two.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(p.pixels.max(1) as u32)) }
+            .map(|_| ())
+            .map_err(err("launching edgemask_postprocess"))
+    }
+
     fn upload(&self, data: &[u8]) -> Result<CudaSlice<u8>, String> {
         // A zero-length buffer cannot be allocated; unused planes get one byte.
         let data = if data.is_empty() { &[0u8][..] } else { data };
         self.stream.clone_htod(data).map_err(err("uploading"))
     }
 
-    /// The mask-upscaling taps of one plane ([`gpu_composite::taps`]), on the device.
-    fn upload_taps(&self, p: &MixParams) -> Result<(CudaSlice<u32>, CudaSlice<u32>), String> {
+    /// The mask-upscaling taps of planes of `p`'s size ([`gpu_composite::taps`]), on the
+    /// device.
+    pub fn upload_taps(&self, p: &MixParams) -> Result<Taps, String> {
         let (xt, yt) = gpu_composite::taps(p);
         let up = |t: &[u32]| self.stream.clone_htod(t).map_err(err("uploading taps"));
-        Ok((up(&xt)?, up(&yt)?))
+        Ok(Taps {
+            size: (p.model_w, p.model_h, p.width, p.height),
+            x: up(&xt)?,
+            y: up(&yt)?,
+        })
     }
 
-    /// The used bytes of each plane of `frame`, on the device.
-    fn upload_frame(&self, frame: &Frame<'_>) -> Result<Vec<CudaSlice<u8>>, String> {
-        let (_, ch) = chroma_size(frame.width, frame.height);
-        let rows = [frame.height, ch, ch];
-        (0..3)
-            .map(|i| {
-                let used = frame.planes[i].len().min(rows[i] * frame.strides[i]);
-                self.upload(&frame.planes[i][..used])
-            })
-            .collect()
+    /// The device buffers of the blur steps for one plane of `plan`'s geometry.
+    pub fn blur_buffers(&self, plan: &BlurPlan) -> Result<BlurBuffers, String> {
+        let p = &plan.blur;
+        let cells = (p.sw * p.sh) as usize;
+        let n = p.bg.nchans as usize;
+        let f32s = |len: usize| {
+            self.stream
+                .alloc_zeros::<f32>(len.max(1))
+                .map_err(err("allocating the blur grid"))
+        };
+        let up = |t: &[u32]| self.stream.clone_htod(t).map_err(err("uploading grid taps"));
+        Ok(BlurBuffers {
+            geometry: (p.bg.width, p.bg.height, p.bg.pstride, p.bg.nchans),
+            acc: f32s(cells * n)?,
+            wsum: f32s(cells)?,
+            tmp: f32s(cells * n)?,
+            hrows: self
+                .stream
+                .alloc_zeros::<u16>((p.sh as usize * p.bg.width as usize * p.bg.pstride as usize).max(1))
+                .map_err(err("allocating the background rows"))?,
+            gx: up(&plan.gx)?,
+            gy: up(&plan.gy)?,
+        })
+    }
+
+    /// The used bytes of each plane of `frame` ([`super::frame::plane_bytes`]), on the device.
+    fn upload_frame(&self, frame: &Frame<'_>) -> Result<[CudaSlice<u8>; 3], String> {
+        let used = plane_bytes(frame);
+        let [a, b, c] = [0, 1, 2].map(|i| self.upload(&frame.planes[i][..used[i]]));
+        Ok([a?, b?, c?])
+    }
+
+    /// The device address of `slice`, for a launch argument that may also be a buffer of
+    /// ONNX Runtime's. Everything here runs on the one stream, so no event is needed.
+    fn address<T>(&self, slice: &CudaSlice<T>) -> u64 {
+        let (ptr, _sync) = slice.device_ptr(&self.stream);
+        ptr
     }
 
     /// `edgemask_preprocess` over `frame`: the tensor, downloaded.
@@ -132,21 +226,11 @@ impl GpuKernels {
             ..*p
         };
         let planes = self.upload_frame(frame)?;
-        let mut out = self
+        let out = self
             .stream
             .alloc_zeros::<f32>(p.tensor_len())
             .map_err(err("allocating the tensor"))?;
-        let mut launch = self.stream.launch_builder(&self.pre);
-        launch
-            .arg(&p)
-            .arg(&planes[0])
-            .arg(&planes[1])
-            .arg(&planes[2])
-            .arg(&mut out);
-        // SAFETY: the arguments match the kernel's signature; every buffer is as large as
-        // the parameters say the kernel reads or writes.
-        unsafe { launch.launch(grid(p.tensor_w, p.tensor_h)) }
-            .map_err(err("launching edgemask_preprocess"))?;
+        self.preprocess_to(&p, &planes, self.address(&out))?;
         self.stream
             .clone_dtoh(&out)
             .map_err(err("downloading the tensor"))
@@ -174,16 +258,7 @@ impl GpuKernels {
             .stream
             .alloc_zeros::<u32>(2)
             .map_err(err("allocating the counts"))?;
-        let mut launch = self.stream.launch_builder(&self.post);
-        launch
-            .arg(p)
-            .arg(&input)
-            .arg(&mut st)
-            .arg(&mut mask)
-            .arg(&mut counts);
-        // SAFETY: as in `preprocess`.
-        unsafe { launch.launch(LaunchConfig::for_num_elems(n as u32)) }
-            .map_err(err("launching edgemask_postprocess"))?;
+        self.postprocess_to(p, self.address(&input), &mut st, &mut mask, &mut counts)?;
         *state = self
             .stream
             .clone_dtoh(&st)
@@ -199,122 +274,200 @@ impl GpuKernels {
         Ok((mask, [c[0], c[1]]))
     }
 
-    /// `edgemask_mix` over one plane; returns the mixed plane.
+    /// `edgemask_mix` over one plane on the device, towards `p.color` or the `target` plane.
+    pub fn mix_on(
+        &self,
+        p: &MixParams,
+        mask: &CudaSlice<u8>,
+        taps: &Taps,
+        plane: &mut CudaSlice<u8>,
+        target: &CudaSlice<u8>,
+    ) -> Result<(), String> {
+        let mut launch = self.stream.launch_builder(&self.mix);
+        launch
+            .arg(p)
+            .arg(mask)
+            .arg(&taps.x)
+            .arg(&taps.y)
+            .arg(plane)
+            .arg(target);
+        // SAFETY: the arguments match the kernel's signature; every buffer is as large as
+        // the parameters say the kernel reads or writes (taps of `p`'s size).
+        unsafe { launch.launch(grid(p.width, p.height)) }
+            .map(|_| ())
+            .map_err(err("launching edgemask_mix"))
+    }
+
+    /// `edgemask_mask` on the device: the GRAY8 mask of one plane (`p.stride` bytes a row).
+    pub fn mask_on(
+        &self,
+        p: &MixParams,
+        mask: &CudaSlice<u8>,
+        taps: &Taps,
+        out: &mut CudaSlice<u8>,
+    ) -> Result<(), String> {
+        let mut launch = self.stream.launch_builder(&self.mask);
+        launch.arg(p).arg(mask).arg(&taps.x).arg(&taps.y).arg(out);
+        // SAFETY: as in `mix_on`.
+        unsafe { launch.launch(grid(p.width, p.height)) }
+            .map(|_| ())
+            .map_err(err("launching edgemask_mask"))
+    }
+
+    /// `edgemask_alpha` on the device: RGBA rows of `p.out_stride` bytes from the frame's
+    /// planes and the mask.
+    pub fn alpha_on(
+        &self,
+        p: &AlphaParams,
+        mask: &CudaSlice<u8>,
+        taps: &Taps,
+        planes: &[CudaSlice<u8>; 3],
+        out: &mut CudaSlice<u8>,
+    ) -> Result<(), String> {
+        let mut launch = self.stream.launch_builder(&self.alpha);
+        launch
+            .arg(p)
+            .arg(mask)
+            .arg(&taps.x)
+            .arg(&taps.y)
+            .arg(&planes[0])
+            .arg(&planes[1])
+            .arg(&planes[2])
+            .arg(out);
+        // SAFETY: as in `mix_on`.
+        unsafe { launch.launch(grid(p.mask.width, p.mask.height)) }
+            .map(|_| ())
+            .map_err(err("launching edgemask_alpha"))
+    }
+
+    /// The five `blur` kernels over one plane on the device ([`gpu_blur::reference`]): the
+    /// plane mixed towards its blurred background.
+    pub fn blur_on(
+        &self,
+        plan: &BlurPlan,
+        bufs: &mut BlurBuffers,
+        mask: &CudaSlice<u8>,
+        taps: &Taps,
+        plane: &mut CudaSlice<u8>,
+    ) -> Result<(), String> {
+        let p = &plan.blur;
+        let lines = |count: i32| LaunchConfig::for_num_elems(count.max(1) as u32);
+        let [grid_fn, rows_fn, cols_fn, up_fn, mix_fn] = &self.blur;
+        let BlurBuffers {
+            acc,
+            wsum,
+            tmp,
+            hrows,
+            gx,
+            gy,
+            ..
+        } = bufs;
+        let mut launch = self.stream.launch_builder(grid_fn);
+        launch
+            .arg(p)
+            .arg(mask)
+            .arg(&taps.x)
+            .arg(&taps.y)
+            .arg(&*plane)
+            .arg(&mut *acc)
+            .arg(&mut *wsum);
+        // SAFETY (every launch below): the arguments match the kernel's signature; every
+        // buffer is as large as the parameters say the kernel reads or writes.
+        unsafe { launch.launch(grid(p.sw, p.sh)) }.map_err(err("launching edgemask_blur_grid"))?;
+        for (b, data) in [(&plan.box_acc, &mut *acc), (&plan.box_wsum, &mut *wsum)] {
+            for _ in 0..2 {
+                let mut launch = self.stream.launch_builder(rows_fn);
+                launch.arg(b).arg(&*data).arg(&mut *tmp);
+                unsafe { launch.launch(lines(b.h * b.c)) }.map_err(err("launching edgemask_box_rows"))?;
+                let mut launch = self.stream.launch_builder(cols_fn);
+                launch.arg(b).arg(&*tmp).arg(&mut *data);
+                unsafe { launch.launch(lines(b.w * b.c)) }.map_err(err("launching edgemask_box_cols"))?;
+            }
+        }
+        let mut launch = self.stream.launch_builder(up_fn);
+        launch.arg(p).arg(&*acc).arg(&*wsum).arg(&*gx).arg(&mut *hrows);
+        unsafe { launch.launch(grid(p.bg.width, p.sh)) }.map_err(err("launching edgemask_blur_rows"))?;
+        let mut launch = self.stream.launch_builder(mix_fn);
+        launch
+            .arg(&p.bg)
+            .arg(mask)
+            .arg(&taps.x)
+            .arg(&taps.y)
+            .arg(&*gy)
+            .arg(&*hrows)
+            .arg(plane);
+        unsafe { launch.launch(grid(p.bg.width, p.bg.height)) }
+            .map(|_| ())
+            .map_err(err("launching edgemask_blur_mix"))
+    }
+
+    /// `edgemask_mix` over one plane from the host; returns the mixed plane.
     pub fn mix(&self, p: &MixParams, mask: &[u8], plane: &[u8], target: &[u8]) -> Result<Vec<u8>, String> {
         let m = self.upload(mask)?;
-        let (xt, yt) = self.upload_taps(p)?;
+        let taps = self.upload_taps(p)?;
         let mut pl = self.upload(plane)?;
         let tg = self.upload(target)?;
-        let mut launch = self.stream.launch_builder(&self.mix);
-        launch.arg(p).arg(&m).arg(&xt).arg(&yt).arg(&mut pl).arg(&tg);
-        // SAFETY: as in `preprocess`.
-        unsafe { launch.launch(grid(p.width, p.height)) }.map_err(err("launching edgemask_mix"))?;
+        self.mix_on(p, &m, &taps, &mut pl, &tg)?;
         self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
     }
 
-    /// `edgemask_alpha` over `frame`: RGBA rows of `p.out_stride` bytes, downloaded.
+    /// `edgemask_alpha` over `frame` from the host: RGBA rows of `p.out_stride` bytes.
     pub fn alpha(&self, p: &AlphaParams, mask: &[u8], frame: &Frame<'_>) -> Result<Vec<u8>, String> {
         let m = self.upload(mask)?;
-        let (xt, yt) = self.upload_taps(&p.mask)?;
+        let taps = self.upload_taps(&p.mask)?;
         let planes = self.upload_frame(frame)?;
         let mut out = self
             .stream
             .alloc_zeros::<u8>(p.out_stride as usize * p.mask.height as usize)
             .map_err(err("allocating the RGBA frame"))?;
-        let mut launch = self.stream.launch_builder(&self.alpha);
-        launch
-            .arg(p)
-            .arg(&m)
-            .arg(&xt)
-            .arg(&yt)
-            .arg(&planes[0])
-            .arg(&planes[1])
-            .arg(&planes[2])
-            .arg(&mut out);
-        // SAFETY: as in `preprocess`.
-        unsafe { launch.launch(grid(p.mask.width, p.mask.height)) }
-            .map_err(err("launching edgemask_alpha"))?;
+        self.alpha_on(p, &m, &taps, &planes, &mut out)?;
         self.stream
             .clone_dtoh(&out)
             .map_err(err("downloading the RGBA frame"))
     }
 
-    /// The five `blur` kernels over one plane ([`gpu_blur::reference`] on the device);
-    /// returns the plane mixed towards its blurred background.
+    /// The `blur` kernels over one plane from the host; returns the plane mixed towards its
+    /// blurred background.
     pub fn blur(&self, plan: &BlurPlan, mask: &[u8], plane: &[u8]) -> Result<Vec<u8>, String> {
-        let p = &plan.blur;
-        let n = p.bg.nchans as usize;
-        let cells = (p.sw * p.sh) as usize;
         let m = self.upload(mask)?;
-        let (xt, yt) = self.upload_taps(&p.bg)?;
-        let up = |t: &[u32]| self.stream.clone_htod(t).map_err(err("uploading grid taps"));
-        let (gx, gy) = (up(&plan.gx)?, up(&plan.gy)?);
+        let taps = self.upload_taps(&plan.blur.bg)?;
+        let mut bufs = self.blur_buffers(plan)?;
         let mut pl = self.upload(plane)?;
-        let alloc = |len: usize| {
-            self.stream
-                .alloc_zeros::<f32>(len)
-                .map_err(err("allocating the grid"))
-        };
-        let (mut acc, mut wsum, mut tmp) = (alloc(cells * n)?, alloc(cells)?, alloc(cells * n)?);
-        let mut hrows = self
-            .stream
-            .alloc_zeros::<u16>(p.sh as usize * p.bg.width as usize * p.bg.pstride as usize)
-            .map_err(err("allocating the background rows"))?;
-        let lines = |count: i32| LaunchConfig::for_num_elems(count.max(1) as u32);
-        let [grid_fn, rows_fn, cols_fn, up_fn, mix_fn] = &self.blur;
-        let mut launch = self.stream.launch_builder(grid_fn);
-        launch
-            .arg(p)
-            .arg(&m)
-            .arg(&xt)
-            .arg(&yt)
-            .arg(&pl)
-            .arg(&mut acc)
-            .arg(&mut wsum);
-        // SAFETY (every launch below): the arguments match the kernel's signature; every
-        // buffer is as large as the parameters say the kernel reads or writes.
-        unsafe { launch.launch(grid(p.sw, p.sh)) }.map_err(err("launching edgemask_blur_grid"))?;
-        for (b, data) in [(&plan.box_acc, &mut acc), (&plan.box_wsum, &mut wsum)] {
-            for _ in 0..2 {
-                let mut launch = self.stream.launch_builder(rows_fn);
-                launch.arg(b).arg(&*data).arg(&mut tmp);
-                unsafe { launch.launch(lines(b.h * b.c)) }.map_err(err("launching edgemask_box_rows"))?;
-                let mut launch = self.stream.launch_builder(cols_fn);
-                launch.arg(b).arg(&tmp).arg(&mut *data);
-                unsafe { launch.launch(lines(b.w * b.c)) }.map_err(err("launching edgemask_box_cols"))?;
-            }
-        }
-        let mut launch = self.stream.launch_builder(up_fn);
-        launch.arg(p).arg(&acc).arg(&wsum).arg(&gx).arg(&mut hrows);
-        unsafe { launch.launch(grid(p.bg.width, p.sh)) }.map_err(err("launching edgemask_blur_rows"))?;
-        let mut launch = self.stream.launch_builder(mix_fn);
-        launch
-            .arg(&p.bg)
-            .arg(&m)
-            .arg(&xt)
-            .arg(&yt)
-            .arg(&gy)
-            .arg(&hrows)
-            .arg(&mut pl);
-        unsafe { launch.launch(grid(p.bg.width, p.bg.height)) }
-            .map_err(err("launching edgemask_blur_mix"))?;
+        self.blur_on(plan, &mut bufs, &m, &taps, &mut pl)?;
         self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
     }
 
-    /// `edgemask_mask`: the GRAY8 mask of one plane (`p.stride` bytes per row).
+    /// `edgemask_mask` from the host: the GRAY8 mask of one plane (`p.stride` bytes a row).
     pub fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String> {
         let m = self.upload(mask)?;
-        let (xt, yt) = self.upload_taps(p)?;
+        let taps = self.upload_taps(p)?;
         let mut out = self
             .stream
             .alloc_zeros::<u8>(p.stride as usize * p.height as usize)
             .map_err(err("allocating the mask"))?;
-        let mut launch = self.stream.launch_builder(&self.mask);
-        launch.arg(p).arg(&m).arg(&xt).arg(&yt).arg(&mut out);
-        // SAFETY: as in `preprocess`.
-        unsafe { launch.launch(grid(p.width, p.height)) }.map_err(err("launching edgemask_mask"))?;
+        self.mask_on(p, &m, &taps, &mut out)?;
         self.stream.clone_dtoh(&out).map_err(err("downloading the mask"))
     }
+}
+
+/// Mask-upscaling taps on the device for planes of one size.
+pub struct Taps {
+    /// `(model_w, model_h, width, height)` they were made for.
+    pub size: (i32, i32, i32, i32),
+    x: CudaSlice<u32>,
+    y: CudaSlice<u32>,
+}
+
+/// The blur steps' device buffers for one plane geometry.
+pub struct BlurBuffers {
+    /// `(width, height, pstride, nchans)` they were made for.
+    pub geometry: (i32, i32, i32, i32),
+    acc: CudaSlice<f32>,
+    wsum: CudaSlice<f32>,
+    tmp: CudaSlice<f32>,
+    hrows: CudaSlice<u16>,
+    gx: CudaSlice<u32>,
+    gy: CudaSlice<u32>,
 }
 
 #[cfg(test)]

@@ -114,7 +114,13 @@ pub fn reference(p: &PostParams, out: &[f32], state: &mut [f32], mask: &mut [u8]
         person += (prob > p.threshold) as u32;
         uncertain += (prob >= p.band_lo && prob <= p.band_hi) as u32;
     }
-    let n = n.max(1) as f32;
+    stats_of([person, uncertain], n)
+}
+
+/// The mask's statistics from the kernel's counts (above the threshold, in the uncertainty
+/// band) over `pixels` model pixels.
+pub fn stats_of([person, uncertain]: [u32; 2], pixels: usize) -> MaskStats {
+    let n = pixels.max(1) as f32;
     MaskStats {
         coverage: person as f32 / n,
         uncertain: uncertain as f32 / n,

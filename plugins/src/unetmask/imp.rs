@@ -30,6 +30,10 @@ use super::composite::{self, BlurPlane, MaskScaler, PlaneGeom, Scratch, Target, 
 use super::contract::{Activation, Layout, Overrides};
 use super::engine::{DeviceRequest, Engine, EngineConfig, EngineError, Prepared};
 use super::frame::{Frame, PixelFormat, YuvMatrix};
+#[cfg(feature = "cuda")]
+use super::gpu_frames::{self, GpuError, GpuFrames};
+#[cfg(feature = "cuda")]
+use super::gpu_pre;
 use super::postprocess::{self, MaskStats, Smoother};
 use super::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
 use super::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice};
@@ -206,7 +210,7 @@ impl Default for Stats {
 }
 
 impl Stats {
-    fn structure(&self, provider: &str) -> gst::Structure {
+    fn structure(&self, provider: &str, processing: &str) -> gst::Structure {
         let ms = |d: Duration, n: u64| {
             if n == 0 {
                 0.0
@@ -232,6 +236,7 @@ impl Stats {
                 },
             )
             .field("provider", provider)
+            .field("processing", processing)
             .build()
     }
 
@@ -265,6 +270,35 @@ struct Stream {
     /// Replacement picture in the frame's own planes.
     replace_planes: Option<Vec<Vec<u8>>>,
     scratch: Scratch,
+    /// `pipelined=true` in effect (not on the GPU path, which has one input tensor).
+    pipelined: bool,
+    /// The GPU path (session on a CUDA device, feature `cuda`), when it could be set up.
+    #[cfg(feature = "cuda")]
+    gpu: Option<GpuFrames>,
+}
+
+impl State {
+    /// Forgets the temporal-smoothing history (DISCONT, flush), on either path.
+    fn reset_history(&mut self) {
+        self.smoother.reset();
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = self.stream.as_mut().and_then(|s| s.gpu.as_mut()) {
+            gpu.reset();
+        }
+    }
+
+    /// The stats message / property: the window's figures, where inference and where pre-
+    /// and post-processing run.
+    fn stats_structure(&self) -> gst::Structure {
+        #[cfg(feature = "cuda")]
+        let processing = match self.stream.as_ref().and_then(|s| s.gpu.as_ref()) {
+            Some(_) => "gpu",
+            None => "cpu",
+        };
+        #[cfg(not(feature = "cuda"))]
+        let processing = "cpu";
+        self.stats.structure(&self.engine.provider, processing)
+    }
 }
 
 /// The last mask and how it was made.
@@ -470,6 +504,55 @@ impl UnetMask {
         Ok(out)
     }
 
+    /// The GPU path for new caps when the session runs on a CUDA device; `None`, saying why,
+    /// when it cannot be set up (pre- and post-processing then run on the CPU).
+    #[cfg(feature = "cuda")]
+    fn gpu_frames(
+        &self,
+        engine: &Engine,
+        prepared: &Prepared,
+        info: &gst_video::VideoInfo,
+        pre: gpu_pre::PreParams,
+        resize: ResizeChoice,
+        replace: Option<&[Vec<u8>]>,
+    ) -> Option<GpuFrames> {
+        engine.cuda_device?;
+        let mut strides = [0usize; 3];
+        for (s, &v) in strides.iter_mut().zip(info.stride()) {
+            *s = v.max(0) as usize;
+        }
+        let size = (info.width() as usize, info.height() as usize);
+        match GpuFrames::new(engine, prepared, pre, size, strides, replace) {
+            Ok(gpu) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "GPU path on {}: frame upload, pre-processing, inference and post-processing on \
+                     the device; only the mask comes back",
+                    engine.provider
+                );
+                if resize == ResizeChoice::Antialias {
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "the GPU path resizes bilinearly (resize=antialias is the CPU path's)"
+                    );
+                }
+                Some(gpu)
+            }
+            Err(e) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "GPU path not available ({e}): pre- and post-processing run on the CPU, inference \
+                     on {}",
+                    engine.provider
+                );
+                None
+            }
+        }
+    }
+
     fn frame_of<T>(frame: &gst_video::VideoFrameRef<T>, format: PixelFormat) -> Frame<'_> {
         let n = frame.n_planes() as usize;
         let mut planes: [&[u8]; 3] = [&[]; 3];
@@ -511,7 +594,7 @@ impl UnetMask {
         state.stats.frames += 1;
         state.stats.window_frames += 1;
         if buffer.flags().contains(gst::BufferFlags::DISCONT) {
-            state.smoother.reset();
+            state.reset_history();
         }
         let interval = live.inference_interval.max(1);
         // A held frame (pipelined) will have made a mask by the time this one is shown.
@@ -590,12 +673,22 @@ impl UnetMask {
             let threshold = live.threshold().map(|t| t as f32);
             state.mask_u8.resize(stream.prob.len(), 0);
             let stats = postprocess::quantize(&stream.prob, threshold, &mut state.mask_u8);
-            let mask = gst::Buffer::from_slice(state.mask_u8.clone());
-            state.last = Some(LastMask { buffer: mask, stats });
-            state.stats.fresh += 1;
-            state.stats.window_fresh += 1;
+            Self::store_mask(state, stats);
             state.stats.post += t.elapsed();
         }
+        Self::mask_meta(state, live, index, fresh)
+    }
+
+    /// The fresh mask in `State::mask_u8` becomes the mask in use.
+    fn store_mask(state: &mut State, stats: MaskStats) {
+        let mask = gst::Buffer::from_slice(state.mask_u8.clone());
+        state.last = Some(LastMask { buffer: mask, stats });
+        state.stats.fresh += 1;
+        state.stats.window_fresh += 1;
+    }
+
+    /// The mask in use and the meta that describes it for frame `index`.
+    fn mask_meta(state: &State, live: &Live, index: u64, fresh: bool) -> (LastMask, MaskMeta) {
         let last = state.last.clone().expect("a mask exists after the first frame");
         let stream = state.stream.as_ref().expect("caps are set");
         let meta = MaskMeta {
@@ -621,6 +714,10 @@ impl UnetMask {
         buffer: &gst::BufferRef,
     ) -> Result<(LastMask, MaskMeta), gst::FlowError> {
         let (index, fresh) = self.begin_frame(state, live, buffer);
+        #[cfg(feature = "cuda")]
+        if fresh && self.mask_on_gpu(state, live, frame)? {
+            return Ok(Self::mask_meta(state, live, index, fresh));
+        }
         if fresh {
             let stream = state.stream.as_mut().expect("caps are set");
             let t0 = Instant::now();
@@ -629,6 +726,72 @@ impl UnetMask {
             self.infer_current(state)?;
         }
         Ok(self.finish_mask(state, live, index, fresh))
+    }
+
+    /// A fresh frame's mask on the GPU path, when the stream has one; `true` when it was
+    /// made there. A device failure (not the model's) moves the stream to the CPU's pre- and
+    /// post-processing from this frame on, with a warning.
+    #[cfg(feature = "cuda")]
+    fn mask_on_gpu(&self, state: &mut State, live: &Live, frame: &Frame<'_>) -> Result<bool, gst::FlowError> {
+        let stream = state.stream.as_mut().expect("caps are set");
+        let Some(gpu) = stream.gpu.as_mut() else {
+            return Ok(false);
+        };
+        let threshold = live.threshold().map(|t| t as f32);
+        match gpu.run(
+            &mut state.engine,
+            frame,
+            live.smoothing as f32,
+            threshold,
+            &mut state.mask_u8,
+        ) {
+            Ok((stats, times)) => {
+                state.stats.pre += times.pre;
+                state.stats.infer += times.infer;
+                state.stats.post += times.post;
+                Self::store_mask(state, stats);
+                Ok(true)
+            }
+            Err(GpuError::Inference(e)) => {
+                gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", e));
+                Err(gst::FlowError::Error)
+            }
+            Err(GpuError::Device(e)) => {
+                self.leave_gpu(stream, &e, "mask");
+                state.smoother.reset();
+                Ok(false)
+            }
+        }
+    }
+
+    /// A device failure: the stream carries on with pre-processing, post-processing and
+    /// compositing on the CPU (inference stays on the session's provider), with a warning.
+    #[cfg(feature = "cuda")]
+    fn leave_gpu(&self, stream: &mut Stream, e: &str, what: &str) {
+        gst::element_imp_warning!(
+            self,
+            gst::ResourceError::Failed,
+            ("the GPU path failed ({what}: {e}); carrying on with pre/post-processing on the CPU")
+        );
+        stream.gpu = None;
+    }
+
+    /// The in-place modes on the GPU path, on the writable frame `vframe`.
+    #[cfg(feature = "cuda")]
+    fn composite_on_gpu(
+        gpu: &mut GpuFrames,
+        vframe: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
+        format: PixelFormat,
+        geoms: &[PlaneGeom],
+        look: &gpu_frames::Look<'_>,
+    ) -> Result<(), String> {
+        let (w, h) = (vframe.width() as usize, vframe.height() as usize);
+        let mut strides = [0usize; 3];
+        for (s, &v) in strides.iter_mut().zip(vframe.plane_stride()) {
+            *s = v.max(0) as usize;
+        }
+        let [a, b, c, _] = vframe.planes_data_mut();
+        gpu.composite_in_place(format, (w, h), &mut [a, b, c], strides, geoms, look)
     }
 
     /// Pipelined mode, one input buffer. A fresh frame is held until the next one: its
@@ -789,6 +952,16 @@ impl UnetMask {
         Ok(())
     }
 
+    /// Whether the negotiated stream runs pipelined (`pipelined=true`, not on the GPU path).
+    fn pipelined(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|s| s.stream.as_ref())
+            .is_some_and(|st| st.pipelined)
+    }
+
     fn is_late(&self, pts: Option<gst::ClockTime>) -> bool {
         let Some(earliest) = *self.qos_earliest.lock().unwrap() else {
             return false;
@@ -807,7 +980,7 @@ impl UnetMask {
         state.stats.post += t_post.elapsed();
         state.stats.output += 1;
         if live.stats_interval > 0 && state.stats.output.is_multiple_of(live.stats_interval as u64) {
-            let s = state.stats.structure(&state.engine.provider);
+            let s = state.stats_structure();
             state.last_stats = Some(s.clone());
             state.stats.reset_window();
             let _ = self
@@ -874,6 +1047,23 @@ impl UnetMask {
                     );
                     gst::FlowError::Error
                 })?;
+            #[cfg(feature = "cuda")]
+            if let Some(gpu) = stream.gpu.as_mut() {
+                let look = gpu_frames::Look {
+                    mask_weights,
+                    weights,
+                    colors: &colors,
+                    blur_radius: (mode == Mode::Blur).then_some(live.blur_radius as usize),
+                    picture: mode == Mode::Replace && stream.replace_planes.is_some(),
+                };
+                match Self::composite_on_gpu(gpu, &mut vframe, format, &stream.planes, &look) {
+                    Ok(()) => {
+                        self.finish_frame(state, &live, t_post);
+                        return Ok(gst::FlowSuccess::Ok);
+                    }
+                    Err(e) => self.leave_gpu(stream, &e, "compositing"),
+                }
+            }
             let Stream {
                 planes,
                 scalers,
@@ -962,6 +1152,22 @@ impl UnetMask {
             })?;
         let stride = vout.plane_stride()[0] as usize;
         let out = vout.plane_data_mut(0).map_err(|_| gst::FlowError::Error)?;
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = stream.gpu.as_mut() {
+            let done = if mode == Mode::Mask {
+                gpu.render_mask((frame.width, frame.height), out, stride, &lut)
+            } else {
+                gpu.render_alpha(&frame, stream.matrix, out, stride, &lut)
+            };
+            match done {
+                Ok(()) => {
+                    drop(vout);
+                    self.finish_frame(state, &live, t_post);
+                    return Ok(gst::FlowSuccess::Ok);
+                }
+                Err(e) => self.leave_gpu(stream, &e, "compositing"),
+            }
+        }
         if mode == Mode::Mask {
             composite::write_mask(out, stride, frame.height, &mut stream.scalers[0], &map, &lut);
         } else {
@@ -1275,8 +1481,8 @@ impl ObjectImpl for UnetMask {
                 drop(s);
                 let state = self.state.lock().unwrap();
                 match state.as_ref() {
-                    Some(st) => st.stats.structure(&st.engine.provider).to_value(),
-                    None => Stats::default().structure("none").to_value(),
+                    Some(st) => st.stats_structure().to_value(),
+                    None => Stats::default().structure("none", "none").to_value(),
                 }
             }
             other => unreachable!("unknown property {other}"),
@@ -1498,6 +1704,36 @@ impl BaseTransformImpl for UnetMask {
             "{mode:?} on {w}x{h} {format:?}: model input {input_size:?}, mask {mw}x{mh}, {:?}",
             prepared.spec
         );
+        #[cfg(feature = "cuda")]
+        let gpu = self.gpu_frames(
+            &state.engine,
+            &prepared,
+            &in_info,
+            gpu_pre::PreParams::new(
+                format,
+                (w, h),
+                [0; 3],
+                (input_size.0 as usize, input_size.1 as usize),
+                state.engine.contract.layout,
+                order,
+                norm,
+                matrix,
+            ),
+            settings.resize,
+            replace_planes.as_deref(),
+        );
+        #[cfg(feature = "cuda")]
+        let on_gpu = gpu.is_some();
+        #[cfg(not(feature = "cuda"))]
+        let on_gpu = false;
+        let pipelined = settings.pipelined && !on_gpu;
+        if settings.pipelined && on_gpu {
+            gst::info!(
+                CAT,
+                imp = self,
+                "pipelined=true has no effect on the GPU path: frames run in turn"
+            );
+        }
         state.stream = Some(Stream {
             mode,
             in_info,
@@ -1506,7 +1742,7 @@ impl BaseTransformImpl for UnetMask {
             matrix,
             prepared,
             input: vec![0.0; pre.tensor_len()],
-            input_next: if settings.pipelined {
+            input_next: if pipelined {
                 vec![0.0; pre.tensor_len()]
             } else {
                 Vec::new()
@@ -1518,6 +1754,9 @@ impl BaseTransformImpl for UnetMask {
             scalers,
             replace_planes,
             scratch: Scratch::default(),
+            pipelined,
+            #[cfg(feature = "cuda")]
+            gpu,
         });
         state.smoother.reset();
         state.last = None;
@@ -1587,7 +1826,7 @@ impl BaseTransformImpl for UnetMask {
     fn sink_event(&self, event: gst::Event) -> bool {
         if let gst::EventView::FlushStop(_) = event.view() {
             if let Some(state) = self.state.lock().unwrap().as_mut() {
-                state.smoother.reset();
+                state.reset_history();
                 state.last = None;
                 state.since_inference = 0;
                 state.held = None;
@@ -1609,11 +1848,8 @@ impl BaseTransformImpl for UnetMask {
         is_discont: bool,
         inbuf: gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (pipelined, live) = {
-            let s = self.settings.lock().unwrap();
-            (s.pipelined, s.live)
-        };
-        if !pipelined {
+        let live = self.settings.lock().unwrap().live;
+        if !self.pipelined() {
             return self.parent_submit_input_buffer(is_discont, inbuf);
         }
         self.submit_pipelined(&live, inbuf)
@@ -1623,7 +1859,7 @@ impl BaseTransformImpl for UnetMask {
         &self,
     ) -> Result<gst_base::subclass::base_transform::GenerateOutputSuccess, gst::FlowError> {
         use gst_base::subclass::base_transform::GenerateOutputSuccess;
-        if !self.settings.lock().unwrap().pipelined {
+        if !self.pipelined() {
             return self.parent_generate_output();
         }
         let next = self
@@ -1662,7 +1898,6 @@ impl BaseTransformImpl for UnetMask {
             if !BaseTransformImplExt::parent_query(self, direction, q.query_mut()) {
                 return false;
             }
-            let pipelined = self.settings.lock().unwrap().pipelined;
             let ours = self
                 .state
                 .lock()
@@ -1677,7 +1912,7 @@ impl BaseTransformImpl for UnetMask {
                     } else {
                         st.prepared.inference_time
                     };
-                    st.prepared.inference_time + if pipelined { frame } else { Duration::ZERO }
+                    st.prepared.inference_time + if st.pipelined { frame } else { Duration::ZERO }
                 })
                 .unwrap_or(Duration::ZERO);
             let ours = gst::ClockTime::from_nseconds(ours.as_nanos() as u64);

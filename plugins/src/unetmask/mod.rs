@@ -16,6 +16,8 @@ pub mod gpu;
 pub mod gpu_blur;
 pub mod gpu_composite;
 #[cfg(feature = "cuda")]
+pub mod gpu_frames;
+#[cfg(feature = "cuda")]
 pub mod gpu_launch;
 pub mod gpu_post;
 pub mod gpu_pre;

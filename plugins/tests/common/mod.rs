@@ -193,3 +193,51 @@ pub fn run_pipeline(desc: &str) -> (Option<String>, Vec<String>, Vec<gst::Struct
     pipeline.set_state(gst::State::Null).unwrap();
     (error, warnings, elements)
 }
+
+/// The `unetmask` inside a harness made with `new_parse` (which wraps it in a bin).
+pub fn element_of(h: &gst_check::Harness) -> gst::Element {
+    let bin = h.element().unwrap().downcast::<gst::Bin>().unwrap();
+    bin.iterate_elements()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .find(|e| e.factory().is_some_and(|f| f.name() == "unetmask"))
+        .unwrap()
+}
+
+pub fn harness(props: &str, input: &gst::Sample) -> gst_check::Harness {
+    init();
+    let mut h = gst_check::Harness::new_parse(&format!("unetmask {props}"));
+    h.set_src_caps(input.caps().unwrap().to_owned());
+    h
+}
+
+pub fn stamped(input: &gst::Sample, i: u64, flags: gst::BufferFlags) -> gst::Buffer {
+    let mut b = input.buffer().unwrap().copy_deep().unwrap();
+    {
+        let b = b.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(40 * i));
+        b.set_dts(gst::ClockTime::from_mseconds(40 * i));
+        b.set_duration(gst::ClockTime::from_mseconds(40));
+        b.set_offset(i);
+        b.set_offset_end(i + 1);
+        let old = b.flags();
+        b.unset_flags(old);
+        b.set_flags(flags);
+    }
+    b
+}
+
+pub fn grey_like(sample: &gst::Sample) -> gst::Sample {
+    let mut b = sample.buffer().unwrap().copy_deep().unwrap();
+    b.get_mut().unwrap().map_writable().unwrap().fill(128);
+    gst::Sample::builder()
+        .buffer(&b)
+        .caps(&sample.caps_owned().unwrap())
+        .build()
+}
+
+pub fn meta_of(b: &gst::Buffer) -> (gstunetmask::meta::MaskMeta, Vec<u8>) {
+    let m = gstunetmask::meta::MaskMeta::from_buffer(b).expect("meta");
+    let bytes = m.mask.map_readable().unwrap().to_vec();
+    (m, bytes)
+}

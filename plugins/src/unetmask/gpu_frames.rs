@@ -1,0 +1,435 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The element's GPU path (feature `cuda`), for a session that runs on a CUDA device.
+//!
+//! Per caps, device memory is allocated once: the frame's planes, the smoothing state, the
+//! mask and its counts, and (through ONNX Runtime's IoBinding, [`DeviceIo`]) the model's
+//! input and output. Per fresh frame, on this instance's own CUDA stream:
+//!
+//! 1. the frame is uploaded once, each plane as negotiated (RGBA/BGRx/RGB/NV12/I420);
+//! 2. `edgemask_preprocess` converts colour, resizes, normalises and writes the input tensor
+//!    in the model's layout straight into the memory ONNX Runtime reads;
+//! 3. the model runs on its CUDA (or TensorRT) provider with the output bound to the GPU;
+//! 4. `edgemask_postprocess` applies the activation and the temporal smoothing and writes
+//!    the 8-bit mask and its counts;
+//! 5. only the mask (model resolution, a few kB) and two counts come back to the host.
+//!
+//! The compositing modes then run on the device too, on the frame already there (uploaded
+//! once more only for a frame that reuses a mask): `overlay` and `replace` (towards a colour
+//! or the replacement picture, uploaded once per caps) and `blur` on each plane in place,
+//! `mask` (GRAY8) and `alpha` (RGBA) into an output buffer; only the finished frame comes
+//! back. In `meta` mode nothing but the mask does.
+//!
+//! ONNX Runtime runs on its own stream: this stream is synchronised before the run, and a
+//! run returns with its outputs complete (ONNX Runtime's default), so nothing overlaps
+//! unsafely.
+
+use std::time::{Duration, Instant};
+
+use cudarc::driver::CudaSlice;
+
+use super::composite::{PlaneGeom, Weights};
+use super::engine::{DeviceIo, Engine, EngineError, Prepared};
+use super::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes, rows_bytes};
+use super::gpu_blur::BlurPlan;
+use super::gpu_composite::{AlphaParams, MixParams};
+use super::gpu_launch::{BlurBuffers, GpuKernels, Taps};
+use super::gpu_post::{self, PostParams};
+use super::gpu_pre::PreParams;
+use super::postprocess::{MaskStats, OutputSpec};
+
+/// Time spent in each stage of one frame on the GPU path (host wall time, each stage
+/// waited for).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GpuTimes {
+    pub pre: Duration,
+    pub infer: Duration,
+    pub post: Duration,
+}
+
+/// The GPU path of one element instance for one caps configuration.
+pub struct GpuFrames {
+    kernels: GpuKernels,
+    io: DeviceIo,
+    /// The pre-processing parameters of the caps; the strides come from each frame.
+    pre: PreParams,
+    spec: OutputSpec,
+    pixels: usize,
+    planes: [CudaSlice<u8>; 3],
+    state: CudaSlice<f32>,
+    mask: CudaSlice<u8>,
+    counts: CudaSlice<u32>,
+    /// The state holds the previous frame's smoothed map (cleared on DISCONT and flush).
+    has_state: bool,
+    /// `planes` hold the current frame (uploaded for its mask, not yet composited).
+    uploaded: bool,
+    /// The mask's size (model output).
+    model: (usize, usize),
+    /// The replacement picture's planes (`replace` with `replace-image`), uploaded once.
+    replace: Option<Vec<CudaSlice<u8>>>,
+    /// Stand-in for the picture when mixing towards a colour.
+    no_target: CudaSlice<u8>,
+    /// Built on first use, per caps: mask taps per plane size, blur buffers per plane
+    /// geometry, the `mask`/`alpha` output.
+    taps: Vec<Taps>,
+    blur: Vec<BlurBuffers>,
+    out: Option<CudaSlice<u8>>,
+}
+
+/// What the in-place compositing modes draw, from the element's live properties.
+pub struct Look<'a> {
+    /// The user's mask (threshold), for `blur`'s background.
+    pub mask_weights: Weights,
+    /// The weights of the mix (opacity for `overlay`, the background's for the others).
+    pub weights: Weights,
+    /// `overlay`/`replace` colour, one value per channel of each plane.
+    pub colors: &'a [Vec<u8>],
+    /// `Some(radius)` for `blur`.
+    pub blur_radius: Option<usize>,
+    /// Mix towards the replacement picture.
+    pub picture: bool,
+}
+
+/// Why the GPU path failed: set-up problems leave the element on its CPU pre- and
+/// post-processing; inference errors are the model's, as on the CPU path.
+#[derive(Debug)]
+pub enum GpuError {
+    Device(String),
+    Inference(EngineError),
+}
+
+impl std::fmt::Display for GpuError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Device(e) => f.write_str(e),
+            Self::Inference(e) => e.fmt(f),
+        }
+    }
+}
+
+impl GpuFrames {
+    /// Sets up the path for frames of `frame_size` with `strides` (the caps' layout; a frame
+    /// laid out larger grows the planes' buffers once): kernels on the session's device, a
+    /// stream, the IoBinding and the buffers.
+    pub fn new(
+        engine: &Engine,
+        prepared: &Prepared,
+        pre: PreParams,
+        frame_size: (usize, usize),
+        strides: [usize; 3],
+        replace: Option<&[Vec<u8>]>,
+    ) -> Result<GpuFrames, String> {
+        let device = engine
+            .cuda_device
+            .ok_or_else(|| format!("the session runs on {}", engine.provider))?;
+        let kernels = GpuKernels::new(device as usize)?;
+        let io = engine
+            .bind_device(prepared.input_size)
+            .map_err(|e| e.to_string())?;
+        if io.input_len != pre.tensor_len() {
+            return Err(format!(
+                "the bound input holds {} values, the kernel writes {}",
+                io.input_len,
+                pre.tensor_len()
+            ));
+        }
+        let pixels = (prepared.output_size.0 * prepared.output_size.1) as usize;
+        let s = &kernels.stream;
+        let alloc_u8 = |n: usize| {
+            s.alloc_zeros::<u8>(n.max(1))
+                .map_err(|e| format!("allocating on the GPU: {e}"))
+        };
+        let [a, b, c] = rows_bytes(frame_size, strides).map(alloc_u8);
+        let planes = [a?, b?, c?];
+        let state = s
+            .alloc_zeros::<f32>(pixels.max(1))
+            .map_err(|e| format!("allocating on the GPU: {e}"))?;
+        let mask = alloc_u8(pixels)?;
+        let counts = s
+            .alloc_zeros::<u32>(2)
+            .map_err(|e| format!("allocating on the GPU: {e}"))?;
+        let replace = match replace {
+            Some(planes) => Some(
+                planes
+                    .iter()
+                    .map(|p| {
+                        s.clone_htod(p)
+                            .map_err(|e| format!("uploading the replacement picture: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        let no_target = alloc_u8(1)?;
+        Ok(GpuFrames {
+            kernels,
+            io,
+            pre,
+            spec: prepared.spec,
+            pixels,
+            planes,
+            state,
+            mask,
+            counts,
+            has_state: false,
+            uploaded: false,
+            model: (prepared.output_size.0 as usize, prepared.output_size.1 as usize),
+            replace,
+            no_target,
+            taps: Vec::new(),
+            blur: Vec::new(),
+            out: None,
+        })
+    }
+
+    /// Forgets the smoothing history (DISCONT, flush).
+    pub fn reset(&mut self) {
+        self.has_state = false;
+    }
+
+    /// Uploads `frame`: the bytes of each plane that hold its rows, once.
+    fn upload(&mut self, frame: &Frame<'_>) -> Result<(), String> {
+        let stream = &self.kernels.stream;
+        for (i, used) in plane_bytes(frame).into_iter().enumerate() {
+            if used == 0 {
+                continue;
+            }
+            if used > self.planes[i].len() {
+                // A buffer laid out with larger strides than the caps' (a video meta).
+                self.planes[i] = stream
+                    .alloc_zeros::<u8>(used)
+                    .map_err(|e| format!("allocating on the GPU: {e}"))?;
+            }
+            stream
+                .memcpy_htod(&frame.planes[i][..used], &mut self.planes[i])
+                .map_err(|e| format!("uploading the frame: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// One fresh frame: its mask (model resolution) into `mask`, with its statistics and
+    /// the time of each stage. `smoothing` and `threshold` as the element's properties.
+    pub fn run(
+        &mut self,
+        engine: &mut Engine,
+        frame: &Frame<'_>,
+        smoothing: f32,
+        threshold: Option<f32>,
+        mask: &mut Vec<u8>,
+    ) -> Result<(MaskStats, GpuTimes), GpuError> {
+        let mut times = GpuTimes::default();
+        let t = Instant::now();
+        self.uploaded = false;
+        self.upload(frame).map_err(GpuError::Device)?;
+        self.uploaded = true;
+        let pre = PreParams {
+            strides: frame.strides.map(|s| s as i32),
+            ..self.pre
+        };
+        self.kernels
+            .preprocess_to(&pre, &self.planes, self.io.input_ptr)
+            .map_err(GpuError::Device)?;
+        self.kernels
+            .stream
+            .synchronize()
+            .map_err(|e| GpuError::Device(format!("pre-processing on the GPU: {e}")))?;
+        times.pre = t.elapsed();
+
+        let t = Instant::now();
+        let (output, len) = engine.run_bound(&mut self.io).map_err(GpuError::Inference)?;
+        if len != self.pixels * self.spec.channels {
+            return Err(GpuError::Inference(EngineError::Inference(format!(
+                "the model's output has {len} values, {} x {} expected: unetmask needs a fixed output \
+                 size per input size",
+                self.pixels, self.spec.channels
+            ))));
+        }
+        times.infer = t.elapsed();
+
+        let t = Instant::now();
+        let p = PostParams::new(&self.spec, self.pixels, smoothing, self.has_state, threshold);
+        self.kernels
+            .postprocess_to(&p, output, &mut self.state, &mut self.mask, &mut self.counts)
+            .map_err(GpuError::Device)?;
+        mask.resize(self.pixels, 0);
+        let mut counts = [0u32; 2];
+        let stream = &self.kernels.stream;
+        let download = |e| GpuError::Device(format!("downloading the mask: {e}"));
+        stream
+            .memcpy_dtoh(&self.mask, mask.as_mut_slice())
+            .map_err(download)?;
+        stream.memcpy_dtoh(&self.counts, &mut counts).map_err(download)?;
+        stream.synchronize().map_err(download)?;
+        self.has_state |= smoothing > 0.0;
+        times.post = t.elapsed();
+        Ok((gpu_post::stats_of(counts, self.pixels), times))
+    }
+
+    /// The frame on the device: uploaded for its mask already, or now.
+    fn frame_on_device(&mut self, frame: &Frame<'_>) -> Result<(), String> {
+        if !std::mem::take(&mut self.uploaded) {
+            self.upload(frame)?;
+        }
+        Ok(())
+    }
+
+    /// The mask taps for planes of `p`'s size, uploaded on first use.
+    fn taps_for(&mut self, p: &MixParams) -> Result<usize, String> {
+        let size = (p.model_w, p.model_h, p.width, p.height);
+        if let Some(i) = self.taps.iter().position(|t| t.size == size) {
+            return Ok(i);
+        }
+        self.taps.push(self.kernels.upload_taps(p)?);
+        Ok(self.taps.len() - 1)
+    }
+
+    /// `overlay`, `replace` or `blur` on the frame whose planes are `planes` (host memory,
+    /// rows `strides` apart, laid out as `geoms`): composited on the device, written back.
+    pub fn composite_in_place(
+        &mut self,
+        format: PixelFormat,
+        (width, height): (usize, usize),
+        planes: &mut [&mut [u8]],
+        strides: [usize; 3],
+        geoms: &[PlaneGeom],
+        look: &Look<'_>,
+    ) -> Result<(), String> {
+        {
+            let mut views: [&[u8]; 3] = [&[]; 3];
+            for (v, p) in views.iter_mut().zip(planes.iter()) {
+                *v = p;
+            }
+            let frame = Frame {
+                format,
+                width,
+                height,
+                planes: views,
+                strides,
+            };
+            self.frame_on_device(&frame)?;
+        }
+        for (i, geom) in geoms.iter().enumerate() {
+            let stride = strides[i];
+            if let Some(radius) = look.blur_radius {
+                let plan = BlurPlan::new(self.model, geom, stride, &look.mask_weights, radius);
+                let t = self.taps_for(&plan.blur.bg)?;
+                let g = &plan.blur.bg;
+                let key = (g.width, g.height, g.pstride, g.nchans);
+                let b = match self.blur.iter().position(|b| b.geometry == key) {
+                    Some(b) => b,
+                    None => {
+                        self.blur.push(self.kernels.blur_buffers(&plan)?);
+                        self.blur.len() - 1
+                    }
+                };
+                self.kernels.blur_on(
+                    &plan,
+                    &mut self.blur[b],
+                    &self.mask,
+                    &self.taps[t],
+                    &mut self.planes[i],
+                )?;
+                continue;
+            }
+            let picture = look.picture.then(|| geom.width * geom.pstride);
+            let p = MixParams::new(self.model, geom, stride, &look.weights, &look.colors[i], picture);
+            let t = self.taps_for(&p)?;
+            let target = match (&self.replace, picture) {
+                (Some(img), Some(_)) => &img[i],
+                _ => &self.no_target,
+            };
+            self.kernels
+                .mix_on(&p, &self.mask, &self.taps[t], &mut self.planes[i], target)?;
+        }
+        let stream = &self.kernels.stream;
+        for (i, host) in planes.iter_mut().enumerate().take(geoms.len()) {
+            let used = host.len().min(rows_bytes((width, height), strides)[i]);
+            stream
+                .memcpy_dtoh(&self.planes[i].slice(..used), &mut host[..used])
+                .map_err(|e| format!("downloading the frame: {e}"))?;
+        }
+        stream
+            .synchronize()
+            .map_err(|e| format!("downloading the frame: {e}"))
+    }
+
+    /// The device buffer for the `mask`/`alpha` output, `len` bytes or more.
+    fn out_buffer(&mut self, len: usize) -> Result<(), String> {
+        if self.out.as_ref().is_none_or(|o| o.len() < len) {
+            let buf = self
+                .kernels
+                .stream
+                .alloc_zeros::<u8>(len.max(1))
+                .map_err(|e| format!("allocating on the GPU: {e}"))?;
+            self.out = Some(buf);
+        }
+        Ok(())
+    }
+
+    /// Downloads the first `out.len()` bytes of the output buffer into `out`.
+    fn download_out(&self, out: &mut [u8]) -> Result<(), String> {
+        let dev = self.out.as_ref().expect("allocated by out_buffer");
+        let stream = &self.kernels.stream;
+        stream
+            .memcpy_dtoh(&dev.slice(..out.len()), out)
+            .map_err(|e| format!("downloading the output: {e}"))?;
+        stream
+            .synchronize()
+            .map_err(|e| format!("downloading the output: {e}"))
+    }
+
+    /// `mask` mode: the GRAY8 mask at frame size into `out` (rows `stride` apart). Needs no
+    /// frame on the device.
+    pub fn render_mask(
+        &mut self,
+        (width, height): (usize, usize),
+        out: &mut [u8],
+        stride: usize,
+        weights: &Weights,
+    ) -> Result<(), String> {
+        self.uploaded = false;
+        let geom = PlaneGeom {
+            width,
+            height,
+            pstride: 1,
+            chans: vec![0],
+            chroma: false,
+        };
+        let p = MixParams::new(self.model, &geom, stride, weights, &[], None);
+        let t = self.taps_for(&p)?;
+        let len = out.len().min(stride * height);
+        self.out_buffer(stride * height)?;
+        let dev = self.out.as_mut().expect("allocated");
+        self.kernels.mask_on(&p, &self.mask, &self.taps[t], dev)?;
+        self.download_out(&mut out[..len])
+    }
+
+    /// `alpha` mode: the frame as RGBA with the mask as alpha into `out` (rows `stride`
+    /// apart).
+    pub fn render_alpha(
+        &mut self,
+        frame: &Frame<'_>,
+        matrix: YuvMatrix,
+        out: &mut [u8],
+        stride: usize,
+        weights: &Weights,
+    ) -> Result<(), String> {
+        self.frame_on_device(frame)?;
+        let p = AlphaParams::new(
+            frame.format,
+            (frame.width, frame.height),
+            frame.strides,
+            self.model,
+            weights,
+            matrix,
+            stride,
+        );
+        let t = self.taps_for(&p.mask)?;
+        let len = out.len().min(stride * frame.height);
+        self.out_buffer(stride * frame.height)?;
+        let dev = self.out.as_mut().expect("allocated");
+        self.kernels
+            .alpha_on(&p, &self.mask, &self.taps[t], &self.planes, dev)?;
+        self.download_out(&mut out[..len])
+    }
+}

@@ -13,6 +13,8 @@
 #   .deps/venv/                               Python with onnxruntime, onnx, numpy, Pillow
 #                                             (test fixtures and independent references)
 #   .deps/nvrtc/lib/libnvrtc.so.12            NVRTC, on GPU hosts or with EDGEMASK_WITH_NVRTC=1
+#   .deps/cuda/lib/                           GPU hosts: the CUDA 13 / cuDNN 9 libraries of
+#                                             onnxruntime-gpu's CUDA provider
 set -euo pipefail
 
 ORT_VERSION=1.31.1
@@ -68,11 +70,20 @@ if [ "$have" != "$wheel $ORT_VERSION" ] || ! "$py" -c 'import onnx, numpy, PIL' 
   log "installing $wheel==$ORT_VERSION (+ onnx, numpy, Pillow for test fixtures)"
   if [ -n "$have" ] && [ "${have%% *}" != "$wheel" ]; then "$py" -m pip uninstall -q -y "${have%% *}"; fi
   "$py" -m pip install -q --disable-pip-version-check "$wheel==$ORT_VERSION" 'onnx>=1.17' 'numpy>=1.26' 'Pillow>=10'
-  if [ "$gpu" = 1 ]; then
-    # CUDA 12 / cuDNN 9 runtime libraries that onnxruntime-gpu loads, as wheels.
-    "$py" -m pip install -q --disable-pip-version-check 'nvidia-cudnn-cu12>=9,<10' 'nvidia-cublas-cu12' \
-      'nvidia-cuda-runtime-cu12' 'nvidia-cufft-cu12' 'nvidia-curand-cu12' 'nvidia-cuda-nvrtc-cu12'
+fi
+if [ "$gpu" = 1 ]; then
+  # onnxruntime-gpu 1.31 is built for CUDA 13 and cuDNN 9: their runtime libraries as wheels
+  # (the wheel's own [cuda,cudnn] extras, plus cuBLAS), linked into .deps/cuda/lib, where the
+  # element preloads them from (no LD_LIBRARY_PATH needed).
+  if ! "$py" -c 'import importlib.metadata as m
+for d in ("nvidia-cudnn-cu13", "nvidia-cuda-runtime", "nvidia-cublas"): m.version(d)' 2>/dev/null; then
+    log "installing the CUDA 13 / cuDNN 9 runtime wheels for onnxruntime-gpu"
+    "$py" -m pip install -q --disable-pip-version-check "onnxruntime-gpu[cuda,cudnn]==$ORT_VERSION" 'nvidia-cublas~=13.0'
   fi
+  nvidia="$("$py" -c 'import nvidia; print(list(nvidia.__path__)[0])')"
+  mkdir -p "$deps/cuda/lib"
+  find "$nvidia" -path '*/lib/*' -name 'lib*.so*' -exec ln -sf {} "$deps/cuda/lib/" \;
+  log "CUDA runtime for ONNX Runtime: $deps/cuda/lib"
 fi
 capi="$("$py" -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')"
 mkdir -p "$deps/onnxruntime/lib"

@@ -352,8 +352,8 @@ impl Engine {
 #[cfg(feature = "cuda")]
 pub struct DeviceIo {
     binding: ort::session::IoBinding,
-    /// Allocated by the session's CUDA allocator; bound once, rewritten in place per frame.
-    _input: ort::value::Tensor<f32>,
+    /// Allocated by the session's CUDA allocator, rewritten in place per frame.
+    input: ort::value::Tensor<f32>,
     /// The last run's output, kept alive until the next run replaces it.
     output: Option<ort::value::DynTensor>,
     /// Device address of the input tensor: `input_len` `f32` values in the contract's layout.
@@ -399,7 +399,7 @@ impl Engine {
             .map_err(err("binding the output to the GPU"))?;
         Ok(DeviceIo {
             binding,
-            _input: input,
+            input,
             output: None,
             input_ptr,
             input_len,
@@ -411,6 +411,12 @@ impl Engine {
     pub fn run_bound(&mut self, io: &mut DeviceIo) -> Result<(u64, usize), EngineError> {
         let inference = |e: ort::Error| EngineError::Inference(e.to_string());
         io.output = None;
+        // Bound again each run: on the session's device that is a reference, not a copy,
+        // and where ONNX Runtime wants the input elsewhere it copies at binding time, so a
+        // binding made once would keep feeding it the first frame.
+        io.binding
+            .bind_input(self.contract.input_name.as_str(), &io.input)
+            .map_err(inference)?;
         let mut outputs = self.session.run_binding(&io.binding).map_err(inference)?;
         let name = self.contract.output_name.as_str();
         let value = outputs
@@ -515,6 +521,7 @@ mod providers {
             Ok(())
         };
         let with_cuda = |n: u32| -> Result<(Session, String), EngineError> {
+            preload_cuda_runtime();
             let ep = ort::ep::CUDA::default()
                 .with_device_id(n as i32)
                 .build()
@@ -547,8 +554,39 @@ mod providers {
         }
     }
 
+    /// The CUDA and cuDNN libraries of ONNX Runtime's CUDA provider: loaded once from
+    /// `EDGEMASK_CUDA_LIBS` or the project-local `.deps/cuda/lib` (`scripts/setup.sh` links
+    /// the wheels' libraries there on GPU hosts), so that the provider finds them without
+    /// `LD_LIBRARY_PATH`. Without that folder the provider searches the library path itself.
+    #[cfg(feature = "cuda")]
+    fn preload_cuda_runtime() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let dir = std::env::var_os("EDGEMASK_CUDA_LIBS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/cuda/lib"));
+            if !dir.is_dir() {
+                return;
+            }
+            match ort::ep::cuda::preload_dylibs(Some(&dir), Some(&dir)) {
+                Ok(()) => gst::info!(
+                    crate::unetmask::imp::CAT,
+                    "CUDA and cuDNN libraries preloaded from {}",
+                    dir.display()
+                ),
+                Err(e) => gst::warning!(
+                    crate::unetmask::imp::CAT,
+                    "preloading the CUDA libraries from {} failed ({e}); ONNX Runtime's CUDA provider \
+                     will look for them on the library path",
+                    dir.display()
+                ),
+            }
+        });
+    }
+
     #[cfg(all(feature = "cuda", feature = "tensorrt"))]
     fn tensorrt(env: &Environment, cfg: &EngineConfig, n: u32) -> Result<(Session, String), EngineError> {
+        preload_cuda_runtime();
         let cache = super::super::gpu::engine_cache_dir(&cfg.model, n)
             .map_err(|e| EngineError::Provider(format!("device=tensorrt:{n}: {e}")))?;
         let trt = ort::ep::TensorRT::default()

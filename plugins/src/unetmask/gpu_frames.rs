@@ -24,6 +24,7 @@
 //! run returns with its outputs complete (ONNX Runtime's default), so nothing overlaps
 //! unsafely.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cudarc::driver::CudaSlice;
@@ -49,7 +50,8 @@ pub struct GpuTimes {
 
 /// The GPU path of one element instance for one caps configuration.
 pub struct GpuFrames {
-    kernels: GpuKernels,
+    /// The element instance's kernels and stream (kept across caps).
+    kernels: Arc<GpuKernels>,
     io: DeviceIo,
     /// The pre-processing parameters of the caps; the strides come from each frame.
     pre: PreParams,
@@ -109,9 +111,10 @@ impl std::fmt::Display for GpuError {
 
 impl GpuFrames {
     /// Sets up the path for frames of `frame_size` with `strides` (the caps' layout; a frame
-    /// laid out larger grows the planes' buffers once): kernels on the session's device, a
-    /// stream, the IoBinding and the buffers.
+    /// laid out larger grows the planes' buffers once): the IoBinding and the buffers, for
+    /// `kernels` loaded on the session's device.
     pub fn new(
+        kernels: Arc<GpuKernels>,
         engine: &Engine,
         prepared: &Prepared,
         pre: PreParams,
@@ -119,10 +122,6 @@ impl GpuFrames {
         strides: [usize; 3],
         replace: Option<&[Vec<u8>]>,
     ) -> Result<GpuFrames, String> {
-        let device = engine
-            .cuda_device
-            .ok_or_else(|| format!("the session runs on {}", engine.provider))?;
-        let kernels = GpuKernels::new(device as usize)?;
         let io = engine
             .bind_device(prepared.input_size)
             .map_err(|e| e.to_string())?;

@@ -33,6 +33,8 @@ use super::frame::{Frame, PixelFormat, YuvMatrix};
 #[cfg(feature = "cuda")]
 use super::gpu_frames::{self, GpuError, GpuFrames};
 #[cfg(feature = "cuda")]
+use super::gpu_launch::GpuKernels;
+#[cfg(feature = "cuda")]
 use super::gpu_pre;
 use super::postprocess::{self, MaskStats, Smoother};
 use super::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
@@ -325,6 +327,9 @@ struct State {
     /// Pipelined: the thread inference runs on (one, kept: ONNX Runtime keeps per-thread
     /// state, and a new thread per frame costs more than the overlap gains).
     worker: Option<rayon::ThreadPool>,
+    /// The GPU path's kernels and this instance's CUDA stream, loaded at the first caps.
+    #[cfg(feature = "cuda")]
+    gpu_kernels: Option<std::sync::Arc<GpuKernels>>,
 }
 
 /// A frame held back by the pipelined mode until its inference has run.
@@ -507,22 +512,31 @@ impl UnetMask {
     /// The GPU path for new caps when the session runs on a CUDA device; `None`, saying why,
     /// when it cannot be set up (pre- and post-processing then run on the CPU).
     #[cfg(feature = "cuda")]
+    #[allow(clippy::too_many_arguments)]
     fn gpu_frames(
         &self,
         engine: &Engine,
+        kernels: &mut Option<std::sync::Arc<GpuKernels>>,
         prepared: &Prepared,
         info: &gst_video::VideoInfo,
         pre: gpu_pre::PreParams,
         resize: ResizeChoice,
         replace: Option<&[Vec<u8>]>,
     ) -> Option<GpuFrames> {
-        engine.cuda_device?;
+        let device = engine.cuda_device?;
+        let loaded = match kernels {
+            Some(k) => Ok(k.clone()),
+            None => GpuKernels::new(device as usize).map(std::sync::Arc::new),
+        };
         let mut strides = [0usize; 3];
         for (s, &v) in strides.iter_mut().zip(info.stride()) {
             *s = v.max(0) as usize;
         }
         let size = (info.width() as usize, info.height() as usize);
-        match GpuFrames::new(engine, prepared, pre, size, strides, replace) {
+        match loaded.and_then(|k| {
+            *kernels = Some(k.clone());
+            GpuFrames::new(k, engine, prepared, pre, size, strides, replace)
+        }) {
             Ok(gpu) => {
                 gst::info!(
                     CAT,
@@ -1581,6 +1595,8 @@ impl BaseTransformImpl for UnetMask {
             held: None,
             ready: Default::default(),
             worker: None,
+            #[cfg(feature = "cuda")]
+            gpu_kernels: None,
         });
         *self.qos_earliest.lock().unwrap() = None;
         Ok(())
@@ -1707,6 +1723,7 @@ impl BaseTransformImpl for UnetMask {
         #[cfg(feature = "cuda")]
         let gpu = self.gpu_frames(
             &state.engine,
+            &mut state.gpu_kernels,
             &prepared,
             &in_info,
             gpu_pre::PreParams::new(

@@ -18,8 +18,9 @@ cargo fmt --all -- --check
 step "cargo clippy (default features)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo clippy (plugin with cuda + tensorrt features)"
-cargo clippy -p gst-plugin-unetmask --all-targets --locked --features tensorrt -- -D warnings
+step "cargo clippy (plugin and runner with the cuda + tensorrt features)"
+cargo clippy -p gst-plugin-unetmask -p edgemask --all-targets --locked \
+  --features gst-plugin-unetmask/tensorrt,edgemask/tensorrt -- -D warnings
 
 step "cargo build (plugin for gst-launch tests)"
 cargo build -p gst-plugin-unetmask --locked

@@ -55,6 +55,7 @@ pub fn unetmask(cam: &Camera) -> Result<gst::Element> {
     e.set_property_from_str("mode", "meta");
     e.set_property("threshold", m.threshold);
     e.set_property("inference-interval", m.inference_interval);
+    e.set_property("pipelined", m.pipelined);
     let stats_every = match &cam.source {
         Source::TestPattern { fps, .. } => *fps,
         _ => 30,

@@ -41,6 +41,7 @@ pub struct ModelFile {
     pub threads: Option<u32>,
     pub threshold: Option<f64>,
     pub inference_interval: Option<u32>,
+    pub pipelined: Option<bool>,
     pub resize: Option<String>,
     pub layout: Option<String>,
     pub channel_order: Option<String>,
@@ -124,6 +125,7 @@ const MODEL_KEYS: &[&str] = &[
     "threads",
     "threshold",
     "inference_interval",
+    "pipelined",
     "resize",
     "layout",
     "channel_order",
@@ -315,6 +317,9 @@ pub struct Model {
     pub threads: u32,
     pub threshold: f64,
     pub inference_interval: u32,
+    /// The element's `pipelined` (CPU path: inference overlaps the next frame's
+    /// pre-processing, one frame of latency).
+    pub pipelined: bool,
     pub resize: Option<String>,
     pub layout: Option<String>,
     pub channel_order: Option<String>,
@@ -537,6 +542,7 @@ fn merge_model(shared: &ModelFile, cam: Option<&ModelFile>, prefix: &str, base: 
         threads: pick!(threads).unwrap_or(0),
         threshold,
         inference_interval,
+        pipelined: pick!(pipelined).unwrap_or(false),
         resize,
         layout,
         channel_order,
@@ -1000,6 +1006,11 @@ mod tests {
         let s = parse(&format!("{GOOD}\n[cameras.front.model]\nthreshold = 0.7\n")).unwrap();
         assert_eq!(s.cameras[0].model.threshold, 0.7);
         assert_eq!(s.cameras[0].model.path, PathBuf::from("/base/m.onnx"));
+        assert!(!s.cameras[0].model.pipelined, "off unless asked for");
+        let s = parse(&format!("{GOOD}\n[cameras.front.model]\npipelined = true\n")).unwrap();
+        assert!(s.cameras[0].model.pipelined);
+        let e = parse(&format!("{GOOD}\n[cameras.front.model]\npipelined = \"maybe\"\n")).unwrap_err();
+        assert!(e.to_string().contains("pipelined"), "{e}");
     }
 
     #[test]

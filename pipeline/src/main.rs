@@ -113,6 +113,7 @@ fn probe_model(path: &Path) -> anyhow::Result<()> {
         threads: 1,
         threshold: 0.5,
         inference_interval: 1,
+        pipelined: false,
         resize: None,
         layout: None,
         channel_order: None,

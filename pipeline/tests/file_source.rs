@@ -41,12 +41,22 @@ fn element_masks(video: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 #[test]
 fn file_source_records_exact_frames_and_element_masks() {
+    records_exact_frames_and_element_masks("");
+}
+
+/// `pipelined = true`: the element outputs each frame one later, with the same mask.
+#[test]
+fn pipelined_model_records_the_same_frames_and_masks() {
+    records_exact_frames_and_element_masks("\n[cameras.cam.model]\npipelined = true\n");
+}
+
+fn records_exact_frames_and_element_masks(extra: &str) {
     init();
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("in.mp4");
     let total = make_video(&video, &[(20, false), (40, true), (15, false)]);
     let out = dir.path().join("out");
-    let cfg = write_config(dir.path(), &config(&out, &video, ""));
+    let cfg = write_config(dir.path(), &config(&out, &video, extra));
 
     let mut child = spawn(&["run", cfg.to_str().unwrap()]);
     let (code, err) = wait_bounded(&mut child, Duration::from_secs(120));

@@ -22,21 +22,30 @@ pub fn device_count() -> Result<u32, String> {
 }
 
 /// Whether NVRTC (CUDA's run-time compiler, which builds the GPU kernels) can be loaded.
-/// The copy that `scripts/setup.sh` links into `.deps/nvrtc/lib` is loaded first, so the
-/// library-name lookup finds it without `LD_LIBRARY_PATH`.
+/// A copy in `EDGEMASK_CUDA_LIBS` (installed hosts), else the one `scripts/setup.sh` links
+/// into `.deps/nvrtc/lib`, is loaded first, so the library-name lookup finds it without
+/// `LD_LIBRARY_PATH`.
 pub fn nvrtc_present() -> Result<(), String> {
     static PRELOAD: OnceLock<Option<libloading::os::unix::Library>> = OnceLock::new();
     PRELOAD.get_or_init(|| {
+        let installed =
+            std::env::var_os("EDGEMASK_CUDA_LIBS").map(|d| PathBuf::from(d).join("libnvrtc.so.12"));
         let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/nvrtc/lib/libnvrtc.so.12");
-        // SAFETY: loads NVRTC, whose initialisers have no preconditions; global, so that a
-        // later dlopen by its soname (cudarc's) resolves to this copy.
-        unsafe {
-            libloading::os::unix::Library::open(
-                Some(&local),
-                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
-            )
-        }
-        .ok()
+        installed
+            .into_iter()
+            .chain([local])
+            .find(|p| p.exists())
+            .and_then(|p| {
+                // SAFETY: loads NVRTC, whose initialisers have no preconditions; global, so
+                // that a later dlopen by its soname (cudarc's) resolves to this copy.
+                unsafe {
+                    libloading::os::unix::Library::open(
+                        Some(&p),
+                        libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                    )
+                }
+                .ok()
+            })
     });
     // SAFETY: probes for the library with dlopen; no NVRTC call is made.
     if unsafe { cudarc::nvrtc::sys::is_culib_present() } {

@@ -11,11 +11,6 @@ mod common;
 use common::*;
 use gst::prelude::*;
 
-const FORMATS: [&str; 8] = ["RGBA", "BGRA", "RGBx", "BGRx", "RGB", "BGR", "NV12", "I420"];
-const PHOTO: &str = "person_400x600.png";
-const SELFIE: &str = "selfie_segmentation_256x256.onnx";
-const LANDSCAPE: &str = "selfie_landscape_144x256.onnx";
-
 fn have_gpu() -> bool {
     match gstunetmask::unetmask::gpu::device_count() {
         Ok(n) => {
@@ -45,10 +40,7 @@ fn both_shared_models_match_the_references_on_the_gpu_path() {
     if !have_gpu() {
         return;
     }
-    for (model_file, reference) in [
-        (SELFIE, "person_400x600.mask.selfie_256x256.png"),
-        (LANDSCAPE, "person_400x600.mask.selfie_landscape_144x256.png"),
-    ] {
+    for (model_file, reference) in REFERENCES {
         let (want, _, _) = reference_mask(reference);
         for format in FORMATS {
             let input = frame(&testdata(PHOTO), format, None);

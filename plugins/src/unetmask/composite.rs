@@ -247,16 +247,23 @@ pub struct PlaneGeom {
     pub chroma: bool,
 }
 
+impl PlaneGeom {
+    /// A one-byte-per-pixel full-resolution plane (luma, GRAY8).
+    pub fn gray(width: usize, height: usize) -> PlaneGeom {
+        PlaneGeom {
+            width,
+            height,
+            pstride: 1,
+            chans: vec![0],
+            chroma: false,
+        }
+    }
+}
+
 /// The planes of a frame of `format` and size `width`x`height`.
 pub fn planes_of(format: PixelFormat, width: usize, height: usize) -> Vec<PlaneGeom> {
     let (cw, ch) = chroma_size(width, height);
-    let luma = PlaneGeom {
-        width,
-        height,
-        pstride: 1,
-        chans: vec![0],
-        chroma: false,
-    };
+    let luma = PlaneGeom::gray(width, height);
     match format.packed_rgb() {
         Some((off, bpp)) => vec![PlaneGeom {
             width,

@@ -120,13 +120,7 @@ impl AlphaParams {
         matrix: YuvMatrix,
         out_stride: usize,
     ) -> AlphaParams {
-        let geom = PlaneGeom {
-            width,
-            height,
-            pstride: 1,
-            chans: vec![0],
-            chroma: false,
-        };
+        let geom = PlaneGeom::gray(width, height);
         let c = FixedYuv::new(matrix);
         let (kind, offs, bpp) = match format.packed_rgb() {
             Some((off, bpp)) => (0, off.map(|o| o as i32), bpp as i32),

@@ -387,13 +387,7 @@ impl GpuFrames {
         weights: &Weights,
     ) -> Result<(), String> {
         self.uploaded = false;
-        let geom = PlaneGeom {
-            width,
-            height,
-            pstride: 1,
-            chans: vec![0],
-            chroma: false,
-        };
+        let geom = PlaneGeom::gray(width, height);
         let p = MixParams::new(self.model, &geom, stride, weights, &[], None);
         let t = self.taps_for(&p)?;
         let len = out.len().min(stride * height);

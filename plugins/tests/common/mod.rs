@@ -10,6 +10,18 @@ use std::sync::{Mutex, Once};
 use gst::prelude::*;
 use gst_video::prelude::*;
 
+/// Every raw format the element takes.
+pub const FORMATS: [&str; 8] = ["RGBA", "BGRA", "RGBx", "BGRx", "RGB", "BGR", "NV12", "I420"];
+/// The shared photograph of a person, and the two shared models.
+pub const PHOTO: &str = "person_400x600.png";
+pub const SELFIE: &str = "selfie_segmentation_256x256.onnx";
+pub const LANDSCAPE: &str = "selfie_landscape_144x256.onnx";
+/// Each shared model with its reference mask of [`PHOTO`].
+pub const REFERENCES: [(&str, &str); 2] = [
+    (SELFIE, "person_400x600.mask.selfie_256x256.png"),
+    (LANDSCAPE, "person_400x600.mask.selfie_landscape_144x256.png"),
+];
+
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {

@@ -15,6 +15,8 @@ pub mod frame;
 pub mod gpu;
 pub mod gpu_blur;
 pub mod gpu_composite;
+#[cfg(test)]
+mod gpu_emulation;
 #[cfg(feature = "cuda")]
 pub mod gpu_frames;
 #[cfg(feature = "cuda")]

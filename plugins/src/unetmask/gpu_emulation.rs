@@ -1,0 +1,452 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! Tests only: the GPU kernels' own CUDA C source executed on the CPU, and the check that
+//! holds any kernel runner (this emulation, or the real GPU through `gpu_launch`) to the
+//! kernels' Rust mirrors.
+//!
+//! `kernels/host_emulation.cpp` includes the four `.cu` files with the CUDA built-ins they
+//! use defined for the host, and runs a launch one (block, thread) after another. The test
+//! compiles it with the system's C++ compiler (`build-essential`, installed by
+//! `scripts/setup.sh`) and loads it, so every machine runs the kernels as written —
+//! indexing, bounds, arithmetic, argument order — not only their mirrors. Launch shapes
+//! are the ones `gpu_launch` uses.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use super::composite::{PlaneGeom, Weights, plane_colors, planes_of};
+use super::contract::{Activation, Layout, OutputLayout};
+use super::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes};
+use super::gpu_blur::{self, BlurParams, BlurPlan, BoxParams};
+use super::gpu_composite::{self, AlphaParams, MixParams};
+use super::gpu_post::{self, PostParams};
+use super::gpu_pre::{self, PreParams};
+use super::postprocess::OutputSpec;
+use super::preprocess::{ChannelOrder, Normalization};
+use super::test_bytes::{bytes, frame, frame_planes};
+
+/// What the kernel checks need from a runner: host data in, host data out.
+pub trait KernelRunner {
+    fn preprocess(&self, p: &PreParams, frame: &Frame<'_>) -> Result<Vec<f32>, String>;
+    fn postprocess(
+        &self,
+        p: &PostParams,
+        out: &[f32],
+        state: &mut Vec<f32>,
+    ) -> Result<(Vec<u8>, [u32; 2]), String>;
+    fn mix(&self, p: &MixParams, mask: &[u8], plane: &[u8], target: &[u8]) -> Result<Vec<u8>, String>;
+    fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String>;
+    fn alpha(&self, p: &AlphaParams, mask: &[u8], frame: &Frame<'_>) -> Result<Vec<u8>, String>;
+    fn blur(&self, plan: &BlurPlan, mask: &[u8], plane: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// Every kernel through `k` against its CPU mirror: tensors within 1e-3 for every format
+/// and layout, masks within one level (two frames, with smoothing), and the compositing
+/// kernels (`mix` towards a colour and a picture, `mask`, `alpha`, the five `blur` steps)
+/// byte for byte, on 1921x1081 frames with padded rows in five formats.
+pub fn check_kernels(k: &dyn KernelRunner) {
+    let (w, h) = (1921, 1081);
+    let model = (256, 144);
+    let mask = bytes(model.0 * model.1, 11);
+    let mut changed = 0;
+    for format in [
+        PixelFormat::Rgba,
+        PixelFormat::Bgrx,
+        PixelFormat::Rgb,
+        PixelFormat::Nv12,
+        PixelFormat::I420,
+    ] {
+        let geoms = planes_of(format, w, h);
+        let (data, strides) = frame_planes(format, w, h, 3, 3);
+        let frame = frame(format, w, h, &data, strides);
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let p = PreParams::new(
+                format,
+                (w, h),
+                strides,
+                model,
+                layout,
+                ChannelOrder::Rgb,
+                Normalization::default(),
+                YuvMatrix::BT709,
+            );
+            let mut want = vec![0f32; p.tensor_len()];
+            gpu_pre::reference(&p, &frame, &mut want);
+            let got = k.preprocess(&p, &frame).expect("preprocess");
+            assert_eq!(got.len(), want.len());
+            let worst = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-3, "{format:?} {layout:?}: tensor differs by {worst}");
+        }
+        let wt = Weights::mask(None).inverted();
+        let p = AlphaParams::new(format, (w, h), strides, model, &wt, YuvMatrix::BT709, w * 4 + 8);
+        let mut want = vec![0u8; (w * 4 + 8) * h];
+        gpu_composite::reference_alpha(&p, &mask, &frame, &mut want);
+        assert!(
+            k.alpha(&p, &mask, &frame).expect("alpha") == want,
+            "{format:?}: alpha"
+        );
+
+        let gray = PlaneGeom::gray(w, h);
+        for wt in [Weights::mask(Some(0.4)), Weights::mask(None)] {
+            let p = MixParams::new(model, &gray, w + 5, &wt, &[], None);
+            let mut want = vec![0u8; (w + 5) * h];
+            gpu_composite::reference_mask(&p, &mask, &mut want);
+            assert!(
+                k.mask(&p, &mask).expect("mask") == want,
+                "{format:?} {wt:?}: mask"
+            );
+        }
+
+        let colors = plane_colors(format, YuvMatrix::BT709, [250, 200, 10]);
+        let (picture, _) = frame_planes(format, w, h, 0, 9);
+        // Hard and soft masks, opacity, the background's weights.
+        let weights = [
+            Weights::mask(Some(0.4)).scaled(200),
+            Weights::mask(None).scaled(130),
+            Weights::mask(None).inverted(),
+        ];
+        for (i, g) in geoms.iter().enumerate() {
+            for (n, wt) in weights.iter().enumerate() {
+                let p = MixParams::new(model, g, strides[i], wt, &colors[i], None);
+                let mut want = data[i].clone();
+                gpu_composite::reference_mix(&p, &mask, &mut want, &[]);
+                assert!(
+                    k.mix(&p, &mask, &data[i], &[]).expect("mix") == want,
+                    "{format:?} plane {i} weights {n}: mix towards a colour"
+                );
+                changed += (want != data[i]) as usize;
+            }
+            let wt = Weights::mask(None).inverted();
+            let p = MixParams::new(model, g, strides[i], &wt, &colors[i], Some(g.width * g.pstride));
+            let mut want = data[i].clone();
+            gpu_composite::reference_mix(&p, &mask, &mut want, &picture[i]);
+            assert!(
+                k.mix(&p, &mask, &data[i], &picture[i]).expect("mix") == want,
+                "{format:?} plane {i}: mix towards a picture"
+            );
+            let plan = BlurPlan::new(model, g, strides[i], &Weights::mask(None), 21);
+            let mut want = data[i].clone();
+            gpu_blur::reference(&plan, &mask, &mut want);
+            assert!(
+                k.blur(&plan, &mask, &data[i]).expect("blur") == want,
+                "{format:?} plane {i}: blur"
+            );
+            changed += (want != data[i]) as usize;
+        }
+    }
+    assert!(changed > 0, "the compositing checks compared changed planes");
+    for (layout, channels, activation) in [
+        (OutputLayout::ChannelsFirst, 1, Activation::Sigmoid),
+        (OutputLayout::ChannelsLast, 2, Activation::Softmax),
+        (OutputLayout::ChannelsFirst, 3, Activation::Softmax),
+    ] {
+        let spec = OutputSpec {
+            layout,
+            channels,
+            person: channels - 1,
+            activation,
+        };
+        let n = model.0 * model.1;
+        let out: Vec<f32> = bytes(n * channels, 5)
+            .iter()
+            .map(|&b| b as f32 / 16.0 - 8.0)
+            .collect();
+        let (mut s_run, mut s_cpu) = (vec![0f32; n], vec![0f32; n]);
+        for frame in 0..2 {
+            let p = PostParams::new(&spec, n, 0.6, frame > 0, Some(0.45));
+            let mut want = vec![0u8; n];
+            let stats = gpu_post::reference(&p, &out, &mut s_cpu, &mut want);
+            let (got, counts) = k.postprocess(&p, &out, &mut s_run).expect("postprocess");
+            let worst = want.iter().zip(&got).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            assert!(worst <= 1, "{spec:?}: post-processing differs by {worst} levels");
+            let got_stats = gpu_post::stats_of(counts, n);
+            assert!(
+                (got_stats.coverage - stats.coverage).abs() <= 2.0 / n as f32,
+                "{spec:?}: coverage"
+            );
+            assert!(
+                (got_stats.uncertain - stats.uncertain).abs() <= 2.0 / n as f32,
+                "{spec:?}: uncertain"
+            );
+        }
+    }
+}
+
+/// A launch shape as `gpu_launch` makes it: grid and block sizes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Launch {
+    gx: u32,
+    gy: u32,
+    bx: u32,
+    by: u32,
+}
+
+/// `gpu_launch::grid`: `w` x `h` threads in 16 x 16 blocks.
+fn grid(w: i32, h: i32) -> Launch {
+    Launch {
+        gx: (w.max(1) as u32).div_ceil(16),
+        gy: (h.max(1) as u32).div_ceil(16),
+        bx: 16,
+        by: 16,
+    }
+}
+
+/// cudarc's `LaunchConfig::for_num_elems`: 1024 threads a block.
+fn lines(n: i32) -> Launch {
+    Launch {
+        gx: (n.max(1) as u32).div_ceil(1024),
+        gy: 1,
+        bx: 1024,
+        by: 1,
+    }
+}
+
+type U8 = *const u8;
+type U32 = *const u32;
+
+/// The kernels compiled for the host and loaded.
+pub struct HostKernels {
+    pre: unsafe extern "C" fn(Launch, PreParams, U8, U8, U8, *mut f32),
+    post: unsafe extern "C" fn(Launch, PostParams, *const f32, *mut f32, *mut u8, *mut u32),
+    mix: unsafe extern "C" fn(Launch, MixParams, U8, U32, U32, *mut u8, U8),
+    mask: unsafe extern "C" fn(Launch, MixParams, U8, U32, U32, *mut u8),
+    alpha: unsafe extern "C" fn(Launch, AlphaParams, U8, U32, U32, U8, U8, U8, *mut u8),
+    blur_grid: unsafe extern "C" fn(Launch, BlurParams, U8, U32, U32, U8, *mut f32, *mut f32),
+    box_rows: unsafe extern "C" fn(Launch, BoxParams, *const f32, *mut f32),
+    box_cols: unsafe extern "C" fn(Launch, BoxParams, *const f32, *mut f32),
+    blur_rows: unsafe extern "C" fn(Launch, BlurParams, *const f32, *const f32, U32, *mut u16),
+    blur_mix: unsafe extern "C" fn(Launch, MixParams, U8, U32, U32, U32, *const u16, *mut u8),
+    _lib: libloading::Library,
+}
+
+impl HostKernels {
+    /// Compiles and loads the emulation once per test process.
+    pub fn get() -> &'static HostKernels {
+        static K: OnceLock<HostKernels> = OnceLock::new();
+        K.get_or_init(|| Self::load().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn load() -> Result<HostKernels, String> {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/unetmask/kernels/host_emulation.cpp");
+        let dir = std::env::temp_dir().join(format!("edgemask-kernels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let lib = dir.join("host_emulation.so");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let out = std::process::Command::new(&cxx)
+            .args([
+                "-std=c++17",
+                "-O2",
+                "-ffp-contract=off",
+                "-fPIC",
+                "-shared",
+                "-Wall",
+                "-Werror",
+                "-o",
+            ])
+            .arg(&lib)
+            .arg(&src)
+            .output()
+            .map_err(|e| format!("{cxx} (build-essential; scripts/setup.sh installs it): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "compiling the kernels for the host failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        // SAFETY: our own library, with no initialisers; the symbols below have exactly
+        // these C signatures (`host_emulation.cpp`), with the `repr(C)` parameter structs
+        // laid out as the kernels' (checked by the `params_match_the_kernel_struct` tests).
+        unsafe {
+            let l = libloading::Library::new(&lib).map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_dir_all(&dir);
+            macro_rules! sym {
+                ($name:literal) => {
+                    *l.get($name).map_err(|e| e.to_string())?
+                };
+            }
+            Ok(HostKernels {
+                pre: sym!(b"emu_preprocess\0"),
+                post: sym!(b"emu_postprocess\0"),
+                mix: sym!(b"emu_mix\0"),
+                mask: sym!(b"emu_mask\0"),
+                alpha: sym!(b"emu_alpha\0"),
+                blur_grid: sym!(b"emu_blur_grid\0"),
+                box_rows: sym!(b"emu_box_rows\0"),
+                box_cols: sym!(b"emu_box_cols\0"),
+                blur_rows: sym!(b"emu_blur_rows\0"),
+                blur_mix: sym!(b"emu_blur_mix\0"),
+                _lib: l,
+            })
+        }
+    }
+}
+
+/// The bytes of each plane a launch may read (an empty plane: one byte, as on the GPU).
+fn planes_of_frame(frame: &Frame<'_>) -> [Vec<u8>; 3] {
+    let used = plane_bytes(frame);
+    std::array::from_fn(|i| {
+        let mut v = frame.planes[i][..used[i]].to_vec();
+        v.resize(v.len().max(1), 0);
+        v
+    })
+}
+
+// SAFETY (every call below): the buffers are as large as the parameters say the kernel
+// reads or writes, exactly as `gpu_launch` allocates them on the device.
+impl KernelRunner for HostKernels {
+    fn preprocess(&self, p: &PreParams, frame: &Frame<'_>) -> Result<Vec<f32>, String> {
+        let p = PreParams {
+            strides: frame.strides.map(|s| s as i32),
+            ..*p
+        };
+        let planes = planes_of_frame(frame);
+        let mut out = vec![0f32; p.tensor_len()];
+        let [a, b, c] = &planes;
+        unsafe {
+            (self.pre)(
+                grid(p.tensor_w, p.tensor_h),
+                p,
+                a.as_ptr(),
+                b.as_ptr(),
+                c.as_ptr(),
+                out.as_mut_ptr(),
+            )
+        };
+        Ok(out)
+    }
+
+    fn postprocess(
+        &self,
+        p: &PostParams,
+        out: &[f32],
+        state: &mut Vec<f32>,
+    ) -> Result<(Vec<u8>, [u32; 2]), String> {
+        let n = p.pixels as usize;
+        assert!(out.len() >= n * p.channels as usize && state.len() >= n);
+        let mut mask = vec![0u8; n];
+        let mut counts = [0u32; 2];
+        unsafe {
+            (self.post)(
+                lines(p.pixels),
+                *p,
+                out.as_ptr(),
+                state.as_mut_ptr(),
+                mask.as_mut_ptr(),
+                counts.as_mut_ptr(),
+            )
+        };
+        Ok((mask, counts))
+    }
+
+    fn mix(&self, p: &MixParams, mask: &[u8], plane: &[u8], target: &[u8]) -> Result<Vec<u8>, String> {
+        let (xt, yt) = gpu_composite::taps(p);
+        let mut out = plane.to_vec();
+        let target = if target.is_empty() { &[0u8][..] } else { target };
+        unsafe {
+            (self.mix)(
+                grid(p.width, p.height),
+                *p,
+                mask.as_ptr(),
+                xt.as_ptr(),
+                yt.as_ptr(),
+                out.as_mut_ptr(),
+                target.as_ptr(),
+            )
+        };
+        Ok(out)
+    }
+
+    fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String> {
+        let (xt, yt) = gpu_composite::taps(p);
+        let mut out = vec![0u8; p.stride as usize * p.height as usize];
+        unsafe {
+            (self.mask)(
+                grid(p.width, p.height),
+                *p,
+                mask.as_ptr(),
+                xt.as_ptr(),
+                yt.as_ptr(),
+                out.as_mut_ptr(),
+            )
+        };
+        Ok(out)
+    }
+
+    fn alpha(&self, p: &AlphaParams, mask: &[u8], frame: &Frame<'_>) -> Result<Vec<u8>, String> {
+        let (xt, yt) = gpu_composite::taps(&p.mask);
+        let planes = planes_of_frame(frame);
+        let [a, b, c] = &planes;
+        let mut out = vec![0u8; p.out_stride as usize * p.mask.height as usize];
+        unsafe {
+            (self.alpha)(
+                grid(p.mask.width, p.mask.height),
+                *p,
+                mask.as_ptr(),
+                xt.as_ptr(),
+                yt.as_ptr(),
+                a.as_ptr(),
+                b.as_ptr(),
+                c.as_ptr(),
+                out.as_mut_ptr(),
+            )
+        };
+        Ok(out)
+    }
+
+    fn blur(&self, plan: &BlurPlan, mask: &[u8], plane: &[u8]) -> Result<Vec<u8>, String> {
+        let p = &plan.blur;
+        let (xt, yt) = gpu_composite::taps(&p.bg);
+        let cells = (p.sw * p.sh) as usize;
+        let n = p.bg.nchans as usize;
+        let (mut acc, mut wsum, mut tmp) = (vec![0f32; cells * n], vec![0f32; cells], vec![0f32; cells * n]);
+        let mut hrows = vec![0u16; p.sh as usize * p.bg.width as usize * p.bg.pstride as usize];
+        let mut out = plane.to_vec();
+        unsafe {
+            (self.blur_grid)(
+                grid(p.sw, p.sh),
+                *p,
+                mask.as_ptr(),
+                xt.as_ptr(),
+                yt.as_ptr(),
+                out.as_ptr(),
+                acc.as_mut_ptr(),
+                wsum.as_mut_ptr(),
+            );
+            for (b, data) in [(&plan.box_acc, &mut acc), (&plan.box_wsum, &mut wsum)] {
+                for _ in 0..2 {
+                    (self.box_rows)(lines(b.h * b.c), *b, data.as_ptr(), tmp.as_mut_ptr());
+                    (self.box_cols)(lines(b.w * b.c), *b, tmp.as_ptr(), data.as_mut_ptr());
+                }
+            }
+            (self.blur_rows)(
+                grid(p.bg.width, p.sh),
+                *p,
+                acc.as_ptr(),
+                wsum.as_ptr(),
+                plan.gx.as_ptr(),
+                hrows.as_mut_ptr(),
+            );
+            (self.blur_mix)(
+                grid(p.bg.width, p.bg.height),
+                p.bg,
+                mask.as_ptr(),
+                xt.as_ptr(),
+                yt.as_ptr(),
+                plan.gy.as_ptr(),
+                hrows.as_ptr(),
+                out.as_mut_ptr(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn the_kernels_source_run_on_the_cpu_matches_their_mirrors() {
+    check_kernels(HostKernels::get());
+}

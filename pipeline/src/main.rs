@@ -67,6 +67,17 @@ fn check(args: &[String]) -> Result<(), Error> {
     edgemask::runner::init_gst()?;
     let models = edgemask::runner::preflight(&settings, !offline)?;
     println!("config OK: {} camera(s)", settings.cameras.len());
+    #[cfg(feature = "cuda")]
+    {
+        let mut devices: Vec<&str> = models.values().map(|m| m.device.as_str()).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        for d in devices {
+            if let Some(line) = gpu_path(d) {
+                println!("{line}");
+            }
+        }
+    }
     for c in &settings.cameras {
         let m = &models[&c.model.path];
         println!(
@@ -80,6 +91,21 @@ fn check(args: &[String]) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// Whether the element's GPU path (NVRTC-compiled kernels on the device) will run on a
+/// session device `cuda:N`/`tensorrt:N`; `None` for the CPU.
+#[cfg(feature = "cuda")]
+fn gpu_path(device: &str) -> Option<String> {
+    let n: usize = device.split_once(':')?.1.parse().ok()?;
+    Some(match gstunetmask::unetmask::gpu_launch::GpuKernels::new(n) {
+        Ok(_) => format!(
+            "GPU path on {device}: kernels compiled and loaded; frames are pre- and post-processed on the GPU"
+        ),
+        Err(e) => format!(
+            "GPU path on {device} NOT available ({e}): inference runs on the GPU, pre- and post-processing on the CPU"
+        ),
+    })
 }
 
 fn describe(s: &config::Source) -> String {

@@ -11,7 +11,8 @@
 //! BENCH_SPIN=1 (ONNX Runtime's busy-waiting threads, for both sides; default off as in the element),
 //! BENCH_FRAMES (frames per measurement, default 48), BENCH_SIZES (e.g. "1280x720,1920x1080"),
 //! BENCH_UNET=0 to skip the original-contract UNet rows (slow: ~1 s per inference on 2 cores),
-//! BENCH_MODES (e.g. "meta,mask") and BENCH_FORMATS (e.g. "NV12") to run a subset.
+//! BENCH_MODES (e.g. "meta,mask") and BENCH_FORMATS (e.g. "NV12") to run a subset,
+//! BENCH_LANDSCAPE=1 to add the second shared model (always there on a GPU).
 //!
 //! GPU: BENCH_DEVICE=cuda:0 (or tensorrt:0; build with `--features cuda`/`tensorrt`) runs the
 //! element with that device and times the bare side as ONNX Runtime with IoBinding: the
@@ -280,8 +281,16 @@ fn main() {
     let mut models = vec![(
         shared().join("models/selfie_segmentation_256x256.onnx"),
         frames,
-        modes,
+        modes.clone(),
     )];
+    // The other shared model: always on a GPU, on request on the CPU (it doubles the run).
+    if device != DeviceRequest::Cpu || env_or("BENCH_LANDSCAPE", "0") == "1" {
+        models.push((
+            shared().join("models/selfie_landscape_144x256.onnx"),
+            frames,
+            modes,
+        ));
+    }
     if env_or("BENCH_UNET", "1") != "0"
         && let Some(m) = unet_model()
     {

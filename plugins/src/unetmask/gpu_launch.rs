@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The GPU kernels on a device (feature `cuda`): compiled with NVRTC once, loaded into one
-//! context, launched on one stream. This is the harness the GPU tests run the kernels
-//! through (host data in, host data out); the element does not use it yet — its GPU path
-//! still needs the frame upload into buffers allocated per caps and ONNX Runtime's
-//! IoBinding on the same device memory.
+//! The GPU kernels on a device (feature `cuda`): compiled with NVRTC once per process,
+//! loaded into the device's primary context (the one ONNX Runtime's CUDA provider uses, so
+//! its buffers are addressable here), launched on one stream per element instance. The
+//! `*_to`/`*_on` launches work on device memory and are what the element's GPU path
+//! (`gpu_frames`) uses; the host-in/host-out wrappers are what the GPU tests run.
 
 use std::sync::Arc;
 

@@ -14,6 +14,9 @@
 //!   while the next frame is pre-processed, then it is finished and output (one frame of
 //!   latency). The held frame goes out before serialized events and DISCONT buffers, and
 //!   is dropped on flush.
+//! * With the `cuda` feature and a session on a CUDA device, `set_caps` also sets up the
+//!   GPU path (`gpu_frames`): the mask is made and the frame composited on the device, and
+//!   a device failure falls back to the CPU's pre/post-processing with a warning.
 
 use std::path::PathBuf;
 use std::sync::{LazyLock, Mutex};

@@ -1,6 +1,7 @@
 //! The element's GPU path on a real GPU (feature `cuda`): masks of both shared models
-//! against the references, the GPU path against the CPU path frame by frame (smoothing and
-//! DISCONT included), and 10,000 frames without losing memory. Each test says "skipped: no
+//! against the references, every mode through the CPU path's checks, the GPU path against
+//! the CPU path frame by frame (smoothing and DISCONT included), and 10,000 frames without
+//! losing memory. Each test says "skipped: no
 //! GPU" and passes where there is none; on a GPU host (after `scripts/setup.sh`, which
 //! installs onnxruntime-gpu and NVRTC there):
 //! `cargo test -p gst-plugin-unetmask --features cuda --test gpu -- --nocapture`.
@@ -58,6 +59,32 @@ fn both_shared_models_match_the_references_on_the_gpu_path() {
             assert!(iou >= 0.97, "{model_file} on {format}: IoU {iou:.4} < 0.97");
         }
     }
+}
+
+/// Every compositing mode on the GPU path (device upload, the `composite.cu`/`blur.cu`
+/// kernels, the download) passes the checks the CPU path passes (`common::modes`), and the
+/// element says it ran them there.
+#[test]
+fn every_mode_passes_the_cpu_paths_checks_on_the_gpu_path() {
+    if !have_gpu() {
+        return;
+    }
+    let input = frame(&testdata(PHOTO), "NV12", None);
+    for mode in ["meta", "mask", "alpha", "overlay", "blur", "replace"] {
+        let mut h = harness(
+            &format!("model={} device=cuda:0 mode={mode}", model(SELFIE)),
+            &input,
+        );
+        h.push_and_pull(input.buffer_owned().unwrap()).unwrap();
+        assert_on_gpu(&h);
+    }
+    let dev = "device=cuda:0";
+    modes::mask_mode_equals_the_meta_and_is_gray8_at_frame_size(dev);
+    modes::alpha_mode_is_rgba_with_the_mask_as_alpha(dev);
+    modes::overlay_tints_the_person_and_leaves_the_background_untouched(dev);
+    modes::overlay_on_nv12_leaves_background_luma_and_chroma_untouched(dev);
+    modes::blur_changes_the_background_and_not_the_person(dev);
+    modes::replace_puts_a_colour_or_a_picture_behind_the_person(dev);
 }
 
 /// Person and grey frames in turn with smoothing, a DISCONT in the middle: the GPU path's

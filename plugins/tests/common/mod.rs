@@ -10,6 +10,8 @@ use std::sync::{Mutex, Once};
 use gst::prelude::*;
 use gst_video::prelude::*;
 
+pub mod modes;
+
 /// Every raw format the element takes.
 pub const FORMATS: [&str; 8] = ["RGBA", "BGRA", "RGBx", "BGRx", "RGB", "BGR", "NV12", "I420"];
 /// The shared photograph of a person, and the two shared models.

@@ -9,12 +9,11 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{Ptx, compile_ptx};
 use std::sync::OnceLock;
 
-use super::frame::{Frame, plane_bytes};
 use super::gpu_blur::{self, BLUR_CU, BlurParams, BlurPlan, BoxParams};
 use super::gpu_composite::{self, ALPHA_FN, AlphaParams, COMPOSITE_CU, MASK_FN, MIX_FN, MixParams};
 use super::gpu_post::{POSTPROCESS_CU, POSTPROCESS_FN, PostParams};
@@ -167,12 +166,6 @@ impl GpuKernels {
             .map_err(err("launching edgemask_postprocess"))
     }
 
-    fn upload(&self, data: &[u8]) -> Result<CudaSlice<u8>, String> {
-        // A zero-length buffer cannot be allocated; unused planes get one byte.
-        let data = if data.is_empty() { &[0u8][..] } else { data };
-        self.stream.clone_htod(data).map_err(err("uploading"))
-    }
-
     /// The mask-upscaling taps of planes of `p`'s size ([`gpu_composite::taps`]), on the
     /// device.
     pub fn upload_taps(&self, p: &MixParams) -> Result<Taps, String> {
@@ -208,75 +201,6 @@ impl GpuKernels {
             gx: up(&plan.gx)?,
             gy: up(&plan.gy)?,
         })
-    }
-
-    /// The used bytes of each plane of `frame` ([`super::frame::plane_bytes`]), on the device.
-    fn upload_frame(&self, frame: &Frame<'_>) -> Result<[CudaSlice<u8>; 3], String> {
-        let used = plane_bytes(frame);
-        let [a, b, c] = [0, 1, 2].map(|i| self.upload(&frame.planes[i][..used[i]]));
-        Ok([a?, b?, c?])
-    }
-
-    /// The device address of `slice`, for a launch argument that may also be a buffer of
-    /// ONNX Runtime's. Everything here runs on the one stream, so no event is needed.
-    fn address<T>(&self, slice: &CudaSlice<T>) -> u64 {
-        let (ptr, _sync) = slice.device_ptr(&self.stream);
-        ptr
-    }
-
-    /// `edgemask_preprocess` over `frame`: the tensor, downloaded.
-    pub fn preprocess(&self, p: &PreParams, frame: &Frame<'_>) -> Result<Vec<f32>, String> {
-        let p = PreParams {
-            strides: frame.strides.map(|s| s as i32),
-            ..*p
-        };
-        let planes = self.upload_frame(frame)?;
-        let out = self
-            .stream
-            .alloc_zeros::<f32>(p.tensor_len())
-            .map_err(err("allocating the tensor"))?;
-        self.preprocess_to(&p, &planes, self.address(&out))?;
-        self.stream
-            .clone_dtoh(&out)
-            .map_err(err("downloading the tensor"))
-    }
-
-    /// `edgemask_postprocess` over one output tensor; `state` is updated in place.
-    /// Returns the mask and the counts (above the threshold, in the uncertainty band).
-    pub fn postprocess(
-        &self,
-        p: &PostParams,
-        out: &[f32],
-        state: &mut Vec<f32>,
-    ) -> Result<(Vec<u8>, [u32; 2]), String> {
-        let n = p.pixels as usize;
-        let input = self.stream.clone_htod(out).map_err(err("uploading the output"))?;
-        let mut st = self
-            .stream
-            .clone_htod(&state[..n])
-            .map_err(err("uploading the state"))?;
-        let mut mask = self
-            .stream
-            .alloc_zeros::<u8>(n)
-            .map_err(err("allocating the mask"))?;
-        let mut counts = self
-            .stream
-            .alloc_zeros::<u32>(2)
-            .map_err(err("allocating the counts"))?;
-        self.postprocess_to(p, self.address(&input), &mut st, &mut mask, &mut counts)?;
-        *state = self
-            .stream
-            .clone_dtoh(&st)
-            .map_err(err("downloading the state"))?;
-        let c = self
-            .stream
-            .clone_dtoh(&counts)
-            .map_err(err("downloading the counts"))?;
-        let mask = self
-            .stream
-            .clone_dtoh(&mask)
-            .map_err(err("downloading the mask"))?;
-        Ok((mask, [c[0], c[1]]))
     }
 
     /// `edgemask_mix` over one plane on the device, towards `p.color` or the `target` plane.
@@ -405,54 +329,6 @@ impl GpuKernels {
             .map(|_| ())
             .map_err(err("launching edgemask_blur_mix"))
     }
-
-    /// `edgemask_mix` over one plane from the host; returns the mixed plane.
-    pub fn mix(&self, p: &MixParams, mask: &[u8], plane: &[u8], target: &[u8]) -> Result<Vec<u8>, String> {
-        let m = self.upload(mask)?;
-        let taps = self.upload_taps(p)?;
-        let mut pl = self.upload(plane)?;
-        let tg = self.upload(target)?;
-        self.mix_on(p, &m, &taps, &mut pl, &tg)?;
-        self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
-    }
-
-    /// `edgemask_alpha` over `frame` from the host: RGBA rows of `p.out_stride` bytes.
-    pub fn alpha(&self, p: &AlphaParams, mask: &[u8], frame: &Frame<'_>) -> Result<Vec<u8>, String> {
-        let m = self.upload(mask)?;
-        let taps = self.upload_taps(&p.mask)?;
-        let planes = self.upload_frame(frame)?;
-        let mut out = self
-            .stream
-            .alloc_zeros::<u8>(p.out_stride as usize * p.mask.height as usize)
-            .map_err(err("allocating the RGBA frame"))?;
-        self.alpha_on(p, &m, &taps, &planes, &mut out)?;
-        self.stream
-            .clone_dtoh(&out)
-            .map_err(err("downloading the RGBA frame"))
-    }
-
-    /// The `blur` kernels over one plane from the host; returns the plane mixed towards its
-    /// blurred background.
-    pub fn blur(&self, plan: &BlurPlan, mask: &[u8], plane: &[u8]) -> Result<Vec<u8>, String> {
-        let m = self.upload(mask)?;
-        let taps = self.upload_taps(&plan.blur.bg)?;
-        let mut bufs = self.blur_buffers(plan)?;
-        let mut pl = self.upload(plane)?;
-        self.blur_on(plan, &mut bufs, &m, &taps, &mut pl)?;
-        self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
-    }
-
-    /// `edgemask_mask` from the host: the GRAY8 mask of one plane (`p.stride` bytes a row).
-    pub fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String> {
-        let m = self.upload(mask)?;
-        let taps = self.upload_taps(p)?;
-        let mut out = self
-            .stream
-            .alloc_zeros::<u8>(p.stride as usize * p.height as usize)
-            .map_err(err("allocating the mask"))?;
-        self.mask_on(p, &m, &taps, &mut out)?;
-        self.stream.clone_dtoh(&out).map_err(err("downloading the mask"))
-    }
 }
 
 /// Mask-upscaling taps on the device for planes of one size.
@@ -480,33 +356,139 @@ mod tests {
     use super::*;
     use crate::unetmask::composite::{Weights, planes_of};
     use crate::unetmask::frame::PixelFormat;
+    use crate::unetmask::frame::{Frame, plane_bytes};
     use crate::unetmask::gpu;
     use crate::unetmask::gpu_emulation::{KernelRunner, check_kernels};
     use crate::unetmask::test_bytes::bytes;
+    use cudarc::driver::DevicePtr;
 
-    impl KernelRunner for GpuKernels {
-        fn preprocess(&self, p: &PreParams, frame: &Frame<'_>) -> Result<Vec<f32>, String> {
-            GpuKernels::preprocess(self, p, frame)
+    /// Host data to and from the device, for the checks.
+    impl GpuKernels {
+        fn upload(&self, data: &[u8]) -> Result<CudaSlice<u8>, String> {
+            // A zero-length buffer cannot be allocated; unused planes get one byte.
+            let data = if data.is_empty() { &[0u8][..] } else { data };
+            self.stream.clone_htod(data).map_err(err("uploading"))
         }
+
+        /// The used bytes of each plane of `frame` ([`super::frame::plane_bytes`]), on the device.
+        fn upload_frame(&self, frame: &Frame<'_>) -> Result<[CudaSlice<u8>; 3], String> {
+            let used = plane_bytes(frame);
+            let [a, b, c] = [0, 1, 2].map(|i| self.upload(&frame.planes[i][..used[i]]));
+            Ok([a?, b?, c?])
+        }
+
+        /// The device address of `slice`, for a launch argument that may also be a buffer of
+        /// ONNX Runtime's. Everything here runs on the one stream, so no event is needed.
+        fn address<T>(&self, slice: &CudaSlice<T>) -> u64 {
+            let (ptr, _sync) = slice.device_ptr(&self.stream);
+            ptr
+        }
+    }
+
+    /// The kernels with host data in and out: uploads, the device-memory launches the
+    /// element uses, downloads.
+    impl KernelRunner for GpuKernels {
+        /// `edgemask_preprocess` over `frame`: the tensor, downloaded.
+        fn preprocess(&self, p: &PreParams, frame: &Frame<'_>) -> Result<Vec<f32>, String> {
+            let p = PreParams {
+                strides: frame.strides.map(|s| s as i32),
+                ..*p
+            };
+            let planes = self.upload_frame(frame)?;
+            let out = self
+                .stream
+                .alloc_zeros::<f32>(p.tensor_len())
+                .map_err(err("allocating the tensor"))?;
+            self.preprocess_to(&p, &planes, self.address(&out))?;
+            self.stream
+                .clone_dtoh(&out)
+                .map_err(err("downloading the tensor"))
+        }
+
+        /// `edgemask_postprocess` over one output tensor; `state` is updated in place.
+        /// Returns the mask and the counts (above the threshold, in the uncertainty band).
         fn postprocess(
             &self,
             p: &PostParams,
             out: &[f32],
             state: &mut Vec<f32>,
         ) -> Result<(Vec<u8>, [u32; 2]), String> {
-            GpuKernels::postprocess(self, p, out, state)
+            let n = p.pixels as usize;
+            let input = self.stream.clone_htod(out).map_err(err("uploading the output"))?;
+            let mut st = self
+                .stream
+                .clone_htod(&state[..n])
+                .map_err(err("uploading the state"))?;
+            let mut mask = self
+                .stream
+                .alloc_zeros::<u8>(n)
+                .map_err(err("allocating the mask"))?;
+            let mut counts = self
+                .stream
+                .alloc_zeros::<u32>(2)
+                .map_err(err("allocating the counts"))?;
+            self.postprocess_to(p, self.address(&input), &mut st, &mut mask, &mut counts)?;
+            *state = self
+                .stream
+                .clone_dtoh(&st)
+                .map_err(err("downloading the state"))?;
+            let c = self
+                .stream
+                .clone_dtoh(&counts)
+                .map_err(err("downloading the counts"))?;
+            let mask = self
+                .stream
+                .clone_dtoh(&mask)
+                .map_err(err("downloading the mask"))?;
+            Ok((mask, [c[0], c[1]]))
         }
+
+        /// `edgemask_mix` over one plane from the host; returns the mixed plane.
         fn mix(&self, p: &MixParams, mask: &[u8], plane: &[u8], target: &[u8]) -> Result<Vec<u8>, String> {
-            GpuKernels::mix(self, p, mask, plane, target)
+            let m = self.upload(mask)?;
+            let taps = self.upload_taps(p)?;
+            let mut pl = self.upload(plane)?;
+            let tg = self.upload(target)?;
+            self.mix_on(p, &m, &taps, &mut pl, &tg)?;
+            self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
         }
+
+        /// `edgemask_mask` from the host: the GRAY8 mask of one plane (`p.stride` bytes a row).
         fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String> {
-            GpuKernels::mask(self, p, mask)
+            let m = self.upload(mask)?;
+            let taps = self.upload_taps(p)?;
+            let mut out = self
+                .stream
+                .alloc_zeros::<u8>(p.stride as usize * p.height as usize)
+                .map_err(err("allocating the mask"))?;
+            self.mask_on(p, &m, &taps, &mut out)?;
+            self.stream.clone_dtoh(&out).map_err(err("downloading the mask"))
         }
+
+        /// `edgemask_alpha` over `frame` from the host: RGBA rows of `p.out_stride` bytes.
         fn alpha(&self, p: &AlphaParams, mask: &[u8], frame: &Frame<'_>) -> Result<Vec<u8>, String> {
-            GpuKernels::alpha(self, p, mask, frame)
+            let m = self.upload(mask)?;
+            let taps = self.upload_taps(&p.mask)?;
+            let planes = self.upload_frame(frame)?;
+            let mut out = self
+                .stream
+                .alloc_zeros::<u8>(p.out_stride as usize * p.mask.height as usize)
+                .map_err(err("allocating the RGBA frame"))?;
+            self.alpha_on(p, &m, &taps, &planes, &mut out)?;
+            self.stream
+                .clone_dtoh(&out)
+                .map_err(err("downloading the RGBA frame"))
         }
+
+        /// The `blur` kernels over one plane from the host; returns the plane mixed towards its
+        /// blurred background.
         fn blur(&self, plan: &BlurPlan, mask: &[u8], plane: &[u8]) -> Result<Vec<u8>, String> {
-            GpuKernels::blur(self, plan, mask, plane)
+            let m = self.upload(mask)?;
+            let taps = self.upload_taps(&plan.blur.bg)?;
+            let mut bufs = self.blur_buffers(plan)?;
+            let mut pl = self.upload(plane)?;
+            self.blur_on(plan, &mut bufs, &m, &taps, &mut pl)?;
+            self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
         }
     }
 

@@ -387,13 +387,11 @@ impl Engine {
             .map_err(err("allocating the input tensor on the GPU"))?;
         let input_ptr = input.data_ptr_mut() as u64;
         let input_len = (input_size.0 * input_size.1 * 3) as usize;
+        // The input is bound by each run (`run_bound`).
         let mut binding = self
             .session
             .create_binding()
             .map_err(err("creating the IoBinding"))?;
-        binding
-            .bind_input(self.contract.input_name.as_str(), &input)
-            .map_err(err("binding the input"))?;
         binding
             .bind_output_to_device(self.contract.output_name.as_str(), &info)
             .map_err(err("binding the output to the GPU"))?;

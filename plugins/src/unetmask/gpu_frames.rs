@@ -293,7 +293,7 @@ impl GpuFrames {
         geoms: &[PlaneGeom],
         look: &Look<'_>,
     ) -> Result<(), String> {
-        {
+        let used = {
             let mut views: [&[u8]; 3] = [&[]; 3];
             for (v, p) in views.iter_mut().zip(planes.iter()) {
                 *v = p;
@@ -306,7 +306,8 @@ impl GpuFrames {
                 strides,
             };
             self.frame_on_device(&frame)?;
-        }
+            plane_bytes(&frame)
+        };
         for (i, geom) in geoms.iter().enumerate() {
             let stride = strides[i];
             if let Some(radius) = look.blur_radius {
@@ -342,9 +343,8 @@ impl GpuFrames {
         }
         let stream = &self.kernels.stream;
         for (i, host) in planes.iter_mut().enumerate().take(geoms.len()) {
-            let used = host.len().min(rows_bytes((width, height), strides)[i]);
             stream
-                .memcpy_dtoh(&self.planes[i].slice(..used), &mut host[..used])
+                .memcpy_dtoh(&self.planes[i].slice(..used[i]), &mut host[..used[i]])
                 .map_err(|e| format!("downloading the frame: {e}"))?;
         }
         stream

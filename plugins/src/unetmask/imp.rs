@@ -531,10 +531,7 @@ impl UnetMask {
             Some(k) => Ok(k.clone()),
             None => GpuKernels::new(device as usize).map(std::sync::Arc::new),
         };
-        let mut strides = [0usize; 3];
-        for (s, &v) in strides.iter_mut().zip(info.stride()) {
-            *s = v.max(0) as usize;
-        }
+        let strides = Self::strides_of(info.stride());
         let size = (info.width() as usize, info.height() as usize);
         match loaded.and_then(|k| {
             *kernels = Some(k.clone());
@@ -544,8 +541,8 @@ impl UnetMask {
                 gst::info!(
                     CAT,
                     imp = self,
-                    "GPU path on {}: frame upload, pre-processing, inference and post-processing on \
-                     the device; only the mask comes back",
+                    "GPU path on {}: frame upload, pre-processing, inference, post-processing and \
+                     compositing on the device; only the mask or the finished frame comes back",
                     engine.provider
                 );
                 if resize == ResizeChoice::Antialias {
@@ -570,20 +567,27 @@ impl UnetMask {
         }
     }
 
+    /// The row strides of up to three planes as GStreamer gives them (0 for absent planes).
+    fn strides_of(strides: &[i32]) -> [usize; 3] {
+        let mut out = [0usize; 3];
+        for (o, &s) in out.iter_mut().zip(strides) {
+            *o = s.max(0) as usize;
+        }
+        out
+    }
+
     fn frame_of<T>(frame: &gst_video::VideoFrameRef<T>, format: PixelFormat) -> Frame<'_> {
         let n = frame.n_planes() as usize;
         let mut planes: [&[u8]; 3] = [&[]; 3];
-        let mut strides = [0usize; 3];
-        for i in 0..n.min(3) {
-            planes[i] = frame.plane_data(i as u32).unwrap_or(&[]);
-            strides[i] = frame.plane_stride()[i] as usize;
+        for (i, p) in planes.iter_mut().enumerate().take(n) {
+            *p = frame.plane_data(i as u32).unwrap_or(&[]);
         }
         Frame {
             format,
             width: frame.width() as usize,
             height: frame.height() as usize,
             planes,
-            strides,
+            strides: Self::strides_of(frame.plane_stride()),
         }
     }
 
@@ -775,7 +779,6 @@ impl UnetMask {
             }
             Err(GpuError::Device(e)) => {
                 self.leave_gpu(stream, &e, "mask");
-                state.smoother.reset();
                 Ok(false)
             }
         }
@@ -803,10 +806,7 @@ impl UnetMask {
         look: &gpu_frames::Look<'_>,
     ) -> Result<(), String> {
         let (w, h) = (vframe.width() as usize, vframe.height() as usize);
-        let mut strides = [0usize; 3];
-        for (s, &v) in strides.iter_mut().zip(vframe.plane_stride()) {
-            *s = v.max(0) as usize;
-        }
+        let strides = Self::strides_of(vframe.plane_stride());
         let [a, b, c, _] = vframe.planes_data_mut();
         gpu.composite_in_place(format, (w, h), &mut [a, b, c], strides, geoms, look)
     }

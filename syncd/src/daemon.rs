@@ -19,6 +19,7 @@ use crate::keys::{self, KeyVars};
 use crate::metrics::{self, Metrics};
 use crate::ratelimit::RateLimiter;
 use crate::ready::{self, NameRules, Observation};
+use crate::retry::Blame;
 use crate::upload::{Dest, Outcome, Worker, remove_uploaded};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -414,6 +415,7 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
     let mut inflight: HashSet<i64> = HashSet::new();
     let mut not_before: HashMap<i64, Instant> = HashMap::new();
     let mut given_up: HashSet<i64> = HashSet::new();
+    let mut blame = Blame::default();
     let mut queue: VecDeque<FileRow> = VecDeque::new();
     let once_deadline = Instant::now() + cfg.settle() * 2 + Duration::from_secs(1);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -456,12 +458,17 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
                         inflight.remove(&id);
                         metrics.touch();
                         match outcome {
-                            Outcome::Done => { not_before.remove(&id); }
+                            Outcome::Done => { not_before.remove(&id); blame.done(id); }
                             Outcome::Cancelled => {}
                             Outcome::Later(e) => {
                                 if opts.once { given_up.insert(id); report.failed += 1; }
                                 else { not_before.insert(id, Instant::now() + Duration::from_millis(cfg.retry.cap_ms)); }
                                 debug!(id, error = %e, "file re-queued");
+                            }
+                            Outcome::DestinationDown(e) if !opts.once && !blame.fatal(id) => {
+                                error!(id, error = %e,
+                                       "refused again for this file only, though the destination passed its check; the file waits, the others go on");
+                                not_before.insert(id, Instant::now() + Duration::from_millis(cfg.retry.cap_ms.saturating_mul(10)));
                             }
                             Outcome::DestinationDown(e) => {
                                 if dest_down.is_none() {
@@ -537,6 +544,7 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
                     if check_destination(&dest, &cfg, &journal, &metrics, &cancel).await.is_ok() {
                         info!(destination = %dest.describe(), "destination accepts uploads again");
                         dest_down = None;
+                        blame.check_passed();
                     }
                 }
             }

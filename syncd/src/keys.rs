@@ -8,7 +8,8 @@ pub const VARIABLES: &[&str] = &["host", "camera", "date", "clip", "file", "rel"
 /// Values for one file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyVars {
-    /// Host name: from the manifest's `host`, else the daemon's configured host.
+    /// The daemon's host name (`host` in the config, else `gethostname(2)`); never the
+    /// manifest's, which would let a runner steer uploads into another host's prefix.
     pub host: String,
     /// Camera: from the manifest's `camera`, else the first directory under the watched
     /// root, else `unknown`.
@@ -122,6 +123,24 @@ pub fn sanitize_key(raw: &str) -> String {
     key
 }
 
+/// The key of the endpoint probe's object: in the part of the key space every upload
+/// shares — the prefix, then the template's leading segments as long as they are literal
+/// or `{host}` — so credentials confined to `<prefix>/<host>/` can write it too.
+pub fn probe_key(prefix: &str, template: &str, host: &str) -> String {
+    let mut parts = vec![prefix.to_string()];
+    let segments: Vec<&str> = template.split('/').collect();
+    // The last segment names the file; only directories are shared.
+    for seg in &segments[..segments.len().saturating_sub(1)] {
+        match *seg {
+            "{host}" => parts.push(host.to_string()),
+            s if !s.contains(['{', '}']) => parts.push(s.to_string()),
+            _ => break,
+        }
+    }
+    parts.push(".edgemask-syncd-probe".into());
+    sanitize_key(&parts.join("/"))
+}
+
 /// Only characters that are safe in an `x-amz-meta-*` header value survive (printable
 /// ASCII); anything else becomes `_`. Values are cut at 256 bytes.
 pub fn sanitize_metadata(value: &str) -> String {
@@ -195,5 +214,21 @@ mod tests {
     fn metadata_is_printable_ascii() {
         assert_eq!(sanitize_metadata("caméra\n1"), "cam_ra_1");
         assert_eq!(sanitize_metadata(&"x".repeat(1000)).len(), 256);
+    }
+
+    #[test]
+    fn probe_key_shares_the_uploads_directories() {
+        let t = "{host}/{camera}/{date}/{file}";
+        assert_eq!(probe_key("retrain", t, "gpu-01"), "retrain/gpu-01/.edgemask-syncd-probe");
+        assert_eq!(probe_key("", t, "gpu-01"), "gpu-01/.edgemask-syncd-probe");
+        assert_eq!(
+            probe_key("p", "fleet/{host}/{rel}", "h"),
+            "p/fleet/h/.edgemask-syncd-probe"
+        );
+        assert_eq!(probe_key("p", "{rel}", "h"), "p/.edgemask-syncd-probe");
+        assert_eq!(probe_key("p", "{camera}/{host}/{file}", "h"), "p/.edgemask-syncd-probe");
+        assert_eq!(probe_key("p", "{host}", "h"), "p/.edgemask-syncd-probe");
+        // A hostile host name stays inside the prefix.
+        assert_eq!(probe_key("p", t, "../.."), "p/__/__/.edgemask-syncd-probe");
     }
 }

@@ -122,6 +122,92 @@ pub fn classify(status: Option<u16>, code: Option<&str>) -> ErrorClass {
     }
 }
 
+/// What a HeadObject answer says about an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// 404: the object does not exist.
+    Absent,
+    /// 403 without an error code (HEAD answers carry no body): AWS answers so for a
+    /// missing key when the credentials lack `s3:ListBucket`, and for an existing one when
+    /// they lack `s3:GetObject`. It says nothing about existence, and nothing about the
+    /// destination as a whole (the probe checks that), so it never stops the destination.
+    Unknown,
+    /// Any other failure, classified as usual.
+    Failed(ErrorClass),
+}
+
+/// Classify a failed HeadObject (pure; `status`/`code` as for [`classify`]).
+pub fn lookup(status: Option<u16>, code: Option<&str>) -> Lookup {
+    match (status, code) {
+        (_, Some("NoSuchKey" | "NotFound")) | (Some(404), None) => Lookup::Absent,
+        (Some(403), None | Some("AccessDenied" | "Forbidden")) => Lookup::Unknown,
+        _ => Lookup::Failed(classify(status, code)),
+    }
+}
+
+/// How to find out, before writing a key, whether an object is already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreCheck {
+    /// Nothing: the write is create-only (`If-None-Match: *`), and a 412 says "exists".
+    CreateOnly,
+    /// A listing of the key's directory (shared by many keys), HeadObject where none
+    /// answers.
+    Listing,
+    /// HeadObject.
+    Head,
+}
+
+/// The pre-write check (pure). Where the store honours `If-None-Match` the write itself is
+/// the check — on retries and resumed multipart uploads too (their CompleteMultipartUpload
+/// is create-only): a HEAD first would cost a request and, under a least-privilege key,
+/// answer 403 for every missing key. Elsewhere a first attempt may use a listing; a retry
+/// asks HeadObject (the listing may predate the attempt that failed).
+pub fn pre_check(conditional_writes: bool, first_try: bool) -> PreCheck {
+    match (conditional_writes, first_try) {
+        (true, _) => PreCheck::CreateOnly,
+        (false, true) => PreCheck::Listing,
+        (false, false) => PreCheck::Head,
+    }
+}
+
+/// Whether a "destination refused" answer is about the destination or one file (pure
+/// state). A fatal answer for a file stops the destination until its check passes again.
+/// If that same file then gets a fatal answer again while the check keeps passing, the
+/// answer is about the file (a key the credentials do not cover, an object-level
+/// permission), not the destination: stopping everything again would livelock, with the
+/// same file failing after every passing check and nothing else uploaded.
+#[derive(Debug, Default)]
+pub struct Blame {
+    /// The file whose fatal answer stopped the destination.
+    stopped_by: Option<i64>,
+    /// Files that got a fatal answer although the destination then passed its check.
+    suspects: std::collections::HashSet<i64>,
+}
+
+impl Blame {
+    /// A fatal answer for `file`: true when it stops the destination, false when it only
+    /// holds this file back.
+    pub fn fatal(&mut self, file: i64) -> bool {
+        if self.suspects.contains(&file) {
+            return false;
+        }
+        self.stopped_by.get_or_insert(file);
+        true
+    }
+
+    /// The destination passed its check again.
+    pub fn check_passed(&mut self) {
+        if let Some(f) = self.stopped_by.take() {
+            self.suspects.insert(f);
+        }
+    }
+
+    /// The file was uploaded (or left the queue): forget it.
+    pub fn done(&mut self, file: i64) {
+        self.suspects.remove(&file);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +273,42 @@ mod tests {
         assert_eq!(classify(Some(429), None), Transient);
         assert_eq!(classify(Some(501), Some("NotImplemented")), Rejected);
         assert_eq!(classify(Some(501), None), Transient);
+    }
+
+    #[test]
+    fn head_answers() {
+        use ErrorClass::*;
+        // AWS without s3:ListBucket: a missing key answers 403, and HEAD has no body.
+        assert_eq!(lookup(Some(403), None), Lookup::Unknown);
+        assert_eq!(lookup(Some(403), Some("AccessDenied")), Lookup::Unknown);
+        assert_eq!(lookup(Some(404), None), Lookup::Absent);
+        assert_eq!(lookup(Some(404), Some("NoSuchKey")), Lookup::Absent);
+        // Credentials that are wrong as a whole still stop the destination.
+        assert_eq!(lookup(Some(403), Some("InvalidAccessKeyId")), Lookup::Failed(Fatal));
+        assert_eq!(lookup(Some(404), Some("NoSuchBucket")), Lookup::Failed(Fatal));
+        assert_eq!(lookup(Some(503), None), Lookup::Failed(Transient));
+        assert_eq!(lookup(None, None), Lookup::Failed(Transient));
+    }
+
+    #[test]
+    fn create_only_stores_never_head_before_writing() {
+        assert_eq!(pre_check(true, true), PreCheck::CreateOnly);
+        assert_eq!(pre_check(true, false), PreCheck::CreateOnly, "retries too");
+        assert_eq!(pre_check(false, true), PreCheck::Listing);
+        assert_eq!(pre_check(false, false), PreCheck::Head);
+    }
+
+    #[test]
+    fn a_file_refused_after_a_passing_check_holds_back_only_itself() {
+        let mut b = Blame::default();
+        assert!(b.fatal(7), "the first refusal stops the destination");
+        assert!(b.fatal(8), "so does another file's, while it is stopped");
+        b.check_passed();
+        assert!(!b.fatal(7), "refused again after a passing check: this file only");
+        assert!(b.fatal(8), "a file that did not stop it is not suspected");
+        b.check_passed();
+        assert!(!b.fatal(8));
+        b.done(7);
+        assert!(b.fatal(7), "an uploaded file starts afresh");
     }
 }

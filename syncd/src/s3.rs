@@ -33,17 +33,22 @@ use crate::checksum;
 use crate::config::{Config, IntegritySetting};
 use crate::error::{Result, SyncError};
 use crate::journal::{Journal, PartRow};
+use crate::keys;
 use crate::listing::{self, Listings, Plan};
 use crate::metrics::Metrics;
-use crate::retry::{ErrorClass, RetryPolicy, classify};
+use crate::retry::{self, ErrorClass, Lookup, PreCheck, RetryPolicy, classify};
 use crate::upload::{Done, UploadCtx, join_err};
 
 /// A store's answer, classified.
 #[derive(Debug, Clone)]
 pub struct S3Fail {
     pub class: ErrorClass,
+    /// The S3 error code, else `HTTP <status>` or the kind of failure (for logs, metrics).
     pub code: String,
     pub message: String,
+    /// What the answer was made of, for decisions that depend on more than the class.
+    pub status: Option<u16>,
+    pub sdk_code: Option<String>,
 }
 
 impl S3Fail {
@@ -71,11 +76,13 @@ impl S3Fail {
         };
         S3Fail {
             class,
-            code: code.unwrap_or_else(|| match status {
+            code: code.clone().unwrap_or_else(|| match status {
                 Some(s) => format!("HTTP {s}"),
                 None => kind.to_string(),
             }),
             message,
+            status,
+            sdk_code: code,
         }
     }
 
@@ -165,12 +172,26 @@ pub struct Head {
     pub crc32c: Option<String>,
 }
 
+/// What HeadObject found under a key.
+#[derive(Debug, Clone)]
+pub enum Existing {
+    Present(Head),
+    Absent,
+    /// 403: see [`Lookup::Unknown`].
+    Unknown,
+}
+
+/// The advice a 403 on HeadObject gets, wherever it matters.
+const HEAD_403_ADVICE: &str = "HeadObject answered 403 (AWS does for a missing key without s3:ListBucket, and for any key without s3:GetObject)";
+
 const BUFFER_UNIT: u64 = 64 << 10;
 
 pub struct S3Dest {
     client: Client,
     bucket: String,
     prefix: String,
+    /// Where the endpoint probe writes ([`keys::probe_key`]).
+    probe_key: String,
     retry: RetryPolicy,
     integrity: IntegritySetting,
     /// SigV4-sign PutObject/UploadPart bodies (`s3.sign_payload`).
@@ -226,6 +247,7 @@ impl S3Dest {
             client: Client::from_conf(b.build()),
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
+            probe_key: keys::probe_key(prefix, &cfg.key_template, &cfg.host_name()),
             retry: cfg.retry.clone(),
             integrity: cfg.s3.integrity,
             sign_payload: cfg.s3.sign_payload.signs(cfg.s3.endpoint_url.as_deref()),
@@ -309,11 +331,7 @@ impl S3Dest {
             })?;
             return Ok(self.caps());
         }
-        let key = if self.prefix.is_empty() {
-            ".edgemask-syncd-probe".to_string()
-        } else {
-            format!("{}/.edgemask-syncd-probe", self.prefix)
-        };
+        let key = self.probe_key.clone();
         let body = Bytes::from_static(b"edgemask-syncd endpoint probe\n");
         let crc = checksum::b64(crc32c::crc32c(&body));
         let md5 = checksum::md5(&body);
@@ -335,10 +353,13 @@ impl S3Dest {
             }
             async move { req.send().await.map(|_| ()).map_err(S3Fail::from_sdk) }
         };
-        // 1. A plain write, with the CRC32C header unless the config rules it out.
+        // 1. A create-only write, with the CRC32C header unless the config rules it out.
+        // Create-only because a bucket policy may deny every write without If-None-Match
+        // (configs/iam/); a 412 says the probe object is there from an earlier start, and
+        // that the store honours the header.
         let mut crc_accepted = self.integrity != IntegritySetting::ContentMd5;
         let mut r = self
-            .call("PutObject(probe)", &key, cancel, || put(crc_accepted, false))
+            .call("PutObject(probe)", &key, cancel, || put(crc_accepted, true))
             .await;
         if crc_accepted && matches!(&r, Err(e) if e.class == ErrorClass::Rejected) {
             if let Err(e) = &r {
@@ -346,25 +367,53 @@ impl S3Dest {
             }
             crc_accepted = false;
             r = self
-                .call("PutObject(probe)", &key, cancel, || put(false, false))
+                .call("PutObject(probe)", &key, cancel, || put(false, true))
                 .await;
         }
-        r.map_err(S3Fail::into_error)?;
+        let mut conditional_writes = None;
+        match r {
+            Ok(()) => {}
+            Err(e) if e.class == ErrorClass::PreconditionFailed => conditional_writes = Some(true),
+            // The conditional header itself refused (501 NotImplemented): a plain write.
+            Err(e) if e.class == ErrorClass::Rejected => {
+                warn!(code = %e.code, error = %e.message, "endpoint refuses If-None-Match");
+                self.call("PutObject(probe)", &key, cancel, || put(crc_accepted, false))
+                    .await
+                    .map_err(S3Fail::into_error)?;
+                conditional_writes = Some(false);
+            }
+            Err(e) => return Err(e.into_error()),
+        }
         // 2. What the store reports back.
-        let head = self.head(&key, cancel).await?;
+        let head = match self.head(&key, cancel).await? {
+            Existing::Present(h) => Some(h),
+            Existing::Absent => None,
+            Existing::Unknown => {
+                return Err(SyncError::Fatal {
+                    code: "AccessDenied".into(),
+                    message: format!(
+                        "{HEAD_403_ADVICE} on the probe object {key} just written: grant s3:GetObject on the prefix, which verification needs"
+                    ),
+                });
+            }
+        };
         let crc_reported = head.as_ref().and_then(|h| h.crc32c.as_deref()) == Some(crc.as_str());
         let etag_is_md5 = head
             .as_ref()
             .and_then(|h| h.etag.as_deref())
             .is_some_and(|e| checksum::etag_is(e, &checksum::md5_etag(&md5)));
-        // 3. A create-only write over it: refused where If-None-Match is honoured.
-        let conditional_writes = match self
-            .call("PutObject(probe)", &key, cancel, || put(crc_accepted, true))
-            .await
-        {
-            Err(e) if e.class == ErrorClass::PreconditionFailed => true,
-            Err(e) => return Err(e.into_error()),
-            Ok(()) => false,
+        // 3. Unless already known, a create-only write over it: refused where
+        // If-None-Match is honoured.
+        let conditional_writes = match conditional_writes {
+            Some(known) => known,
+            None => match self
+                .call("PutObject(probe)", &key, cancel, || put(crc_accepted, true))
+                .await
+            {
+                Err(e) if e.class == ErrorClass::PreconditionFailed => true,
+                Err(e) => return Err(e.into_error()),
+                Ok(()) => false,
+            },
         };
         let seen = ProbeSeen {
             crc_accepted,
@@ -410,7 +459,7 @@ impl S3Dest {
         Ok(caps)
     }
 
-    pub async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<Head>> {
+    pub async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Existing> {
         let r = self
             .call("HeadObject", key, cancel, || async {
                 self.client
@@ -424,20 +473,50 @@ impl S3Dest {
             })
             .await;
         match r {
-            Ok(h) => Ok(Some(Head {
+            Ok(h) => Ok(Existing::Present(Head {
                 size: h.content_length().unwrap_or(0).max(0) as u64,
                 etag: h.e_tag().map(str::to_string),
                 crc32c: h.checksum_crc32_c().map(str::to_string),
             })),
-            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
-            Err(e) => Err(e.into_error()),
+            Err(e) => match retry::lookup(e.status, e.sdk_code.as_deref()) {
+                Lookup::Absent => Ok(Existing::Absent),
+                Lookup::Unknown => Ok(Existing::Unknown),
+                Lookup::Failed(_) => Err(e.into_error()),
+            },
         }
     }
 
     /// [`S3Dest::head`] under a check slot (`upload.max_checks`).
-    async fn checked_head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<Head>> {
+    async fn checked_head(&self, key: &str, cancel: &CancellationToken) -> Result<Existing> {
         let _slot = self.checks.acquire().await.expect("semaphore never closed");
         self.head(key, cancel).await
+    }
+
+    /// Whether an object is under `key`, for a store without create-only writes, where
+    /// writing without knowing could clobber. HeadObject first; where it cannot tell
+    /// (403), a listing; where neither can, the file waits (not the destination), with
+    /// the permission that would settle it named.
+    async fn must_know(&self, key: &str, cancel: &CancellationToken) -> Result<Option<Head>> {
+        match self.checked_head(key, cancel).await? {
+            Existing::Present(h) => return Ok(Some(h)),
+            Existing::Absent => return Ok(None),
+            Existing::Unknown => {}
+        }
+        match self.listed(key, cancel).await {
+            Some(false) => Ok(None),
+            Some(true) => Err(SyncError::Transient {
+                code: "ExistenceUnknown".into(),
+                message: format!(
+                    "{key} is listed but {HEAD_403_ADVICE}: grant s3:GetObject on the prefix"
+                ),
+            }),
+            None => Err(SyncError::Transient {
+                code: "ExistenceUnknown".into(),
+                message: format!(
+                    "cannot tell whether {key} exists: {HEAD_403_ADVICE}, listing is refused, and the store does not honour If-None-Match; grant s3:ListBucket on the prefix (or use a store with conditional writes); the file stays queued"
+                ),
+            }),
+        }
     }
 
     /// Whether `key` exists, answered by a listing of its directory when the policy
@@ -618,18 +697,22 @@ impl S3Dest {
         // fallback for stores without conditional writes: HEAD before PUT). A first
         // attempt on a store with create-only writes skips it: If-None-Match guards.
         let first_try = ctx.row.attempts == 0 && ctx.row.upload_id.is_none();
-        let existing = if self.caps().conditional_writes && first_try {
-            self.metrics.existence_check("create_only");
-            None
-        } else if first_try && let Some(present) = self.listed(key, ctx.cancel).await {
-            self.metrics.existence_check("listing");
-            match present {
-                true => self.checked_head(key, ctx.cancel).await?,
-                false => None,
+        let existing = match retry::pre_check(self.caps().conditional_writes, first_try) {
+            PreCheck::CreateOnly => {
+                self.metrics.existence_check("create_only");
+                None
             }
-        } else {
-            self.metrics.existence_check("head");
-            self.checked_head(key, ctx.cancel).await?
+            PreCheck::Listing if let Some(present) = self.listed(key, ctx.cancel).await => {
+                self.metrics.existence_check("listing");
+                match present {
+                    true => self.must_know(key, ctx.cancel).await?,
+                    false => None,
+                }
+            }
+            PreCheck::Listing | PreCheck::Head => {
+                self.metrics.existence_check("head");
+                self.must_know(key, ctx.cancel).await?
+            }
         };
         if let Some(head) = existing {
             if let Some(done) = self.compare_existing(ctx, &head, part_size).await? {
@@ -656,13 +739,21 @@ impl S3Dest {
             }
         };
         // Verify what the store reports before the upload counts as done.
-        let head = self
-            .checked_head(key, ctx.cancel)
-            .await?
-            .ok_or_else(|| SyncError::Verify {
-                key: key.to_string(),
-                detail: "object missing right after upload".into(),
-            })?;
+        let head = match self.checked_head(key, ctx.cancel).await? {
+            Existing::Present(h) => h,
+            Existing::Absent => {
+                return Err(SyncError::Verify {
+                    key: key.to_string(),
+                    detail: "object missing right after upload".into(),
+                });
+            }
+            Existing::Unknown => {
+                return Err(SyncError::Verify {
+                    key: key.to_string(),
+                    detail: format!("{HEAD_403_ADVICE}: grant s3:GetObject on the prefix"),
+                });
+            }
+        };
         if head.size != ctx.row.size {
             return Err(SyncError::Verify {
                 key: key.to_string(),
@@ -789,16 +880,28 @@ impl S3Dest {
         let key = ctx.row.key.as_str();
         let part_size = ctx.row.part_size.unwrap_or(ctx.part_size);
         match self.head(key, ctx.cancel).await? {
-            Some(h) => match self.compare_existing(ctx, &h, part_size).await? {
-                Some(d) => Ok(d),
+            Existing::Present(h) => match self.compare_existing(ctx, &h, part_size).await? {
+                Some(d) => {
+                    info!(
+                        key,
+                        "create-only write refused: already in the bucket with the same checksum; counted as uploaded"
+                    );
+                    Ok(d)
+                }
                 None => Err(SyncError::Conflict {
                     key: key.to_string(),
                     detail: "create-only write refused and contents differ".into(),
                 }),
             },
-            None => Err(SyncError::Transient {
+            Existing::Absent => Err(SyncError::Transient {
                 code: "PreconditionFailed".into(),
                 message: "create-only write refused but no object found".into(),
+            }),
+            Existing::Unknown => Err(SyncError::Transient {
+                code: "ExistenceUnknown".into(),
+                message: format!(
+                    "create-only write of {key} refused (the object exists) and {HEAD_403_ADVICE}: grant s3:GetObject on the prefix to compare it"
+                ),
             }),
         }
     }
@@ -1188,7 +1291,11 @@ impl S3Dest {
             // A Complete that succeeded but whose answer was lost looks like NoSuchUpload
             // on the retry: the object tells.
             Err(e) if matches!(e.class, ErrorClass::NoSuchUpload | ErrorClass::PreconditionFailed) => {
-                self.existing_after_race(ctx).await
+                let done = self.existing_after_race(ctx).await?;
+                // A refused create-only Complete leaves the upload open: its parts would
+                // be billed until the orphan sweep of a later start.
+                self.abort(&key, &upload_id, ctx.cancel).await;
+                Ok(done)
             }
             Err(e) => Err(e.into_error()),
         }

@@ -213,6 +213,10 @@ async fn kill9_at_random_moments_then_resume() {
     let n_files = knob("SYNCD_CRASH_FILES", 244) as u64;
     let g = Garage::start();
     let client = g.client().await;
+    // Real AWS semantics under the shipped policy: a missing key's HEAD answers 403, and
+    // create-only writes of existing keys 412; and a few SlowDowns.
+    let proxy = common::proxy::Proxy::start(g.port);
+    proxy.aws(3, 0);
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("out");
     let journal = work.path().join("journal.sqlite");
@@ -240,7 +244,8 @@ async fn kill9_at_random_moments_then_resume() {
         &out,
         &journal,
         "key_template = \"{rel}\"\n[readiness]\nsettle_secs = 0\n[upload]\nmax_files = 3\npart_size = 5242880\nmultipart_threshold = 5242880\npart_concurrency = 2\nrate_limit_bytes_per_sec = 4000000\n[retry]\nbase_ms = 50\ncap_ms = 1000\n",
-    );
+    )
+    .replace(&g.endpoint, &proxy.endpoint());
     let cfg = write_config(work.path(), &body);
     let log = work.path().join("syncd.log");
     let mut verified: HashMap<String, bool> = HashMap::new();
@@ -360,7 +365,42 @@ async fn kill9_at_random_moments_then_resume() {
         mid_multipart == 0 || resumed > 0,
         "multipart uploads were interrupted but none was resumed"
     );
+    assert_exactly_once(&proxy, files.len());
+    assert!(
+        !text.contains("destination refuses uploads"),
+        "a 403 for a missing key stopped the destination"
+    );
     assert!(!text.contains(&g.secret));
+}
+
+/// Every data object was written once through the proxy: retries after a crash found it
+/// by a refused create-only write, never wrote it again. (The probe object is no file.)
+fn assert_exactly_once(proxy: &common::proxy::Proxy, files: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let twice: Vec<_> = proxy
+        .written_twice()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with(".edgemask-syncd-probe"))
+        .collect();
+    assert!(twice.is_empty(), "objects written more than once: {twice:?}");
+    let written = proxy
+        .counts
+        .writes
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| !k.ends_with(".edgemask-syncd-probe"))
+        .count();
+    assert_eq!(written, files, "one successful write per file");
+    let c = &proxy.counts;
+    eprintln!(
+        "through the AWS-semantics proxy: {} HeadObject, {} answered 403 for a missing key, {} create-only writes, {} refused with 412, {} SlowDown",
+        c.heads.load(Relaxed),
+        c.forbidden_lookups.load(Relaxed),
+        c.create_only_writes.load(Relaxed),
+        c.precondition_failed.load(Relaxed),
+        c.slow_down.load(Relaxed)
+    );
 }
 
 /// The Content-MD5 fallback (forced by `s3.integrity`, as the probe chooses it for stores
@@ -701,6 +741,9 @@ async fn outage_503s_and_resets_are_survived() {
     let g = Garage::start();
     let client = g.client().await;
     let proxy = Proxy::start(g.port);
+    // AWS semantics throughout (403 for missing keys, 412 for create-only rewrites), and a
+    // shared 8 MB/s link.
+    proxy.aws(0, 8_000_000);
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("out");
     let journal = work.path().join("journal.sqlite");
@@ -827,10 +870,70 @@ async fn outage_503s_and_resets_are_survived() {
     assert!(c.slow_down.load(Relaxed) > 0, "the 503 phase injected nothing");
     assert!(c.resets.load(Relaxed) > 0, "the reset phase injected nothing");
     assert!(retries > 0);
+    assert_exactly_once(&proxy, files.len());
     // Bounded: 20 MiB of part buffers plus the runtime, SDK and SQLite.
     assert!(
         rss1 > 0 && rss2 > 0 && rss1 < 64 * 1024 && rss2 < 64 * 1024,
         "memory not bounded: {rss1} / {rss2} KiB"
     );
     assert!(!text.contains(&g.secret));
+}
+
+/// A store that ignores `If-None-Match` (no create-only writes), behind AWS's answers for a
+/// least-privilege key: HeadObject of a missing key is 403 and listing is refused. The
+/// daemon cannot tell whether a key exists, so it must not write (it could clobber), but
+/// the 403 is about those keys, not the destination: the files wait, named with the
+/// permission that would settle it, and the destination is never marked down. (It used to
+/// classify the 403 as "destination refused": exit 3, and in daemon mode a livelock of
+/// stop, passing probe, same file refused again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_for_a_missing_key_never_stops_the_destination() {
+    let g = Garage::start();
+    let client = g.client().await;
+    let proxy = common::proxy::Proxy::start(g.port);
+    proxy.aws_without_conditional_writes();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let journal = work.path().join("journal.sqlite");
+    for i in 0..3u64 {
+        write_final(&out.join("cam"), &format!("u{i}.bin"), &content(900 + i, 4000));
+    }
+    let config_through = |p: &common::proxy::Proxy| {
+        let body = s3_config(
+            &g,
+            &out,
+            &journal,
+            "key_template = \"{rel}\"\n[readiness]\nsettle_secs = 0\n[retry]\nbase_ms = 50\ncap_ms = 200\n",
+        )
+        .replace(&g.endpoint, &p.endpoint());
+        write_config(work.path(), &body)
+    };
+    let cfg = config_through(&proxy);
+    let (code, so, se) = run(&cfg, &g.env(), &["--once"], Duration::from_secs(60));
+    assert_eq!(code, 4, "files kept and queued, not a refused destination:\n{so}\n{se}");
+    assert!(!se.contains("destination refused"), "{se}");
+    assert!(se.contains("s3:ListBucket"), "the error names the fix: {se}");
+    assert_eq!(std::fs::read_dir(out.join("cam")).unwrap().count(), 3);
+    assert!(
+        list(&client).await.keys().all(|k| k.ends_with(".edgemask-syncd-probe")),
+        "nothing written without knowing"
+    );
+    let (code, so, _) = run(&cfg, &[], &["status"], Duration::from_secs(20));
+    assert_eq!(code, 0);
+    assert!(so.contains("destination: ok"), "{so}");
+
+    // With create-only writes honoured, the same files go up without a single HEAD before
+    // writing (only the verification HEADs after).
+    let proxy = common::proxy::Proxy::start(g.port);
+    proxy.aws(0, 0);
+    let cfg = config_through(&proxy);
+    let (code, so, se) = run(&cfg, &g.env(), &["--once"], Duration::from_secs(60));
+    assert_eq!(code, 0, "{so}\n{se}");
+    assert_exactly_once(&proxy, 3);
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        proxy.counts.forbidden_lookups.load(Relaxed),
+        0,
+        "a HEAD of a missing key before writing"
+    );
 }

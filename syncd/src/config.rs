@@ -148,7 +148,7 @@ impl Default for Upload {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retain {
     /// Delete retained files older than this (seconds since upload); 0 = no limit.
@@ -163,6 +163,22 @@ pub struct Retain {
     /// oldest clips that are not uploaded yet (each one logged and counted as `dropped`).
     /// Off by default: data is lost.
     pub drop_not_uploaded: bool,
+    /// The journal forgets files that are gone (deleted after upload, vanished, dropped)
+    /// this many days after their last change; 0 = never. Keeps the journal, and the
+    /// daemon's per-tick work, from growing with every file ever uploaded.
+    pub forget_after_days: f64,
+}
+
+impl Default for Retain {
+    fn default() -> Self {
+        Retain {
+            max_age_secs: 0,
+            max_bytes: 0,
+            high_water_percent: 0.0,
+            drop_not_uploaded: false,
+            forget_after_days: 30.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

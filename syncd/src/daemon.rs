@@ -407,6 +407,7 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
     let mut last_ping = Instant::now();
     let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut last_retention = Instant::now() - Duration::from_secs(60);
+    let mut last_prune = Instant::now() - Duration::from_secs(3600);
     let mut last_rate = (Instant::now(), metrics.bytes_sent(), 0.0f64);
     let mut last_dest_check = Instant::now();
     let mut hw_warned = Instant::now() - Duration::from_secs(3600);
@@ -493,6 +494,16 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
                 if last_scan.elapsed() >= rescan_every {
                     scanner.scan_all(Some(&journal), &mut fresh)?;
                     last_scan = Instant::now();
+                }
+                let forget = cfg.retain.forget_after_days;
+                if forget > 0.0 && last_prune.elapsed() >= Duration::from_secs(60) {
+                    // Batched, so a backlog of old rows never holds the loop for long.
+                    let older = (forget * 86_400.0) as u64;
+                    let n = tokio::task::block_in_place(|| journal.prune(older, 10_000))?;
+                    if n > 0 {
+                        debug!(rows = n, "journal: forgot files gone for over retain.forget_after_days");
+                    }
+                    last_prune = Instant::now();
                 }
                 if last_retention.elapsed() >= Duration::from_secs(2) {
                     for (key, upload_id) in retention(&cfg, &journal, &metrics, &inflight, &mut hw_warned)? {

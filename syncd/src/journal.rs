@@ -205,6 +205,27 @@ pub struct Journal {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// Move a damaged journal (and its WAL and shared-memory files) aside as
+/// `<name>.corrupt-<unix time>`; returns the new path of the database.
+fn quarantine(path: &Path) -> Result<PathBuf> {
+    let stamp = now_secs();
+    let with = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let aside = with(&format!(".corrupt-{stamp}"));
+    std::fs::rename(path, &aside).map_err(|e| SyncError::io(path, e))?;
+    for side in ["-wal", "-shm"] {
+        let from = with(side);
+        if from.exists() {
+            let to = with(&format!(".corrupt-{stamp}{side}"));
+            std::fs::rename(&from, &to).map_err(|e| SyncError::io(&from, e))?;
+        }
+    }
+    Ok(aside)
+}
+
 pub fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -259,7 +280,65 @@ CREATE TABLE IF NOT EXISTS parts (
     PRIMARY KEY (file_id, part_number)
 );
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+-- Terminal rows of files that are gone, by age: what pruning deletes, without a scan.
+CREATE INDEX IF NOT EXISTS files_gone ON files(updated_at)
+    WHERE state IN ('removed','vanished','dropped');
+-- Retained files by age of upload and of content: what retention evicts first.
+CREATE INDEX IF NOT EXISTS files_retained ON files(uploaded_seq) WHERE state='retained';
+CREATE INDEX IF NOT EXISTS files_retained_mtime ON files(mtime_ns) WHERE state='retained';
 ";
+
+/// Files and bytes per state, kept by triggers in the same transaction as every change, so
+/// the per-tick summary reads nine rows instead of counting every row the journal holds.
+const TOTALS: &str = "
+CREATE TABLE IF NOT EXISTS state_totals (
+    state TEXT PRIMARY KEY,
+    n INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS totals_insert AFTER INSERT ON files BEGIN
+    UPDATE state_totals SET n = n + 1, bytes = bytes + NEW.size WHERE state = NEW.state;
+END;
+CREATE TRIGGER IF NOT EXISTS totals_delete AFTER DELETE ON files BEGIN
+    UPDATE state_totals SET n = n - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+END;
+CREATE TRIGGER IF NOT EXISTS totals_update AFTER UPDATE OF state, size ON files BEGIN
+    UPDATE state_totals SET n = n - 1, bytes = bytes - OLD.size WHERE state = OLD.state;
+    UPDATE state_totals SET n = n + 1, bytes = bytes + NEW.size WHERE state = NEW.state;
+END;
+";
+
+/// Create the totals (and count what an older journal already holds) once.
+fn init_totals(c: &mut Connection) -> Result<()> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let exists: bool = tx
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='state_totals'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if !exists {
+        tx.execute_batch(TOTALS)?;
+        for st in State::ALL {
+            tx.execute(
+                "INSERT INTO state_totals (state, n, bytes)
+                 SELECT ?1, COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE state = ?1",
+                [st.as_str()],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Whether an SQLite error says the database file itself is damaged or not a database.
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
 
 const COLS: &str = "id, path, size, mtime_ns, clip, is_manifest, key, state, upload_id, part_size, \
                     etag, checksum, attempts, last_error, ready_at, uploaded_seq";
@@ -380,15 +459,44 @@ fn set_state(
 
 impl Journal {
     /// Open (creating) the journal for the daemon.
+    ///
+    /// A journal that is damaged or not a database at all is moved aside (renamed with a
+    /// timestamp, kept for inspection) and a new one started: the rescan that follows
+    /// finds every file again, and uploading them again is safe — create-only writes or
+    /// the existence check find what is already in the destination, and checksums decide
+    /// "identical, counted once" or "conflict, kept". Refusing to start instead would be a
+    /// restart loop with nothing uploaded.
     pub fn open(path: &Path) -> Result<Journal> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| SyncError::io(parent, e))?;
         }
-        let conn = Connection::open(path)?;
+        match Self::open_checked(path) {
+            Err(SyncError::Journal(e)) if is_corrupt(&e) => {
+                let aside = quarantine(path)?;
+                tracing::error!(journal = %path.display(), moved_to = %aside.display(), error = %e,
+                    "journal damaged; moved aside, starting a new one (a rescan finds every file again; nothing is uploaded twice)");
+                Self::open_checked(path)
+            }
+            other => other,
+        }
+    }
+
+    fn open_checked(path: &Path) -> Result<Journal> {
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Damage past the header shows up here, at start, not as a failed query (and an
+        // exit, and a restart loop) later.
+        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(SyncError::Journal(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(check),
+            )));
+        }
         conn.execute_batch(SCHEMA)?;
+        init_totals(&mut conn)?;
         Ok(Journal {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -664,32 +772,52 @@ impl Journal {
         Ok(n > 0)
     }
 
+    /// Counts and bytes per state (kept by triggers: nine rows read), and the oldest open
+    /// file (from the queue's partial index: as many rows as are queued, not as the
+    /// history holds).
     pub fn summary(&self) -> Result<Summary> {
         let c = self.lock();
         let mut s = Summary::default();
-        let mut st =
-            c.prepare_cached("SELECT state, COUNT(*), SUM(size), MIN(ready_at) FROM files GROUP BY state")?;
+        let mut st = c.prepare_cached("SELECT state, n, bytes FROM state_totals")?;
         let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         })?;
         for r in rows {
-            let (state, n, bytes, oldest) = r?;
+            let (state, n, bytes) = r?;
             let state = State::parse(&state)?;
-            s.counts.insert(state.as_str(), n as u64);
+            s.counts.insert(state.as_str(), n.max(0) as u64);
             if matches!(state, State::Pending | State::Uploading) {
-                s.pending_bytes += bytes.unwrap_or(0) as u64;
-                s.oldest_pending_ready_at = match (s.oldest_pending_ready_at, oldest) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                s.pending_bytes += bytes.max(0) as u64;
             }
         }
+        s.oldest_pending_ready_at = c
+            .prepare_cached(
+                "SELECT MIN(ready_at) FROM files INDEXED BY files_open
+                 WHERE state IN ('pending','uploading','uploaded') AND state != 'uploaded'",
+            )?
+            .query_row([], |r| r.get(0))?;
         Ok(s)
+    }
+
+    /// Delete up to `batch` rows of files that are gone (`removed`, `vanished`, `dropped`)
+    /// whose last change is older than `older_than_secs`; returns how many. Their rows
+    /// only served history: the file is not on disk any more, so no rescan can meet it.
+    pub fn prune(&self, older_than_secs: u64, batch: usize) -> Result<usize> {
+        let cutoff = now_secs().saturating_sub(older_than_secs.min(i64::MAX as u64) as i64);
+        self.write(|c| {
+            c.prepare_cached(
+                "DELETE FROM parts WHERE file_id IN (SELECT id FROM files INDEXED BY files_gone
+                 WHERE state IN ('removed','vanished','dropped') AND updated_at < ?1 LIMIT ?2)",
+            )?
+            .execute(params![cutoff, batch as i64])?;
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM files WHERE id IN (SELECT id FROM files INDEXED BY files_gone
+                     WHERE state IN ('removed','vanished','dropped') AND updated_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![cutoff, batch as i64])?;
+            Ok(n)
+        })
     }
 
     pub fn set_meta(&self, k: &str, v: &str) -> Result<()> {
@@ -930,5 +1058,173 @@ mod tests {
         );
         assert_eq!(j.mark_uploaded(&b, None, "crc-b", None).unwrap(), State::Uploaded);
         assert_eq!(j.get(b.id).unwrap().uploaded_seq, Some(2));
+    }
+
+    fn new_file(path: &str, size: u64) -> NewFile {
+        NewFile {
+            path: path.into(),
+            size,
+            mtime_ns: 1,
+            clip: None,
+            is_manifest: false,
+            key: format!("k{path}"),
+        }
+    }
+
+    /// The totals the triggers keep, against a full count.
+    fn assert_totals_exact(j: &Journal) {
+        let c = j.lock();
+        let mut st = c
+            .prepare("SELECT state, COUNT(*), COALESCE(SUM(size), 0) FROM files GROUP BY state")
+            .unwrap();
+        let counted: HashMap<String, (i64, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        drop(st);
+        drop(c);
+        let s = j.summary().unwrap();
+        for state in State::ALL {
+            let (n, bytes) = counted.get(state.as_str()).copied().unwrap_or((0, 0));
+            assert_eq!(
+                s.counts.get(state.as_str()).copied().unwrap_or(0),
+                n as u64,
+                "{state:?}"
+            );
+            if matches!(state, State::Pending) {
+                assert!(s.pending_bytes >= bytes as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn totals_follow_every_change_and_older_journals_are_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        // A journal from before the totals: rows, no state_totals table.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            for i in 0..5 {
+                c.execute(
+                    "INSERT INTO files (path, size, mtime_ns, is_manifest, key, state, ready_at, updated_at)
+                     VALUES (?1, 10, 1, 0, ?1, ?2, 0, 0)",
+                    params![format!("/old/{i}"), if i < 2 { "removed" } else { "pending" }],
+                )
+                .unwrap();
+            }
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_totals_exact(&j);
+        assert_eq!(j.summary().unwrap().counts["pending"], 3);
+        assert_eq!(j.summary().unwrap().pending_bytes, 30);
+        let a = j.upsert_ready(&new_file("/n/a", 7)).unwrap().unwrap();
+        let b = j.upsert_ready(&new_file("/n/b", 9)).unwrap().unwrap();
+        j.mark_uploading(&a).unwrap();
+        assert_totals_exact(&j);
+        j.mark_uploaded(&a, None, "c", Some(Event::Kept)).unwrap();
+        j.mark(&b, Event::Vanished, None).unwrap();
+        j.upsert_ready(&NewFile {
+            size: 12,
+            ..new_file("/n/b", 0)
+        })
+        .unwrap();
+        assert_totals_exact(&j);
+        j.forget(a.id).unwrap();
+        assert_totals_exact(&j);
+        // Reopening does not count the rows again.
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_totals_exact(&j);
+        assert_eq!(j.summary().unwrap().counts["pending"], 4);
+    }
+
+    #[test]
+    fn pruning_takes_only_old_rows_of_files_that_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        let mut ids = Vec::new();
+        for (i, ev) in [
+            Event::Vanished,
+            Event::Vanished,
+            Event::Rejected,
+            Event::Conflict,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = j.upsert_ready(&new_file(&format!("/p/{i}"), 1)).unwrap().unwrap();
+            j.mark(&r, ev, None).unwrap();
+            ids.push(r.id);
+        }
+        let kept = j.upsert_ready(&new_file("/p/kept", 1)).unwrap().unwrap();
+        j.mark_uploaded(&kept, None, "c", Some(Event::Kept)).unwrap();
+        let open = j.upsert_ready(&new_file("/p/open", 1)).unwrap().unwrap();
+        // Nothing is old enough yet.
+        assert_eq!(j.prune(3600, 100).unwrap(), 0);
+        j.lock()
+            .execute("UPDATE files SET updated_at = updated_at - 7200", [])
+            .unwrap();
+        assert_eq!(j.prune(3600, 1).unwrap(), 1, "batched");
+        assert_eq!(j.prune(3600, 100).unwrap(), 1);
+        assert_eq!(j.prune(3600, 100).unwrap(), 0);
+        // Files still on disk (conflict, rejected, retained, queued) keep their rows: a
+        // rescan would otherwise queue them again.
+        for id in [ids[2], ids[3], kept.id, open.id] {
+            assert!(j.get(id).is_ok(), "row {id} pruned");
+        }
+        assert_totals_exact(&j);
+    }
+
+    #[test]
+    fn a_damaged_journal_is_moved_aside_not_a_restart_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        std::fs::write(dir.path().join("j.sqlite-wal"), b"junk").unwrap();
+        let j = Journal::open(&path).expect("a new journal");
+        assert!(j.upsert_ready(&new_file("/x", 1)).unwrap().is_some());
+        let aside: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".corrupt-"))
+            .collect();
+        // (SQLite may have dropped the junk WAL while failing to open the database.)
+        assert!(!aside.is_empty(), "database kept for inspection: {aside:?}");
+        assert!(
+            aside
+                .iter()
+                .any(|n| n.starts_with("j.sqlite.corrupt-") && !n.ends_with("-wal"))
+        );
+    }
+
+    #[test]
+    fn a_journal_damaged_past_its_header_is_moved_aside_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        {
+            let j = Journal::open(&path).unwrap();
+            for i in 0..2000 {
+                j.upsert_ready(&new_file(&format!("/d/{i:05}"), 1)).unwrap();
+            }
+            let c = j.lock();
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+        }
+        // Scribble over pages in the middle (the header stays valid).
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 64 << 10, "{}", bytes.len());
+        for b in &mut bytes[16 << 10..48 << 10] {
+            *b = 0xa5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let j = Journal::open(&path).expect("a new journal");
+        assert_eq!(j.summary().unwrap().counts.get("pending"), Some(&0));
+        assert!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .any(|e| e.unwrap().file_name().to_string_lossy().contains(".corrupt-"))
+        );
     }
 }

@@ -206,6 +206,9 @@ pub struct S3 {
     /// protects the body, and the signed checksum header catches corruption), `always`,
     /// or `never`. Signing costs a SHA-256 pass over every byte, client and store side.
     pub sign_payload: SignPayload,
+    /// Allow `http://` endpoints on hosts other than loopback (credentials are signed,
+    /// not sent, but requests, object names and metadata travel in clear text).
+    pub allow_insecure_http: bool,
 }
 
 /// `s3.sign_payload`.
@@ -224,22 +227,51 @@ impl SignPayload {
         match self {
             SignPayload::Always => true,
             SignPayload::Never => false,
-            SignPayload::Auto => {
-                let Some(url) = endpoint_url else { return false };
-                let Some(rest) = url.strip_prefix("http://") else {
-                    return false; // https:// (or a scheme the SDK will refuse)
-                };
-                let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-                let host = match authority.strip_prefix('[') {
-                    Some(v6) => v6.split(']').next().unwrap_or(""),
-                    None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-                };
-                let loopback = host.eq_ignore_ascii_case("localhost")
-                    || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-                !loopback
-            }
+            SignPayload::Auto => endpoint_url.is_some_and(insecure_http),
         }
     }
+}
+
+/// Whether `url` is plain `http://` to a host other than loopback (pure).
+pub fn insecure_http(url: &str) -> bool {
+    let Some(rest) = url.get(..7).filter(|s| s.eq_ignore_ascii_case("http://")).map(|_| &url[7..]) else {
+        return false; // https:// (or a scheme the SDK will refuse)
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
+/// A duration setting in seconds: finite, within `min..=max` (one check for every one,
+/// so none can reach `Duration::from_secs_f64` as NaN, infinite or negative).
+fn check_secs(key: &str, v: f64, min: f64, max: f64) -> Result<()> {
+    if v.is_finite() && (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(SyncError::Config(format!(
+            "{key} = {v:?}: allowed {min} to {max} seconds"
+        )))
+    }
+}
+
+/// The machine's host name from gethostname(2) — not /proc/sys/kernel/hostname, which the
+/// unit's `ProcSubset=pid` hides.
+fn system_host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates what fits.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 /// `s3.integrity`.
@@ -265,6 +297,7 @@ impl Default for S3 {
             probe: true,
             integrity: IntegritySetting::Auto,
             sign_payload: SignPayload::Auto,
+            allow_insecure_http: false,
         }
     }
 }
@@ -361,12 +394,9 @@ impl Config {
         Destination::parse(&self.destination)?;
         keys::validate_template(&self.key_template)?;
         let r = &self.readiness;
-        if !(0.0..=86_400.0).contains(&r.settle_secs) {
-            return err("readiness.settle_secs", &r.settle_secs, "0 to 86400");
-        }
-        if r.rescan_secs.is_nan() || r.rescan_secs < 1.0 {
-            return err("readiness.rescan_secs", &r.rescan_secs, ">= 1");
-        }
+        const DAY: f64 = 86_400.0;
+        check_secs("readiness.settle_secs", r.settle_secs, 0.0, DAY)?;
+        check_secs("readiness.rescan_secs", r.rescan_secs, 1.0, DAY)?;
         if r.manifest_suffix.is_empty() {
             return err(
                 "readiness.manifest_suffix",
@@ -401,22 +431,27 @@ impl Config {
                 "5 MiB to 5 GiB",
             );
         }
-        if u.request_timeout_secs.is_nan() || u.request_timeout_secs <= 0.0 {
-            return err("upload.request_timeout_secs", &u.request_timeout_secs, "> 0");
-        }
+        check_secs("upload.request_timeout_secs", u.request_timeout_secs, 0.001, DAY)?;
         if u.io_threads == 0 || u.io_threads > 64 {
             return err("upload.io_threads", &u.io_threads, "1 to 64");
         }
-        if !(u.listing_max_age_secs > 0.0 && u.listing_max_age_secs <= 60.0) {
+        check_secs("upload.listing_max_age_secs", u.listing_max_age_secs, 0.001, 60.0)?;
+        check_secs("upload.shutdown_timeout_secs", u.shutdown_timeout_secs, 0.0, DAY)?;
+        // Ages are compared in nanoseconds as i64: at most 100 years.
+        const CENTURY: u64 = 100 * 365 * 86_400;
+        if self.retain.max_age_secs > CENTURY {
             return err(
-                "upload.listing_max_age_secs",
-                &u.listing_max_age_secs,
-                "more than 0, at most 60",
+                "retain.max_age_secs",
+                &self.retain.max_age_secs,
+                "0 (no limit) to 3153600000 (100 years)",
             );
         }
-        if u.shutdown_timeout_secs.is_nan() || u.shutdown_timeout_secs < 0.0 {
-            return err("upload.shutdown_timeout_secs", &u.shutdown_timeout_secs, ">= 0");
-        }
+        check_secs(
+            "retain.forget_after_days",
+            self.retain.forget_after_days,
+            0.0,
+            36_500.0,
+        )?;
         if !(0.0..100.0).contains(&self.retain.high_water_percent) {
             return err(
                 "retain.high_water_percent",
@@ -440,11 +475,24 @@ impl Config {
         if self.s3.sse_kms_key_id.is_some() && self.s3.sse.as_deref() != Some("aws:kms") {
             return err("s3.sse_kms_key_id", &"(set)", "only with s3.sse = \"aws:kms\"");
         }
-        if self.retry.base_ms == 0 || self.retry.cap_ms < self.retry.base_ms {
+        if self.retry.base_ms == 0
+            || self.retry.cap_ms < self.retry.base_ms
+            || self.retry.cap_ms > 3_600_000
+        {
             return err(
                 "retry",
                 &(self.retry.base_ms, self.retry.cap_ms),
-                "base_ms > 0 and cap_ms >= base_ms",
+                "base_ms > 0 and base_ms <= cap_ms <= 3600000 (an hour)",
+            );
+        }
+        if let Some(url) = &self.s3.endpoint_url
+            && insecure_http(url)
+            && !self.s3.allow_insecure_http
+        {
+            return err(
+                "s3.endpoint_url",
+                url,
+                "https://, or http:// to a loopback address; set s3.allow_insecure_http = true to send requests, keys and metadata in clear text anyway",
             );
         }
         if let Some(l) = &self.metrics.listen
@@ -475,11 +523,7 @@ impl Config {
         if let Some(h) = &self.host {
             return h.clone();
         }
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "localhost".into())
+        system_host_name().unwrap_or_else(|| "localhost".into())
     }
 }
 
@@ -598,6 +642,82 @@ destination = "s3://clips/retrain"
             e.contains("retain.drop_not_uploaded") && e.contains("high_water_percent"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn no_number_can_reach_a_panicking_conversion() {
+        // TOML has inf and nan; each used to panic in Duration::from_secs_f64 (or, for
+        // max_age_secs, wrap negative and evict every retained file).
+        for (section, key) in [
+            ("readiness", "settle_secs"),
+            ("readiness", "rescan_secs"),
+            ("upload", "request_timeout_secs"),
+            ("upload", "shutdown_timeout_secs"),
+            ("upload", "listing_max_age_secs"),
+            ("retain", "forget_after_days"),
+        ] {
+            for bad in ["inf", "-inf", "nan", "-1.0", "1e300"] {
+                let e = Config::from_toml(&format!("{BASE}\n[{section}]\n{key} = {bad}\n"), [])
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(&format!("{section}.{key}")), "{key} = {bad}: {e}");
+            }
+        }
+        let e = Config::from_toml(
+            &format!("{BASE}\n[retain]\nmax_age_secs = 9223372036854775807\n"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("retain.max_age_secs"), "{e}");
+        let e = Config::from_toml(&format!("{BASE}\n[retry]\ncap_ms = 9223372036854775807\n"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retry"), "{e}");
+        // Through the environment too.
+        let e = Config::from_toml(
+            BASE,
+            [(
+                "EDGEMASK_SYNCD__UPLOAD__REQUEST_TIMEOUT_SECS".to_string(),
+                "inf".to_string(),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("upload.request_timeout_secs"), "{e}");
+        let ok = Config::from_toml(BASE, []).unwrap();
+        assert_eq!(ok.retain.forget_after_days, 30.0);
+    }
+
+    #[test]
+    fn clear_text_endpoints_only_on_loopback_unless_allowed() {
+        for url in [
+            "http://minio.lan:9000",
+            "HTTP://10.0.0.5",
+            "http://[fd00::1]:3900/",
+            "http://user@s3.example:80",
+        ] {
+            let e = Config::from_toml(&format!("{BASE}\n[s3]\nendpoint_url = \"{url}\"\n"), [])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("s3.endpoint_url") && e.contains("allow_insecure_http"),
+                "{url}: {e}"
+            );
+            Config::from_toml(
+                &format!("{BASE}\n[s3]\nendpoint_url = \"{url}\"\nallow_insecure_http = true\n"),
+                [],
+            )
+            .unwrap();
+        }
+        for url in [
+            "https://s3.example",
+            "http://127.0.0.1:3900",
+            "http://localhost:3900",
+            "http://[::1]:3900",
+        ] {
+            Config::from_toml(&format!("{BASE}\n[s3]\nendpoint_url = \"{url}\"\n"), []).unwrap();
+        }
     }
 
     #[test]

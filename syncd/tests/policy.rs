@@ -1,8 +1,11 @@
-//! The shipped deployment files keep the properties the daemon relies on.
+//! The shipped deployment files keep the properties the daemon relies on, and the daemon
+//! finds its host name where the unit's sandbox leaves it.
 
+mod common;
 
 use std::path::PathBuf;
 
+use common::*;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -67,4 +70,71 @@ fn the_bucket_policy_denies_overwrites_and_clear_text() {
         .expect("a deny without TLS");
     assert_eq!(tls["Effect"], "Deny");
     assert!(actions(tls).contains(&"s3:*".to_string()));
+}
+
+/// The unit's `ProcSubset=pid` hides `/proc/sys`; the daemon used to read its host name
+/// from `/proc/sys/kernel/hostname` there, and every host became `localhost` (every
+/// host's clips under one prefix, or refused by a per-host policy). Run here in a mount
+/// namespace with `/proc/sys` hidden the same way.
+#[test]
+fn the_host_name_survives_a_hidden_proc_sys() {
+    let unshare_works = std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !unshare_works {
+        eprintln!("skipped: no mount namespaces here (needs root and unshare)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("foreign.bin"), b"x").unwrap();
+    let cfg = write_config(
+        work.path(),
+        &format!(
+            "watch = [\"{}\"]\ndestination = \"file://{}/up\"\njournal = \"{}/j.sqlite\"\nkey_template = \"{{host}}/{{file}}\"\n[readiness]\nsettle_secs = 0\n",
+            out.display(),
+            work.path().display(),
+            work.path().display()
+        ),
+    );
+    let script = format!(
+        "mount -t tmpfs none /proc/sys && ! test -e /proc/sys/kernel/hostname && exec {} --config {} --dry-run",
+        syncd_bin().display(),
+        cfg.display()
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{so}\n{}", String::from_utf8_lossy(&o.stderr));
+    let host = std::process::Command::new("hostname").output().unwrap();
+    let host = String::from_utf8_lossy(&host.stdout).trim().to_string();
+    if host.is_empty() || host == "localhost" {
+        eprintln!("skipped: this machine is called {host:?}, the fallback itself");
+        return;
+    }
+    assert!(so.contains(&format!("/{host}/foreign.bin")), "host {host:?} not in {so}");
+}
+
+/// A configuration error exits 2, and the unit does not restart on 2: a loop under
+/// `Restart=always` would only bury the message.
+#[test]
+fn a_config_error_exits_2_and_is_not_restarted() {
+    let work = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        work.path(),
+        "watch = [\"/tmp\"]\ndestination = \"s3://b/p\"\n[upload]\nrequest_timeout_secs = inf\n",
+    );
+    let (code, _, se) = run(&cfg, &[], &["check"], std::time::Duration::from_secs(20));
+    assert_eq!(code, 2, "{se}");
+    assert!(se.contains("upload.request_timeout_secs"), "{se}");
+    let unit = edgemask_tests::units::Unit::read(&repo().join("configs/systemd/edgemask-syncd.service"));
+    let prevent = unit.get("Service", "RestartPreventExitStatus").unwrap_or_default();
+    assert!(
+        prevent.split_whitespace().any(|c| c == "2"),
+        "RestartPreventExitStatus = {prevent:?}"
+    );
 }

@@ -96,31 +96,91 @@ pub fn render_key(prefix: &str, template: &str, vars: &KeyVars) -> Result<String
     Ok(key)
 }
 
-/// Make a key safe: no leading `/`, no empty, `.` or `..` segments, no control characters
-/// or backslashes, at most 1024 bytes (S3's limit), cut on a character boundary.
+/// S3's limit on a key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Unicode format characters (general category Cf): invisible, and some reorder what is
+/// shown (bidi overrides), so a key could display as another. Also the BOM.
+fn is_format_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
+/// One key segment made safe: control and format characters, and backslashes, become `_`;
+/// surrounding white space goes; `.` and empty vanish (`None`); `..` becomes `__`.
+fn clean_segment(seg: &str) -> Option<String> {
+    let cleaned: String = seg
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\\' || is_format_char(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    match cleaned.trim() {
+        "" | "." => None,
+        ".." => Some("__".to_string()),
+        s => Some(s.to_string()),
+    }
+}
+
+/// Cut `seg` to at most `max` bytes (on a character boundary), keeping a file name's
+/// extension (from its first `.`, when short) and adding a hash of the whole segment, so
+/// two long names that differ only past the cut stay two keys.
+fn shorten_segment(seg: &str, max: usize, is_file: bool) -> String {
+    let tag = format!("~{:08x}", crc32c::crc32c(seg.as_bytes()));
+    let ext = match seg.find('.') {
+        Some(i) if is_file && i > 0 && seg.len() - i <= 64 => &seg[i..],
+        _ => "",
+    };
+    let room = max.saturating_sub(tag.len() + ext.len());
+    let mut cut = room.min(seg.len() - ext.len());
+    while !seg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head = seg[..cut].trim_end_matches(['.', ' ']);
+    let head = if head.is_empty() { "_" } else { head };
+    format!("{head}{tag}{ext}")
+}
+
+/// Make a key safe: no leading `/`, no empty, `.` or `..` segments, no control, format
+/// (bidi, zero-width) characters or backslashes, at most [`MAX_KEY_BYTES`] (S3's limit).
+/// A key too long is shortened segment by segment, the longest first, each cut marked by a
+/// hash of what it held and the file name keeping its extension: never a cut that leaves
+/// `..`, an empty segment, or a name without its type.
 pub fn sanitize_key(raw: &str) -> String {
-    let mut segments = Vec::new();
-    for seg in raw.split('/') {
-        let cleaned: String = seg
-            .chars()
-            .map(|c| if c.is_control() || c == '\\' { '_' } else { c })
-            .collect();
-        let trimmed = cleaned.trim();
-        match trimmed {
-            "" | "." => continue,
-            ".." => segments.push("__".to_string()),
-            s => segments.push(s.to_string()),
+    let mut segments: Vec<String> = raw.split('/').filter_map(clean_segment).collect();
+    let total = |s: &[String]| s.iter().map(String::len).sum::<usize>() + s.len().saturating_sub(1);
+    while total(&segments) > MAX_KEY_BYTES {
+        let over = total(&segments) - MAX_KEY_BYTES;
+        let (i, longest) = segments
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, s)| s.len())
+            .map(|(i, s)| (i, s.len()))
+            .expect("a key over the limit has segments");
+        // Each segment keeps room for its marker (and the file its extension).
+        let floor = 16 + if i + 1 == segments.len() { 64 } else { 0 };
+        let target = longest.saturating_sub(over).max(floor);
+        if target >= longest {
+            // Nothing left to gain here (a key of many short segments): drop whole
+            // directory segments from the middle, marked.
+            let mid = segments.len() / 2;
+            segments[mid] = format!("~{:08x}", crc32c::crc32c(raw.as_bytes()));
+            if segments.len() > 2 {
+                segments.remove(mid.saturating_sub(1).max(0));
+            }
+            continue;
         }
+        let is_file = i + 1 == segments.len();
+        segments[i] = shorten_segment(&segments[i], target, is_file);
     }
-    let mut key = segments.join("/");
-    if key.len() > 1024 {
-        let mut cut = 1024;
-        while !key.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        key.truncate(cut);
-    }
-    key
+    segments.join("/")
 }
 
 /// The key of the endpoint probe's object: in the part of the key space every upload
@@ -201,7 +261,9 @@ mod tests {
         let long = "é".repeat(800);
         let k = sanitize_key(&long);
         assert!(k.len() <= 1024);
-        assert!(k.chars().all(|c| c == 'é'));
+        let (head, tag) = k.split_once('~').unwrap();
+        assert!(head.chars().all(|c| c == 'é'), "{k}");
+        assert_eq!(tag.len(), 8, "{k}");
     }
 
     #[test]
@@ -230,5 +292,102 @@ mod tests {
         assert_eq!(probe_key("p", "{host}", "h"), "p/.edgemask-syncd-probe");
         // A hostile host name stays inside the prefix.
         assert_eq!(probe_key("p", t, "../.."), "p/__/__/.edgemask-syncd-probe");
+    }
+
+    #[test]
+    fn format_characters_cannot_disguise_a_key() {
+        // RIGHT-TO-LEFT OVERRIDE makes "clip\u{202E}4pm.exe" display as "clipexe.mp4".
+        let k = sanitize_key("cam/clip\u{202E}4pm.exe");
+        assert_eq!(k, "cam/clip_4pm.exe");
+        assert_eq!(sanitize_key("a\u{200B}b/\u{FEFF}c\u{2066}"), "a_b/_c_");
+        assert_eq!(sanitize_key("\u{200B}/x"), "_/x");
+    }
+
+    #[test]
+    fn shortening_keeps_the_extension_and_never_makes_dot_dot() {
+        let long = format!("cam/{}.mask.tar", "x".repeat(2000));
+        let k = sanitize_key(&long);
+        assert!(k.len() <= MAX_KEY_BYTES, "{}", k.len());
+        assert!(k.starts_with("cam/x"));
+        assert!(k.ends_with(".mask.tar"), "{k}");
+        // Names that differ only past the cut stay different keys.
+        let other = sanitize_key(&format!("cam/{}y.mask.tar", "x".repeat(1999)));
+        assert_ne!(k, other);
+        // A directory that is dots up to the cut: never `..` or empty.
+        let dots = format!("{}/f.mp4", ".".repeat(1500));
+        let k = sanitize_key(&dots);
+        assert!(k.len() <= MAX_KEY_BYTES);
+        assert!(!k.split('/').any(|s| s == ".." || s == "." || s.is_empty()), "{k}");
+        assert!(k.ends_with("/f.mp4"), "{k}");
+        // Many segments, each short.
+        let many = vec!["abcdefgh"; 400].join("/") + "/clip.mp4";
+        let k = sanitize_key(&many);
+        assert!(k.len() <= MAX_KEY_BYTES, "{}", k.len());
+        assert!(k.ends_with("/clip.mp4"), "{k}");
+        assert!(!k.split('/').any(|s| s == ".." || s == "." || s.is_empty()));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Anything a manifest, a directory name or a config could put in a variable.
+    fn hostile() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,40}",
+            "[./\\\\ ]{0,12}",
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("..".to_string()),
+                    Just("/".to_string()),
+                    Just("\u{202E}".to_string()),
+                    Just("\u{200B}".to_string()),
+                    Just("\u{0}".to_string()),
+                    Just("é".to_string()),
+                    "[a-z.]{1,300}",
+                ],
+                0..12
+            )
+            .prop_map(|v| v.concat()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any values give a valid key under the prefix, or a clear error; never a panic.
+        #[test]
+        fn any_input_renders_a_valid_key_under_the_prefix(
+            host in hostile(), camera in hostile(), date in hostile(), file in hostile(),
+            rel in hostile(), dir in hostile(),
+            template in prop_oneof![
+                Just("{host}/{camera}/{date}/{file}".to_string()),
+                Just("{rel}".to_string()),
+                Just("{dir}/{clip}-{file}".to_string()),
+                "[{}a-z/]{0,20}",
+            ],
+        ) {
+            let vars = KeyVars { host, camera, date, clip: file.clone(), file, rel, dir };
+            match render_key("retrain", &template, &vars) {
+                Ok(k) => {
+                    prop_assert!(k.len() <= MAX_KEY_BYTES, "{} bytes", k.len());
+                    prop_assert!(k.starts_with("retrain/") || k == "retrain", "{k}");
+                    for seg in k.split('/') {
+                        prop_assert!(!seg.is_empty() && seg != "." && seg != "..", "{k}");
+                        prop_assert!(!seg.chars().any(|c| c.is_control() || c == '\\' || is_format_char(c)), "{k:?}");
+                    }
+                }
+                Err(e) => prop_assert!(e.to_string().contains("key_template"), "{e}"),
+            }
+        }
+
+        /// Sanitising is idempotent: a key already made safe stays as it is.
+        #[test]
+        fn sanitising_is_idempotent(raw in hostile()) {
+            let once = sanitize_key(&raw);
+            prop_assert_eq!(sanitize_key(&once), once);
+        }
     }
 }

@@ -268,10 +268,35 @@ impl Metrics {
 }
 
 /// Serve `/metrics` (any path) until cancelled.
+/// Connections the endpoint serves at once; more are closed at once (a scraper retries).
+pub const MAX_CONNECTIONS: usize = 8;
+/// The largest request head read; a larger one is answered 431 and closed.
+pub const MAX_REQUEST_BYTES: usize = 8 << 10;
+/// One exchange, read to close.
+const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a request head asks for (pure): `Ok(())` for `GET /metrics` (or `/`), else the
+/// status line to answer with. `None` while the head is incomplete.
+pub fn route(head: &[u8]) -> Option<Result<(), &'static str>> {
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n");
+    if end.is_none() {
+        return (head.len() > MAX_REQUEST_BYTES).then_some(Err("431 Request Header Fields Too Large"));
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
+    Some(match (method, path.split(|&b| b == b'?').next().unwrap_or(&[])) {
+        (b"GET", b"/metrics" | b"/") => Ok(()),
+        (b"GET", _) => Err("404 Not Found"),
+        _ => Err("405 Method Not Allowed"),
+    })
+}
+
 pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>, cancel: CancellationToken) {
     if let Ok(a) = listener.local_addr() {
         info!(addr = %a, "Prometheus endpoint listening");
     }
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (mut sock, _) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -280,16 +305,40 @@ pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>, canc
                 Err(e) => { warn!(error = %e, "metrics accept failed"); continue; }
             },
         };
-        let body = metrics.render();
+        // Bounded: a flood of connections costs a closed socket each, not a task each.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(sock);
+            continue;
+        };
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf)).await;
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            let _slot = slot;
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+                let mut head = Vec::with_capacity(512);
+                let mut buf = [0u8; 1024];
+                let verdict = loop {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                    if let Some(v) = route(&head) {
+                        break v;
+                    }
+                };
+                let resp = match verdict {
+                    Ok(()) => {
+                        let body = metrics.render();
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                    Err(status) => format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                };
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            })
+            .await;
         });
     }
 }
@@ -315,5 +364,56 @@ mod tests {
         assert!(t.contains("edgemask_syncd_oldest_pending_seconds 7\n"));
         assert!(t.contains("edgemask_syncd_failures_total{kind=\"transient\"} 1\n"));
         assert!(t.contains("edgemask_syncd_retries_total{code=\"HTTP_503\"} 1\n"));
+    }
+
+    #[test]
+    fn requests_are_routed_and_bounded() {
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Some(Ok(())));
+        assert_eq!(route(b"GET /?x=1 HTTP/1.0\r\n\r\n"), Some(Ok(())));
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost"), None, "incomplete");
+        assert_eq!(route(b"GET /etc/passwd HTTP/1.1\r\n\r\n"), Some(Err("404 Not Found")));
+        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Some(Err("405 Method Not Allowed")));
+        let huge = [b"GET /metrics HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; MAX_REQUEST_BYTES]].concat();
+        assert_eq!(route(&huge), Some(Err("431 Request Header Fields Too Large")));
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_bounds_connections_and_request_size() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let m = std::sync::Arc::new(Metrics::new());
+        tokio::spawn(serve(l, m, cancel.clone()));
+        // Idle connections fill the slots; the ones beyond are closed at once.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut b = [0u8; 16];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), extra.read(&mut b))
+            .await
+            .expect("an extra connection is closed at once, not held")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        drop(idle);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // A request head without end: answered 431 after MAX_REQUEST_BYTES, not read on.
+        // (Exactly one byte over, so nothing is left unread to turn the close into a reset.)
+        let mut big = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let prefix = b"GET /metrics HTTP/1.1\r\nX: ";
+        big.write_all(prefix).await.unwrap();
+        big.write_all(&vec![b'a'; MAX_REQUEST_BYTES + 1 - prefix.len()]).await.unwrap();
+        let mut resp = String::new();
+        let _ = big.read_to_string(&mut resp).await;
+        assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+        // And a scrape still works.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut resp = String::new();
+        ok.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("edgemask_syncd_"), "{resp}");
+        cancel.cancel();
     }
 }

@@ -2,6 +2,7 @@
 //! (or a directory) exactly once — see `syncd/README.md`.
 
 pub mod checksum;
+pub mod contract;
 pub mod config;
 pub mod daemon;
 pub mod error;

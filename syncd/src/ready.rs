@@ -35,7 +35,9 @@ impl Default for NameRules {
                 ".swp".into(),
                 "~".into(),
             ],
-            temp_prefixes: vec!["tmp".into()],
+            // None by default: `tmp` used to be one, and held back every clip of a camera
+            // named `tmp1` forever (docs/clip-contract.md).
+            temp_prefixes: vec![],
         }
     }
 }
@@ -126,10 +128,12 @@ mod tests {
     #[test]
     fn temp_names() {
         let r = NameRules::default();
-        for t in [".clip.mkv", "clip.mkv.tmp", "clip.part", "a~", "tmp123", ""] {
+        for t in [".clip.mkv", "clip.mkv.tmp", "clip.part", "a~", ""] {
             assert!(r.is_temp(t), "{t}");
         }
         for f in [
+            "tmp123",
+            "tmp1-20261122T021301123Z-000004.mp4",
             "clip.mkv",
             "clip-1.manifest.json",
             "clip.mask.mkv",

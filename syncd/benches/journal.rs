@@ -44,6 +44,7 @@ fn build(path: &std::path::Path, terminal: usize) -> Journal {
             clip: None,
             is_manifest: false,
             key: format!("q/f{i}.mp4"),
+            ident: None,
         })
         .unwrap();
     }
@@ -111,6 +112,7 @@ fn main() {
                     clip: None,
                     is_manifest: false,
                     key: format!("new/r{round}.mp4"),
+                    ident: None,
                 })
                 .unwrap()
                 .unwrap();

@@ -1,12 +1,45 @@
 //! CRC32C checksums in S3's formats (pure), and reading a file's checksums from disk.
 
+use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::error::{Result, SyncError};
+use crate::tree;
+
+/// A file to read. A watched file is a [`tree::Source`]: opened beneath its root, no
+/// symlink followed, checked against the identity the journal recorded — there is no way
+/// to read one by its path. [`Own`] is for the daemon's own files (the file destination's
+/// copies).
+pub trait Readable {
+    fn open_file(&self) -> Result<File>;
+    /// For error messages.
+    fn path(&self) -> PathBuf;
+}
+
+impl Readable for tree::Source {
+    fn open_file(&self) -> Result<File> {
+        self.open().map(|(f, _)| f)
+    }
+    fn path(&self) -> PathBuf {
+        tree::Source::path(self)
+    }
+}
+
+/// A file the daemon wrote itself.
+pub struct Own<'a>(pub &'a Path);
+
+impl Readable for Own<'_> {
+    fn open_file(&self) -> Result<File> {
+        File::open(self.0).map_err(|e| SyncError::io(self.0, e))
+    }
+    fn path(&self) -> PathBuf {
+        self.0.to_path_buf()
+    }
+}
 
 /// S3's `x-amz-checksum-crc32c` form: base64 of the big-endian 4 bytes.
 pub fn b64(crc: u32) -> String {
@@ -34,8 +67,9 @@ pub fn matches(reported: &str, full: u32, parts: &[u32]) -> bool {
 }
 
 /// The size, full CRC32C and per-part CRC32Cs of a file read from disk (blocking).
-pub fn file_checksums(path: &Path, part_size: u64) -> Result<(u64, u32, Vec<u32>)> {
-    let mut f = std::fs::File::open(path).map_err(|e| SyncError::io(path, e))?;
+pub fn file_checksums(src: &(impl Readable + ?Sized), part_size: u64) -> Result<(u64, u32, Vec<u32>)> {
+    let mut f = src.open_file()?;
+    let path = &src.path();
     let mut buf = vec![0u8; 1 << 20];
     let (mut full, mut part, mut in_part, mut total) = (0u32, 0u32, 0u64, 0u64);
     let mut parts = Vec::new();
@@ -93,9 +127,10 @@ pub fn etag_is(reported: &str, expected: &str) -> bool {
 }
 
 /// The full MD5 and per-part MD5s of a file read from disk (blocking).
-pub fn file_md5s(path: &Path, part_size: u64) -> Result<([u8; 16], Vec<[u8; 16]>)> {
+pub fn file_md5s(src: &(impl Readable + ?Sized), part_size: u64) -> Result<([u8; 16], Vec<[u8; 16]>)> {
     use md5::Digest;
-    let mut f = std::fs::File::open(path).map_err(|e| SyncError::io(path, e))?;
+    let mut f = src.open_file()?;
+    let path = &src.path();
     let mut buf = vec![0u8; 1 << 20];
     let (mut full, mut part, mut in_part) = (md5::Md5::new(), md5::Md5::new(), 0u64);
     let mut parts = Vec::new();
@@ -120,9 +155,10 @@ pub fn file_md5s(path: &Path, part_size: u64) -> Result<([u8; 16], Vec<[u8; 16]>
 }
 
 /// Read `len` bytes at `offset` (blocking). Fails if the file is shorter.
-pub fn read_range(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| SyncError::io(path, e))?;
+pub fn read_range(src: &(impl Readable + ?Sized), offset: u64, len: usize) -> Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = src.open_file()?;
+    let path = &src.path();
     f.seek(SeekFrom::Start(offset))
         .map_err(|e| SyncError::io(path, e))?;
     // Straight into spare capacity: no zeroing of a buffer about to be overwritten.
@@ -191,7 +227,7 @@ mod tests {
         let p = dir.path().join("f");
         let data: Vec<u8> = (0..(2 << 20) + 5).map(|i| (i * 13 % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
-        let (full, parts) = file_md5s(&p, 1 << 20).unwrap();
+        let (full, parts) = file_md5s(&Own(&p), 1 << 20).unwrap();
         assert_eq!(full, md5(&data));
         let expect: Vec<[u8; 16]> = data.chunks(1 << 20).map(md5).collect();
         assert_eq!(parts, expect);
@@ -204,12 +240,12 @@ mod tests {
         let data: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
         let ps = (1 << 20) + 3;
-        let (size, full, parts) = file_checksums(&p, ps).unwrap();
+        let (size, full, parts) = file_checksums(&Own(&p), ps).unwrap();
         assert_eq!(size, data.len() as u64);
         assert_eq!(full, crc32c::crc32c(&data));
         let expect: Vec<u32> = data.chunks(ps as usize).map(crc32c::crc32c).collect();
         assert_eq!(parts, expect);
-        assert_eq!(read_range(&p, 5, 10).unwrap(), data[5..15].to_vec());
-        assert!(read_range(&p, data.len() as u64 - 2, 10).is_err());
+        assert_eq!(read_range(&Own(&p), 5, 10).unwrap(), data[5..15].to_vec());
+        assert!(read_range(&Own(&p), data.len() as u64 - 2, 10).is_err());
     }
 }

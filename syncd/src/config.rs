@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub readiness: Readiness,
     #[serde(default)]
+    pub files: Files,
+    #[serde(default)]
     pub upload: Upload,
     #[serde(default)]
     pub retain: Retain,
@@ -87,6 +89,20 @@ impl Default for Readiness {
             temp_prefixes: n.temp_prefixes,
         }
     }
+}
+
+/// Which files under the watched directories may be read at all (`[files]`). Symlinks are
+/// never followed, whatever these say.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Files {
+    /// Upload files that have more than one name. Off by default: a hard link in the
+    /// output directory can name any file of the same file system the daemon may read
+    /// (`~/.aws/credentials`), and nothing in the link tells.
+    pub allow_hard_links: bool,
+    /// Upload files owned by another user than the daemon's. Off by default: the runner
+    /// and the daemon run as one user; another owner's file was put there by someone else.
+    pub allow_other_owners: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -390,6 +406,16 @@ impl Config {
             if !w.is_absolute() {
                 return err("watch", w, "absolute paths");
             }
+            // Files are opened relative to their root and must stay beneath it: a root
+            // spelled with `..` or `.` would make "beneath" mean something else.
+            if w.components()
+                .any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)))
+            {
+                return err("watch", w, "absolute paths without `.` or `..` components");
+            }
+            if w.to_str().is_none() {
+                return err("watch", w, "UTF-8 paths (the journal and the keys are UTF-8)");
+            }
         }
         Destination::parse(&self.destination)?;
         keys::validate_template(&self.key_template)?;
@@ -512,6 +538,14 @@ impl Config {
             manifest_suffix: self.readiness.manifest_suffix.clone(),
             temp_suffixes: self.readiness.temp_suffixes.clone(),
             temp_prefixes: self.readiness.temp_prefixes.clone(),
+        }
+    }
+
+    /// What `[files]` lets through.
+    pub fn file_policy(&self) -> crate::tree::Policy {
+        crate::tree::Policy {
+            allow_hard_links: self.files.allow_hard_links,
+            allow_other_owners: self.files.allow_other_owners,
         }
     }
 
@@ -753,5 +787,26 @@ destination = "s3://clips/retrain"
         .unwrap();
         assert_eq!(c.s3.integrity, IntegritySetting::ContentMd5);
         assert!(c.retain.drop_not_uploaded);
+    }
+
+    #[test]
+    fn file_policy_is_strict_by_default() {
+        let c = Config::from_toml(BASE, []).unwrap();
+        assert_eq!(c.file_policy(), crate::tree::Policy::default());
+        assert!(!c.files.allow_hard_links && !c.files.allow_other_owners);
+        let c = Config::from_toml(
+            &format!("{BASE}\n[files]\nallow_hard_links = true\nallow_other_owners = true\n"),
+            [],
+        )
+        .unwrap();
+        assert!(c.file_policy().allow_hard_links && c.file_policy().allow_other_owners);
+        let e = Config::from_toml(&format!("{BASE}\n[files]\nfollow_symlinks = true\n"), [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("follow_symlinks"), "{e}");
+        let e = Config::from_toml("watch = [\"/out/../etc\"]\ndestination = \"s3://b\"\n", [])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("watch") && e.contains(".."), "{e}");
     }
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
+use rustix::fs::FileType;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,7 @@ use crate::metrics::{self, Metrics};
 use crate::ratelimit::RateLimiter;
 use crate::ready::{self, NameRules, Observation};
 use crate::retry::Blame;
+use crate::tree::{self, Policy, Refusal};
 use crate::upload::{Dest, Outcome, Worker, remove_uploaded};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,7 +42,9 @@ pub struct Report {
     pub destination_error: Option<SyncError>,
 }
 
-/// Finds ready files: full scans and single paths.
+/// Finds ready files: full scans and single paths. Nothing it looks at can stop it: a file
+/// that cannot be uploaded is refused (logged once, counted, listed by `status`) and
+/// skipped.
 pub struct Scanner {
     rules: NameRules,
     roots: Vec<PathBuf>,
@@ -49,8 +53,19 @@ pub struct Scanner {
     host: String,
     template: String,
     prefix: String,
+    policy: Policy,
+    metrics: Arc<Metrics>,
     /// Files seen but not ready yet: observation and whether a change was seen.
     pub unsettled: HashMap<PathBuf, (Observation, bool)>,
+}
+
+/// A clip manifest as the scanner finds it.
+enum Manifest {
+    Absent,
+    Good(serde_json::Value),
+    /// Refused (too large, not JSON, a link…): reported; its clip is treated as one
+    /// without a manifest.
+    Refused,
 }
 
 impl Scanner {
@@ -72,105 +87,226 @@ impl Scanner {
             host: cfg.host_name(),
             template: cfg.key_template.clone(),
             prefix: cfg.destination().prefix().to_string(),
+            policy: cfg.file_policy(),
+            metrics: Arc::new(Metrics::new()),
             unsettled: HashMap::new(),
         }
+    }
+
+    /// Count refusals in the daemon's metrics (else in a private set).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Scanner {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn excluded(&self, path: &Path) -> bool {
         self.exclude.iter().any(|e| path.starts_with(e))
     }
 
-    /// Walk every root; collect ready files into `out`.
-    pub fn scan_all(&mut self, journal: Option<&Journal>, out: &mut Vec<NewFile>) -> Result<()> {
-        let mut seen = HashSet::new();
-        for root in self.roots.clone() {
-            self.scan_tree(&root, journal, out, &mut seen)?;
-        }
-        self.unsettled.retain(|p, _| seen.contains(p));
-        Ok(())
+    fn refuse(&self, journal: Option<&Journal>, path: &Path, reason: Refusal, detail: &str) {
+        tree::report(journal, &self.metrics, path, reason, detail);
     }
 
-    /// Walk one directory tree (bounded depth, symlinks not followed).
+    /// Walk every root; collect ready files into `out`.
+    pub fn scan_all(&mut self, journal: Option<&Journal>, out: &mut Vec<NewFile>) {
+        let mut seen = HashSet::new();
+        for root in self.roots.clone() {
+            self.scan_tree(&root, journal, out, &mut seen);
+        }
+        self.unsettled.retain(|p, _| seen.contains(p));
+    }
+
+    /// Walk one directory tree (bounded depth). Every directory is opened beneath its root
+    /// without following a symlink, so the walk never leaves the tree, even when a
+    /// directory is swapped for a link while it runs.
     pub fn scan_tree(
         &mut self,
         top: &Path,
         journal: Option<&Journal>,
         out: &mut Vec<NewFile>,
         seen: &mut HashSet<PathBuf>,
-    ) -> Result<()> {
-        let mut stack = vec![(top.to_path_buf(), 0usize)];
+    ) {
+        let Some((root, rel)) =
+            tree::split(&self.roots, top).map(|(r, l)| (r.to_path_buf(), l.to_path_buf()))
+        else {
+            return;
+        };
+        if self.excluded(top) {
+            return;
+        }
+        let mut stack = vec![(rel, 0usize)];
         while let Some((dir, depth)) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
+            let entries = match tree::list_dir(&root, &dir) {
                 Ok(e) => e,
+                Err(SyncError::Refused { path, reason, detail }) => {
+                    self.refuse(journal, &path, reason, &detail);
+                    continue;
+                }
+                Err(e) if tree::is_not_found(&e) => continue,
                 Err(e) => {
-                    warn!(dir = %dir.display(), error = %e, "cannot list directory");
+                    warn!(dir = %root.join(&dir).display(), error = %e, "cannot list directory");
                     continue;
                 }
             };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let Ok(ft) = entry.file_type() else { continue };
-                if ft.is_dir() {
-                    if depth < 32 && !self.excluded(&path) {
-                        stack.push((path, depth + 1));
+            for entry in entries {
+                let rel = dir.join(&entry.name);
+                let path = root.join(&rel);
+                if self.excluded(&path) {
+                    continue;
+                }
+                match entry.kind {
+                    FileType::Directory if entry.name.to_str().is_none() => self.refuse(
+                        journal,
+                        &path,
+                        Refusal::NotUtf8,
+                        "directory name is not UTF-8: not descended into",
+                    ),
+                    FileType::Directory => {
+                        if depth < 32 {
+                            stack.push((rel, depth + 1));
+                        }
                     }
-                } else if ft.is_file() {
-                    seen.insert(path.clone());
-                    self.consider(&path, journal, out)?;
+                    FileType::RegularFile => {
+                        seen.insert(path.clone());
+                        self.consider(&path, journal, out);
+                    }
+                    FileType::Symlink => self.refuse(
+                        journal,
+                        &path,
+                        Refusal::Symlink,
+                        "a symbolic link: never followed",
+                    ),
+                    // Temporary names (sockets of some tool, `.x` files) stay silent.
+                    _ if self.rules.is_temp(&entry.name.to_string_lossy()) => {}
+                    k => self.refuse(
+                        journal,
+                        &path,
+                        Refusal::NotRegular,
+                        &format!("not a regular file ({k:?})"),
+                    ),
                 }
             }
         }
-        Ok(())
     }
 
     /// Re-check files still settling.
-    pub fn recheck(&mut self, journal: Option<&Journal>, out: &mut Vec<NewFile>) -> Result<()> {
+    pub fn recheck(&mut self, journal: Option<&Journal>, out: &mut Vec<NewFile>) {
         let paths: Vec<PathBuf> = self.unsettled.keys().cloned().collect();
         for p in paths {
-            self.consider(&p, journal, out)?;
+            self.consider(&p, journal, out);
         }
-        Ok(())
-    }
-
-    fn root_of(&self, path: &Path) -> Option<&PathBuf> {
-        self.roots
-            .iter()
-            .filter(|r| path.starts_with(r))
-            .max_by_key(|r| r.as_os_str().len())
     }
 
     /// Look at one path (from an event or a scan).
-    pub fn consider(&mut self, path: &Path, journal: Option<&Journal>, out: &mut Vec<NewFile>) -> Result<()> {
-        if self.excluded(path) || self.root_of(path).is_none() {
-            return Ok(());
+    pub fn consider(&mut self, path: &Path, journal: Option<&Journal>, out: &mut Vec<NewFile>) {
+        self.consider_file(path, journal, out);
+    }
+
+    /// [`Scanner::consider`]; true when the file is refused (a manifest waits for such
+    /// members, like for a rejected one).
+    fn consider_file(&mut self, path: &Path, journal: Option<&Journal>, out: &mut Vec<NewFile>) -> bool {
+        if self.excluded(path) {
+            return false;
         }
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            return Ok(());
+        let Some((root, rel)) =
+            tree::split(&self.roots, path).map(|(r, l)| (r.to_path_buf(), l.to_path_buf()))
+        else {
+            return false;
+        };
+        let Some(os_name) = path.file_name() else {
+            return false;
+        };
+        let Some(name) = os_name.to_str() else {
+            self.unsettled.remove(path);
+            if !self.rules.is_temp(&os_name.to_string_lossy()) {
+                self.refuse(journal, path, Refusal::NotUtf8, "file name is not UTF-8");
+                return true;
+            }
+            return false;
         };
         if self.rules.is_temp(name) {
             self.unsettled.remove(path);
-            return Ok(());
+            return false;
         }
-        let meta = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.is_file() => m,
-            _ => {
+        if path.to_str().is_none() {
+            self.unsettled.remove(path);
+            self.refuse(
+                journal,
+                path,
+                Refusal::NotUtf8,
+                "a directory name above it is not UTF-8",
+            );
+            return true;
+        }
+        let id = match tree::stat(&root, &rel) {
+            Ok(id) => id,
+            Err(SyncError::Refused {
+                path: p,
+                reason,
+                detail,
+            }) => {
                 self.unsettled.remove(path);
-                return Ok(());
+                self.refuse(journal, &p, reason, &detail);
+                return true;
+            }
+            Err(e) => {
+                // Gone, or unreadable for now: the next event or scan looks again.
+                debug!(path = %path.display(), error = %e, "cannot look at file");
+                self.unsettled.remove(path);
+                return false;
             }
         };
-        let (size, mtime) = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-        if let Some(j) = journal
-            && let Some(row) = j.get_by_path(path)?
-            && row.size == size
-            && row.mtime_ns == journal::mtime_ns(mtime)
-        {
-            self.unsettled.remove(path);
-            return Ok(());
+        if id.kind == FileType::Directory {
+            return false;
         }
-        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let checked = id.check(&self.policy);
+        let (Ok(()), Some(mtime_ns)) = (checked.clone(), id.mtime_ns) else {
+            self.unsettled.remove(path);
+            let (reason, detail) = checked
+                .err()
+                .unwrap_or((Refusal::BadMtime, "mtime out of range".into()));
+            self.refuse(journal, path, reason, &detail);
+            return true;
+        };
+        let (size, mtime) = (id.size, system_time(mtime_ns));
+        if let Some(j) = journal {
+            match j.get_by_path(path) {
+                Ok(Some(row))
+                    if row.size == size
+                        && row.mtime_ns == mtime_ns
+                        && row.ident.is_none_or(|i| i == (id.dev, id.ino)) =>
+                {
+                    self.unsettled.remove(path);
+                    return false;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "journal lookup failed; looked at again later");
+                    return false;
+                }
+            }
+        }
+        let dir_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         let is_manifest = self.rules.manifest_stem(name).is_some();
-        let manifest_path = dir.join(self.rules.manifest_for(name));
-        let ready = if is_manifest || manifest_path.is_file() {
+        let manifest_rel = dir_rel.join(self.rules.manifest_for(name));
+        let manifest = self.read_manifest(journal, &root, &manifest_rel);
+        let manifest = match manifest {
+            Manifest::Good(v) => Some(v),
+            Manifest::Refused if is_manifest => {
+                self.unsettled.remove(path);
+                return true;
+            }
+            Manifest::Absent if is_manifest => {
+                self.unsettled.remove(path);
+                return false;
+            }
+            Manifest::Absent | Manifest::Refused => None,
+        };
+        let ready = if manifest.is_some() {
             true
         } else {
             let now = SystemTime::now();
@@ -185,46 +321,124 @@ impl Scanner {
             ready::is_settled(&entry.0, now, self.settle, entry.1)
         };
         if !ready {
-            return Ok(());
+            return false;
         }
-        let manifest = if manifest_path.is_file() {
-            std::fs::read(&manifest_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        } else {
-            None
-        };
         if is_manifest {
-            // The manifest comes last: its clip's members are final; queue them first.
+            // The manifest comes last: its clip's members are final; queue them first. A
+            // member refused holds the manifest back, so the store never shows a clip
+            // whose manifest names a file it lacks.
             let stem = ready::clip_stem(name).to_string();
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for e in entries.flatten() {
-                    let p = e.path();
-                    let Some(n) = p.file_name().and_then(|n| n.to_str()) else {
+            let mut held = Vec::new();
+            if let Ok(entries) = tree::list_dir(&root, &dir_rel) {
+                for e in entries {
+                    let Some(n) = e.name.to_str() else { continue };
+                    if !self.rules.is_member(&stem, n) {
                         continue;
+                    }
+                    let p = root.join(&dir_rel).join(n);
+                    let refused = match e.kind {
+                        FileType::RegularFile => self.consider_file(&p, journal, out),
+                        FileType::Directory => false,
+                        _ => true, // a link or a device named like a clip file
                     };
-                    if self.rules.is_member(&stem, n) && e.file_type().is_ok_and(|t| t.is_file()) {
-                        self.consider(&p, journal, out)?;
+                    if refused {
+                        held.push(n.to_string());
                     }
                 }
             }
+            if !held.is_empty() {
+                self.unsettled.remove(path);
+                self.refuse(
+                    journal,
+                    path,
+                    Refusal::MemberRefused,
+                    &format!("held back: its clip's {} refused", held.join(", ")),
+                );
+                return true;
+            }
         }
         self.unsettled.remove(path);
-        out.push(self.new_file(path, name, size, mtime, is_manifest, manifest.as_ref())?);
-        Ok(())
+        match self.new_file(
+            journal,
+            path,
+            name,
+            size,
+            mtime,
+            &id,
+            is_manifest,
+            manifest.as_ref(),
+            &root.join(&manifest_rel),
+        ) {
+            Ok(f) => {
+                // Fixed since it was refused: no longer listed (a bad manifest date stays,
+                // it is the manifest's and reported once).
+                if self.metrics.unrefuse(path, Refusal::BadDate)
+                    && let Some(j) = journal
+                {
+                    let _ = j.clear_refusals(Some(path), Refusal::BadDate.as_str());
+                }
+                out.push(f);
+                false
+            }
+            Err((reason, detail)) => {
+                self.refuse(journal, path, reason, &detail);
+                true
+            }
+        }
     }
 
+    /// The clip manifest at `rel`, read beneath the root with a size cap.
+    fn read_manifest(&self, journal: Option<&Journal>, root: &Path, rel: &Path) -> Manifest {
+        let src = tree::Source {
+            root: root.to_path_buf(),
+            rel: rel.to_path_buf(),
+            policy: self.policy,
+            want: None,
+        };
+        match src.read_capped(tree::MAX_MANIFEST_BYTES) {
+            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) => Manifest::Good(v),
+                Err(e) => {
+                    self.refuse(
+                        journal,
+                        &src.path(),
+                        Refusal::BadManifest,
+                        &format!("not JSON: {e}"),
+                    );
+                    Manifest::Refused
+                }
+            },
+            Err(SyncError::Refused { path, reason, detail }) => {
+                self.refuse(journal, &path, reason, &detail);
+                Manifest::Refused
+            }
+            Err(e) if tree::is_not_found(&e) => Manifest::Absent,
+            Err(e) => {
+                debug!(path = %src.path().display(), error = %e, "cannot read manifest");
+                Manifest::Refused
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn new_file(
         &self,
+        journal: Option<&Journal>,
         path: &Path,
         name: &str,
         size: u64,
         mtime: SystemTime,
+        id: &tree::FileId,
         is_manifest: bool,
         manifest: Option<&serde_json::Value>,
-    ) -> Result<NewFile> {
-        let root = self.root_of(path).cloned().unwrap_or_default();
-        let rel = path.strip_prefix(&root).unwrap_or(path);
+        manifest_path: &Path,
+    ) -> std::result::Result<NewFile, (Refusal, String)> {
+        let root = self
+            .roots
+            .iter()
+            .filter(|r| path.starts_with(r))
+            .max_by_key(|r| r.as_os_str().len());
+        let rel = root.and_then(|r| path.strip_prefix(r).ok()).unwrap_or(path);
         let rel_dir = rel
             .parent()
             .map(|p| p.to_string_lossy().into_owned())
@@ -243,12 +457,21 @@ impl Scanner {
                     .map(|c| c.as_os_str().to_string_lossy().into_owned())
             })
             .unwrap_or_else(|| "unknown".into());
-        let date = ["start", "wall_clock_start", "start_time"]
+        let date = match ["start", "wall_clock_start", "start_time"]
             .iter()
             .find_map(|k| field(k))
-            .filter(|s| s.len() >= 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-')
-            .map(|s| s[..10].to_string())
-            .unwrap_or_else(|| utc_date(mtime));
+        {
+            Some(s) => manifest_date(&s).unwrap_or_else(|| {
+                self.refuse(
+                    journal,
+                    manifest_path,
+                    Refusal::BadDate,
+                    &format!("date {s:?} is not YYYY-MM-DD…; {{date}} taken from the file's mtime"),
+                );
+                utc_date(mtime)
+            }),
+            None => utc_date(mtime),
+        };
         let vars = KeyVars {
             host: field("host").unwrap_or_else(|| self.host.clone()),
             camera,
@@ -258,7 +481,8 @@ impl Scanner {
             rel: rel.to_string_lossy().into_owned(),
             dir: rel_dir,
         };
-        let key = keys::render_key(&self.prefix, &self.template, &vars)?;
+        let key = keys::render_key(&self.prefix, &self.template, &vars)
+            .map_err(|e| (Refusal::BadKey, e.to_string()))?;
         let clip = format!(
             "{}/{}",
             path.parent().unwrap_or(Path::new("")).display(),
@@ -271,13 +495,47 @@ impl Scanner {
             clip: Some(clip),
             is_manifest,
             key,
+            ident: Some((id.dev, id.ino)),
         })
     }
 }
 
+/// `YYYY-MM-DD` from the start of a manifest date, if it has one. Byte offsets are
+/// checked, not assumed: a multi-byte character there must not panic the daemon.
+fn manifest_date(s: &str) -> Option<String> {
+    let d = s.get(..10)?;
+    let ok = d.bytes().enumerate().all(|(i, b)| {
+        if i == 4 || i == 7 {
+            b == b'-'
+        } else {
+            b.is_ascii_digit()
+        }
+    });
+    ok.then(|| d.to_string())
+}
+
+/// The file's mtime as a `SystemTime` (the journal keeps nanoseconds since the epoch).
+fn system_time(ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        SystemTime::UNIX_EPOCH + d
+    } else {
+        SystemTime::UNIX_EPOCH - d
+    }
+}
+
+/// `YYYY-MM-DD` (UTC) of `t`, clamped to years 0000..=9999: never panics, whatever a
+/// file's mtime says.
 fn utc_date(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    format!("{:04}-{:02}-{:02}", dt.year(), dt.month() as u8, dt.day())
+    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    };
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(dt) => format!("{:04}-{:02}-{:02}", dt.year(), dt.month() as u8, dt.day()),
+        Err(_) if secs > 0 => "9999-12-31".into(),
+        Err(_) => "0000-01-01".into(),
+    }
 }
 
 /// Fraction of the file system holding `path` that is in use (0..1).
@@ -302,7 +560,7 @@ pub fn dry_run(cfg: &Config) -> Result<usize> {
     };
     let mut scanner = Scanner::new(cfg);
     let mut out = Vec::new();
-    scanner.scan_all(journal.as_ref(), &mut out)?;
+    scanner.scan_all(journal.as_ref(), &mut out);
     let dest = cfg.destination();
     let base = match &dest {
         crate::config::Destination::S3 { bucket, .. } => format!("s3://{bucket}"),
@@ -325,6 +583,9 @@ pub fn dry_run(cfg: &Config) -> Result<usize> {
     }
     for p in scanner.unsettled.keys() {
         println!("not ready yet (settling) {}", p.display());
+    }
+    for (p, reason) in scanner.metrics().refusals() {
+        println!("refused ({}) {}", reason.as_str(), p.display());
     }
     Ok(out.len())
 }
@@ -379,7 +640,7 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
     let (tx, mut rx) = mpsc::channel::<notify::Event>(8192);
     let overflow = Arc::new(AtomicBool::new(false));
     let ov = overflow.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+    let handler = move |res: notify::Result<notify::Event>| match res {
         Ok(ev) if ev.need_rescan() => ov.store(true, Ordering::Relaxed),
         Ok(ev) if !event_matters(&ev.kind) => {}
         Ok(ev) => {
@@ -388,15 +649,21 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
             }
         }
         Err(_) => ov.store(true, Ordering::Relaxed),
-    })?;
+    };
+    // A symlinked directory is not watched (notify follows links by default): what lies
+    // behind it is not ours.
+    let mut watcher =
+        notify::RecommendedWatcher::new(handler, notify::Config::default().with_follow_symlinks(false))?;
     for root in &cfg.watch {
         std::fs::create_dir_all(root).map_err(|e| SyncError::io(root, e))?;
         watcher.watch(root, RecursiveMode::Recursive)?;
     }
 
-    let mut scanner = Scanner::new(&cfg);
+    // Refusals are listed for the files there now: the first scan finds them again.
+    let _ = journal.clear_refusals(None, "");
+    let mut scanner = Scanner::new(&cfg).with_metrics(metrics.clone());
     let mut fresh = Vec::new();
-    scanner.scan_all(Some(&journal), &mut fresh)?;
+    scanner.scan_all(Some(&journal), &mut fresh);
     insert_ready(&journal, &mut fresh)?;
     let mut last_scan = Instant::now();
     let rescan_every = Duration::from_secs_f64(cfg.readiness.rescan_secs);
@@ -437,7 +704,8 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
                 for ev in events {
                     let arrived = new_entry(&ev.kind);
                     for p in ev.paths {
-                        if arrived && p.is_dir() {
+                        // Not `is_dir()`: it follows a symlink to a directory elsewhere.
+                        if arrived && std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
                             dirs.insert(p);
                         } else {
                             paths.insert(p);
@@ -445,11 +713,11 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
                     }
                 }
                 for d in &dirs {
-                    scanner.scan_tree(d, Some(&journal), &mut fresh, &mut HashSet::new())?;
+                    scanner.scan_tree(d, Some(&journal), &mut fresh, &mut HashSet::new());
                 }
                 for p in &paths {
                     if !dirs.iter().any(|d| p.starts_with(d)) {
-                        scanner.consider(p, Some(&journal), &mut fresh)?;
+                        scanner.consider(p, Some(&journal), &mut fresh);
                     }
                 }
             }
@@ -490,9 +758,9 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
                 }
             }
             _ = tick.tick() => {
-                scanner.recheck(Some(&journal), &mut fresh)?;
+                scanner.recheck(Some(&journal), &mut fresh);
                 if last_scan.elapsed() >= rescan_every {
-                    scanner.scan_all(Some(&journal), &mut fresh)?;
+                    scanner.scan_all(Some(&journal), &mut fresh);
                     last_scan = Instant::now();
                 }
                 let forget = cfg.retain.forget_after_days;
@@ -562,7 +830,7 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
         }
         if overflow.swap(false, Ordering::Relaxed) {
             warn!("watcher dropped events; full rescan");
-            scanner.scan_all(Some(&journal), &mut fresh)?;
+            scanner.scan_all(Some(&journal), &mut fresh);
             last_scan = Instant::now();
         }
         if insert_ready(&journal, &mut fresh)? {
@@ -737,7 +1005,12 @@ fn retention(
     let mut kept = journal.retained()?;
     let now = journal::mtime_ns(SystemTime::now());
     let evict = |row: &FileRow, why: &str| -> Result<()> {
-        remove_uploaded(&row.path)?;
+        // One file that cannot be deleted (permissions…) must not stop the daemon: it is
+        // tried again next round.
+        if let Err(e) = remove_uploaded(&cfg.watch, row) {
+            warn!(path = %row.path.display(), error = %e, "cannot delete uploaded file");
+            return Ok(());
+        }
         journal.mark(row, Event::Evicted, None)?;
         metrics.evicted();
         info!(path = %row.path.display(), reason = why, "deleted uploaded file");
@@ -787,7 +1060,10 @@ fn retention(
                     }
                     let mut bytes = 0;
                     for f in &clip {
-                        remove_uploaded(&f.path)?;
+                        if let Err(e) = remove_uploaded(&cfg.watch, f) {
+                            warn!(path = %f.path.display(), error = %e, "cannot delete file");
+                            continue;
+                        }
                         journal.mark_dropped(f, "dropped under disk pressure, never uploaded")?;
                         metrics.dropped();
                         bytes += f.size;
@@ -837,7 +1113,7 @@ mod tests {
         std::fs::write(out.join("cam/.c1.manifest.json.tmp"), b"{}").unwrap();
         std::fs::write(out.join("j.sqlite"), b"journal").unwrap();
         let mut found = Vec::new();
-        s.scan_all(None, &mut found).unwrap();
+        s.scan_all(None, &mut found);
         assert!(
             found.is_empty(),
             "nothing is ready before the manifest: {found:?}"
@@ -852,8 +1128,7 @@ mod tests {
             out.join("cam/c1.manifest.json"),
         )
         .unwrap();
-        s.consider(&out.join("cam/c1.manifest.json"), None, &mut found)
-            .unwrap();
+        s.consider(&out.join("cam/c1.manifest.json"), None, &mut found);
         let names: Vec<String> = found.iter().map(|f| f.key.clone()).collect();
         assert_eq!(names.len(), 3, "{names:?}");
         assert!(
@@ -893,15 +1168,116 @@ mod tests {
         let out = dir.path();
         std::fs::write(out.join("seg-00001.mp4"), b"data").unwrap();
         let mut found = Vec::new();
-        Scanner::new(&cfg(out, 3600.0))
-            .scan_all(None, &mut found)
-            .unwrap();
+        Scanner::new(&cfg(out, 3600.0)).scan_all(None, &mut found);
         assert!(found.is_empty());
-        Scanner::new(&cfg(out, 0.0)).scan_all(None, &mut found).unwrap();
+        Scanner::new(&cfg(out, 0.0)).scan_all(None, &mut found);
         assert_eq!(found.len(), 1);
         assert_eq!(
             found[0].key,
             "p/h/unknown/".to_string() + &utc_date(SystemTime::now()) + "/seg-00001.mp4"
         );
+    }
+
+    /// Nothing a watched tree holds can panic or stop the scanner, and nothing outside it
+    /// is looked into: each bad file is refused once, with its reason, and skipped.
+    #[test]
+    fn scanner_refuses_hostile_files_and_never_panics() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (out, secret) = (dir.path().join("out"), dir.path().join("secret"));
+        std::fs::create_dir_all(out.join("cam")).unwrap();
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("s.mkv"), b"secret").unwrap();
+        std::fs::write(secret.join("s.manifest.json"), b"{}").unwrap();
+        std::os::unix::fs::symlink(&secret, out.join("x")).unwrap();
+        std::os::unix::fs::symlink(secret.join("s.mkv"), out.join("cam/l.mkv")).unwrap();
+        std::fs::write(dir.path().join("credentials"), b"key").unwrap();
+        std::fs::hard_link(dir.path().join("credentials"), out.join("cam/h.mkv")).unwrap();
+        let bad = out.join(std::ffi::OsStr::from_bytes(b"bad\xff"));
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::write(bad.join("b.mkv"), b"b").unwrap();
+        std::fs::write(bad.join("b.manifest.json"), b"{}").unwrap();
+        std::fs::write(
+            out.join("cam").join(std::ffi::OsStr::from_bytes(b"n\xfe.mkv")),
+            b"n",
+        )
+        .unwrap();
+        // Byte 10 falls inside "\u{e9}".
+        std::fs::write(out.join("cam/d.mkv"), b"d").unwrap();
+        std::fs::write(
+            out.join("cam/d.manifest.json"),
+            r#"{"start": "2026-11-2\u00e9T00:00:00Z"}"#,
+        )
+        .unwrap();
+        std::fs::write(out.join("cam/big.mkv"), b"big").unwrap();
+        std::fs::File::create(out.join("cam/big.manifest.json"))
+            .unwrap()
+            .set_len(100 << 20)
+            .unwrap();
+        std::fs::write(out.join("cam/j.mkv"), b"j").unwrap();
+        std::fs::write(out.join("cam/j.manifest.json"), b"{not json").unwrap();
+        let f = std::fs::File::create(out.join("cam/future.mkv")).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(884_541_340_800))
+            .unwrap();
+        std::fs::write(out.join("cam/ok.mkv"), b"ok").unwrap();
+
+        let mut s = Scanner::new(&cfg(&out, 0.0));
+        let mut found = Vec::new();
+        s.scan_all(None, &mut found);
+        let mut names: Vec<String> = found
+            .iter()
+            .map(|f| f.path.strip_prefix(&out).unwrap().display().to_string())
+            .collect();
+        names.sort();
+        // A clip file is found by the walk and again with its manifest (the journal keeps one).
+        names.dedup();
+        assert_eq!(
+            names,
+            [
+                "cam/big.mkv",
+                "cam/d.manifest.json",
+                "cam/d.mkv",
+                "cam/j.mkv",
+                "cam/ok.mkv"
+            ],
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .all(|f| f.path.starts_with(&out) && f.ident.is_some())
+        );
+        let d = found.iter().find(|f| f.path.ends_with("d.mkv")).unwrap();
+        assert!(d.key.contains(&utc_date(SystemTime::now())), "{}", d.key);
+        let m = s.metrics();
+        for (reason, n) in [
+            (Refusal::Symlink, 2),
+            (Refusal::HardLink, 1),
+            (Refusal::NotUtf8, 2),
+            (Refusal::BadDate, 1),
+            (Refusal::ManifestTooLarge, 1),
+            (Refusal::BadManifest, 1),
+            (Refusal::BadMtime, 1),
+        ] {
+            assert_eq!(m.refused_count(reason), n, "{reason:?}: {:?}", m.refusals());
+        }
+        // A second scan reports nothing twice.
+        s.scan_all(None, &mut Vec::new());
+        assert_eq!(s.metrics().refused_count(Refusal::Symlink), 2);
+        assert_eq!(std::fs::read(secret.join("s.mkv")).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn dates_never_panic() {
+        assert_eq!(manifest_date("2026-11-2\u{e9}T00"), None);
+        assert_eq!(
+            manifest_date("2026-01-02T03:04:05Z").as_deref(),
+            Some("2026-01-02")
+        );
+        assert_eq!(manifest_date("20260102"), None);
+        assert_eq!(manifest_date("\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}"), None);
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(884_541_340_800);
+        assert_eq!(utc_date(far), "9999-12-31");
+        assert_eq!(utc_date(SystemTime::UNIX_EPOCH), "1970-01-01");
     }
 }

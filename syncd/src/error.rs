@@ -40,6 +40,14 @@ pub enum SyncError {
     /// The local file changed or vanished under us.
     #[error("{0} changed or vanished during upload")]
     Changed(PathBuf),
+    /// One file under a watch root is not uploaded (a symlink, a hard link, a bad
+    /// manifest…): logged, counted and skipped; never fatal to the daemon.
+    #[error("{path}: refused ({}): {detail}", reason.as_str())]
+    Refused {
+        path: PathBuf,
+        reason: crate::tree::Refusal,
+        detail: String,
+    },
     /// Shutdown was requested.
     #[error("cancelled")]
     Cancelled,
@@ -69,6 +77,7 @@ impl SyncError {
             SyncError::Verify { .. } => "verify",
             SyncError::NoSuchUpload(_) => "no_such_upload",
             SyncError::Changed(_) => "changed",
+            SyncError::Refused { .. } => "refused",
             SyncError::Cancelled => "cancelled",
             SyncError::Watch(_) => "watch",
         }

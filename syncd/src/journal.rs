@@ -146,6 +146,9 @@ pub struct FileRow {
     pub last_error: Option<String>,
     pub ready_at: i64,
     pub uploaded_seq: Option<i64>,
+    /// (dev, inode) of the file when it was found ready; `None` in rows from journals
+    /// that did not record it.
+    pub ident: Option<(u64, u64)>,
 }
 
 /// A multipart part done.
@@ -166,6 +169,8 @@ pub struct NewFile {
     pub clip: Option<String>,
     pub is_manifest: bool,
     pub key: String,
+    /// (dev, inode), from `fstat` of the file found ready.
+    pub ident: Option<(u64, u64)>,
 }
 
 impl NewFile {
@@ -188,6 +193,7 @@ impl NewFile {
             last_error: None,
             ready_at: now,
             uploaded_seq: None,
+            ident: self.ident,
         }
     }
 }
@@ -341,7 +347,7 @@ fn is_corrupt(e: &rusqlite::Error) -> bool {
 }
 
 const COLS: &str = "id, path, size, mtime_ns, clip, is_manifest, key, state, upload_id, part_size, \
-                    etag, checksum, attempts, last_error, ready_at, uploaded_seq";
+                    etag, checksum, attempts, last_error, ready_at, uploaded_seq, dev, ino";
 
 fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FileRow, String)> {
     let state: String = r.get(7)?;
@@ -363,6 +369,11 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(FileRow, String)> {
             last_error: r.get(13)?,
             ready_at: r.get(14)?,
             uploaded_seq: r.get(15)?,
+            // Stored as the i64 bit pattern (SQLite integers are signed).
+            ident: r
+                .get::<_, Option<i64>>(16)?
+                .zip(r.get::<_, Option<i64>>(17)?)
+                .map(|(d, i)| (d as u64, i as u64)),
         },
         state,
     ))
@@ -397,7 +408,7 @@ fn row_by_id(c: &Connection, id: i64) -> Result<FileRow> {
 /// Record one ready file (see [`Journal::upsert_ready`]) on `c`, inside a transaction.
 fn upsert_on(c: &Connection, f: &NewFile, now: i64) -> Result<Option<FileRow>> {
     match row_by_path(c, &f.path)? {
-        Some(row) if row.size == f.size && row.mtime_ns == f.mtime_ns => Ok(None),
+        Some(row) if row.size == f.size && row.mtime_ns == f.mtime_ns && same_ident(&row, f) => Ok(None),
         Some(row) if matches!(row.state, State::Uploading | State::Uploaded) => {
             // Changed while an upload was under way (the job notices and re-queues
             // it), or after it was verified (the next scan sees it as new once the
@@ -411,7 +422,8 @@ fn upsert_on(c: &Connection, f: &NewFile, now: i64) -> Result<Option<FileRow>> {
             c.prepare_cached(
                 "UPDATE files SET size=?2, mtime_ns=?3, clip=?4, is_manifest=?5, key=?6, state=?7,
                    upload_id=NULL, part_size=NULL, etag=NULL, checksum=NULL, attempts=0,
-                   last_error=NULL, ready_at=?8, updated_at=?8, uploaded_seq=NULL WHERE id=?1",
+                   last_error=NULL, ready_at=?8, updated_at=?8, uploaded_seq=NULL, dev=?9, ino=?10
+                 WHERE id=?1",
             )?
             .execute(params![
                 row.id,
@@ -421,16 +433,28 @@ fn upsert_on(c: &Connection, f: &NewFile, now: i64) -> Result<Option<FileRow>> {
                 f.is_manifest as i64,
                 f.key,
                 to.as_str(),
-                now
+                now,
+                f.ident.map(|i| i.0 as i64),
+                f.ident.map(|i| i.1 as i64)
             ])?;
             Ok(Some(row_by_id(c, row.id)?))
         }
         None => {
             c.prepare_cached(
-                "INSERT INTO files (path, size, mtime_ns, clip, is_manifest, key, state, ready_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+                "INSERT INTO files (path, size, mtime_ns, clip, is_manifest, key, state, ready_at, updated_at, dev, ino)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?8, ?9)",
             )?
-            .execute(params![path_str(&f.path)?, f.size as i64, f.mtime_ns, f.clip, f.is_manifest as i64, f.key, now])?;
+            .execute(params![
+                path_str(&f.path)?,
+                f.size as i64,
+                f.mtime_ns,
+                f.clip,
+                f.is_manifest as i64,
+                f.key,
+                now,
+                f.ident.map(|i| i.0 as i64),
+                f.ident.map(|i| i.1 as i64)
+            ])?;
             Ok(Some(f.pending_row(c.last_insert_rowid(), now)))
         }
     }
@@ -496,6 +520,7 @@ impl Journal {
             )));
         }
         conn.execute_batch(SCHEMA)?;
+        migrate_identity(&conn)?;
         init_totals(&mut conn)?;
         Ok(Journal {
             conn: Arc::new(Mutex::new(conn)),
@@ -509,6 +534,7 @@ impl Journal {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        shim_identity(&conn)?;
         Ok(Journal {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -836,6 +862,116 @@ impl Journal {
     }
 }
 
+/// The file's identity (dev, inode) and the refused files, added to journals created
+/// before they were recorded: one place for the columns and table the rest relies on.
+fn migrate_identity(c: &Connection) -> Result<()> {
+    let has_dev: bool = c
+        .prepare("SELECT COUNT(*) FROM pragma_table_info('files') WHERE name = 'dev'")?
+        .query_row([], |r| r.get::<_, i64>(0))?
+        > 0;
+    if !has_dev {
+        c.execute_batch(
+            "ALTER TABLE files ADD COLUMN dev INTEGER; ALTER TABLE files ADD COLUMN ino INTEGER;",
+        )?;
+    }
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS refused (
+            path BLOB NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, at INTEGER NOT NULL,
+            PRIMARY KEY (path, reason));",
+    )?;
+    Ok(())
+}
+
+/// A read-only connection cannot migrate: a journal the daemon has not opened since the
+/// upgrade gets a temporary view with the identity columns empty, so `status` and
+/// `--dry-run` still read it.
+fn shim_identity(c: &Connection) -> Result<()> {
+    let has_dev: bool = c
+        .prepare("SELECT COUNT(*) FROM pragma_table_info('files') WHERE name = 'dev'")?
+        .query_row([], |r| r.get::<_, i64>(0))?
+        > 0;
+    let has_files: bool = c
+        .prepare("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'files'")?
+        .query_row([], |r| r.get::<_, i64>(0))?
+        > 0;
+    if has_files && !has_dev {
+        c.execute_batch("CREATE TEMP VIEW files AS SELECT *, NULL AS dev, NULL AS ino FROM main.files;")?;
+    }
+    Ok(())
+}
+
+/// Whether a recorded row and a file found now are the same file by (dev, inode); rows
+/// without an identity match on size and mtime alone.
+fn same_ident(row: &FileRow, f: &NewFile) -> bool {
+    match (row.ident, f.ident) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// Refused files as `status` lists them: (path, reason, detail), and (reason, count).
+pub type Refusals = (Vec<(PathBuf, String, String)>, Vec<(String, u64)>);
+
+/// Refused files, for `status` (the daemon's own log says each once).
+impl Journal {
+    /// Remember that `path` was refused for `reason`.
+    pub fn note_refusal(&self, path: &Path, reason: &str, detail: &str) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = self.lock();
+        c.prepare_cached(
+            "INSERT INTO refused (path, reason, detail, at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(path, reason) DO UPDATE SET detail=excluded.detail, at=excluded.at",
+        )?
+        .execute(params![path.as_os_str().as_bytes(), reason, detail, now_secs()])?;
+        Ok(())
+    }
+
+    /// Forget the refusals of `path` (it is accepted now), except for `keep`; or of every
+    /// path (`None`: at start, before the first scan finds them again).
+    pub fn clear_refusals(&self, path: Option<&Path>, keep: &str) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = self.lock();
+        match path {
+            Some(p) => c
+                .prepare_cached("DELETE FROM refused WHERE path = ?1 AND reason != ?2")?
+                .execute(params![p.as_os_str().as_bytes(), keep])?,
+            None => c.execute("DELETE FROM refused", [])?,
+        };
+        Ok(())
+    }
+
+    /// Refused paths (newest first, at most `limit`) and the count per reason. Empty for a
+    /// journal from before refusals were recorded.
+    pub fn refusals(&self, limit: usize) -> Result<Refusals> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = self.lock();
+        let exists: i64 = c.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'refused'",
+            [],
+            |r| r.get(0),
+        )?;
+        if exists == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut st = c.prepare("SELECT path, reason, detail FROM refused ORDER BY at DESC, path LIMIT ?1")?;
+        let rows = st
+            .query_map([limit as i64], |r| {
+                let p: Vec<u8> = r.get(0)?;
+                Ok((
+                    PathBuf::from(std::ffi::OsStr::from_bytes(&p)),
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut st = c.prepare("SELECT reason, COUNT(*) FROM refused GROUP BY reason ORDER BY reason")?;
+        let counts = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((rows, counts))
+    }
+}
+
 /// Group rows by clip (a row without one is its own group), the group whose oldest file
 /// (mtime) is oldest first; ties by path, so the order is stable.
 pub fn group_oldest_first(rows: Vec<FileRow>) -> Vec<Vec<FileRow>> {
@@ -887,6 +1023,7 @@ mod tests {
                 clip: clip.map(str::to_string),
                 is_manifest: false,
                 key: format!("k{id}"),
+                ident: None,
             }
             .pending_row(id, 0)
         };
@@ -939,6 +1076,7 @@ mod tests {
             clip: Some("/out/cam/c1".into()),
             is_manifest: false,
             key: "k/c1.mkv".into(),
+            ident: None,
         };
         let row = j.upsert_ready(&nf).unwrap().unwrap();
         assert_eq!(row.state, State::Pending);
@@ -998,6 +1136,7 @@ mod tests {
                 clip: None,
                 is_manifest: false,
                 key: format!("k{i}"),
+                ident: None,
             })
             .collect();
         let rows = j.upsert_ready_many(&files).unwrap();
@@ -1037,6 +1176,7 @@ mod tests {
             clip: None,
             is_manifest: false,
             key: p.trim_start_matches('/').into(),
+            ident: None,
         };
         let a = j.upsert_ready(&nf("/o/a")).unwrap().unwrap();
         j.mark_uploading(&a).unwrap();
@@ -1068,6 +1208,7 @@ mod tests {
             clip: None,
             is_manifest: false,
             key: format!("k{path}"),
+            ident: None,
         }
     }
 
@@ -1226,5 +1367,58 @@ mod tests {
                 .unwrap()
                 .any(|e| e.unwrap().file_name().to_string_lossy().contains(".corrupt-"))
         );
+    }
+
+    /// A journal from before (dev, inode) were recorded gains the columns on open; a file
+    /// with the same size and mtime but another inode is a new generation, not "seen".
+    #[test]
+    fn identity_columns_migrate_and_tell_files_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute(
+                "INSERT INTO files (path, size, mtime_ns, is_manifest, key, state, ready_at, updated_at)
+                 VALUES ('/o/old', 3, 1, 0, 'old', 'retained', 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let ro = Journal::open_read_only(&path).unwrap();
+        assert_eq!(ro.with_state(State::Retained, 9).unwrap()[0].ident, None);
+        assert!(ro.refusals(9).unwrap().0.is_empty());
+        drop(ro);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.get_by_path(Path::new("/o/old")).unwrap().unwrap().ident, None);
+        let nf = NewFile {
+            path: "/o/a".into(),
+            size: 3,
+            mtime_ns: 1,
+            clip: None,
+            is_manifest: false,
+            key: "a".into(),
+            ident: Some((7, u64::MAX)),
+        };
+        let row = j.upsert_ready(&nf).unwrap().unwrap();
+        assert_eq!(j.get(row.id).unwrap().ident, Some((7, u64::MAX)));
+        assert!(j.upsert_ready(&nf).unwrap().is_none(), "the same file");
+        j.mark(&row, Event::Vanished, None).unwrap();
+        let other = NewFile {
+            ident: Some((7, 8)),
+            ..nf
+        };
+        let again = j.upsert_ready(&other).unwrap().expect("another inode: new work");
+        assert_eq!((again.state, again.ident), (State::Pending, Some((7, 8))));
+        j.note_refusal(Path::new("/o/x"), "symlink", "a link").unwrap();
+        j.note_refusal(Path::new("/o/x"), "symlink", "a link").unwrap();
+        j.note_refusal(Path::new("/o/x"), "bad_date", "d").unwrap();
+        let (rows, counts) = j.refusals(9).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(counts, vec![("bad_date".into(), 1), ("symlink".into(), 1)]);
+        j.clear_refusals(Some(Path::new("/o/x")), "bad_date").unwrap();
+        assert_eq!(j.refusals(9).unwrap().1, vec![("bad_date".into(), 1)]);
+        j.clear_refusals(None, "").unwrap();
+        assert!(j.refusals(9).unwrap().0.is_empty());
     }
 }

@@ -15,6 +15,7 @@ pub mod ready;
 pub mod retry;
 pub mod s3;
 pub mod status;
+pub mod tree;
 pub mod upload;
 
 pub use error::{Result, SyncError};

@@ -1,7 +1,8 @@
 //! Counters and gauges, and the optional Prometheus text endpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -10,6 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::tree::Refusal;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -22,6 +25,10 @@ pub struct Metrics {
     failures: Mutex<BTreeMap<String, u64>>,
     retries: Mutex<BTreeMap<String, u64>>,
     existence_checks: Mutex<BTreeMap<String, u64>>,
+    refused: Mutex<BTreeMap<String, u64>>,
+    /// Each (path, reason) refused in this process: logged and counted once, not at every
+    /// rescan.
+    refused_seen: Mutex<HashSet<(PathBuf, Refusal)>>,
     list_requests: AtomicU64,
     queue_files: AtomicU64,
     queue_bytes: AtomicU64,
@@ -63,6 +70,8 @@ impl Metrics {
             failures: Mutex::new(BTreeMap::new()),
             retries: Mutex::new(BTreeMap::new()),
             existence_checks: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
+            refused_seen: Mutex::new(HashSet::new()),
             list_requests: AtomicU64::new(0),
             queue_files: AtomicU64::new(0),
             queue_bytes: AtomicU64::new(0),
@@ -131,6 +140,44 @@ impl Metrics {
     pub fn existence_checks(&self, by: &str) -> u64 {
         let m = self.existence_checks.lock().unwrap_or_else(|e| e.into_inner());
         m.get(by).copied().unwrap_or(0)
+    }
+    /// A file refused; true the first time this path is refused for this reason (count it
+    /// and log it then).
+    pub fn refused(&self, path: &Path, reason: Refusal) -> bool {
+        let new = self
+            .refused_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((path.to_path_buf(), reason));
+        if new {
+            *self
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(reason.as_str().to_string())
+                .or_default() += 1;
+        }
+        new
+    }
+    /// Files refused for `reason` in this process.
+    pub fn refused_count(&self, reason: Refusal) -> u64 {
+        let m = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(reason.as_str()).copied().unwrap_or(0)
+    }
+    /// Forget the refusals of `path` (it was accepted since), except `keep`; true when any
+    /// was forgotten.
+    pub fn unrefuse(&self, path: &Path, keep: Refusal) -> bool {
+        let mut seen = self.refused_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let before = seen.len();
+        seen.retain(|(p, r)| p != path || *r == keep);
+        seen.len() != before
+    }
+    /// Every (path, reason) refused in this process, sorted.
+    pub fn refusals(&self) -> Vec<(PathBuf, Refusal)> {
+        let seen = self.refused_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = seen.iter().cloned().collect();
+        v.sort();
+        v
     }
     pub fn list_request(&self) {
         self.list_requests.fetch_add(1, Relaxed);
@@ -245,6 +292,11 @@ impl Metrics {
             ("failures_total", &self.failures, "Failed uploads by kind."),
             ("retries_total", &self.retries, "Retried requests by error code."),
             (
+                "files_refused_total",
+                &self.refused,
+                "Files (or directories) under a watch root refused, by reason: never read, uploaded or deleted.",
+            ),
+            (
                 "existence_checks_total",
                 &self.existence_checks,
                 "Existence checks before a write, by how they were answered (head, listing, create_only).",
@@ -258,6 +310,7 @@ impl Metrics {
                 let lbl = match name {
                     "failures_total" => "kind",
                     "existence_checks_total" => "by",
+                    "files_refused_total" => "reason",
                     _ => "code",
                 };
                 let _ = writeln!(o, "edgemask_syncd_{name}{{{lbl}=\"{k}\"}} {v}");
@@ -356,7 +409,16 @@ mod tests {
         m.retry("HTTP 503");
         m.set_queue(3, 300, 7, 1);
         m.dropped();
+        assert!(m.refused(std::path::Path::new("/out/x"), Refusal::Symlink));
+        assert!(
+            !m.refused(std::path::Path::new("/out/x"), Refusal::Symlink),
+            "counted once"
+        );
         let t = m.render();
+        assert!(
+            t.contains("edgemask_syncd_files_refused_total{reason=\"symlink\"} 1\n"),
+            "{t}"
+        );
         assert!(t.contains("edgemask_syncd_dropped_total 1\n"), "{t}");
         assert!(t.contains("edgemask_syncd_files_uploaded_total 1\n"), "{t}");
         assert!(t.contains("edgemask_syncd_bytes_sent_total 120\n"));

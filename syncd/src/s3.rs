@@ -618,7 +618,7 @@ impl S3Dest {
         if head.size != ctx.row.size {
             return Ok(None);
         }
-        let path = ctx.row.path.clone();
+        let path = ctx.src.clone();
         if let Some(reported) = head.crc32c.as_deref() {
             let (_, full, parts) =
                 tokio::task::spawn_blocking(move || checksum::file_checksums(&path, part_size))
@@ -807,7 +807,7 @@ impl S3Dest {
 
     async fn put_single(&self, ctx: &UploadCtx<'_>) -> Result<Done> {
         let key = ctx.row.key.as_str();
-        let path = ctx.row.path.clone();
+        let path = ctx.src.clone();
         let len = ctx.row.size as usize;
         let _buffer = self.reserve(len as u64).await;
         // Small files are read in place (tens of microseconds from the page cache); a
@@ -1099,7 +1099,7 @@ impl S3Dest {
             let offset = (n as u64 - 1) * part_size;
             let len = part_size.min(size - offset) as usize;
             let buffer = self.reserve(len as u64).await;
-            let path = ctx.row.path.clone();
+            let path = ctx.src.clone();
             let data = tokio::task::spawn_blocking(move || checksum::read_range(&path, offset, len))
                 .await
                 .map_err(join_err)??;

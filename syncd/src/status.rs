@@ -32,6 +32,17 @@ pub fn report(path: &Path) -> Result<String> {
             let _ = writeln!(o, "destination: ok");
         }
     }
+    // Files the daemon will not touch (symlinks, hard links, bad manifests…), as found by
+    // its scans since it last started.
+    let (refused, by_reason) = j.refusals(20)?;
+    if !by_reason.is_empty() {
+        let total: u64 = by_reason.iter().map(|(_, n)| n).sum();
+        let reasons: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let _ = writeln!(o, "refused files: {total} ({})", reasons.join(", "));
+        for (path, reason, detail) in refused {
+            let _ = writeln!(o, "refused ({reason}): {} ({detail})", path.display());
+        }
+    }
     for st in [
         State::Conflict,
         State::Rejected,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use crate::journal::{Event, FileRow, Journal, State};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::s3::S3Dest;
+use crate::tree::{self, Ident, Removal};
 
 /// A verified upload.
 #[derive(Debug, Clone)]
@@ -32,6 +33,9 @@ pub struct Done {
 /// Everything one upload needs.
 pub struct UploadCtx<'a> {
     pub row: &'a FileRow,
+    /// The only way to read the row's file: beneath its watch root, no symlink followed,
+    /// still the file the journal recorded.
+    pub src: tree::Source,
     pub journal: &'a Journal,
     pub cancel: &'a CancellationToken,
     pub limiter: &'a RateLimiter,
@@ -101,9 +105,9 @@ impl FileDest {
         let src = ctx.row.path.clone();
         let key = ctx.row.key.clone();
         if target.exists() {
-            let (t, s) = (target.clone(), src.clone());
+            let (t, s) = (target.clone(), ctx.src.clone());
             let same = tokio::task::spawn_blocking(move || -> Result<Option<u32>> {
-                let (ts, tc, _) = checksum::file_checksums(&t, u64::MAX)?;
+                let (ts, tc, _) = checksum::file_checksums(&checksum::Own(&t), u64::MAX)?;
                 let (ss, sc, _) = checksum::file_checksums(&s, u64::MAX)?;
                 Ok((ts == ss && tc == sc).then_some(sc))
             })
@@ -131,7 +135,7 @@ impl FileDest {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = parent.join(format!(".{name}.syncd-tmp"));
-        let mut input = std::fs::File::open(&src).map_err(|e| SyncError::io(&src, e))?;
+        let (mut input, _) = ctx.src.open()?;
         let mut out = std::fs::File::create(&tmp).map_err(|e| SyncError::io(&tmp, e))?;
         let mut buf = vec![0u8; 1 << 20];
         let (mut crc, mut total) = (0u32, 0u64);
@@ -162,9 +166,10 @@ impl FileDest {
         }
         // Verify the copy as it is on disk now.
         let t = target.clone();
-        let (size, back, _) = tokio::task::spawn_blocking(move || checksum::file_checksums(&t, u64::MAX))
-            .await
-            .map_err(join_err)??;
+        let (size, back, _) =
+            tokio::task::spawn_blocking(move || checksum::file_checksums(&checksum::Own(&t), u64::MAX))
+                .await
+                .map_err(join_err)??;
         if size != total || back != crc {
             return Err(SyncError::Verify {
                 key,
@@ -256,7 +261,9 @@ impl Worker {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let manifest = row.path.with_file_name(rules.manifest_for(&name));
-        match std::fs::read(&manifest)
+        // The scanner judged (and reported) the manifest; here it only lends its fields.
+        match tree::Source::new(&self.cfg.watch, &manifest, self.cfg.file_policy(), None)
+            .and_then(|s| s.read_capped(tree::MAX_MANIFEST_BYTES))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         {
@@ -285,6 +292,17 @@ impl Worker {
                         }
                         Outcome::Done
                     }
+                    SyncError::Refused { path, reason, detail } => {
+                        // Found ready, then swapped for a link, linked again, given away…:
+                        // kept, never read; its clip's manifest waits as for a rejected file.
+                        tree::report(Some(&self.journal), &self.metrics, path, *reason, detail);
+                        if matches!(row.state, State::Pending | State::Uploading)
+                            && let Err(je) = self.journal.mark(&row, Event::Rejected, Some(&msg))
+                        {
+                            return Outcome::Later(je);
+                        }
+                        Outcome::Done
+                    }
                     SyncError::Rejected { .. } => {
                         warn!(path = %row.path.display(), key = %row.key, error = %msg, "object refused: kept locally");
                         if let Err(je) = self.journal.mark(&row, Event::Rejected, Some(&msg)) {
@@ -305,20 +323,29 @@ impl Worker {
 
     async fn run_inner(&self, row: &FileRow, cancel: &CancellationToken) -> Result<()> {
         let row = &self.journal.get(row.id)?;
-        let meta = match std::fs::metadata(&row.path) {
-            Ok(m) => Some(m),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(SyncError::io(&row.path, e)),
-        };
         if row.state == State::Pending || row.state == State::Uploading {
-            let Some(meta) = meta else {
+            let policy = self.cfg.file_policy();
+            let src = tree::Source::new(&self.cfg.watch, &row.path, policy, Some(ident(row)))?;
+            // Looked at without following a link; judged as the scanner judged it.
+            let now = match tree::stat(&src.root, &src.rel) {
+                Ok(id) => Some(id),
+                Err(e) if tree::is_not_found(&e) => None,
+                Err(e) => return Err(e),
+            };
+            let Some(now) = now else {
                 warn!(path = %row.path.display(), "file vanished before its upload; nothing to send");
                 self.journal
                     .mark(row, Event::Vanished, Some("file vanished before upload"))?;
                 return Ok(());
             };
-            let mtime = meta.modified().map(crate::journal::mtime_ns).unwrap_or(0);
-            if meta.len() != row.size || mtime != row.mtime_ns {
+            if let Err((reason, detail)) = now.check(&policy) {
+                return Err(SyncError::Refused {
+                    path: row.path.clone(),
+                    reason,
+                    detail,
+                });
+            }
+            if !now.is(&ident(row)) {
                 // Not finished after all: forget it; readiness decides again.
                 warn!(path = %row.path.display(), "file changed after it was judged ready; re-queued");
                 if let (Dest::S3(s), Some(id)) = (&*self.dest, &row.upload_id) {
@@ -331,6 +358,7 @@ impl Worker {
             debug!(path = %row.path.display(), key = %row.key, bytes = row.size, "upload starting");
             let ctx = UploadCtx {
                 row,
+                src: src.clone(),
                 journal: &self.journal,
                 cancel,
                 limiter: &self.limiter,
@@ -343,9 +371,7 @@ impl Worker {
             let started = std::time::Instant::now();
             let done = self.dest.upload(&ctx).await?;
             // The file must not have changed while it was read.
-            let after = std::fs::metadata(&row.path).map_err(|e| SyncError::io(&row.path, e))?;
-            let mtime_after = after.modified().map(crate::journal::mtime_ns).unwrap_or(0);
-            if after.len() != row.size || mtime_after != row.mtime_ns {
+            if !tree::stat(&src.root, &src.rel).is_ok_and(|after| after.is(&ident(row))) {
                 return Err(SyncError::Changed(row.path.clone()));
             }
             // Keeping the file needs nothing done to it: recorded with the upload.
@@ -363,7 +389,7 @@ impl Worker {
         if row.state == State::Uploaded {
             match self.cfg.after_upload {
                 AfterUpload::Delete => {
-                    remove_uploaded(&row.path)?;
+                    remove_uploaded(&self.cfg.watch, row)?;
                     self.journal.mark(row, Event::Deleted, None)?;
                 }
                 AfterUpload::Retain => {
@@ -375,12 +401,32 @@ impl Worker {
     }
 }
 
-/// Delete a verified file; a file already gone is fine.
-pub fn remove_uploaded(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SyncError::io(path, e)),
+/// The identity the journal recorded for `row`'s file.
+pub fn ident(row: &FileRow) -> Ident {
+    Ident {
+        dev_ino: row.ident,
+        size: row.size,
+        mtime_ns: row.mtime_ns,
+    }
+}
+
+/// Delete the file a row describes, only if its name still holds that very file (dev,
+/// inode, size, mtime): a writer that reused the name keeps its new file, a name swapped
+/// for a symlink deletes nothing through it. A file already gone is fine; a file that is
+/// not the row's is kept and logged. Either way the row is done with.
+pub fn remove_uploaded(roots: &[PathBuf], row: &FileRow) -> Result<()> {
+    let kept = |why: &str| {
+        warn!(path = %row.path.display(), why, "not deleted: the name no longer holds the uploaded file; kept");
+        Ok(())
+    };
+    let Some((root, rel)) = tree::split(roots, &row.path) else {
+        return kept("not beneath a watched directory");
+    };
+    match tree::remove_if_same(root, rel, &ident(row)) {
+        Ok(Removal::Removed | Removal::Gone) => Ok(()),
+        Ok(Removal::Different) => kept("another file (or a link) holds the name now"),
+        Err(SyncError::Refused { detail, .. }) => kept(&detail),
+        Err(e) => Err(e),
     }
 }
 

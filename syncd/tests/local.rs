@@ -343,3 +343,294 @@ fn disk_pressure_drops_not_uploaded_clips_only_when_allowed() {
     assert_eq!(code, 0);
     assert!(so.contains("dropped: 9") && so.contains("c-new.mkv"), "{so}");
 }
+
+/// Every file below `dir` (recursively, links not followed), with its content.
+fn tree_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push((e.path(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Set a file's mtime.
+fn set_mtime(p: &std::path::Path, t: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// A hostile watched tree: a symlinked directory to a secret folder (there at start, and
+/// made while the daemon runs), a journaled file swapped for a symlink to a secret before
+/// its upload, a hard link to an outside file, a non-UTF-8 directory holding a clip, a
+/// manifest whose date has a multi-byte character at byte 10, a 100 MB manifest, a clip
+/// file with an mtime in year 30000. Nothing outside the tree is uploaded or deleted, the
+/// daemon neither crashes nor exits early, every good clip goes up, and each refusal is
+/// listed with its reason.
+#[test]
+fn hostile_tree_is_refused_file_by_file() {
+    use std::os::unix::ffi::OsStrExt;
+    let work = tempfile::tempdir().unwrap();
+    let (out, dest, journal) = (
+        work.path().join("out"),
+        work.path().join("dest"),
+        work.path().join("j.sqlite"),
+    );
+    let secret = work.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    let secret_bytes = b"AWS_SECRET=do-not-upload-me".to_vec();
+    std::fs::write(secret.join("key"), &secret_bytes).unwrap();
+    std::fs::write(secret.join("s.mkv"), &secret_bytes).unwrap();
+    std::fs::write(secret.join("s.manifest.json"), b"{}").unwrap();
+    let secret_before = tree_files(&secret);
+    std::fs::create_dir_all(&out).unwrap();
+    let extra = "key_template = \"{rel}\"\n[readiness]\nsettle_secs = 0\n";
+    let cfg = write_config(work.path(), &file_config(&out, &dest, &journal, extra));
+    // An empty first run creates the journal.
+    let (code, _, se) = run(&cfg, &[], &["--once"], Duration::from_secs(30));
+    assert_eq!(code, 0, "{se}");
+
+    let m = |start: &str| serde_json::json!({"camera": "cam", "start": start});
+    let mut good = Vec::new();
+    for name in write_clip(
+        &out.join("cam"),
+        "good-1",
+        &content(1, 9_000),
+        &content(2, 900),
+        &m("2026-01-02T00:00:00Z"),
+    ) {
+        good.push(format!("cam/{name}"));
+    }
+    for name in write_clip(
+        &out.join("gate"),
+        "good-2",
+        &content(3, 5_000),
+        &content(4, 500),
+        &m("2026-01-03T00:00:00Z"),
+    ) {
+        good.push(format!("gate/{name}"));
+    }
+    // Byte 10 of the date falls inside "é".
+    for name in write_clip(
+        &out.join("cam"),
+        "d",
+        &content(5, 700),
+        &content(6, 70),
+        &m("2026-11-2é:00:00Z"),
+    ) {
+        good.push(format!("cam/{name}"));
+    }
+    // A 100 MB (sparse) manifest: refused unread; its clip file goes up as a file
+    // without a manifest.
+    write_final(&out.join("cam"), "big.mkv", &content(7, 1_000));
+    good.push("cam/big.mkv".into());
+    std::fs::File::create(out.join("cam/big.manifest.json"))
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    // A clip file from year 30000 (its manifest has no date: {date} would come from it).
+    write_final(&out.join("cam"), "f.mkv", &content(8, 100));
+    set_mtime(
+        &out.join("cam/f.mkv"),
+        std::time::UNIX_EPOCH + Duration::from_secs(884_541_340_800),
+    );
+    write_final(&out.join("cam"), "f.manifest.json", b"{}");
+    // Outside files reached through the tree.
+    std::os::unix::fs::symlink(&secret, out.join("x")).unwrap();
+    std::fs::hard_link(secret.join("key"), out.join("cam/h.mkv")).unwrap();
+    // A clip in a directory whose name is not UTF-8.
+    let bad = out.join(std::ffi::OsStr::from_bytes(b"bad\xff"));
+    write_clip(
+        &bad,
+        "b",
+        &content(9, 100),
+        &content(10, 10),
+        &m("2026-01-04T00:00:00Z"),
+    );
+    // Journaled as ready (with the size and mtime the secret has), then swapped for a
+    // symlink to the secret before its upload.
+    let meta = std::fs::metadata(secret.join("key")).unwrap();
+    let mtime_ns = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let swapped = out.join("cam/swap.mkv");
+    {
+        let db = rusqlite::Connection::open(&journal).unwrap();
+        db.execute(
+            "INSERT INTO files (path, size, mtime_ns, clip, is_manifest, key, state, ready_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 0, 'cam/swap.mkv', 'pending', 0, 0)",
+            rusqlite::params![
+                swapped.to_str().unwrap(),
+                meta.len() as i64,
+                mtime_ns,
+                format!("{}/swap", out.join("cam").display())
+            ],
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink(secret.join("key"), &swapped).unwrap();
+
+    let (code, _, se) = run(&cfg, &[], &["--once"], Duration::from_secs(60));
+    assert!(code == 0 || code == 4, "a crash or a fatal exit ({code}): {se}");
+    assert!(!se.contains("panicked"), "{se}");
+    for g in &good {
+        assert!(dest.join(g).is_file(), "{g} not uploaded: {se}");
+        assert!(!out.join(g).exists(), "{g} not deleted after its upload");
+    }
+    let uploaded = tree_files(&dest);
+    assert!(
+        uploaded.iter().all(|(_, c)| c != &secret_bytes),
+        "a secret was uploaded: {uploaded:?}"
+    );
+    assert!(!dest.join("x").exists() && !dest.join("cam/h.mkv").exists());
+    assert!(!dest.join("cam/big.manifest.json").exists() && !dest.join("cam/f.mkv").exists());
+    assert_eq!(tree_files(&secret), secret_before, "the secret folder changed");
+    assert!(out.join("cam/h.mkv").exists() && bad.join("b.mkv").exists());
+    assert!(
+        std::fs::symlink_metadata(&swapped).is_ok(),
+        "the symlink is left alone"
+    );
+
+    let (code, so, _) = run(&cfg, &[], &["status"], Duration::from_secs(30));
+    assert_eq!(code, 0, "{so}");
+    for (reason, path) in [
+        ("symlink", "out/x"),
+        ("symlink", "cam/swap.mkv"),
+        ("hard_link", "cam/h.mkv"),
+        ("not_utf8", "bad"),
+        ("bad_date", "cam/d.manifest.json"),
+        ("manifest_too_large", "cam/big.manifest.json"),
+        ("bad_mtime", "cam/f.mkv"),
+        ("member_refused", "cam/f.manifest.json"),
+    ] {
+        assert!(
+            so.lines()
+                .any(|l| l.starts_with(&format!("refused ({reason}): ")) && l.contains(path)),
+            "{reason} {path} not listed: {so}"
+        );
+    }
+
+    // While the daemon runs: a symlink to a secret folder appears, then a good clip.
+    let port = free_port();
+    let cfg = write_config(
+        work.path(),
+        &file_config(
+            &out,
+            &dest,
+            &journal,
+            &format!("{extra}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        ),
+    );
+    let log = work.path().join("d.log");
+    let mut d = spawn(&cfg, &[], &[], &log);
+    std::thread::sleep(Duration::from_secs(2));
+    let secret2 = work.path().join("secret2");
+    std::fs::create_dir_all(&secret2).unwrap();
+    std::fs::write(secret2.join("t.mkv"), &secret_bytes).unwrap();
+    std::fs::write(secret2.join("t.manifest.json"), b"{}").unwrap();
+    std::os::unix::fs::symlink(&secret2, out.join("y")).unwrap();
+    // And new files in the secret folder linked since the start (a watcher that follows
+    // links would report them under out/x/).
+    std::fs::write(secret.join("u.mkv"), &secret_bytes).unwrap();
+    std::fs::write(secret.join("u.manifest.json"), b"{}").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    write_clip(
+        &out.join("cam"),
+        "good-3",
+        &content(11, 800),
+        &content(12, 80),
+        &m("2026-01-05T00:00:00Z"),
+    );
+    let t0 = std::time::Instant::now();
+    while !dest.join("cam/good-3.manifest.json").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let metrics = metrics_text(port);
+    sigterm(&d);
+    assert_eq!(wait_exit(&mut d, Duration::from_secs(20)), Some(0));
+    assert!(secret2.join("t.mkv").exists() && secret2.join("t.manifest.json").exists());
+    assert!(secret.join("u.mkv").exists() && secret.join("u.manifest.json").exists());
+    assert!(!dest.join("y").exists());
+    assert!(
+        tree_files(&dest).iter().all(|(_, c)| c != &secret_bytes),
+        "a secret was uploaded"
+    );
+    assert!(
+        metrics.contains("edgemask_syncd_files_refused_total{reason=\"symlink\"}"),
+        "{metrics}"
+    );
+}
+
+/// After a verified upload, the name was reused for a new file (another inode, same size
+/// and mtime) before the delete: the new file is kept — also by a daemon restarted with
+/// the upload already in its journal.
+#[test]
+fn a_file_replaced_after_its_upload_is_not_deleted() {
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().unwrap();
+    let (out, dest, journal) = (
+        work.path().join("out"),
+        work.path().join("dest"),
+        work.path().join("j.sqlite"),
+    );
+    write_final(&out.join("c"), "r.bin", b"first");
+    let p = out.join("c/r.bin");
+    let meta = std::fs::metadata(&p).unwrap();
+    let mtime = meta.modified().unwrap();
+    {
+        use edgemask_syncd::journal::{Journal, NewFile};
+        let j = Journal::open(&journal).unwrap();
+        let row = j
+            .upsert_ready(&NewFile {
+                path: p.clone(),
+                size: meta.len(),
+                mtime_ns: edgemask_syncd::journal::mtime_ns(mtime),
+                clip: None,
+                is_manifest: false,
+                key: "c/r.bin".into(),
+                ident: Some((meta.dev(), meta.ino())),
+            })
+            .unwrap()
+            .unwrap();
+        j.mark_uploading(&row).unwrap();
+        j.mark_uploaded(&row, None, "crc", None).unwrap();
+    }
+    std::fs::create_dir_all(dest.join("c")).unwrap();
+    std::fs::write(dest.join("c/r.bin"), b"first").unwrap();
+    // The writer reuses the name: same size, same mtime, another inode.
+    write_final(&out.join("c"), "r.bin", b"secnd");
+    set_mtime(&p, mtime);
+    assert_ne!(std::fs::metadata(&p).unwrap().ino(), meta.ino());
+
+    let extra = "key_template = \"{rel}\"\n[readiness]\nsettle_secs = 0\n";
+    let cfg = write_config(work.path(), &file_config(&out, &dest, &journal, extra));
+    let (code, _, se) = run(&cfg, &[], &["--once"], Duration::from_secs(30));
+    assert_eq!(code, 0, "{se}");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        b"secnd",
+        "the new file was deleted: {se}"
+    );
+    assert!(se.contains("not deleted"), "{se}");
+}

@@ -250,7 +250,11 @@ impl SignPayload {
 
 /// Whether `url` is plain `http://` to a host other than loopback (pure).
 pub fn insecure_http(url: &str) -> bool {
-    let Some(rest) = url.get(..7).filter(|s| s.eq_ignore_ascii_case("http://")).map(|_| &url[7..]) else {
+    let Some(rest) = url
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])
+    else {
         return false; // https:// (or a scheme the SDK will refuse)
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -501,9 +505,7 @@ impl Config {
         if self.s3.sse_kms_key_id.is_some() && self.s3.sse.as_deref() != Some("aws:kms") {
             return err("s3.sse_kms_key_id", &"(set)", "only with s3.sse = \"aws:kms\"");
         }
-        if self.retry.base_ms == 0
-            || self.retry.cap_ms < self.retry.base_ms
-            || self.retry.cap_ms > 3_600_000
+        if self.retry.base_ms == 0 || self.retry.cap_ms < self.retry.base_ms || self.retry.cap_ms > 3_600_000
         {
             return err(
                 "retry",

@@ -40,11 +40,7 @@ pub fn runner_name(name: &str) -> Option<RunnerName<'_>> {
         && camera
             .bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
-    (seq.len() >= 6 && digits(seq) && stamp_ok && camera_ok).then_some(RunnerName {
-        camera,
-        base,
-        kind,
-    })
+    (seq.len() >= 6 && digits(seq) && stamp_ok && camera_ok).then_some(RunnerName { camera, base, kind })
 }
 
 #[cfg(test)]

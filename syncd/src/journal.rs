@@ -1286,14 +1286,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
         let mut ids = Vec::new();
-        for (i, ev) in [
-            Event::Vanished,
-            Event::Vanished,
-            Event::Rejected,
-            Event::Conflict,
-        ]
-        .into_iter()
-        .enumerate()
+        for (i, ev) in [Event::Vanished, Event::Vanished, Event::Rejected, Event::Conflict]
+            .into_iter()
+            .enumerate()
         {
             let r = j.upsert_ready(&new_file(&format!("/p/{i}"), 1)).unwrap().unwrap();
             j.mark(&r, ev, None).unwrap();
@@ -1363,9 +1358,11 @@ mod tests {
         let j = Journal::open(&path).expect("a new journal");
         assert_eq!(j.summary().unwrap().counts.get("pending"), Some(&0));
         assert!(
-            std::fs::read_dir(dir.path())
+            std::fs::read_dir(dir.path()).unwrap().any(|e| e
                 .unwrap()
-                .any(|e| e.unwrap().file_name().to_string_lossy().contains(".corrupt-"))
+                .file_name()
+                .to_string_lossy()
+                .contains(".corrupt-"))
         );
     }
 

@@ -173,7 +173,7 @@ pub fn sanitize_key(raw: &str) -> String {
             let mid = segments.len() / 2;
             segments[mid] = format!("~{:08x}", crc32c::crc32c(raw.as_bytes()));
             if segments.len() > 2 {
-                segments.remove(mid.saturating_sub(1).max(0));
+                segments.remove(mid - 1);
             }
             continue;
         }
@@ -281,14 +281,20 @@ mod tests {
     #[test]
     fn probe_key_shares_the_uploads_directories() {
         let t = "{host}/{camera}/{date}/{file}";
-        assert_eq!(probe_key("retrain", t, "gpu-01"), "retrain/gpu-01/.edgemask-syncd-probe");
+        assert_eq!(
+            probe_key("retrain", t, "gpu-01"),
+            "retrain/gpu-01/.edgemask-syncd-probe"
+        );
         assert_eq!(probe_key("", t, "gpu-01"), "gpu-01/.edgemask-syncd-probe");
         assert_eq!(
             probe_key("p", "fleet/{host}/{rel}", "h"),
             "p/fleet/h/.edgemask-syncd-probe"
         );
         assert_eq!(probe_key("p", "{rel}", "h"), "p/.edgemask-syncd-probe");
-        assert_eq!(probe_key("p", "{camera}/{host}/{file}", "h"), "p/.edgemask-syncd-probe");
+        assert_eq!(
+            probe_key("p", "{camera}/{host}/{file}", "h"),
+            "p/.edgemask-syncd-probe"
+        );
         assert_eq!(probe_key("p", "{host}", "h"), "p/.edgemask-syncd-probe");
         // A hostile host name stays inside the prefix.
         assert_eq!(probe_key("p", t, "../.."), "p/__/__/.edgemask-syncd-probe");
@@ -317,7 +323,10 @@ mod tests {
         let dots = format!("{}/f.mp4", ".".repeat(1500));
         let k = sanitize_key(&dots);
         assert!(k.len() <= MAX_KEY_BYTES);
-        assert!(!k.split('/').any(|s| s == ".." || s == "." || s.is_empty()), "{k}");
+        assert!(
+            !k.split('/').any(|s| s == ".." || s == "." || s.is_empty()),
+            "{k}"
+        );
         assert!(k.ends_with("/f.mp4"), "{k}");
         // Many segments, each short.
         let many = vec!["abcdefgh"; 400].join("/") + "/clip.mp4";

@@ -2,8 +2,8 @@
 //! (or a directory) exactly once — see `syncd/README.md`.
 
 pub mod checksum;
-pub mod contract;
 pub mod config;
+pub mod contract;
 pub mod daemon;
 pub mod error;
 pub mod journal;

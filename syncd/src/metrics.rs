@@ -433,9 +433,19 @@ mod tests {
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Some(Ok(())));
         assert_eq!(route(b"GET /?x=1 HTTP/1.0\r\n\r\n"), Some(Ok(())));
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost"), None, "incomplete");
-        assert_eq!(route(b"GET /etc/passwd HTTP/1.1\r\n\r\n"), Some(Err("404 Not Found")));
-        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Some(Err("405 Method Not Allowed")));
-        let huge = [b"GET /metrics HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; MAX_REQUEST_BYTES]].concat();
+        assert_eq!(
+            route(b"GET /etc/passwd HTTP/1.1\r\n\r\n"),
+            Some(Err("404 Not Found"))
+        );
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Some(Err("405 Method Not Allowed"))
+        );
+        let huge = [
+            b"GET /metrics HTTP/1.1\r\nX: ".as_slice(),
+            &vec![b'a'; MAX_REQUEST_BYTES],
+        ]
+        .concat();
         assert_eq!(route(&huge), Some(Err("431 Request Header Fields Too Large")));
     }
 
@@ -466,7 +476,9 @@ mod tests {
         let mut big = tokio::net::TcpStream::connect(addr).await.unwrap();
         let prefix = b"GET /metrics HTTP/1.1\r\nX: ";
         big.write_all(prefix).await.unwrap();
-        big.write_all(&vec![b'a'; MAX_REQUEST_BYTES + 1 - prefix.len()]).await.unwrap();
+        big.write_all(&vec![b'a'; MAX_REQUEST_BYTES + 1 - prefix.len()])
+            .await
+            .unwrap();
         let mut resp = String::new();
         let _ = big.read_to_string(&mut resp).await;
         assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
@@ -475,7 +487,10 @@ mod tests {
         ok.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
         let mut resp = String::new();
         ok.read_to_string(&mut resp).await.unwrap();
-        assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("edgemask_syncd_"), "{resp}");
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.contains("edgemask_syncd_"),
+            "{resp}"
+        );
         cancel.cancel();
     }
 }

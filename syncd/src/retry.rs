@@ -284,7 +284,10 @@ mod tests {
         assert_eq!(lookup(Some(404), None), Lookup::Absent);
         assert_eq!(lookup(Some(404), Some("NoSuchKey")), Lookup::Absent);
         // Credentials that are wrong as a whole still stop the destination.
-        assert_eq!(lookup(Some(403), Some("InvalidAccessKeyId")), Lookup::Failed(Fatal));
+        assert_eq!(
+            lookup(Some(403), Some("InvalidAccessKeyId")),
+            Lookup::Failed(Fatal)
+        );
         assert_eq!(lookup(Some(404), Some("NoSuchBucket")), Lookup::Failed(Fatal));
         assert_eq!(lookup(Some(503), None), Lookup::Failed(Transient));
         assert_eq!(lookup(None, None), Lookup::Failed(Transient));

@@ -506,9 +506,7 @@ impl S3Dest {
             Some(false) => Ok(None),
             Some(true) => Err(SyncError::Transient {
                 code: "ExistenceUnknown".into(),
-                message: format!(
-                    "{key} is listed but {HEAD_403_ADVICE}: grant s3:GetObject on the prefix"
-                ),
+                message: format!("{key} is listed but {HEAD_403_ADVICE}: grant s3:GetObject on the prefix"),
             }),
             None => Err(SyncError::Transient {
                 code: "ExistenceUnknown".into(),

@@ -910,12 +910,18 @@ async fn a_403_for_a_missing_key_never_stops_the_destination() {
     };
     let cfg = config_through(&proxy);
     let (code, so, se) = run(&cfg, &g.env(), &["--once"], Duration::from_secs(60));
-    assert_eq!(code, 4, "files kept and queued, not a refused destination:\n{so}\n{se}");
+    assert_eq!(
+        code, 4,
+        "files kept and queued, not a refused destination:\n{so}\n{se}"
+    );
     assert!(!se.contains("destination refused"), "{se}");
     assert!(se.contains("s3:ListBucket"), "the error names the fix: {se}");
     assert_eq!(std::fs::read_dir(out.join("cam")).unwrap().count(), 3);
     assert!(
-        list(&client).await.keys().all(|k| k.ends_with(".edgemask-syncd-probe")),
+        list(&client)
+            .await
+            .keys()
+            .all(|k| k.ends_with(".edgemask-syncd-probe")),
         "nothing written without knowing"
     );
     let (code, so, _) = run(&cfg, &[], &["status"], Duration::from_secs(20));

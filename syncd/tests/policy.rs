@@ -13,7 +13,8 @@ fn repo() -> PathBuf {
 
 fn json(rel: &str) -> serde_json::Value {
     let p = repo().join(rel);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn statements(v: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -38,7 +39,10 @@ fn the_host_policy_grants_no_listing_no_deletion_and_only_its_own_prefix() {
         assert_eq!(s["Effect"], "Allow");
         for a in actions(&s) {
             assert!(
-                !matches!(a.as_str(), "s3:ListBucket" | "s3:DeleteObject" | "s3:*" | "s3:Delete*"),
+                !matches!(
+                    a.as_str(),
+                    "s3:ListBucket" | "s3:DeleteObject" | "s3:*" | "s3:Delete*"
+                ),
                 "{a} granted"
             );
             if matches!(a.as_str(), "s3:PutObject" | "s3:GetObject") {
@@ -116,7 +120,10 @@ fn the_host_name_survives_a_hidden_proc_sys() {
         eprintln!("skipped: this machine is called {host:?}, the fallback itself");
         return;
     }
-    assert!(so.contains(&format!("/{host}/foreign.bin")), "host {host:?} not in {so}");
+    assert!(
+        so.contains(&format!("/{host}/foreign.bin")),
+        "host {host:?} not in {so}"
+    );
 }
 
 /// A configuration error exits 2, and the unit does not restart on 2: a loop under
@@ -132,7 +139,9 @@ fn a_config_error_exits_2_and_is_not_restarted() {
     assert_eq!(code, 2, "{se}");
     assert!(se.contains("upload.request_timeout_secs"), "{se}");
     let unit = edgemask_tests::units::Unit::read(&repo().join("configs/systemd/edgemask-syncd.service"));
-    let prevent = unit.get("Service", "RestartPreventExitStatus").unwrap_or_default();
+    let prevent = unit
+        .get("Service", "RestartPreventExitStatus")
+        .unwrap_or_default();
     assert!(
         prevent.split_whitespace().any(|c| c == "2"),
         "RestartPreventExitStatus = {prevent:?}"

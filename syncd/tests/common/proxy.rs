@@ -16,9 +16,9 @@
 //! keep-alive connection would otherwise carry a request through an outage untouched),
 //! and "20 % of connections" means 20 % of requests.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -229,7 +229,9 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     /// HeadObject / GetObject (not of a part listing or an upload).
-    Lookup { head: bool },
+    Lookup {
+        head: bool,
+    },
     /// ListObjects(V2) on the bucket.
     ListObjects,
     /// PutObject or CompleteMultipartUpload: the key exists after a 2xx.
@@ -239,20 +241,14 @@ enum Op {
 
 fn classify(method: &str, target: &str) -> (Op, String) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let has = |name: &str| {
-        query
-            .split('&')
-            .any(|kv| kv.split('=').next() == Some(name))
-    };
+    let has = |name: &str| query.split('&').any(|kv| kv.split('=').next() == Some(name));
     // Path style: /bucket/key...
     let is_object = path.trim_start_matches('/').contains('/');
     let op = match method {
         "HEAD" | "GET" if is_object && !has("uploadId") => Op::Lookup {
             head: method == "HEAD",
         },
-        "GET" if !is_object && !has("uploads") && !has("location") && !has("versioning") => {
-            Op::ListObjects
-        }
+        "GET" if !is_object && !has("uploads") && !has("location") && !has("versioning") => Op::ListObjects,
         "PUT" if is_object && !has("uploadId") && !has("partNumber") => Op::Write,
         "POST" if is_object && has("uploadId") => Op::Write,
         _ => Op::Other,
@@ -353,12 +349,15 @@ fn handle(mut client: TcpStream, upstream: u16, mode: u8, roll: u64, n: u64, cou
         answer(&mut client, &first, end, "403 Forbidden", Some("AccessDenied"));
         return;
     }
-    if conditional
-        && op == Op::Write
-        && create_only
-        && aws.existing.lock().unwrap().contains(&path) {
+    if conditional && op == Op::Write && create_only && aws.existing.lock().unwrap().contains(&path) {
         counts.precondition_failed.fetch_add(1, Ordering::Relaxed);
-        answer(&mut client, &first, end, "412 Precondition Failed", Some("PreconditionFailed"));
+        answer(
+            &mut client,
+            &first,
+            end,
+            "412 Precondition Failed",
+            Some("PreconditionFailed"),
+        );
         return;
     }
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
@@ -461,7 +460,11 @@ fn forward_response(s: &mut TcpStream, c: &mut TcpStream, missing_is_403: Option
             {
                 // What AWS says without s3:ListBucket; the upstream's body is dropped, and
                 // a HEAD answer has none.
-                let body = if is_head { "" } else { "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>" };
+                let body = if is_head {
+                    ""
+                } else {
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+                };
                 let _ = write!(
                     c,
                     "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{AfterUpload, Config};
+use crate::contract;
 use crate::error::{Result, SyncError};
 use crate::journal::{self, Event, FileRow, Journal, NewFile};
 use crate::keys::{self, KeyVars};
@@ -308,6 +309,17 @@ impl Scanner {
         };
         let ready = if manifest.is_some() {
             true
+        } else if contract::runner_name(name).is_some() {
+            // The runner's file without its manifest: the runner stopped between its
+            // renames (a crash, a full disk). Never uploaded on its own; it waits for its
+            // manifest (docs/clip-contract.md).
+            if !self.unsettled.contains_key(path) {
+                info!(path = %path.display(), "runner clip file without its manifest: waiting for the manifest, never uploaded alone");
+                let now = SystemTime::now();
+                self.unsettled
+                    .insert(path.to_path_buf(), (Observation::first(size, mtime, now), false));
+            }
+            false
         } else {
             let now = SystemTime::now();
             let entry = self

@@ -634,3 +634,67 @@ fn a_file_replaced_after_its_upload_is_not_deleted() {
     );
     assert!(se.contains("not deleted"), "{se}");
 }
+
+/// The clip contract (docs/clip-contract.md), as the daemon applies it: a camera named
+/// `tmp1` is a camera, not a temporary file (the default `temp_prefixes = ["tmp"]` held its
+/// clips back forever); the runner's files without their manifest (the runner stopped
+/// between renames) are never uploaded on their own, however long they settle, while a
+/// foreign file is; a manifest arriving later takes its clip up.
+#[test]
+fn runner_clips_go_only_with_their_manifest_and_tmp_is_a_camera() {
+    let work = tempfile::tempdir().unwrap();
+    let (out, dest, journal) = (
+        work.path().join("out"),
+        work.path().join("dest"),
+        work.path().join("j.sqlite"),
+    );
+    let tmp1 = out.join("tmp1");
+    let m = serde_json::json!({"camera": "tmp1", "start": "2026-01-02T03:04:05Z"});
+    let base = "tmp1-20260102T030405000Z-000001";
+    write_final(&tmp1, &format!("{base}.mp4"), &content(1, 5000));
+    write_final(&tmp1, &format!("{base}.masks.tar"), &content(2, 700));
+    write_final(&tmp1, &format!("{base}.manifest.json"), m.to_string().as_bytes());
+    // An orphan: the runner's video and masks, no manifest.
+    let orphan = "tmp1-20260102T030410000Z-000002";
+    write_final(&tmp1, &format!("{orphan}.mp4"), &content(3, 4000));
+    write_final(&tmp1, &format!("{orphan}.masks.tar"), &content(4, 600));
+    // A foreign file, settled at once (settle_secs = 0).
+    write_final(&tmp1, "seg-00001.mp4", &content(5, 300));
+    let cfg = write_config(
+        work.path(),
+        &file_config(
+            &out,
+            &dest,
+            &journal,
+            "key_template = \"{rel}\"\n[readiness]\nsettle_secs = 0\n",
+        ),
+    );
+    let (code, _, se) = run(&cfg, &[], &["--once"], Duration::from_secs(30));
+    assert_eq!(code, 4, "the orphan is reported as not settled: {se}");
+    for f in [
+        format!("{base}.mp4"),
+        format!("{base}.masks.tar"),
+        format!("{base}.manifest.json"),
+        "seg-00001.mp4".to_string(),
+    ] {
+        assert!(dest.join("tmp1").join(&f).exists(), "{f} not uploaded: {se}");
+    }
+    for f in [format!("{orphan}.mp4"), format!("{orphan}.masks.tar")] {
+        assert!(
+            !dest.join("tmp1").join(&f).exists(),
+            "{f} uploaded without its manifest"
+        );
+        assert!(tmp1.join(&f).exists(), "{f} must stay");
+    }
+    assert!(se.contains("without its manifest"), "{se}");
+    // The manifest appears: the clip goes up whole.
+    write_final(
+        &tmp1,
+        &format!("{orphan}.manifest.json"),
+        m.to_string().as_bytes(),
+    );
+    let (code, _, se) = run(&cfg, &[], &["--once"], Duration::from_secs(30));
+    assert_eq!(code, 0, "{se}");
+    assert!(dest.join("tmp1").join(format!("{orphan}.mp4")).exists());
+    assert!(dest.join("tmp1").join(format!("{orphan}.manifest.json")).exists());
+}

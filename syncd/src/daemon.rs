@@ -485,7 +485,9 @@ impl Scanner {
             None => utc_date(mtime),
         };
         let vars = KeyVars {
-            host: field("host").unwrap_or_else(|| self.host.clone()),
+            // Never the manifest's: a runner (or anything that writes a manifest) must not
+            // steer uploads into another host's prefix (configs/iam/).
+            host: self.host.clone(),
             camera,
             date,
             clip: ready::clip_stem(name).to_string(),

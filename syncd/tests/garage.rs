@@ -78,10 +78,12 @@ async fn happy_path_clips_arrive_complete_and_nothing_early() {
         let media = content(10 + i as u64, *size);
         let mask = content(20 + i as u64, size / 8 + 1);
         write_clip(&door, stem, &media, &mask, &m);
+        // `{host}` is always the daemon's own: a manifest cannot steer a clip into
+        // another host's prefix.
         let (cam_key, host_key) = if camera.starts_with("..") {
-            ("__/evil_cam", "cam-host")
+            ("__/evil_cam", "test-host")
         } else {
-            (*camera, *host)
+            (*camera, "test-host")
         };
         let base = format!("retrain/{host_key}/{cam_key}/2026-11-20");
         expected.insert(format!("{base}/{stem}.mkv"), media);

@@ -29,8 +29,14 @@ fn build(path: &std::path::Path, terminal: usize) -> Journal {
             let now = edgemask_syncd::journal::now_secs();
             for i in 0..terminal {
                 let p = format!("/out/cam{}/clip-{i:08}.mp4", i % 8);
-                st.execute(rusqlite::params![p, format!("/out/cam/clip-{i}"), format!("k{p}"), now, i as i64])
-                    .unwrap();
+                st.execute(rusqlite::params![
+                    p,
+                    format!("/out/cam/clip-{i}"),
+                    format!("k{p}"),
+                    now,
+                    i as i64
+                ])
+                .unwrap();
             }
         }
         tx.commit().unwrap();
@@ -84,11 +90,21 @@ fn main() {
             let p = dir.path().join(format!("j{n}.sqlite"));
             let t = Instant::now();
             let j = build(&p, n);
-            eprintln!("built a journal of {n} terminal rows in {:.1} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "built a journal of {n} terminal rows in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
             (n, p, j)
         })
         .collect();
-    let ops = ["summary", "open_work", "prune (nothing due)", "upsert + mark", "full count (old summary)"];
+    let ops = [
+        "summary",
+        "open_work",
+        "prune (nothing due)",
+        "upsert + mark",
+        "retention candidates",
+        "full count (old summary)",
+    ];
     // samples[op][journal] in microseconds
     let mut samples = vec![vec![Vec::new(); journals.len()]; ops.len()];
     for round in 0..rounds {
@@ -118,7 +134,12 @@ fn main() {
                 .unwrap();
             j.mark_uploading(&r).unwrap();
             samples[3][ji].push(t.elapsed().as_secs_f64() * 1e6);
-            samples[4][ji].push(old_summary(path).as_secs_f64() * 1e6);
+            let t = Instant::now();
+            std::hint::black_box(j.retained_bytes().unwrap());
+            std::hint::black_box(j.retained_after(i64::MIN, 256).unwrap());
+            std::hint::black_box(j.retained_older(0, (i64::MIN, i64::MIN), 256).unwrap());
+            samples[4][ji].push(t.elapsed().as_secs_f64() * 1e6);
+            samples[5][ji].push(old_summary(path).as_secs_f64() * 1e6);
         }
     }
     println!("journal per-tick work, µs: median (min–max) of {rounds} rounds");
@@ -141,5 +162,8 @@ fn main() {
         }
         println!("{:>12.2}", meds[meds.len() - 1] / meds[0].max(1.0));
     }
-    println!("{{\"bench\":\"journal\",\"rounds\":{rounds},\"results\":[{}]}}", json.join(","));
+    println!(
+        "{{\"bench\":\"journal\",\"rounds\":{rounds},\"results\":[{}]}}",
+        json.join(",")
+    );
 }

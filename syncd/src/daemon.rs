@@ -774,7 +774,9 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
             _ = tick.tick() => {
                 scanner.recheck(Some(&journal), &mut fresh);
                 if last_scan.elapsed() >= rescan_every {
-                    scanner.scan_all(Some(&journal), &mut fresh);
+                    // Directory walks and the journal are blocking I/O: off the runtime's
+                    // worker, so requests in flight keep moving during a long scan.
+                    tokio::task::block_in_place(|| scanner.scan_all(Some(&journal), &mut fresh));
                     last_scan = Instant::now();
                 }
                 let forget = cfg.retain.forget_after_days;
@@ -788,7 +790,10 @@ pub async fn run(cfg: Config, opts: RunOpts, cancel: CancellationToken) -> Resul
                     last_prune = Instant::now();
                 }
                 if last_retention.elapsed() >= Duration::from_secs(2) {
-                    for (key, upload_id) in retention(&cfg, &journal, &metrics, &inflight, &mut hw_warned)? {
+                    let aborts = tokio::task::block_in_place(|| {
+                        retention(&cfg, &journal, &metrics, &inflight, &mut hw_warned)
+                    })?;
+                    for (key, upload_id) in aborts {
                         // A dropped file's multipart upload: abort it now (else the next
                         // start's orphan sweep does).
                         let (d, c) = (dest.clone(), cancel.clone());
@@ -1016,49 +1021,74 @@ fn retention(
     if cfg.after_upload != AfterUpload::Retain && hw <= 0.0 {
         return Ok(aborts);
     }
-    let mut kept = journal.retained()?;
     let now = journal::mtime_ns(SystemTime::now());
-    let evict = |row: &FileRow, why: &str| -> Result<()> {
+    let evict = |row: &FileRow, why: &str| -> Result<bool> {
         // One file that cannot be deleted (permissions…) must not stop the daemon: it is
         // tried again next round.
         if let Err(e) = remove_uploaded(&cfg.watch, row) {
             warn!(path = %row.path.display(), error = %e, "cannot delete uploaded file");
-            return Ok(());
+            return Ok(false);
         }
         journal.mark(row, Event::Evicted, None)?;
         metrics.evicted();
         info!(path = %row.path.display(), reason = why, "deleted uploaded file");
-        Ok(())
+        Ok(true)
     };
+    // Candidates are read in batches from the retained files' indexes, oldest first, and
+    // only as many as the rule takes: the cost follows what is evicted, not how many
+    // files are kept. A file that cannot be deleted is passed over (cursor), not retried
+    // in a loop.
+    const BATCH: usize = 256;
     if r.max_age_secs > 0 {
         let limit = (r.max_age_secs as i64).saturating_mul(1_000_000_000);
-        let (old, young): (Vec<_>, Vec<_>) = kept.into_iter().partition(|f| now - f.mtime_ns > limit);
-        for f in &old {
-            evict(f, "max_age")?;
-        }
-        kept = young;
-    }
-    if r.max_bytes > 0 {
-        let mut total: u64 = kept.iter().map(|f| f.size).sum();
-        let mut rest = Vec::new();
-        for f in kept {
-            if total > r.max_bytes {
-                total -= f.size;
-                evict(&f, "max_bytes")?;
-            } else {
-                rest.push(f);
+        let mut after = (i64::MIN, i64::MIN);
+        loop {
+            let old = journal.retained_older(now.saturating_sub(limit), after, BATCH)?;
+            for f in &old {
+                evict(f, "max_age")?;
+                after = (f.mtime_ns, f.id);
+            }
+            if old.len() < BATCH {
+                break;
             }
         }
-        kept = rest;
+    }
+    if r.max_bytes > 0 {
+        let mut total = journal.retained_bytes()?;
+        let mut after = i64::MIN;
+        'bytes: while total > r.max_bytes {
+            let batch = journal.retained_after(after, BATCH)?;
+            for f in &batch {
+                after = f.uploaded_seq.unwrap_or(after);
+                if total <= r.max_bytes {
+                    break 'bytes;
+                }
+                if evict(f, "max_bytes")? {
+                    total = total.saturating_sub(f.size);
+                }
+            }
+            if batch.len() < BATCH {
+                break;
+            }
+        }
     }
     if hw > 0.0 {
         let above = |root: &Path| disk_used_fraction(root).is_some_and(|u| u > hw);
         for root in &cfg.watch {
-            let mut iter = kept.iter().filter(|f| f.path.starts_with(root));
-            while above(root) {
-                match iter.next() {
-                    Some(f) => evict(f, "high_water")?,
-                    None => break,
+            let mut after = i64::MIN;
+            'hw: while above(root) {
+                let batch = journal.retained_after(after, BATCH)?;
+                for f in &batch {
+                    after = f.uploaded_seq.unwrap_or(after);
+                    if !above(root) {
+                        break 'hw;
+                    }
+                    if f.path.starts_with(root) {
+                        evict(f, "high_water")?;
+                    }
+                }
+                if batch.len() < BATCH {
+                    break;
                 }
             }
             if above(root) && r.drop_not_uploaded {

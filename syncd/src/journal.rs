@@ -746,14 +746,38 @@ impl Journal {
         Ok(n as u64)
     }
 
-    /// Retained files, oldest upload first.
-    pub fn retained(&self) -> Result<Vec<FileRow>> {
+    /// Retained files uploaded after `after_seq`, oldest upload first, at most `limit`
+    /// (from the retained files' partial index: as many rows as asked for).
+    pub fn retained_after(&self, after_seq: i64, limit: usize) -> Result<Vec<FileRow>> {
         let c = self.lock();
         let mut st = c.prepare_cached(&format!(
-            "SELECT {COLS} FROM files WHERE state='retained' ORDER BY uploaded_seq"
+            "SELECT {COLS} FROM files INDEXED BY files_retained
+             WHERE state='retained' AND uploaded_seq > ?1 ORDER BY uploaded_seq LIMIT ?2"
         ))?;
-        let rows = st.query_map([], row_from)?;
+        let rows = st.query_map(params![after_seq, limit as i64], row_from)?;
         rows.map(|r| finish(r?)).collect()
+    }
+
+    /// Retained files whose content (mtime) is older than `cutoff_ns`, oldest first, after
+    /// `(mtime_ns, id)`, at most `limit`.
+    pub fn retained_older(&self, cutoff_ns: i64, after: (i64, i64), limit: usize) -> Result<Vec<FileRow>> {
+        let c = self.lock();
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {COLS} FROM files INDEXED BY files_retained_mtime
+             WHERE state='retained' AND mtime_ns < ?1 AND (mtime_ns, id) > (?2, ?3)
+             ORDER BY mtime_ns, id LIMIT ?4"
+        ))?;
+        let rows = st.query_map(params![cutoff_ns, after.0, after.1, limit as i64], row_from)?;
+        rows.map(|r| finish(r?)).collect()
+    }
+
+    /// Bytes of retained files (kept by triggers).
+    pub fn retained_bytes(&self) -> Result<u64> {
+        let c = self.lock();
+        let b: i64 = c
+            .prepare_cached("SELECT bytes FROM state_totals WHERE state='retained'")?
+            .query_row([], |r| r.get(0))?;
+        Ok(b.max(0) as u64)
     }
 
     /// Files that are ready but not uploaded (queued, or an upload interrupted), grouped

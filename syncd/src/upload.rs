@@ -114,12 +114,17 @@ impl FileDest {
             .await
             .map_err(join_err)??;
             return match same {
-                Some(crc) => Ok(Done {
-                    etag: None,
-                    checksum: checksum::b64(crc),
-                    local: Some((crc, vec![])),
-                    md5_etag: None,
-                }),
+                Some(crc) => {
+                    // An earlier attempt may have renamed it into place and failed its
+                    // directory fsync: make sure before counting it.
+                    sync_dir(target.parent().unwrap_or(&self.dir))?;
+                    Ok(Done {
+                        etag: None,
+                        checksum: checksum::b64(crc),
+                        local: Some((crc, vec![])),
+                        md5_etag: None,
+                    })
+                }
                 None => Err(SyncError::Conflict {
                     key,
                     detail: format!("{} differs", target.display()),
@@ -161,9 +166,9 @@ impl FileDest {
             return Err(SyncError::Changed(src));
         }
         std::fs::rename(&tmp, &target).map_err(|e| SyncError::io(&target, e))?;
-        if let Ok(d) = std::fs::File::open(&parent) {
-            let _ = d.sync_all();
-        }
+        // The rename is durable only once its directory is: until then the copy is not
+        // "uploaded", and a failure is an error (retried), not ignored.
+        sync_dir(&parent)?;
         // Verify the copy as it is on disk now.
         let t = target.clone();
         let (size, back, _) =
@@ -185,6 +190,13 @@ impl FileDest {
             md5_etag: None,
         })
     }
+}
+
+/// fsync a directory (after a rename into it).
+fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SyncError::io(dir, e))
 }
 
 pub(crate) fn join_err(e: tokio::task::JoinError) -> SyncError {

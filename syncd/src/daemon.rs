@@ -1134,7 +1134,7 @@ fn retention(
 mod tests {
     use super::*;
 
-    fn cfg(out: &Path, settle: f64) -> Config {
+    pub(super) fn cfg(out: &Path, settle: f64) -> Config {
         Config::from_toml(
             &format!(
                 "watch = [\"{}\"]\ndestination = \"s3://b/p\"\njournal = \"{}/j.sqlite\"\nhost = \"h\"\n[readiness]\nsettle_secs = {settle}\n",
@@ -1323,5 +1323,78 @@ mod tests {
         let far = SystemTime::UNIX_EPOCH + Duration::from_secs(884_541_340_800);
         assert_eq!(utc_date(far), "9999-12-31");
         assert_eq!(utc_date(SystemTime::UNIX_EPOCH), "1970-01-01");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hostile_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,30}",
+            Just("2026-11-2\u{e9}T10:00:00Z".to_string()),
+            Just("../../etc".to_string()),
+            Just("\u{202E}gpj.exe".to_string()),
+            "[0-9-]{0,12}",
+            "[a-z/.]{0,1500}",
+        ]
+    }
+
+    /// Manifest bytes: arbitrary, or JSON objects whose fields are hostile.
+    fn manifest_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let json = (
+            hostile_text(),
+            hostile_text(),
+            hostile_text(),
+            prop::collection::vec(("[A-Za-z_ -]{0,20}", hostile_text()), 0..6),
+        )
+            .prop_map(|(camera, start, host, extra)| {
+                let mut m = serde_json::Map::new();
+                m.insert("camera".into(), camera.into());
+                m.insert("start".into(), start.into());
+                m.insert("host".into(), host.into());
+                for (k, v) in extra {
+                    m.insert(k, v.into());
+                }
+                serde_json::Value::Object(m).to_string().into_bytes()
+            });
+        prop_oneof![json, prop::collection::vec(any::<u8>(), 0..200)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Whatever a manifest holds, scanning its clip never panics, and every file it
+        /// queues has a valid key under the prefix and safe metadata; a manifest that is
+        /// not JSON is refused and counted.
+        #[test]
+        fn any_manifest_gives_valid_keys_or_a_refusal(bytes in manifest_bytes()) {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path();
+            std::fs::create_dir_all(out.join("cam")).unwrap();
+            std::fs::write(out.join("cam/c-1.mkv"), b"media").unwrap();
+            std::fs::write(out.join("cam/c-1.manifest.json"), &bytes).unwrap();
+            let mut s = Scanner::new(&super::tests::cfg(out, 0.0));
+            let mut found = Vec::new();
+            s.scan_all(None, &mut found);
+            let json = serde_json::from_slice::<serde_json::Value>(&bytes);
+            if json.is_err() {
+                prop_assert!(found.iter().all(|f| !f.is_manifest), "a manifest that is not JSON is never queued");
+                prop_assert!(s.metrics().render().contains("reason=\"bad_manifest\""));
+            }
+            for f in &found {
+                prop_assert!(f.key.starts_with("p/h/"), "{}", f.key);
+                prop_assert!(f.key.len() <= keys::MAX_KEY_BYTES);
+                prop_assert!(!f.key.split('/').any(|s| s.is_empty() || s == "." || s == ".."), "{}", f.key);
+            }
+            if let Ok(v) = json {
+                for (k, val) in crate::upload::manifest_metadata(&v) {
+                    prop_assert!(k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'), "{k}");
+                    prop_assert!(val.len() <= 256 && val.bytes().all(|b| b.is_ascii_graphic() || b == b' '), "{val:?}");
+                }
+            }
+        }
     }
 }

@@ -228,36 +228,17 @@ mod tests {
         assert!(frames_csv(&[f(5, true)]).contains("0,5,1,0.500000,0.000000"));
     }
 
-    /// The rows of the markdown table whose header starts with `header` in
-    /// `docs/clip-contract.md`, cells trimmed of white space and backticks.
-    fn contract_table(header: &str) -> Vec<Vec<String>> {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/clip-contract.md"))
-            .unwrap();
-        let mut lines = doc.lines().skip_while(|l| !l.starts_with(header));
-        lines.next().expect("table header");
-        lines.next().expect("table rule");
-        lines
-            .take_while(|l| l.starts_with('|'))
-            .map(|l| {
-                l.trim_matches('|')
-                    .split('|')
-                    .map(|c| c.trim().trim_matches('`').to_string())
-                    .collect()
-            })
-            .collect()
-    }
-
     /// The runner makes the names the contract (the daemon's side reads the same page)
     /// says it makes, and its temporary names are the contract's temporary names.
     #[test]
     fn names_follow_the_clip_contract() {
-        let rows = contract_table("| camera | start | seq | base name |");
+        let rows = edgemask_tests::contract_table("| camera | start | seq | base name |");
         assert!(rows.len() >= 3);
         for r in rows {
             let start = humantime::parse_rfc3339(&r[1]).unwrap();
             assert_eq!(base_name(&r[0], start, r[2].parse().unwrap()), r[3], "{r:?}");
         }
-        for r in contract_table("| name | kind | camera |") {
+        for r in edgemask_tests::contract_table("| name | kind | camera |") {
             if r[1] == "temp" && r[0].ends_with(".part") {
                 assert!(is_temp_name(&r[0]), "{r:?}");
                 let fin = r[0].trim_start_matches('.').trim_end_matches(".part");

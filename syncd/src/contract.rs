@@ -48,28 +48,9 @@ mod tests {
     use super::*;
     use crate::ready::NameRules;
 
-    /// The rows of the markdown table under `heading` in the contract, cells trimmed of
-    /// white space and backticks.
-    fn table(doc: &str, header_starts: &str) -> Vec<Vec<String>> {
-        let mut lines = doc.lines().skip_while(|l| !l.starts_with(header_starts));
-        lines.next().expect("table header");
-        lines.next().expect("table rule");
-        lines
-            .take_while(|l| l.starts_with('|'))
-            .map(|l| {
-                l.trim_matches('|')
-                    .split('|')
-                    .map(|c| c.trim().trim_matches('`').to_string())
-                    .collect()
-            })
-            .collect()
-    }
-
     #[test]
     fn names_are_read_as_the_contract_says() {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/clip-contract.md"))
-            .unwrap();
-        let rows = table(&doc, "| name | kind | camera |");
+        let rows = edgemask_tests::contract_table("| name | kind | camera |");
         assert!(rows.len() >= 10, "{rows:?}");
         let rules = NameRules::default();
         for r in rows {

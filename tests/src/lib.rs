@@ -114,3 +114,27 @@ pub fn sigterm(child: &std::process::Child) {
 pub fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
 }
+
+/// The rows of the markdown table in `docs/clip-contract.md` whose header line starts with
+/// `header`, cells trimmed of white space and backticks: the runner's and the daemon's
+/// tests both check their code against that one page.
+pub fn contract_table(header: &str) -> Vec<Vec<String>> {
+    let path = root().join("docs/clip-contract.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = doc.lines().skip_while(|l| !l.starts_with(header));
+    assert!(
+        lines.next().is_some(),
+        "no table {header:?} in {}",
+        path.display()
+    );
+    lines.next().expect("table rule");
+    lines
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect()
+        })
+        .collect()
+}

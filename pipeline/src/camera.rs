@@ -291,7 +291,7 @@ pub fn display_sink(cam: &Camera) -> Result<Option<gst::Element>> {
         .bus()
         .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
         .and_then(|m| match m.view() {
-            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            gst::MessageView::Error(e) => Some(crate::redact::redact(&e.error().to_string())),
             _ => None,
         });
     let _ = scratch.set_state(gst::State::Null);

@@ -179,13 +179,10 @@ fn allowed_keys(path: &[&str]) -> Option<&'static [&'static str]> {
     }
 }
 
+/// A config value as an error shows it: credentials redacted, at most 60 bytes (cut on a
+/// character boundary: slicing at byte 60 panicked on a multi-byte character).
 fn short_value(v: &serde_json::Value) -> String {
-    let s = v.to_string();
-    if s.len() > 60 {
-        format!("{}…", &s[..60])
-    } else {
-        s
-    }
+    crate::redact::shown(&v.to_string(), 60)
 }
 
 /// Finds the first key of `value` that the schema does not know.
@@ -433,12 +430,9 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// Removes `user:password@` from a URL, for logs.
+/// A URL without its credentials (userinfo, secret query parameters), for logs.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***@{}", &url[..s + 3], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    crate::redact::redact(url)
 }
 
 /// Host and port of an `rtsp://` or `rtsps://` URL.

@@ -81,7 +81,8 @@ impl Error {
     ) -> Error {
         Error::Invalid {
             key: key.into(),
-            value: value.to_string(),
+            // Every value an error shows goes through the one redaction.
+            value: crate::redact::redact(&value.to_string()),
             reason: reason.into(),
         }
     }
@@ -89,13 +90,13 @@ impl Error {
 
 impl From<gst::glib::Error> for Error {
     fn from(e: gst::glib::Error) -> Self {
-        Error::Gst(e.to_string())
+        Error::Gst(crate::redact::redact(&e.to_string()))
     }
 }
 
 impl From<gst::glib::BoolError> for Error {
     fn from(e: gst::glib::BoolError) -> Self {
-        Error::Gst(e.to_string())
+        Error::Gst(crate::redact::redact(&e.to_string()))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod policy;
 pub mod preroll;
 pub mod recorder;
+pub mod redact;
 pub mod restream;
 pub mod runner;
 pub mod timing;

@@ -300,7 +300,10 @@ impl ClipWriter {
         let _ = self.pipeline.set_state(gst::State::Null);
         match msg.as_ref().map(|m| m.view()) {
             Some(gst::MessageView::Eos(_)) => Ok(()),
-            Some(gst::MessageView::Error(e)) => Err(Error::Gst(format!("clip writer: {}", e.error()))),
+            Some(gst::MessageView::Error(e)) => Err(Error::Gst(crate::redact::redact(&format!(
+                "clip writer: {}",
+                e.error()
+            )))),
             _ => Err(Error::Gst("clip writer did not finish within 20 s".into())),
         }
     }

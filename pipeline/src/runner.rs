@@ -357,8 +357,11 @@ fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
         }
         MessageView::Error(e) => {
             let src = e.src().map(|s| s.path_string().to_string()).unwrap_or_default();
-            let reason = format!("{} ({src})", e.error());
-            tracing::debug!(debug = ?e.debug(), "error details");
+            // GStreamer's texts quote locations verbatim (rtspsrc: the URL with its
+            // password): every one goes through the redaction before it is logged.
+            let reason = crate::redact::redact(&format!("{} ({src})", e.error()));
+            let details = e.debug().map(|d| crate::redact::redact(&d));
+            tracing::debug!(details = ?details, "error details");
             if shared.borrow().cams[idx].phase != Phase::Running {
                 return;
             }
@@ -366,7 +369,8 @@ fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
         }
         MessageView::Warning(w) => {
             let name = shared.borrow().cams[idx].cam.name.clone();
-            tracing::warn!(camera = %name, warning = %w.error(), "pipeline warning");
+            let warning = crate::redact::redact(&w.error().to_string());
+            tracing::warn!(camera = %name, warning = %warning, "pipeline warning");
         }
         MessageView::Element(m) => {
             let Some(s) = m.structure() else { return };

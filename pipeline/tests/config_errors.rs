@@ -80,6 +80,34 @@ fn bad_configs_give_documented_errors_and_exit_codes() {
             vec!["unreachable", "rtsp://***@127.0.0.1:1/cam"],
         ),
         (
+            // A misspelt key: its value used to be echoed, password and all.
+            "unknown key holding a URL with credentials",
+            base(
+                out,
+                model,
+                "source = \"rtsp\"\nuri = \"rtsp://admin:hunter2@127.0.0.1:1/cam\"",
+            ),
+            3,
+            vec!["unknown key `cameras.cam.uri`", "rtsp://***@127.0.0.1:1/cam"],
+        ),
+        (
+            "query-string credentials",
+            base(
+                out,
+                model,
+                "source = \"rtsp\"\nurl = \"rtsp://127.0.0.1:1/cam?user=admin&password=hunter2\"",
+            ),
+            5,
+            vec!["unreachable", "password=***"],
+        ),
+        (
+            // Byte 60 of the shown value falls inside a two-byte character: a panic.
+            "unknown key with a multi-byte value",
+            base(out, model, &format!("{pattern}\nnote = \"{}\"", "é".repeat(40))),
+            3,
+            vec!["unknown key `cameras.cam.note`", "…"],
+        ),
+        (
             "absent v4l2 device",
             base(
                 out,

@@ -656,8 +656,22 @@ pub fn build(
             src.link(&parse)?;
             dynamic(&parse);
         }
-        Source::Rtsp { url, tcp } => {
+        Source::Rtsp {
+            url,
+            tcp,
+            credentials,
+        } => {
             let src = make("fallbacksrc")?;
+            // The login goes to rtspsrc's properties, not into the URI: fallbacksrc,
+            // uridecodebin3 and rtspsrc log their URI, and dot dumps show it.
+            if let Some(login) = credentials.clone() {
+                pipeline.connect_deep_element_added(move |_, _, element| {
+                    if element.factory().is_some_and(|f| f.name() == "rtspsrc") {
+                        element.set_property("user-id", login.user.as_str());
+                        element.set_property("user-pw", login.password.as_str());
+                    }
+                });
+            }
             // rtspt:// makes rtspsrc use TCP only, rtspu:// UDP only.
             let scheme = if *tcp { "rtspt://" } else { "rtspu://" };
             let uri = match url.split_once("://") {

@@ -79,6 +79,7 @@ pub struct CameraFile {
     pub source: Option<String>,
     pub path: Option<PathBuf>,
     pub url: Option<String>,
+    pub credentials_file: Option<PathBuf>,
     pub transport: Option<String>,
     pub device: Option<String>,
     pub pattern: Option<String>,
@@ -149,6 +150,7 @@ const CAMERA_KEYS: &[&str] = &[
     "source",
     "path",
     "url",
+    "credentials_file",
     "transport",
     "device",
     "pattern",
@@ -260,9 +262,12 @@ pub enum Source {
     File {
         path: PathBuf,
     },
+    /// `url` never holds a login: it is split out into `credentials` while validating, so
+    /// the URL can be logged and set on elements as it is.
     Rtsp {
         url: String,
         tcp: bool,
+        credentials: Option<Credentials>,
     },
     V4l2 {
         device: PathBuf,
@@ -285,6 +290,89 @@ impl Source {
             Source::Rtsp { .. } | Source::V4l2 { .. } => true,
             Source::TestPattern { live, .. } => *live,
         }
+    }
+}
+
+/// An RTSP camera's login, handed to `rtspsrc` as `user-id`/`user-pw` (never part of a
+/// URL that elements log or a dot dump shows).
+#[derive(Clone, PartialEq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// `url` without its `user:password@`, and that login percent-decoded. The authority ends
+/// at the first `/`, `?` or `#` (RFC 3986), so a `/` in a password must be written `%2F`.
+pub fn split_login(url: &str) -> (String, Option<Credentials>) {
+    let Some(scheme_end) = url.find("://") else {
+        return (url.to_string(), None);
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_string(), None);
+    };
+    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let login = Credentials {
+        user: decode(user),
+        password: decode(password),
+    };
+    (
+        format!("{}{}", &url[..scheme_end + 3], &rest[at + 1..]),
+        Some(login),
+    )
+}
+
+/// Reads `user:password` from a credentials file: a bare name is looked up in systemd's
+/// `$CREDENTIALS_DIRECTORY` (`LoadCredential=`), a relative path beside the config. The
+/// file must not be readable by group or others, as ssh insists for its keys.
+fn read_credentials(key: &str, name: &Path, base: &Path) -> Result<Credentials> {
+    use std::os::unix::fs::MetadataExt;
+    let bare = name.components().count() == 1 && name.is_relative();
+    let path = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if bare => PathBuf::from(dir).join(name),
+        _ if name.is_relative() => base.join(name),
+        _ => name.to_path_buf(),
+    };
+    let shown = format!("\"{}\"", path.display());
+    let bad = |reason: String| Error::invalid(key, &shown, reason);
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        bad(format!(
+            "cannot read it ({e}): give a file holding user:password, or a credential name \
+             of the unit's LoadCredential="
+        ))
+    })?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(bad(format!(
+            "mode {:04o} lets other users read the camera password: chmod 600 it",
+            meta.mode() & 0o7777
+        )));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    match line.split_once(':') {
+        Some((user, password)) if !user.is_empty() => Ok(Credentials {
+            user: user.to_string(),
+            password: password.to_string(),
+        }),
+        _ => Err(bad("its first line must be user:password".into())),
     }
 }
 
@@ -646,6 +734,7 @@ fn source(c: &CameraFile, prefix: &str, base: &Path) -> Result<Source> {
     let used: &[(&str, bool)] = &[
         ("path", c.path.is_some()),
         ("url", c.url.is_some()),
+        ("credentials_file", c.credentials_file.is_some()),
         ("transport", c.transport.is_some()),
         ("device", c.device.is_some()),
         ("pattern", c.pattern.is_some()),
@@ -657,7 +746,7 @@ fn source(c: &CameraFile, prefix: &str, base: &Path) -> Result<Source> {
     ];
     let allowed: &[&str] = match kind.as_str() {
         "file" => &["path"],
-        "rtsp" => &["url", "transport"],
+        "rtsp" => &["url", "credentials_file", "transport"],
         "v4l2" => &["device"],
         _ => &["pattern", "width", "height", "fps", "num_frames", "live"],
     };
@@ -699,7 +788,23 @@ fn source(c: &CameraFile, prefix: &str, base: &Path) -> Result<Source> {
                 None => true,
                 Some(t) => one_of(&key("transport"), t, &["tcp", "udp"])? == "tcp",
             };
-            Source::Rtsp { url, tcp }
+            let (url, in_url) = split_login(&url);
+            let credentials = match (&c.credentials_file, in_url) {
+                (Some(_), Some(_)) => {
+                    return Err(Error::invalid(
+                        key("url"),
+                        format!("\"{url}\""),
+                        "holds a login and credentials_file is set too: keep one (the file)",
+                    ));
+                }
+                (Some(f), None) => Some(read_credentials(&key("credentials_file"), f, base)?),
+                (None, login) => login,
+            };
+            Source::Rtsp {
+                url,
+                tcp,
+                credentials,
+            }
         }
         "v4l2" => Source::V4l2 {
             device: PathBuf::from(c.device.clone().unwrap_or_else(|| "/dev/video0".into())),
@@ -1047,6 +1152,23 @@ mod tests {
     #[test]
     fn url_helpers() {
         assert_eq!(redact_url("rtsp://u:secret@cam:8554/s"), "rtsp://***@cam:8554/s");
+        let (url, login) = split_login("rtsp://ad%3Amin:p%40ss:w@cam:8554/s?x=a@b");
+        assert_eq!(url, "rtsp://cam:8554/s?x=a@b");
+        let login = login.unwrap();
+        assert_eq!(
+            (login.user.as_str(), login.password.as_str()),
+            ("ad:min", "p@ss:w")
+        );
+        assert!(!format!("{login:?}").contains("p@ss"), "Debug hides the password");
+        assert_eq!(
+            split_login("rtsp://cam/s@x"),
+            ("rtsp://cam/s@x".to_string(), None)
+        );
+        let (url, login) = split_login("rtsp://user@cam/s");
+        assert_eq!(
+            (url.as_str(), login.unwrap().password.as_str()),
+            ("rtsp://cam/s", "")
+        );
         assert_eq!(redact_url("rtsp://cam/s"), "rtsp://cam/s");
         assert_eq!(
             rtsp_host_port("rtsp://u:p@127.0.0.1:8554/s"),

@@ -111,7 +111,7 @@ fn gpu_path(device: &str) -> Option<String> {
 fn describe(s: &config::Source) -> String {
     match s {
         config::Source::File { path } => format!("file {}", path.display()),
-        config::Source::Rtsp { url, tcp } => {
+        config::Source::Rtsp { url, tcp, .. } => {
             format!(
                 "rtsp {} ({})",
                 config::redact_url(url),

@@ -27,6 +27,12 @@ fn bad_configs_give_documented_errors_and_exit_codes() {
     let pattern = "source = \"testpattern\"\nnum_frames = 5";
     let file_dir = dir.path().join("a-file");
     std::fs::write(&file_dir, b"not a directory").unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode;
+    for (name, m) in [("open.login", 0o644), ("good.login", 0o600)] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, "admin:hunter2\n").unwrap();
+        std::fs::set_permissions(&p, mode(m)).unwrap();
+    }
     let cases: Vec<(&str, String, i32, Vec<&str>)> = vec![
         (
             "unknown key",
@@ -77,7 +83,37 @@ fn bad_configs_give_documented_errors_and_exit_codes() {
                 "source = \"rtsp\"\nurl = \"rtsp://user:hunter2@127.0.0.1:1/cam\"",
             ),
             5,
-            vec!["unreachable", "rtsp://***@127.0.0.1:1/cam"],
+            vec!["unreachable", "rtsp://127.0.0.1:1/cam"],
+        ),
+        (
+            "credentials file readable by others",
+            base(
+                out,
+                model,
+                "source = \"rtsp\"\nurl = \"rtsp://127.0.0.1:1/cam\"\ncredentials_file = \"open.login\"",
+            ),
+            3,
+            vec!["cameras.cam.credentials_file", "open.login", "0644", "chmod 600"],
+        ),
+        (
+            "credentials file missing",
+            base(
+                out,
+                model,
+                "source = \"rtsp\"\nurl = \"rtsp://127.0.0.1:1/cam\"\ncredentials_file = \"absent.login\"",
+            ),
+            3,
+            vec!["cameras.cam.credentials_file", "absent.login", "LoadCredential="],
+        ),
+        (
+            "a login in the URL and a credentials file",
+            base(
+                out,
+                model,
+                "source = \"rtsp\"\nurl = \"rtsp://a:hunter2@127.0.0.1:1/cam\"\ncredentials_file = \"good.login\"",
+            ),
+            3,
+            vec!["cameras.cam.url", "keep one"],
         ),
         (
             // A misspelt key: its value used to be echoed, password and all.

@@ -30,7 +30,8 @@ fn rtsp_records_survives_server_restarts_and_finalises_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let metrics_port = free_port();
-    let mut server = Server::new(port, BALL);
+    // The server demands the login of the URL: it reaches rtspsrc as user-id/user-pw.
+    let mut server = Server::with_login(port, BALL, "viewer", "s3cret");
     let out = dir.path().join("out");
     let cfg = write_config(
         dir.path(),
@@ -58,7 +59,21 @@ transport = "tcp"
             model().display()
         ),
     );
-    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
+    // The elements that log their URI at debug level (fallbacksrc, uridecodebin3,
+    // urisourcebin, rtspsrc), written to a file: none may see the password.
+    let gst_log = dir.path().join("gst-debug.log");
+    let mut child = edgemask()
+        .args(["run", cfg.to_str().unwrap()])
+        .env(
+            "GST_DEBUG",
+            "fallbacksrc:6,uridecodebin3:6,urisourcebin:6,rtspsrc:6",
+        )
+        .env("GST_DEBUG_FILE", &gst_log)
+        .env("GST_DEBUG_NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let cam = out.join("door");
     assert!(
         wait_for(Duration::from_secs(40), || !clips(&cam).is_empty()),
@@ -110,9 +125,20 @@ transport = "tcp"
         "credentials must never be logged:\n{err}"
     );
     assert!(
-        err.contains("rtsp://***@127.0.0.1"),
-        "the URL is logged redacted:\n{err}"
+        err.contains(&format!("rtsp://127.0.0.1:{port}/cam")),
+        "the URL is logged without its login:\n{err}"
     );
+    let gst_text = String::from_utf8_lossy(&std::fs::read(&gst_log).unwrap()).into_owned();
+    assert!(
+        gst_text.contains(&format!("127.0.0.1:{port}/cam")),
+        "the debug log shows the elements' URIs (else this check proves nothing)"
+    );
+    for (i, line) in gst_text.lines().enumerate() {
+        assert!(
+            !line.contains("s3cret") && !line.contains("viewer:"),
+            "GStreamer debug line {i} shows the login: {line}"
+        );
+    }
     assert!(temp_files(&cam).is_empty(), "{:?}", temp_files(&cam));
     let clips = clips(&cam);
     let files = std::fs::read_dir(&cam).unwrap().count();
@@ -147,8 +173,16 @@ fn rtsp_camera_with_a_policy_records_through_the_memory_ring() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::new(port, BALL);
+    let server = Server::with_login(port, BALL, "rec", "pa:ss/wörd");
     let out = dir.path().join("out");
+    // The login from a credentials file (mode 0600), not from the URL.
+    let login = dir.path().join("door.login");
+    std::fs::write(&login, "rec:pa:ss/wörd\n").unwrap();
+    std::fs::set_permissions(
+        &login,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     // min_coverage 0: every frame counts, the policy records from its first decision on,
     // through the in-memory path (parsebin → parser → ring → per-clip writer).
     let cfg = write_config(
@@ -167,6 +201,7 @@ clip_seconds = 2
 [cameras.door]
 source = "rtsp"
 url = "rtsp://127.0.0.1:{port}/cam"
+credentials_file = "door.login"
 [cameras.door.policy]
 kind = "person"
 min_coverage = 0.0

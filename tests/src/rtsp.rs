@@ -28,6 +28,8 @@ pub struct Server {
     thread: Option<std::thread::JoinHandle<()>>,
     running: Option<(gst_rtsp_server::RTSPServer, glib::SourceId)>,
     launch: String,
+    /// Basic-auth login the server demands, when set.
+    login: Option<(String, String)>,
     pub port: u16,
 }
 
@@ -35,6 +37,15 @@ impl Server {
     /// Serves `launch` (a gst-rtsp-server launch line with `pay0`) at
     /// `rtsp://127.0.0.1:<port>/cam`, shared between clients.
     pub fn new(port: u16, launch: &str) -> Self {
+        Self::serve(port, launch, None)
+    }
+
+    /// As [`Server::new`], but clients must authenticate as `user`/`password` (Basic).
+    pub fn with_login(port: u16, launch: &str, user: &str, password: &str) -> Self {
+        Self::serve(port, launch, Some((user.to_string(), password.to_string())))
+    }
+
+    fn serve(port: u16, launch: &str, login: Option<(String, String)>) -> Self {
         gst::init().unwrap();
         let ctx = glib::MainContext::new();
         let main_loop = glib::MainLoop::new(Some(&ctx), false);
@@ -48,6 +59,7 @@ impl Server {
             thread: Some(thread),
             running: None,
             launch: launch.to_string(),
+            login,
             port,
         };
         s.start();
@@ -65,6 +77,24 @@ impl Server {
         let factory = gst_rtsp_server::RTSPMediaFactory::new();
         factory.set_launch(&self.launch);
         factory.set_shared(true);
+        if let Some((user, password)) = &self.login {
+            use gst_rtsp_server::{RTSP_PERM_MEDIA_FACTORY_ACCESS, RTSP_PERM_MEDIA_FACTORY_CONSTRUCT};
+            let auth = gst_rtsp_server::RTSPAuth::new();
+            let token = gst_rtsp_server::RTSPToken::builder()
+                .field(gst_rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "camera-user")
+                .build();
+            auth.add_basic(
+                gst_rtsp_server::RTSPAuth::make_basic(user, password).as_str(),
+                &token,
+            );
+            server.set_auth(Some(&auth));
+            factory.add_role_from_structure(
+                &gst::Structure::builder("camera-user")
+                    .field(RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                    .field(RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                    .build(),
+            );
+        }
         server.mount_points().unwrap().add_factory("/cam", factory);
         let id = server.attach(Some(&self.ctx)).unwrap();
         self.running = Some((server, id));

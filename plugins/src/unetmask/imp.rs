@@ -151,10 +151,14 @@ impl Default for Settings {
     }
 }
 
-/// Parses "a,b,c" (or one number for all three channels).
+/// Parses "a,b,c" (or one number for all three channels) of finite numbers: `nan` and
+/// `inf` parse as f32 and would turn every tensor, and so every mask, into garbage.
 fn parse_triplet(name: &str, s: &str) -> Result<[f32; 3], String> {
     let v: Result<Vec<f32>, _> = s.split(',').map(|p| p.trim().parse::<f32>()).collect();
     match v.as_deref() {
+        Ok(v) if v.iter().any(|x| !x.is_finite()) => Err(format!(
+            "{name}='{s}' holds a value that is not a finite number: give three numbers, e.g. 0.485,0.456,0.406"
+        )),
         Ok([a]) => Ok([*a; 3]),
         Ok([a, b, c]) => Ok([*a, *b, *c]),
         _ => Err(format!(
@@ -359,11 +363,15 @@ impl ObjectSubclass for UnetMask {
 }
 
 impl UnetMask {
-    fn engine_config(&self, s: &Settings) -> Result<EngineConfig, gst::ErrorMessage> {
-        let settings_err = |m: String| gst::error_msg!(gst::ResourceError::Settings, ("{}", m));
-        let device: DeviceRequest = s.device.parse().map_err(settings_err)?;
-        let input_size = parse_size(&s.input_size).map_err(settings_err)?;
-        Ok(EngineConfig {
+    /// The engine configuration and normalisation the settings describe, or the first
+    /// setting that `start` refuses (its property and why). One parser of the settings, for
+    /// `start` and for applications that check a configuration before they run it.
+    fn checked(s: &Settings) -> Result<(EngineConfig, Normalization), super::SettingError> {
+        let err = |property: &'static str| move |reason: String| super::SettingError { property, reason };
+        let device: DeviceRequest = s.device.parse().map_err(err("device"))?;
+        let input_size = parse_size(&s.input_size).map_err(err("input-size"))?;
+        let normalization = Self::normalization(s)?;
+        let config = EngineConfig {
             model: s.model.clone().unwrap_or_default(),
             library: s.library.clone(),
             device,
@@ -384,17 +392,25 @@ impl UnetMask {
                 },
                 person_class: u32::try_from(s.person_class).ok(),
             },
-        })
+        };
+        Ok((config, normalization))
     }
 
-    fn normalization(s: &Settings) -> Result<Normalization, String> {
-        let mean = parse_triplet("mean", &s.mean)?;
-        let std = parse_triplet("std", &s.std)?;
+    /// [`Self::checked`] on the current settings (the public wrapper's `engine_config`).
+    pub(super) fn current_engine_config(&self) -> Result<EngineConfig, super::SettingError> {
+        let settings = self.settings.lock().unwrap().clone();
+        Self::checked(&settings).map(|(config, _)| config)
+    }
+
+    fn normalization(s: &Settings) -> Result<Normalization, super::SettingError> {
+        let err = |property: &'static str| move |reason: String| super::SettingError { property, reason };
+        let mean = parse_triplet("mean", &s.mean).map_err(err("mean"))?;
+        let std = parse_triplet("std", &s.std).map_err(err("std"))?;
         if std.contains(&0.0) {
-            return Err(format!(
+            return Err(err("std")(format!(
                 "std='{}' contains 0: every channel needs a non-zero std",
                 s.std
-            ));
+            )));
         }
         Ok(Normalization {
             scale: s.scale as f32,
@@ -1555,9 +1571,8 @@ impl BaseTransformImpl for UnetMask {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let cfg = self.engine_config(&settings)?;
-        Self::normalization(&settings)
-            .map_err(|m| gst::error_msg!(gst::ResourceError::Settings, ("{}", m)))?;
+        let (cfg, _) = Self::checked(&settings)
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e.reason)))?;
         if let Some(img) = &settings.replace_image
             && !img.is_file()
         {
@@ -1670,7 +1685,7 @@ impl BaseTransformImpl for UnetMask {
         let matrix = Self::matrix_of(&in_info);
         let norm = match Self::normalization(&settings) {
             Ok(n) => n,
-            Err(m) => return fail(m),
+            Err(e) => return fail(e.reason),
         };
         let replace_planes = match (&settings.replace_image, mode) {
             (Some(p), Mode::Replace) => match Self::load_replace_image(p, format, matrix, w, h) {
@@ -1966,6 +1981,10 @@ mod tests {
         assert_eq!(parse_triplet("mean", "0.5"), Ok([0.5; 3]));
         assert_eq!(parse_triplet("mean", "1, 2,3"), Ok([1.0, 2.0, 3.0]));
         assert!(parse_triplet("std", "1,2").unwrap_err().contains("std='1,2'"));
+        for bad in ["nan", "0.5,NaN,0.5", "inf,1,1", "1,-inf,1"] {
+            let e = parse_triplet("mean", bad).unwrap_err();
+            assert!(e.contains("not a finite number"), "{bad}: {e}");
+        }
         assert_eq!(parse_size(""), Ok(None));
         assert_eq!(parse_size("320x192"), Ok(Some((320, 192))));
         assert!(parse_size("320").unwrap_err().contains("WIDTHxHEIGHT"));

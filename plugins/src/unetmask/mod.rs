@@ -34,6 +34,32 @@ glib::wrapper! {
     pub struct UnetMask(ObjectSubclass<imp::UnetMask>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
 }
 
+/// A property value that `set_property` accepted but the element refuses when it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingError {
+    /// The property's name (`mean`, `input-size`, …).
+    pub property: &'static str,
+    pub reason: String,
+}
+
+impl std::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+impl UnetMask {
+    /// The engine configuration the element's current properties describe, checked the way
+    /// the element checks them when it starts (device, input size, mean, std), without
+    /// opening the model: applications validate a configuration with the element's own rules.
+    pub fn engine_config(&self) -> Result<engine::EngineConfig, SettingError> {
+        use gst::subclass::prelude::ObjectSubclassIsExt;
+        self.imp().current_engine_config()
+    }
+}
+
 /// What the element does to the frames (the mask meta is attached in every mode).
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]

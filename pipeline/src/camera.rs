@@ -19,6 +19,7 @@ use gst::prelude::*;
 use crate::clip::FrameSummary;
 use crate::config::{Camera, Runner, Source, redact_url};
 use crate::error::{Error, Result};
+use crate::props;
 use crate::recorder::{MaskFrame, Recorder};
 use crate::timing::DtsGuard;
 
@@ -45,42 +46,72 @@ fn make(factory: &str) -> Result<gst::Element> {
     })
 }
 
-/// Creates the `unetmask` element configured for `cam`, in `meta` mode.
+/// Creates the `unetmask` element configured for `cam`, in `meta` mode. Every value is
+/// checked against the element's own ranges, nicks and start-up rules: a bad one is a
+/// configuration error naming its key (`check` and `run` build this before any pipeline
+/// starts), never an abort inside a `pad-added` handler.
 pub fn unetmask(cam: &Camera) -> Result<gst::Element> {
     let m = &cam.model;
     let e = make("unetmask")?;
-    e.set_property("model", m.path.to_string_lossy().as_ref());
-    e.set_property("device", m.device.as_str());
-    e.set_property("threads", m.threads);
-    e.set_property_from_str("mode", "meta");
-    e.set_property("threshold", m.threshold);
-    e.set_property("inference-interval", m.inference_interval);
-    e.set_property("pipelined", m.pipelined);
+    let key = |k: &str| format!("cameras.{}.model.{k}", cam.name);
+    props::set_str(&e, &key("path"), "model", &m.path.to_string_lossy())?;
+    props::set_str(&e, &key("device"), "device", &m.device)?;
+    // 0: this camera's share of the cores, within what the element allows (a host with
+    // more cores than its maximum gets the maximum, not a refusal).
+    let threads = match m.threads {
+        0 => props::clamp_u32(&e, "threads", m.auto_threads),
+        n => n,
+    };
+    props::set(&e, &key("threads"), "threads", threads)?;
+    props::set_str(&e, "mode", "mode", "meta")?;
+    props::set(&e, &key("threshold"), "threshold", m.threshold)?;
+    props::set(
+        &e,
+        &key("inference_interval"),
+        "inference-interval",
+        m.inference_interval,
+    )?;
+    props::set(&e, &key("pipelined"), "pipelined", m.pipelined)?;
     let stats_every = match &cam.source {
         Source::TestPattern { fps, .. } => *fps,
         _ => 30,
     };
-    e.set_property("stats-interval", stats_every);
-    for (name, v) in [
-        ("resize", &m.resize),
-        ("layout", &m.layout),
-        ("channel-order", &m.channel_order),
-        ("output-activation", &m.activation),
+    props::set(&e, "stats_interval", "stats-interval", stats_every)?;
+    for (k, prop, v) in [
+        ("resize", "resize", &m.resize),
+        ("layout", "layout", &m.layout),
+        ("channel_order", "channel-order", &m.channel_order),
+        ("activation", "output-activation", &m.activation),
+        ("input_size", "input-size", &m.input_size),
+        ("mean", "mean", &m.mean),
+        ("std", "std", &m.std),
     ] {
         if let Some(v) = v {
-            e.set_property_from_str(name, v);
-        }
-    }
-    for (name, v) in [("input-size", &m.input_size), ("mean", &m.mean), ("std", &m.std)] {
-        if let Some(v) = v {
-            e.set_property(name, v.as_str());
+            props::set_str(&e, &key(k), prop, v)?;
         }
     }
     if let Some(p) = m.person_class {
-        e.set_property("person-class", p);
+        props::set(&e, &key("person_class"), "person-class", p)?;
     }
     if let Some(s) = m.scale {
-        e.set_property("scale", s);
+        props::set(&e, &key("scale"), "scale", s)?;
+    }
+    // What the element refuses only when it starts (device, input size, mean, std).
+    let element = e
+        .downcast_ref::<gstunetmask::unetmask::UnetMask>()
+        .expect("the unetmask factory makes UnetMask elements");
+    if let Err(bad) = element.engine_config() {
+        let (k, v) = match bad.property {
+            "input-size" => ("input_size", m.input_size.clone()),
+            "mean" => ("mean", m.mean.clone()),
+            "std" => ("std", m.std.clone()),
+            _ => ("device", Some(m.device.clone())),
+        };
+        return Err(Error::invalid(
+            key(k),
+            format!("\"{}\"", v.unwrap_or_default()),
+            bad.reason,
+        ));
     }
     Ok(e)
 }
@@ -647,10 +678,9 @@ pub fn build(
         Ok(())
     };
 
+    let src = source_element(cam, runner)?;
     match &cam.source {
-        Source::File { path } => {
-            let src = make("filesrc")?;
-            src.set_property("location", path.to_string_lossy().as_ref());
+        Source::File { .. } => {
             let parse = make("parsebin")?;
             pipeline.add_many([&src, &parse])?;
             src.link(&parse)?;
@@ -661,7 +691,6 @@ pub fn build(
             tcp,
             credentials,
         } => {
-            let src = make("fallbacksrc")?;
             // The login goes to rtspsrc's properties, not into the URI: fallbacksrc,
             // uridecodebin3 and rtspsrc log their URI, and dot dumps show it.
             if let Some(login) = credentials.clone() {
@@ -672,6 +701,45 @@ pub fn build(
                     }
                 });
             }
+            pipeline.add(&src)?;
+            dynamic(&src);
+            tracing::info!(camera = %cam.name, url = %redact_url(url), transport = if *tcp { "tcp" } else { "udp" }, "RTSP source");
+        }
+        Source::V4l2 { .. } => {
+            let caps = make("capsfilter")?;
+            caps.set_property("caps", gst::Caps::builder("video/x-raw").build());
+            attach_raw(&src, &caps)?;
+        }
+        Source::TestPattern {
+            width, height, fps, ..
+        } => {
+            let caps = make("capsfilter")?;
+            caps.set_property(
+                "caps",
+                gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", *width as i32)
+                    .field("height", *height as i32)
+                    .field("framerate", gst::Fraction::new(*fps as i32, 1))
+                    .build(),
+            );
+            attach_raw(&src, &caps)?;
+        }
+    }
+    Ok(Built { pipeline, entry })
+}
+
+/// The camera's source element with every configured property set (checked against the
+/// element's own ranges where a value comes from the config).
+fn source_element(cam: &Camera, runner: &Runner) -> Result<gst::Element> {
+    Ok(match &cam.source {
+        Source::File { path } => {
+            let src = make("filesrc")?;
+            src.set_property("location", path.to_string_lossy().as_ref());
+            src
+        }
+        Source::Rtsp { url, tcp, .. } => {
+            let src = make("fallbacksrc")?;
             // rtspt:// makes rtspsrc use TCP only, rtspu:// UDP only.
             let scheme = if *tcp { "rtspt://" } else { "rtspu://" };
             let uri = match url.split_once("://") {
@@ -687,49 +755,40 @@ pub fn build(
                 caps
             });
             let stall = runner.stall_timeout.as_nanos() as u64;
-            src.set_property("timeout", stall);
-            src.set_property("restart-timeout", stall);
+            props::set(&src, "runner.stall_timeout_s", "timeout", stall)?;
+            props::set(&src, "runner.stall_timeout_s", "restart-timeout", stall)?;
             src.set_property("retry-timeout", u64::MAX - 1);
             src.set_property("restart-on-eos", true);
-            pipeline.add(&src)?;
-            dynamic(&src);
-            tracing::info!(camera = %cam.name, url = %redact_url(url), transport = if *tcp { "tcp" } else { "udp" }, "RTSP source");
+            src
         }
         Source::V4l2 { device } => {
             let src = make("v4l2src")?;
             src.set_property("device", device.to_string_lossy().as_ref());
-            let caps = make("capsfilter")?;
-            caps.set_property("caps", gst::Caps::builder("video/x-raw").build());
-            attach_raw(&src, &caps)?;
+            src
         }
         Source::TestPattern {
             pattern,
-            width,
-            height,
-            fps,
             num_frames,
             live,
+            ..
         } => {
             let src = make("videotestsrc")?;
-            src.set_property_from_str("pattern", pattern);
+            props::set_str(&src, &format!("cameras.{}.pattern", cam.name), "pattern", pattern)?;
             src.set_property("is-live", *live);
             if let Some(n) = num_frames {
                 src.set_property("num-buffers", i32::try_from(*n).unwrap_or(i32::MAX));
             }
-            let caps = make("capsfilter")?;
-            caps.set_property(
-                "caps",
-                gst::Caps::builder("video/x-raw")
-                    .field("format", "I420")
-                    .field("width", *width as i32)
-                    .field("height", *height as i32)
-                    .field("framerate", gst::Fraction::new(*fps as i32, 1))
-                    .build(),
-            );
-            attach_raw(&src, &caps)?;
+            src
         }
-    }
-    Ok(Built { pipeline, entry })
+    })
+}
+
+/// Builds the camera's configured elements (the source and `unetmask`) without starting
+/// anything, so that every value the config gives an element is checked by the element's
+/// own rules: `check` (the unit's `ExecStartPre=`) catches what would abort a pipeline.
+pub fn check_elements(cam: &Camera, runner: &Runner) -> Result<gst::Element> {
+    source_element(cam, runner)?;
+    unetmask(cam)
 }
 
 /// Checks that a camera's source is there: a file exists, a v4l2 device node exists, an

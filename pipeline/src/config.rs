@@ -399,7 +399,10 @@ pub struct Policy {
 pub struct Model {
     pub path: PathBuf,
     pub device: String,
+    /// ONNX Runtime threads as configured; 0: `auto_threads`.
     pub threads: u32,
+    /// This camera's share of the cores (set by `validate`), used when `threads` is 0.
+    pub auto_threads: u32,
     pub threshold: f64,
     pub inference_interval: u32,
     /// The element's `pipelined` (CPU path: inference overlaps the next frame's
@@ -489,6 +492,12 @@ fn positive(key: &str, v: f64) -> Result<Duration> {
     }
 }
 
+/// `mb` MiB in bytes; a value whose bytes overflow a u64 is refused, not wrapped.
+fn mebibytes(key: &str, mb: u64) -> Result<u64> {
+    mb.checked_mul(1024 * 1024)
+        .ok_or_else(|| Error::invalid(key, mb, format!("allowed: 0..={} MiB", u64::MAX >> 20)))
+}
+
 fn share(key: &str, v: f64) -> Result<f64> {
     if (0.0..=1.0).contains(&v) {
         Ok(v)
@@ -565,71 +574,25 @@ fn merge_model(shared: &ModelFile, cam: Option<&ModelFile>, prefix: &str, base: 
         )
     })?;
     let path = if path.is_relative() { base.join(path) } else { path };
-    let device = pick!(device).unwrap_or_else(|| "auto".into());
-    let dl = device.to_ascii_lowercase();
-    let dev_ok = dl == "auto"
-        || dl == "cpu"
-        || ["cuda", "tensorrt"].iter().any(|p| {
-            dl.strip_prefix(p).is_some_and(|r| {
-                r.is_empty() || r.strip_prefix(':').is_some_and(|n| n.parse::<u32>().is_ok())
-            })
-        });
-    if !dev_ok {
-        return Err(Error::invalid(
-            key("device"),
-            format!("\"{device}\""),
-            "allowed: auto, cpu, cuda:N, tensorrt:N",
-        ));
-    }
-    let threshold = pick!(threshold).unwrap_or(0.5);
-    if !(threshold < 0.0 || (0.0..=1.0).contains(&threshold)) {
-        return Err(Error::invalid(
-            key("threshold"),
-            threshold,
-            "allowed: 0.0..=1.0, or < 0 for a soft mask",
-        ));
-    }
-    let inference_interval = pick!(inference_interval).unwrap_or(1);
-    if inference_interval == 0 {
-        return Err(Error::invalid(key("inference_interval"), 0, "allowed: 1 or more"));
-    }
-    let resize = pick!(resize)
-        .map(|v| one_of(&key("resize"), &v, &["antialias", "bilinear"]))
-        .transpose()?;
-    let layout = pick!(layout)
-        .map(|v| one_of(&key("layout"), &v, &["auto", "nchw", "nhwc"]))
-        .transpose()?;
-    let channel_order = pick!(channel_order)
-        .map(|v| one_of(&key("channel_order"), &v, &["rgb", "bgr"]))
-        .transpose()?;
-    let activation = pick!(activation)
-        .map(|v| one_of(&key("activation"), &v, &["auto", "none", "sigmoid", "softmax"]))
-        .transpose()?;
-    let input_size = pick!(input_size);
-    if let Some(s) = &input_size {
-        let ok = s
-            .split_once('x')
-            .is_some_and(|(w, h)| w.parse::<u32>().is_ok() && h.parse::<u32>().is_ok());
-        if !ok {
-            return Err(Error::invalid(
-                key("input_size"),
-                format!("\"{s}\""),
-                "allowed: WIDTHxHEIGHT, e.g. 256x256",
-            ));
-        }
-    }
+    // Values the element takes are checked against the element's own ranges and nicks
+    // when the camera's elements are built (`camera::unetmask`, run by `check` and before
+    // any pipeline starts): one source for them, not a copy here.
+    let lower = |v: Option<String>| v.map(|v| v.to_ascii_lowercase());
     Ok(Model {
         path,
-        device: dl,
+        device: pick!(device)
+            .unwrap_or_else(|| "auto".into())
+            .to_ascii_lowercase(),
         threads: pick!(threads).unwrap_or(0),
-        threshold,
-        inference_interval,
+        auto_threads: 1,
+        threshold: pick!(threshold).unwrap_or(0.5),
+        inference_interval: pick!(inference_interval).unwrap_or(1),
         pipelined: pick!(pipelined).unwrap_or(false),
-        resize,
-        layout,
-        channel_order,
-        input_size,
-        activation,
+        resize: lower(pick!(resize)),
+        layout: lower(pick!(layout)),
+        channel_order: lower(pick!(channel_order)),
+        input_size: pick!(input_size),
+        activation: lower(pick!(activation)),
         person_class: pick!(person_class),
         mean: pick!(mean),
         std: pick!(std),
@@ -653,7 +616,10 @@ fn merge_recording(shared: &RecordingFile, cam: Option<&RecordingFile>, prefix: 
         enabled: c.enabled.or(shared.enabled).unwrap_or(true),
         container,
         clip_duration: positive(&key("clip_seconds"), clip_seconds)?,
-        clip_max_bytes: c.clip_max_mb.or(shared.clip_max_mb).unwrap_or(0) * 1024 * 1024,
+        clip_max_bytes: mebibytes(
+            &key("clip_max_mb"),
+            c.clip_max_mb.or(shared.clip_max_mb).unwrap_or(0),
+        )?,
     })
 }
 
@@ -912,7 +878,7 @@ pub fn validate(file: &ConfigFile, base: &Path) -> Result<Settings> {
     let runner = Runner {
         output_dir,
         host: r.host.clone(),
-        disk_floor_bytes: r.disk_floor_mb.unwrap_or(512) * 1024 * 1024,
+        disk_floor_bytes: mebibytes("runner.disk_floor_mb", r.disk_floor_mb.unwrap_or(512))?,
         metrics_listen,
         stall_timeout: positive("runner.stall_timeout_s", r.stall_timeout_s.unwrap_or(5.0))?,
         backoff_initial,
@@ -970,8 +936,8 @@ pub fn validate(file: &ConfigFile, base: &Path) -> Result<Settings> {
     // ONNX Runtime one thread per core (N cameras x cores threads fighting over the cores).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = auto_threads(cores, cameras.len());
-    for c in cameras.iter_mut().filter(|c| c.model.threads == 0) {
-        c.model.threads = threads;
+    for c in &mut cameras {
+        c.model.auto_threads = threads;
     }
     Ok(Settings { runner, cameras })
 }
@@ -1069,14 +1035,10 @@ mod tests {
         for (from, to, key) in [
             ("num_frames = 10", "num_frames = 0", "cameras.front.num_frames"),
             (
-                "path = \"m.onnx\"",
-                "path = \"m.onnx\"\nthreshold = 1.5",
-                "model.threshold",
-            ),
-            (
-                "path = \"m.onnx\"",
-                "path = \"m.onnx\"\ndevice = \"gpu\"",
-                "model.device",
+                // Its bytes overflowed a u64 (a panic in debug builds, a wrapped size else).
+                "num_frames = 10",
+                "num_frames = 10\n[cameras.front.recording]\nclip_max_mb = 9223372036854775807",
+                "cameras.front.recording.clip_max_mb",
             ),
             (
                 "source = \"testpattern\"",

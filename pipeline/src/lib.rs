@@ -13,6 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod policy;
 pub mod preroll;
+pub mod props;
 pub mod recorder;
 pub mod redact;
 pub mod restream;

@@ -133,24 +133,11 @@ fn describe(s: &config::Source) -> String {
 
 fn probe_model(path: &Path) -> anyhow::Result<()> {
     use gstunetmask::unetmask::contract::{self, InputSize};
-    let m = config::Model {
-        path: path.to_path_buf(),
-        device: "auto".into(),
-        threads: 1,
-        threshold: 0.5,
-        inference_interval: 1,
-        pipelined: false,
-        resize: None,
-        layout: None,
-        channel_order: None,
-        input_size: None,
-        activation: None,
-        person_class: None,
-        mean: None,
-        std: None,
-        scale: None,
-    };
-    let mut engine = edgemask::runner::open_model(&m)?;
+    edgemask::runner::init_gst()?;
+    let element = gst::ElementFactory::make("unetmask")
+        .property("model", path.to_string_lossy().as_ref())
+        .build()?;
+    let mut engine = edgemask::runner::open_model(&element, path)?;
     let c = engine.contract.clone();
     let size = engine.input_size_for((640, 480));
     let prepared = engine.prepare(size).map_err(|e| Error::Model {

@@ -16,7 +16,7 @@ use sha2::Digest;
 
 use crate::camera::{self, Built, Flow};
 use crate::clip::ModelInfo;
-use crate::config::{Camera, Model, Settings, Source};
+use crate::config::{Camera, Settings, Source};
 use crate::error::{Error, Result, exit};
 use crate::metrics::Metrics;
 use crate::recorder::{Counters, Recorder, free_bytes};
@@ -39,47 +39,34 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// Opens the model the way the element will (library, session, contract) and returns the
 /// engine; errors are [`Error::Model`].
-pub fn open_model(m: &Model) -> Result<gstunetmask::unetmask::engine::Engine> {
-    use gstunetmask::unetmask::contract::{Activation, Layout, Overrides};
-    use gstunetmask::unetmask::engine::{Engine, EngineConfig};
+pub fn open_model(
+    element: &gst::Element,
+    path: &std::path::Path,
+) -> Result<gstunetmask::unetmask::engine::Engine> {
+    use gstunetmask::unetmask::{UnetMask, engine::Engine};
     let err = |reason: String| Error::Model {
-        path: m.path.clone(),
+        path: path.to_path_buf(),
         reason,
     };
-    let overrides = Overrides {
-        layout: match m.layout.as_deref() {
-            Some("nchw") => Some(Layout::Nchw),
-            Some("nhwc") => Some(Layout::Nhwc),
-            _ => None,
-        },
-        input_size: m.input_size.as_deref().and_then(|s| {
-            let (w, h) = s.split_once('x')?;
-            Some((w.parse().ok()?, h.parse().ok()?))
-        }),
-        activation: match m.activation.as_deref() {
-            Some("none") => Some(Activation::None),
-            Some("sigmoid") => Some(Activation::Sigmoid),
-            Some("softmax") => Some(Activation::Softmax),
-            _ => None,
-        },
-        person_class: m.person_class.and_then(|p| u32::try_from(p).ok()),
-    };
-    let device = m.device.parse().map_err(err)?;
-    let cfg = EngineConfig {
-        model: m.path.clone(),
-        library: None,
-        device,
-        threads: 1,
-        spin: false,
-        overrides,
-    };
+    // The element's own reading of its settings, not a copy of its parser here.
+    let element = element
+        .downcast_ref::<UnetMask>()
+        .ok_or_else(|| err("not a unetmask element".into()))?;
+    let mut cfg = element.engine_config().map_err(|e| err(e.reason))?;
+    cfg.threads = 1;
+    cfg.spin = false;
     Engine::open(&cfg).map_err(|e| err(e.to_string()))
 }
 
 /// Everything `run` and `check` verify before any pipeline starts.
 pub fn preflight(settings: &Settings, probe_network: bool) -> Result<HashMap<std::path::PathBuf, ModelInfo>> {
     let mut models = HashMap::new();
+    // Configuration errors (exit 3) first: every camera's elements with every property set.
+    let mut elements = Vec::new();
     for cam in &settings.cameras {
+        elements.push(camera::check_elements(cam, &settings.runner)?);
+    }
+    for (cam, element) in settings.cameras.iter().zip(&elements) {
         if !models.contains_key(&cam.model.path) {
             if !cam.model.path.is_file() {
                 return Err(Error::Model {
@@ -87,7 +74,7 @@ pub fn preflight(settings: &Settings, probe_network: bool) -> Result<HashMap<std
                     reason: "file does not exist: set model.path to an .onnx file".into(),
                 });
             }
-            let engine = open_model(&cam.model)?;
+            let engine = open_model(element, &cam.model.path)?;
             let info = ModelInfo {
                 file: cam
                     .model

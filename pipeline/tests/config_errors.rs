@@ -198,6 +198,111 @@ fn bad_configs_give_documented_errors_and_exit_codes() {
     assert_eq!(got, 0, "{err}");
 }
 
+/// Values the config schema accepts but the elements do not: each used to pass `check` and
+/// abort the runner inside a `pad-added` handler (or, for NaN, run with garbage masks).
+/// Now `check` and `run` build every camera's elements and name the key.
+#[test]
+fn values_outside_the_elements_ranges_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let model = model();
+    let model = model.to_str().unwrap();
+    let pattern = "source = \"testpattern\"\nnum_frames = 5";
+    let cam_model = |line: &str| base(out, model, &format!("{pattern}\n[cameras.cam.model]\n{line}"));
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            cam_model("threads = 300"),
+            vec!["cameras.cam.model.threads", "300", "0..=256"],
+        ),
+        (
+            cam_model("threshold = -5.0"),
+            vec!["cameras.cam.model.threshold", "-1..=1"],
+        ),
+        (
+            cam_model("inference_interval = 5000"),
+            vec!["cameras.cam.model.inference_interval", "1..=1000"],
+        ),
+        (cam_model("scale = 2.0"), vec!["cameras.cam.model.scale", "..=1"]),
+        (
+            cam_model("person_class = 5000"),
+            vec!["cameras.cam.model.person_class", "-1..=1023"],
+        ),
+        (
+            cam_model("mean = \"nan,0,0\""),
+            vec!["cameras.cam.model.mean", "finite"],
+        ),
+        (
+            cam_model("std = \"1,inf,1\""),
+            vec!["cameras.cam.model.std", "finite"],
+        ),
+        (
+            cam_model("std = \"1,0,1\""),
+            vec!["cameras.cam.model.std", "non-zero"],
+        ),
+        (
+            cam_model("resize = \"cubic\""),
+            vec!["cameras.cam.model.resize", "antialias", "bilinear"],
+        ),
+        (
+            cam_model("layout = \"chw\""),
+            vec!["cameras.cam.model.layout", "nchw"],
+        ),
+        (
+            cam_model("activation = \"relu\""),
+            vec!["cameras.cam.model.activation", "sigmoid"],
+        ),
+        (
+            cam_model("device = \"gpu\""),
+            vec!["cameras.cam.model.device", "cuda:N"],
+        ),
+        (
+            cam_model("input_size = \"big\""),
+            vec!["cameras.cam.model.input_size", "WIDTHxHEIGHT"],
+        ),
+        (
+            base(out, model, "source = \"testpattern\"\npattern = \"plaid\""),
+            vec!["cameras.cam.pattern", "plaid", "smpte", "ball"],
+        ),
+        (
+            base(
+                out,
+                model,
+                &format!("{pattern}\n[cameras.cam.recording]\nclip_max_mb = 9223372036854775807"),
+            ),
+            vec!["cameras.cam.recording.clip_max_mb"],
+        ),
+        (
+            base(out, model, pattern)
+                .replace("[runner]\n", "[runner]\ndisk_floor_mb = 9223372036854775807\n"),
+            vec!["runner.disk_floor_mb"],
+        ),
+    ];
+    for (toml, needles) in cases {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, &toml).unwrap();
+        let (got, err) = run(&["check", cfg.to_str().unwrap()]);
+        assert_eq!(got, 3, "{needles:?}: exit code; stderr:\n{err}");
+        for n in &needles {
+            assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // `run` stops there too, before any pipeline starts.
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, cam_model("threshold = -5.0")).unwrap();
+    let (got, err) = run(&["run", cfg.to_str().unwrap()]);
+    assert_eq!(got, 3, "{err}");
+    // Values inside the ranges still pass.
+    std::fs::write(
+        &cfg,
+        cam_model("threads = 256\nthreshold = -1.0\nmean = \"0.5,0.5,0.5\""),
+    )
+    .unwrap();
+    let (got, err) = run(&["check", cfg.to_str().unwrap()]);
+    assert_eq!(got, 0, "{err}");
+}
+
 #[test]
 fn probe_model_prints_the_contract() {
     let out = edgemask()

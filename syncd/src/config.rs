@@ -93,16 +93,34 @@ impl Default for Readiness {
 
 /// Which files under the watched directories may be read at all (`[files]`). Symlinks are
 /// never followed, whatever these say.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Files {
     /// Upload files that have more than one name. Off by default: a hard link in the
     /// output directory can name any file of the same file system the daemon may read
     /// (`~/.aws/credentials`), and nothing in the link tells.
     pub allow_hard_links: bool,
-    /// Upload files owned by another user than the daemon's. Off by default: the runner
-    /// and the daemon run as one user; another owner's file was put there by someone else.
+    /// Upload files owned by another user than the daemon's or the runner's. Off by
+    /// default: another owner's file was put there by someone else.
     pub allow_other_owners: bool,
+    /// The user the runner runs as (a name or a uid) when it is not the daemon's: the
+    /// shipped units run them as `edgemask` and `edgemask-syncd`, sharing a group, so that
+    /// a compromised runner cannot read the daemon's cloud keys. Its files are accepted.
+    pub runner_user: Option<String>,
+}
+
+/// The uid of `user`: a number, or a name from the user database.
+fn user_id(user: &str) -> Option<u32> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Some(uid);
+    }
+    let name = std::ffi::CString::new(user).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getpwnam_r writes into `pwd`/`buf` only.
+    let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    (rc == 0 && !found.is_null()).then_some(pwd.pw_uid)
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -406,6 +424,14 @@ impl Config {
         if self.watch.is_empty() {
             return err("watch", &self.watch, "at least one directory");
         }
+        if let Some(u) = &self.files.runner_user
+            && user_id(u).is_none()
+        {
+            return Err(SyncError::Config(format!(
+                "files.runner_user = {u:?}: no such user on this host: create it \
+                 (configs/systemd/edgemask.sysusers) or give its uid"
+            )));
+        }
         for w in &self.watch {
             if !w.is_absolute() {
                 return err("watch", w, "absolute paths");
@@ -543,11 +569,12 @@ impl Config {
         }
     }
 
-    /// What `[files]` lets through.
+    /// What `[files]` lets through (`validate` has checked that `runner_user` exists).
     pub fn file_policy(&self) -> crate::tree::Policy {
         crate::tree::Policy {
             allow_hard_links: self.files.allow_hard_links,
             allow_other_owners: self.files.allow_other_owners,
+            runner_uid: self.files.runner_user.as_deref().and_then(user_id),
         }
     }
 
@@ -802,6 +829,17 @@ destination = "s3://clips/retrain"
         )
         .unwrap();
         assert!(c.file_policy().allow_hard_links && c.file_policy().allow_other_owners);
+        let c = Config::from_toml(&format!("{BASE}\n[files]\nrunner_user = \"root\"\n"), []).unwrap();
+        assert_eq!(c.file_policy().runner_uid, Some(0));
+        let c = Config::from_toml(&format!("{BASE}\n[files]\nrunner_user = \"61001\"\n"), []).unwrap();
+        assert_eq!(c.file_policy().runner_uid, Some(61001));
+        let e = Config::from_toml(
+            &format!("{BASE}\n[files]\nrunner_user = \"no-such-user-x\"\n"),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("runner_user") && e.contains("no such user"), "{e}");
         let e = Config::from_toml(&format!("{BASE}\n[files]\nfollow_symlinks = true\n"), [])
             .unwrap_err()
             .to_string();

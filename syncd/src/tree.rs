@@ -89,6 +89,8 @@ pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 pub struct Policy {
     pub allow_hard_links: bool,
     pub allow_other_owners: bool,
+    /// The runner's uid when it runs as another user than the daemon.
+    pub runner_uid: Option<u32>,
 }
 
 /// What `fstat` says about an open file.
@@ -148,13 +150,15 @@ impl FileId {
                 format!("{} hard links (files.allow_hard_links = false)", self.nlink),
             ));
         }
-        if !policy.allow_other_owners && self.uid != euid() {
+        if !policy.allow_other_owners && self.uid != euid() && Some(self.uid) != policy.runner_uid {
             return Err((
                 Refusal::OtherOwner,
                 format!(
-                    "owned by uid {}, the daemon runs as {} (files.allow_other_owners = false)",
+                    "owned by uid {}, neither the daemon's ({}) nor files.runner_user's ({}) \
+                     (files.allow_other_owners = false)",
                     self.uid,
-                    euid()
+                    euid(),
+                    policy.runner_uid.map_or("unset".to_string(), |u| u.to_string())
                 ),
             ));
         }
@@ -579,6 +583,12 @@ mod tests {
             let mut s = src(&root, "o.mkv");
             s.policy.allow_other_owners = true;
             assert!(s.open().is_ok());
+            // The runner's user (the units run it apart from the daemon), and only it.
+            let mut s = src(&root, "o.mkv");
+            s.policy.runner_uid = Some(4242);
+            assert!(s.open().is_ok());
+            s.policy.runner_uid = Some(4243);
+            assert_eq!(reason(s.open().unwrap_err()), Refusal::OtherOwner);
         }
         let fifo = root.join("p.mkv");
         let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();

@@ -152,13 +152,31 @@ fn a_config_error_exits_2_and_is_not_restarted() {
 /// renamed or a range narrowed in the code must be followed there.
 #[test]
 fn the_shipped_configs_pass_check() {
+    let edgemask_user = std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("edgemask:"));
     for rel in ["configs/syncd.example.toml", "configs/demo-syncd.toml"] {
-        let (code, so, se) = run(
-            &repo().join(rel),
-            &[],
-            &["check"],
-            std::time::Duration::from_secs(20),
-        );
-        assert_eq!(code, 0, "{rel}: {so}{se}");
+        let check = |env: &[(String, String)]| {
+            run(
+                &repo().join(rel),
+                env,
+                &["check"],
+                std::time::Duration::from_secs(20),
+            )
+        };
+        let (code, so, se) = check(&[]);
+        if rel.contains("example") && !edgemask_user {
+            // Its runner_user is the sysusers file's `edgemask`, absent on a build host.
+            assert_eq!(code, 2, "{rel}: {so}{se}");
+            assert!(
+                se.contains("files.runner_user") && se.contains("no such user"),
+                "{se}"
+            );
+            let (code, so, se) = check(&[("EDGEMASK_SYNCD__FILES__RUNNER_USER".into(), "root".into())]);
+            assert_eq!(code, 0, "{rel}: {so}{se}");
+        } else {
+            assert_eq!(code, 0, "{rel}: {so}{se}");
+        }
     }
 }

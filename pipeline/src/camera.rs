@@ -830,14 +830,53 @@ pub fn check_source(cam: &Camera, probe_network: bool, timeout: std::time::Durat
 }
 
 /// Creates the camera's output directory and checks it is writable.
+/// A setgid parent means "shared with the group" (the units: the upload daemon runs as its
+/// own user in the runner's group and deletes uploaded clips): a directory of ours beneath
+/// it gets the parent's mode, so the group may delete there too, whatever the umask took.
+fn share_like_parent(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(parent) = dir.parent() else { return Ok(()) };
+    let (pm, dm) = (std::fs::metadata(parent)?, std::fs::metadata(dir)?);
+    let shared = pm.mode() & 0o2000 != 0;
+    let ours = dm.uid() == nix::unistd::geteuid().as_raw();
+    if shared && ours && dm.mode() & 0o7777 != pm.mode() & 0o7777 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(pm.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
 pub fn prepare_output(dir: &Path) -> Result<()> {
     let err = |reason: String| Error::Output {
         path: dir.to_path_buf(),
         reason,
     };
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    share_like_parent(dir).map_err(|e| err(format!("cannot set its mode: {e}")))?;
     let probe: PathBuf = dir.join(".edgemask-write-test.part");
     std::fs::write(&probe, b"x").map_err(|e| err(format!("not writable: {e}")))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn camera_directories_share_a_setgid_output_directory_with_its_group() {
+        let t = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        prepare_output(&shared.join("front")).unwrap();
+        assert_eq!(mode(&shared.join("front")), 0o2770);
+        // Without the setgid bit the umask decides, as before.
+        let plain = t.path().join("plain");
+        std::fs::create_dir(&plain).unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o750)).unwrap();
+        prepare_output(&plain.join("front")).unwrap();
+        assert_eq!(mode(&plain.join("front")) & 0o2000, 0);
+    }
 }

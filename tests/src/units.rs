@@ -1,9 +1,10 @@
 //! Reads a systemd unit file and starts its service the way systemd would, with paths
 //! mapped into a test directory: the same `ExecStartPre=`/`ExecStart=` arguments, the
 //! unit's `Environment=` (and nothing else from the test's environment), `State`/`Cache`
-//! directories created for the service's user, `NOTIFY_SOCKET`/`WATCHDOG_USEC`, and the
-//! unit's user — a non-root one (`nobody`) when the unit names `User=` or `DynamicUser=yes`
-//! and the test runs as root.
+//! directories created for the service's user with their `…DirectoryMode=`, `UMask=`,
+//! `NOTIFY_SOCKET`/`WATCHDOG_USEC`, and — when the test runs as root — the unit's
+//! `User=`, `Group=` and `SupplementaryGroups=` as the ids the test gives those names
+//! ([`Ids`]; `nobody` for a user it does not name, or for `DynamicUser=yes`).
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -133,14 +134,92 @@ impl PathMap {
     }
 }
 
-/// The user a non-root unit runs as in the test, when the test is root: `nobody`.
+/// The user a non-root unit runs as in the test, when the test is root and names no id
+/// for the unit's user: `nobody`.
 pub const NOBODY: u32 = 65534;
+
+/// The numeric ids a test gives the user and group names of its units (no passwd entry
+/// needed: the test sets them on the process itself).
+#[derive(Debug, Clone, Default)]
+pub struct Ids {
+    users: Vec<(String, u32)>,
+    groups: Vec<(String, u32)>,
+}
+
+impl Ids {
+    pub fn user(mut self, name: &str, uid: u32) -> Self {
+        self.users.push((name.to_string(), uid));
+        self
+    }
+
+    pub fn group(mut self, name: &str, gid: u32) -> Self {
+        self.groups.push((name.to_string(), gid));
+        self
+    }
+
+    fn uid(&self, name: &str) -> Option<u32> {
+        self.users.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+    }
+
+    fn gid(&self, name: &str) -> Option<u32> {
+        self.groups.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+    }
+}
+
+/// Who a unit's processes run as, and with which umask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// `None`: the test's own user (it is not root, or the unit runs as root).
+    pub uid: Option<u32>,
+    pub gid: u32,
+    /// Supplementary groups the test gave ids for (others, e.g. `video`, are left out).
+    pub groups: Vec<u32>,
+    pub umask: u32,
+}
+
+impl Unit {
+    /// The identity of the unit's processes in the test.
+    pub fn identity(&self, ids: &Ids) -> Identity {
+        let umask = self
+            .get("Service", "UMask")
+            .and_then(|m| u32::from_str_radix(&m, 8).ok())
+            .unwrap_or(0o022);
+        if !(self.non_root() && nix::unistd::Uid::effective().is_root()) {
+            return Identity {
+                uid: None,
+                gid: nix::unistd::getegid().as_raw(),
+                groups: Vec::new(),
+                umask,
+            };
+        }
+        let uid = self
+            .get("Service", "User")
+            .and_then(|u| ids.uid(&u))
+            .unwrap_or(NOBODY);
+        let gid = self
+            .get("Service", "Group")
+            .and_then(|g| ids.gid(&g))
+            .unwrap_or(uid);
+        let groups = self
+            .all("Service", "SupplementaryGroups")
+            .iter()
+            .flat_map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|g| ids.gid(&g))
+            .collect();
+        Identity {
+            uid: Some(uid),
+            gid,
+            groups,
+            umask,
+        }
+    }
+}
 
 /// The commands (`ExecStartPre=`…, then `ExecStart=`) of `unit` for `instance`, with paths
 /// mapped, a clean environment (the unit's `Environment=` plus what systemd sets), the
 /// unit's `State`/`CacheDirectory` created, and the unit's user.
-pub fn commands(unit: &Unit, instance: &str, paths: &PathMap, notify: &Path) -> Vec<Command> {
-    let drop_to = (unit.non_root() && nix::unistd::Uid::effective().is_root()).then_some(NOBODY);
+pub fn commands(unit: &Unit, instance: &str, paths: &PathMap, ids: &Ids, notify: &Path) -> Vec<Command> {
+    let who = unit.identity(ids);
     let mut env: Vec<(String, String)> = vec![(
         "PATH".into(),
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin".into(),
@@ -151,7 +230,11 @@ pub fn commands(unit: &Unit, instance: &str, paths: &PathMap, notify: &Path) -> 
     ] {
         if let Some(d) = unit.get("Service", kind) {
             let dir = PathBuf::from(paths.apply(&format!("{base}{}", expand(&d, instance))));
-            make_owned_dir(&dir, drop_to);
+            let mode = unit
+                .get("Service", &format!("{kind}Mode"))
+                .and_then(|m| u32::from_str_radix(&m, 8).ok())
+                .unwrap_or(0o755);
+            make_owned_dir(&dir, who.uid.map(|u| (u, who.gid)), mode);
             env.push((var.into(), dir.display().to_string()));
         }
     }
@@ -180,26 +263,40 @@ pub fn commands(unit: &Unit, instance: &str, paths: &PathMap, notify: &Path) -> 
                 c.env("WATCHDOG_USEC", us.to_string());
             }
         }
-        if let Some(uid) = drop_to {
-            c.uid(uid).gid(uid);
+        let who = who.clone();
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                libc::umask(who.umask as libc::mode_t);
+                if let Some(uid) = who.uid
+                    && (libc::setgroups(who.groups.len(), who.groups.as_ptr()) != 0
+                        || libc::setgid(who.gid) != 0
+                        || libc::setuid(uid) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         out.push(c);
     }
     out
 }
 
-/// Creates `dir` (and its parents) owned by `owner` when given, as systemd does for
-/// `StateDirectory=`.
-pub fn make_owned_dir(dir: &Path, owner: Option<u32>) {
+/// Creates `dir` (and its parents) owned by `owner` (uid, gid) when given and with `mode`,
+/// as systemd does for `StateDirectory=` and `StateDirectoryMode=`.
+pub fn make_owned_dir(dir: &Path, owner: Option<(u32, u32)>, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).unwrap();
-    if let Some(uid) = owner {
+    if let Some((uid, gid)) = owner {
         nix::unistd::chown(
             dir,
             Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
         )
         .unwrap();
     }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 #[cfg(test)]

@@ -1,15 +1,29 @@
-//! Deployment: the systemd units in `configs/systemd/` pass `systemd-analyze verify`, and
-//! both daemons, started the way their units start them (same arguments, environment,
-//! directories and — when the test runs as root — a non-root user), come up, report
-//! READY=1 (and WATCHDOG=1 while working) through a notify socket, and stop cleanly on
-//! SIGTERM.
+//! Deployment: the systemd units in `configs/systemd/` pass `systemd-analyze verify` and
+//! keep `systemd-analyze security` exposure at or under 2.0, and both daemons, started the
+//! way their units start them (same arguments, environment, directories and modes, umask
+//! and — when the test runs as root — the units' two users sharing one group), come up,
+//! report READY=1 (and WATCHDOG=1 while working) through a notify socket, hand clips from
+//! one user to the other, and stop cleanly on SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edgemask_tests::notify::NotifySocket;
-use edgemask_tests::units::{self, PathMap, Unit};
+use edgemask_tests::units::{self, Ids, PathMap, Unit};
 use edgemask_tests::{bin, onnxruntime, root, signal, wait_exit, wait_for};
+
+/// The ids the test gives the users and groups of `edgemask.sysusers`: the runner and the
+/// upload daemon apart, sharing the `edgemask` group.
+const RUNNER_UID: u32 = 61001;
+const SYNCD_UID: u32 = 61002;
+
+fn ids() -> Ids {
+    Ids::default()
+        .user("edgemask", RUNNER_UID)
+        .group("edgemask", RUNNER_UID)
+        .user("edgemask-syncd", SYNCD_UID)
+        .group("edgemask-syncd", SYNCD_UID)
+}
 
 fn unit_path(name: &str) -> PathBuf {
     root().join("configs/systemd").join(name)
@@ -98,6 +112,40 @@ fn units_pass_systemd_analyze_verify() {
     );
 }
 
+/// `systemd-analyze security` rates both units at an exposure of 2.0 or less (0 is best,
+/// 10 worst): the runner parses untrusted network media, the daemon holds cloud keys.
+#[test]
+fn units_expose_little_by_systemd_analyze_security() {
+    let dir = scratch();
+    for (file, as_name) in [
+        ("edgemask@.service", "edgemask@demo.service"),
+        ("edgemask-syncd.service", "edgemask-syncd.service"),
+    ] {
+        let unit = dir.path().join(as_name);
+        std::fs::copy(unit_path(file), &unit).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(&unit)
+            .output()
+            .expect("systemd-analyze (scripts/setup.sh installs the `systemd` package)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let level: f64 = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|rest| rest.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no exposure level in:\n{text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        eprintln!("{as_name}: exposure {level}");
+        assert!(level <= 2.0, "{as_name}: exposure {level} > 2.0:\n{text}");
+    }
+}
+
 struct World {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -149,7 +197,7 @@ fn start(w: &World, unit: &Unit, instance: &str, name: &str) -> (std::process::C
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let notify = NotifySocket::bind(&dir);
-    let mut cmds = units::commands(unit, instance, &w.paths, &notify.path);
+    let mut cmds = units::commands(unit, instance, &w.paths, &ids(), &notify.path);
     run_pre(&mut cmds);
     let log = w.root.join(format!("{name}.log"));
     let f = std::fs::File::create(&log).unwrap();
@@ -243,7 +291,8 @@ live = true
         w.root.join("etc/edgemask/syncd.toml"),
         format!(
             "watch = [\"{}\"]\ndestination = \"file://{}\"\njournal = \"{}\"\nhost = \"test\"\n\
-             key_template = \"{{camera}}/{{file}}\"\n[readiness]\nsettle_secs = 1.0\n",
+             key_template = \"{{camera}}/{{file}}\"\n[readiness]\nsettle_secs = 1.0\n\
+             [files]\nrunner_user = \"{RUNNER_UID}\"\n",
             out_dir.display(),
             dest.display(),
             w.root.join("var/lib/edgemask-syncd/journal.sqlite").display()
@@ -257,8 +306,8 @@ live = true
         syncd_notify.messages,
         read_log(&slog)
     );
-    // It uploads as the unit's user and deletes what it uploaded (after_upload = delete):
-    // the runner's files are the same user's.
+    // It uploads as its unit's user and deletes what it uploaded (after_upload = delete):
+    // the runner's files are another user's, shared through the group.
     assert!(
         wait_for(Duration::from_secs(60), || manifests(&dest.join("front")) >= 1),
         "clips arrive at the destination\n{}",
@@ -283,10 +332,32 @@ live = true
         for f in files(&dest.join("front")) {
             assert_eq!(
                 std::fs::metadata(&f).unwrap().uid(),
-                units::NOBODY,
-                "{} written by the unit's (non-root) user",
+                SYNCD_UID,
+                "{} written by the daemon's own user",
                 f.display()
             );
+        }
+        // The runner's output: its user, the shared group, setgid, nothing for others.
+        let m = std::fs::metadata(out_dir.join("demo")).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (RUNNER_UID, RUNNER_UID, 0o2770)
+        );
+        let m = std::fs::metadata(&cam).unwrap();
+        assert_eq!(
+            (m.gid(), m.mode() & 0o7777),
+            (RUNNER_UID, 0o2770),
+            "{}",
+            cam.display()
+        );
+        // The daemon's state (journal; its keys would be beside it): nothing for the
+        // runner's user or group.
+        let state = w.root.join("var/lib/edgemask-syncd");
+        let m = std::fs::metadata(&state).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o077), (SYNCD_UID, 0), "{}", state.display());
+        for f in files(&state).iter().filter(|f| f.is_file()) {
+            let m = std::fs::metadata(f).unwrap();
+            assert_eq!(m.mode() & 0o077, 0, "{} private to the daemon", f.display());
         }
     }
 }

@@ -118,6 +118,8 @@ struct Cam {
     seen: Counters,
     last_qos: u64,
     last_source_retries: u64,
+    /// Pipelines of this camera that did not reach NULL in time and were left behind.
+    leaked: u32,
     progress: Option<indicatif::ProgressBar>,
 }
 
@@ -125,6 +127,8 @@ struct State {
     settings: Settings,
     cams: Vec<Cam>,
     stopping: bool,
+    /// Stopping because too many pipelines could not stop (exit code: runtime failure).
+    stuck: bool,
     main_loop: glib::MainLoop,
     metrics: Metrics,
     epoch: Instant,
@@ -219,6 +223,19 @@ fn start_camera(shared: &Shared, idx: usize) {
 /// How long a pipeline gets to reach NULL before it is left behind.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Pipelines left behind (their stuck threads, sockets and memory with them) before the
+/// process stops itself so that its supervisor (systemd: `Restart=on-failure`) starts a
+/// clean one, instead of leaking them for months.
+const MAX_LEAKED: u32 = 3;
+
+/// fallbacksrc restarts an RTSP source itself after `stall_timeout_s`; the runner steps in
+/// (a new pipeline) only when that has not brought frames back after this many timeouts,
+/// and never before OWN_RESTART_MIN: a new pipeline drops the open clip, which
+/// fallbacksrc's own reconnection keeps. File sources get the same margin before a read
+/// that does not return counts as hung.
+const OWN_RESTART_AFTER: u64 = 3;
+const OWN_RESTART_MIN: Duration = Duration::from_secs(20);
+
 /// Stops a camera's pipeline. The state change runs on its own thread with a deadline:
 /// an element that deadlocks on the way down (rtspsrc 1.22 does, now and then, when a
 /// server vanishes at the wrong moment) must not freeze the main loop, the other cameras'
@@ -239,6 +256,7 @@ fn teardown(c: &mut Cam) {
         match spawned {
             Ok(_) => {
                 if rx.recv_timeout(TEARDOWN_TIMEOUT).is_err() {
+                    c.leaked += 1;
                     tracing::error!(
                         camera = %c.cam.name,
                         timeout_s = TEARDOWN_TIMEOUT.as_secs(),
@@ -518,7 +536,7 @@ fn tick(shared: &Shared, dt: f64) {
     let free = free_bytes(&out_dir).unwrap_or(0);
     let mut status = Vec::new();
     let mut stalled = Vec::new();
-    let mut any_flow = false;
+    let mut leaked = 0;
     for (i, c) in st.cams.iter_mut().enumerate() {
         let name = c.cam.name.clone();
         let frames = c.flow.frames.load(Ordering::Relaxed);
@@ -562,7 +580,6 @@ fn tick(shared: &Shared, dt: f64) {
         c.seen = counters;
         let last = c.flow.last_frame_ms.load(Ordering::Relaxed);
         let flowing = last > 0 && now_ms.saturating_sub(last - 1) < stall_ms;
-        any_flow |= flowing;
         if c.phase == Phase::Running && flowing {
             c.attempts = 0;
         }
@@ -586,20 +603,26 @@ fn tick(shared: &Shared, dt: f64) {
             }
             c.last_source_retries = retries;
         }
-        // Stall supervision for live sources without fallbacksrc.
-        let supervised = matches!(
-            c.cam.source,
-            Source::V4l2 { .. } | Source::TestPattern { live: true, .. }
-        );
+        // Stall supervision of every source, whatever its element thinks: v4l2 and test
+        // patterns after stall_timeout_s, RTSP (fallbacksrc retries first) and files (a read
+        // that never returns) after OWN_RESTART_AFTER of them.
+        let (limit_ms, first_ms) = match c.cam.source {
+            Source::Rtsp { .. } | Source::File { .. } => {
+                let l = (OWN_RESTART_AFTER * stall_ms).max(OWN_RESTART_MIN.as_millis() as u64);
+                (l, l)
+            }
+            _ => (stall_ms, 2 * stall_ms),
+        };
         let since_start = c.started.elapsed().as_millis() as u64;
         let stale = if last == 0 {
-            since_start > 2 * stall_ms
+            since_start > first_ms
         } else {
-            !flowing && since_start > stall_ms
+            now_ms.saturating_sub(last - 1) >= limit_ms && since_start > limit_ms
         };
-        if supervised && c.phase == Phase::Running && stale {
+        if c.phase == Phase::Running && stale {
             stalled.push(i);
         }
+        leaked += c.leaked;
         let s = match c.phase {
             Phase::Running if flowing || frames > 0 => format!("{name}: {:.1} fps", c.fps),
             Phase::Running => format!("{name}: starting"),
@@ -619,9 +642,14 @@ fn tick(shared: &Shared, dt: f64) {
         }
     }
     let stopping = st.stopping;
+    let give_up = leaked >= MAX_LEAKED && !st.stuck;
+    st.stuck |= give_up;
     drop(st);
     let status = status.join(", ");
-    if any_flow {
+    // The watchdog is fed from this supervisor loop: a night with every camera offline is
+    // cameras reconnecting, not a hung process. It starves only when the loop stops, or
+    // when pipelines that cannot stop pile up (then a clean restart is the cure).
+    if leaked < MAX_LEAKED {
         notify(&[
             sd_notify::NotifyState::Watchdog,
             sd_notify::NotifyState::Status(&status),
@@ -629,9 +657,22 @@ fn tick(shared: &Shared, dt: f64) {
     } else {
         notify(&[sd_notify::NotifyState::Status(&status)]);
     }
+    if give_up {
+        tracing::error!(
+            leaked,
+            "pipelines that could not stop were left behind; stopping so that a fresh process takes over"
+        );
+        shutdown(shared);
+        return;
+    }
     if !stopping {
         for i in stalled {
-            fail(shared, i, "no frame within runner.stall_timeout_s");
+            let reason = match shared.borrow().cams[i].cam.source {
+                Source::File { .. } => "no frame from the file source (a read that does not return?)",
+                Source::Rtsp { .. } => "no frame although fallbacksrc should have restarted the source",
+                _ => "no frame within runner.stall_timeout_s",
+            };
+            fail(shared, i, reason);
         }
     }
 }
@@ -708,6 +749,7 @@ pub fn run(settings: Settings) -> Result<u8> {
             seen: Counters::default(),
             last_qos: 0,
             last_source_retries: 0,
+            leaked: 0,
             progress,
         });
     }
@@ -721,6 +763,7 @@ pub fn run(settings: Settings) -> Result<u8> {
         metrics,
         epoch: Instant::now(),
         ready_sent: false,
+        stuck: false,
     }));
     install_signal_handlers()?;
     let weak = Rc::downgrade(&shared);
@@ -776,5 +819,17 @@ pub fn run(settings: Settings) -> Result<u8> {
         );
     }
     let failed = st.cams.iter().any(|c| c.phase == Phase::Failed);
-    Ok(if failed { exit::RUNTIME } else { exit::OK })
+    // A pipeline left behind is a stuck element, not a clean stop.
+    let leaked: u32 = st.cams.iter().map(|c| c.leaked).sum();
+    if leaked > 0 {
+        tracing::error!(
+            leaked,
+            "pipelines did not stop (an element is stuck): exiting as failed"
+        );
+    }
+    Ok(if failed || leaked > 0 || st.stuck {
+        exit::RUNTIME
+    } else {
+        exit::OK
+    })
 }

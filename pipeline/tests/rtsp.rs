@@ -235,3 +235,68 @@ preroll_s = 1.0
     assert!(err.contains("preroll_overflows=0"), "{err}");
     drop(server);
 }
+
+/// Every camera offline (a night with the cameras powered down): the supervisor loop
+/// still feeds the systemd watchdog while it reconnects them, instead of a SIGABRT per
+/// WatchdogSec; and when fallbacksrc brings no frame back, the runner restarts the
+/// camera's pipeline itself.
+#[test]
+fn with_every_camera_offline_the_watchdog_is_fed_and_the_runner_reconnects() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port(); // nothing listens there
+    let out = dir.path().join("out");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[runner]
+output_dir = "{}"
+disk_floor_mb = 0
+stall_timeout_s = 0.5
+backoff_initial_s = 0.5
+backoff_max_s = 1
+[model]
+path = "{}"
+device = "cpu"
+threads = 1
+[cameras.door]
+source = "rtsp"
+url = "rtsp://127.0.0.1:{port}/cam"
+"#,
+            out.display(),
+            model().display()
+        ),
+    );
+    let mut notify = edgemask_tests::notify::NotifySocket::bind(dir.path());
+    let mut child = edgemask()
+        .args(["run", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "60000000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        notify.wait_for("WATCHDOG=1", Duration::from_secs(20)),
+        "WATCHDOG=1 with no camera flowing: {:?}",
+        notify.messages
+    );
+    // Pings go on (one per supervisor tick), not a single one at start.
+    let _ = notify.wait_for("(collect for 6 s)", Duration::from_secs(6));
+    let pings = notify
+        .messages
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    assert!(pings >= 4, "{pings} pings in 6 s: {:?}", notify.messages);
+    // No frame for 20 s (the floor of the runner's own restart): a new pipeline.
+    let _ = notify.wait_for("(collect)", Duration::from_secs(18));
+    sigterm(&child);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(40));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("no frame although fallbacksrc should have restarted the source"),
+        "the runner restarted the camera itself:\n{err}"
+    );
+}

@@ -4,9 +4,12 @@
 #   scripts/bench-syncd.sh                          32 x 64 MiB and 2000 x 256 KiB
 #   LARGE_N=8 SMALL_N=500 scripts/bench-syncd.sh    smaller sets
 #
-# Knobs: LARGE_N LARGE_MIB SMALL_N SMALL_KIB (the sets), ROUNDS (runs per tool and set,
-# the best counts; default 1), SYNCD_BIN (a built edgemask-syncd instead of
-# `cargo build --release`), LIVE_CLIPS (clips for the latency check; default 5).
+# Knobs: LARGE_N LARGE_MIB SMALL_N SMALL_KIB (the sets), ROUNDS (interleaved rounds per
+# set, the tool that goes first alternating; default 3: the median and the spread are
+# reported, never the best), SYNCD_BIN (a built edgemask-syncd instead of
+# `cargo build --release`), LIVE_CLIPS (clips for the latency check; default 5), RESULT
+# (where the JSON result goes; default target/bench/syncd-vs-rclone.json — copy it to
+# docs/results/ and run scripts/figures.py --write to publish it).
 #
 # Needs Garage (EDGEMASK_WITH_GARAGE=1 scripts/setup.sh); installs rclone and GNU time with
 # apt-get when they are missing. Both tools get the same parallelism: 4 files at a time,
@@ -21,7 +24,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/env.sh"
 LARGE_N="${LARGE_N:-32}"; LARGE_MIB="${LARGE_MIB:-64}"
 SMALL_N="${SMALL_N:-2000}"; SMALL_KIB="${SMALL_KIB:-256}"
-ROUNDS="${ROUNDS:-1}"; LIVE_CLIPS="${LIVE_CLIPS:-5}"
+ROUNDS="${ROUNDS:-3}"; LIVE_CLIPS="${LIVE_CLIPS:-5}"
+RESULT="${RESULT:-$root/target/bench/syncd-vs-rclone.json}"
 garage="${EDGEMASK_GARAGE:-${EDGEMASK_CACHE:-$HOME/.cache/edgemask}/garage/bin/garage}"
 [ -x "$garage" ] || { echo "Garage missing: run EDGEMASK_WITH_GARAGE=1 scripts/setup.sh" >&2; exit 1; }
 
@@ -144,13 +148,12 @@ objects() { # prefix -> number of objects (not counting edgemask-syncd's endpoin
   rclone lsf -R --files-only "g:bench/$1" | grep -v -c '\.edgemask-syncd-probe$' || true
 }
 
-rows=()
-run_set() { # name count bytes
-  local name=$1 n=$2 bytes=$3 mib best_s="" best_r="" s_rss=0 r_rss=0 round
-  mib=$(echo "$n * $bytes / 1048576" | bc -l)
+: > "$work/rounds.tsv"
+run_set() { # name label count bytes
+  local name=$1 label=$2 n=$3 bytes=$4 round
   mkset "$work/src-$name" "$n" "$bytes"
   sync
-  for round in $(seq 1 "$ROUNDS"); do
+  run_syncd() {
     # edgemask-syncd: a copy of the set in a watched dir (hard links: same page cache),
     # --once, files retained so the next round has them again.
     rm -rf "$work/watch-$name" "$work/journal-$name".sqlite*
@@ -164,6 +167,9 @@ key_template = "{rel}"
 after_upload = "retain"
 [readiness]
 settle_secs = 0
+[files]
+# The watched copy is hard links to the set (the same page cache for both tools).
+allow_hard_links = true
 [upload]
 max_files = 4
 max_checks = 8
@@ -177,31 +183,27 @@ force_path_style = true
 TOML
     # SYNCD_WRAP: a command prefix for the daemon (e.g. "perf record -o /tmp/syncd.perf --").
     # shellcheck disable=SC2086
-    read -r sec rss < <(measure ${SYNCD_WRAP:-} "$syncd" --config "$work/syncd-$name.toml" --once)
+    read -r s_sec s_rss < <(measure ${SYNCD_WRAP:-} "$syncd" --config "$work/syncd-$name.toml" --once)
     [ "$(objects "syncd-$name-$round")" -eq "$n" ] || { echo "edgemask-syncd: not all $n objects in the bucket" >&2; exit 1; }
-    if [ -z "$best_s" ] || (( $(echo "$sec < $best_s" | bc -l) )); then best_s=$sec; fi
-    (( rss > s_rss )) && s_rss=$rss
+  }
+  run_rclone() {
     fresh "$work/src-$name"
-    read -r sec rss < <(measure env -u AWS_CA_BUNDLE rclone copy "$work/src-$name" "g:bench/rclone-$name-$round" \
+    read -r r_sec r_rss < <(measure env -u AWS_CA_BUNDLE rclone copy "$work/src-$name" "g:bench/rclone-$name-$round" \
       --transfers 4 --s3-upload-concurrency 2 --s3-chunk-size 8M --s3-upload-cutoff 16M \
       --s3-no-check-bucket --checkers 8)
     [ "$(objects "rclone-$name-$round")" -eq "$n" ] || { echo "rclone: not all $n objects in the bucket" >&2; exit 1; }
-    if [ -z "$best_r" ] || (( $(echo "$sec < $best_r" | bc -l) )); then best_r=$sec; fi
-    (( rss > r_rss )) && r_rss=$rss
+  }
+  for round in $(seq 1 "$ROUNDS"); do
+    if (( round % 2 )); then run_syncd; run_rclone; else run_rclone; run_syncd; fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$label" "$round" "$s_sec" "$s_rss" "$r_sec" "$r_rss" \
+      "$(echo "$n * $bytes / 1048576" | bc -l)" >> "$work/rounds.tsv"
+    printf '%s round %s: edgemask-syncd %.2f s, rclone %.2f s, ratio %.2f\n' "$label" "$round" "$s_sec" "$r_sec" \
+      "$(echo "$r_sec / $s_sec" | bc -l)" >&2
   done
-  rows+=("$(printf '| %s | edgemask-syncd --once | %.2f | %.1f | %.1f | %.2f |' "$name" "$best_s" \
-    "$(echo "$mib / $best_s" | bc -l)" "$(echo "$s_rss / 1024" | bc -l)" "$(echo "$best_r / $best_s" | bc -l)")")
-  rows+=("$(printf '| %s | rclone copy | %.2f | %.1f | %.1f | |' "$name" "$best_r" \
-    "$(echo "$mib / $best_r" | bc -l)" "$(echo "$r_rss / 1024" | bc -l)")")
   rm -rf "$work/src-$name" "$work/watch-$name"
 }
-run_set "${LARGE_N}x${LARGE_MIB}MiB" "$LARGE_N" $((LARGE_MIB << 20))
-run_set "${SMALL_N}x${SMALL_KIB}KiB" "$SMALL_N" $((SMALL_KIB << 10))
-
-echo
-echo "| set | tool | seconds | MiB/s | peak RSS MiB | throughput ratio syncd/rclone |"
-echo "|---|---|---|---|---|---|"
-printf '%s\n' "${rows[@]}"
+run_set large "${LARGE_N} × ${LARGE_MIB} MiB" "$LARGE_N" $((LARGE_MIB << 20))
+run_set small "${SMALL_N} × ${SMALL_KIB} KiB" "$SMALL_N" $((SMALL_KIB << 10))
 
 # Latency: the daemon running (default settings), clips written the runner's way; from the
 # manifest's rename to (a) the clip's first upload starting, (b) its manifest verified.
@@ -244,3 +246,39 @@ kill -TERM "$live_pid"; wait "$live_pid" || true; live_pid=""
 echo
 printf 'finished clip (4.3 MB, 3 files) -> first upload starting: worst of %d %.3f s; -> manifest verified in the bucket: worst %.3f s\n' \
   "$LIVE_CLIPS" "$worst_start" "$worst_done"
+
+# The machine-readable result, and the table rendered from it by the one renderer the
+# documents use (scripts/figures.py).
+mkdir -p "$(dirname "$RESULT")"
+python3 - "$work/rounds.tsv" "$RESULT" "$ROUNDS" "$LIVE_CLIPS" "$worst_start" "$worst_done" <<'PY'
+import json, os, statistics, sys, datetime
+tsv, out, rounds, clips, w_start, w_done = sys.argv[1:]
+sets = {}
+for line in open(tsv):
+    name, label, rnd, s_s, s_rss, r_s, r_rss, mib = line.rstrip("\n").split("\t")
+    sets.setdefault(name, {"key": name, "label": label, "mib": float(mib), "rounds": []})["rounds"].append(
+        {"round": int(rnd), "syncd_s": float(s_s), "rclone_s": float(r_s),
+         "syncd_rss_kib": int(s_rss), "rclone_rss_kib": int(r_rss),
+         "ratio": float(r_s) / float(s_s)})
+for s in sets.values():
+    r = s["rounds"]
+    ratios = [x["ratio"] for x in r]
+    s.update(ratio_median=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+             syncd_s_median=statistics.median(x["syncd_s"] for x in r),
+             rclone_s_median=statistics.median(x["rclone_s"] for x in r),
+             syncd_rss_mib_max=max(x["syncd_rss_kib"] for x in r) / 1024,
+             rclone_rss_mib_max=max(x["rclone_rss_kib"] for x in r) / 1024)
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+result = {
+    "bench": "scripts/bench-syncd.sh",
+    "date": datetime.date.today().isoformat(),
+    "machine": f"{os.cpu_count()} cores ({cpu}), Garage on the same cores, files in the page cache",
+    "rounds": int(rounds),
+    "sets": list(sets.values()),
+    "latency": {"clips": int(clips), "first_upload_s_worst": float(w_start), "verified_s_worst": float(w_done)},
+}
+json.dump(result, open(out, "w"), indent=1)
+PY
+echo
+python3 "$root/scripts/figures.py" --render syncd-vs-rclone "$RESULT"
+echo "result: $RESULT"

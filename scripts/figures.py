@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""One source for every published figure: the benches' recorded results.
+
+Benches write machine-readable results (JSON); the ones a document quotes are kept in
+docs/results/. A document marks what comes from them, and this script fills it in:
+
+    <!-- figures:NAME -->            a table rendered from docs/results/NAME.json
+    ...
+    <!-- /figures -->
+
+    <!-- figure:NAME PATH -->1.30<!-- /figure -->   one value (PATH: dotted keys)
+
+    scripts/figures.py --check   fail when a document disagrees with its result (the
+                                 test command runs this)
+    scripts/figures.py --write   rewrite the marked parts from the results
+    scripts/figures.py --render NAME [RESULT.json]   print the table (benches use it)
+    scripts/figures.py --self-test   show that --check fails on a figure that disagrees
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results"
+DOCS = ["README.md", "syncd/README.md", "pipeline/README.md", "plugins/README.md", "docs/benchmarks.md"]
+
+TABLE = re.compile(r"(<!-- figures:([\w-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
+VALUE = re.compile(r"(<!-- figure:([\w-]+) ([\w.\[\]-]+) -->)(.*?)(<!-- /figure -->)")
+
+
+def load(name, path=None):
+    p = Path(path) if path else RESULTS / f"{name}.json"
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        sys.exit(f"figures: no recorded result {p}: run the bench that writes it")
+
+
+def lookup(data, path):
+    cur = data
+    for part in path.split("."):
+        if isinstance(cur, list):
+            # a list of objects is indexed by its "key" field
+            matches = [x for x in cur if x.get("key") == part]
+            if not matches:
+                sys.exit(f"figures: no entry '{part}' in {path}")
+            cur = matches[0]
+        else:
+            if part not in cur:
+                sys.exit(f"figures: no key '{part}' in {path}")
+            cur = cur[part]
+    return cur
+
+
+def fmt(v):
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def render_syncd_vs_rclone(d):
+    out = [
+        f"Recorded {d['date']} on {d['machine']}; {d['rounds']} interleaved rounds per set "
+        "(the tool that goes first alternates), each on content the store has never seen.",
+        "",
+        "| set | edgemask-syncd s, median | rclone s, median | throughput ratio syncd/rclone, median | spread (min–max) | peak RSS MiB syncd / rclone |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in d["sets"]:
+        out.append(
+            f"| {s['label']} | {s['syncd_s_median']:.2f} | {s['rclone_s_median']:.2f} | "
+            f"**{s['ratio_median']:.2f}** | {s['ratio_min']:.2f}–{s['ratio_max']:.2f} | "
+            f"{s['syncd_rss_mib_max']:.1f} / {s['rclone_rss_mib_max']:.1f} |"
+        )
+    lat = d.get("latency")
+    if lat:
+        out += [
+            "",
+            f"A finished clip (4.3 MB, 3 files) starts uploading within {lat['first_upload_s_worst']:.3f} s "
+            f"of its manifest's rename and its manifest is verified in the bucket within "
+            f"{lat['verified_s_worst']:.3f} s (worst of {lat['clips']}).",
+        ]
+    return "\n".join(out) + "\n"
+
+
+RENDERERS = {"syncd-vs-rclone": render_syncd_vs_rclone}
+
+
+def render(name, data):
+    if name not in RENDERERS:
+        sys.exit(f"figures: no renderer for '{name}' (known: {', '.join(RENDERERS)})")
+    return RENDERERS[name](data)
+
+
+def filled(text):
+    text = TABLE.sub(lambda m: m.group(1) + render(m.group(2), load(m.group(2))) + m.group(4), text)
+    return VALUE.sub(lambda m: m.group(1) + fmt(lookup(load(m.group(2)), m.group(3))) + m.group(5), text)
+
+
+def self_test():
+    """A document whose figure disagrees fails --check; --write repairs it."""
+    import io
+    import shutil
+    import tempfile
+    from contextlib import redirect_stderr, redirect_stdout
+
+    global ROOT, RESULTS
+    saved = ROOT, RESULTS
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        ROOT, RESULTS = tmp, tmp / "docs" / "results"
+        RESULTS.mkdir(parents=True)
+        result = {"date": "d", "machine": "m", "rounds": 3, "sets": [
+            {"key": "small", "label": "s", "syncd_s_median": 1.0, "rclone_s_median": 1.3,
+             "ratio_median": 1.3, "ratio_min": 1.2, "ratio_max": 1.4,
+             "syncd_rss_mib_max": 20.0, "rclone_rss_mib_max": 50.0}]}
+        (RESULTS / "syncd-vs-rclone.json").write_text(json.dumps(result))
+        doc = tmp / "README.md"
+        doc.write_text("x <!-- figure:syncd-vs-rclone sets.small.ratio_median -->2.00<!-- /figure -->×\n"
+                       "<!-- figures:syncd-vs-rclone -->\n<!-- /figures -->\n")
+        quiet = io.StringIO()
+        with redirect_stdout(quiet), redirect_stderr(quiet):
+            assert main(["--check"]) == 1, "a disagreeing figure must fail the check"
+            assert main(["--write"]) == 0
+            assert main(["--check"]) == 0
+        text = doc.read_text()
+        assert "-->1.30<!--" in text and "| **1.30** | 1.20–1.40 |" in text, text
+    finally:
+        ROOT, RESULTS = saved
+        shutil.rmtree(tmp)
+    print("figures: self-test passed (a disagreeing figure fails --check)")
+    return 0
+
+
+def main(argv):
+    if argv == ["--self-test"]:
+        return self_test()
+    if len(argv) >= 2 and argv[0] == "--render":
+        sys.stdout.write(render(argv[1], load(argv[1], argv[2] if len(argv) > 2 else None)))
+        return 0
+    if not argv or argv[0] not in ("--check", "--write"):
+        print(__doc__)
+        return 2
+    bad = []
+    for rel in DOCS:
+        p = ROOT / rel
+        if not p.exists():
+            continue
+        text = p.read_text()
+        new = filled(text)
+        if new != text:
+            if argv[0] == "--write":
+                p.write_text(new)
+                print(f"figures: rewrote {rel}")
+            else:
+                bad.append(rel)
+    if bad:
+        print(
+            "figures: these documents disagree with their recorded results in docs/results/: "
+            + ", ".join(bad)
+            + "\n  run scripts/figures.py --write (or record a new result with the bench)",
+            file=sys.stderr,
+        )
+        return 1
+    if argv[0] == "--check":
+        print("figures: every marked figure matches its recorded result")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

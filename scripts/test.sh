@@ -12,6 +12,10 @@ source scripts/env.sh
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
+step "published figures match their recorded results (scripts/figures.py)"
+python3 "$root/scripts/figures.py" --self-test
+python3 "$root/scripts/figures.py" --check
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -26,6 +26,38 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".part")
 }
 
+/// The files of a clip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipFile {
+    Video,
+    Masks,
+    Manifest,
+}
+
+/// Whether `name` is a final-named clip file of `camera` (the names [`base_name`] makes):
+/// its base name and which file it is.
+pub fn clip_file<'a>(name: &'a str, camera: &str) -> Option<(&'a str, ClipFile)> {
+    let (base, kind) = [
+        (".manifest.json", ClipFile::Manifest),
+        (".masks.tar", ClipFile::Masks),
+        (".mp4", ClipFile::Video),
+        (".mkv", ClipFile::Video),
+    ]
+    .into_iter()
+    .find_map(|(suffix, kind)| name.strip_suffix(suffix).map(|b| (b, kind)))?;
+    let rest = base.strip_prefix(camera)?.strip_prefix('-')?;
+    let (stamp, seq) = rest.split_once('-')?;
+    let stamp_ok = stamp.len() == 19
+        && stamp.as_bytes()[8] == b'T'
+        && stamp.ends_with('Z')
+        && stamp
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| i == 8 || i == 18 || b.is_ascii_digit());
+    let seq_ok = seq.len() >= 6 && seq.bytes().all(|b| b.is_ascii_digit());
+    (stamp_ok && seq_ok).then_some((base, kind))
+}
+
 /// Name of the PNG of frame `index` in the mask archive.
 pub fn mask_entry_name(index: usize) -> String {
     format!("{index:06}.png")
@@ -179,6 +211,25 @@ mod tests {
         assert!(is_temp_name(".a.mp4.part"));
         assert!(!is_temp_name("a.mp4"));
         assert_eq!(mask_entry_name(3), "000003.png");
+        let base = base_name("front", t, 7);
+        for (suffix, kind) in [
+            (".mp4", ClipFile::Video),
+            (".mkv", ClipFile::Video),
+            (".masks.tar", ClipFile::Masks),
+            (".manifest.json", ClipFile::Manifest),
+        ] {
+            assert_eq!(
+                clip_file(&format!("{base}{suffix}"), "front"),
+                Some((base.as_str(), kind))
+            );
+        }
+        // Other cameras (a prefix of this one's name included), temporaries, look-alikes.
+        assert_eq!(clip_file(&format!("{base}.mp4"), "fron"), None);
+        assert_eq!(clip_file(&format!("{base}.mp4"), "front2"), None);
+        assert_eq!(clip_file(&format!(".{base}.mp4.part"), "front"), None);
+        assert_eq!(clip_file("front-notes.mp4", "front"), None);
+        assert_eq!(clip_file("front-20231114T221320123Z-7.mp4", "front"), None);
+        assert_eq!(clip_file(&format!("{base}.mp4.bak"), "front"), None);
     }
 
     #[test]

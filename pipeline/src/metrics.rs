@@ -20,6 +20,8 @@ pub struct Metrics {
     pub restarts: IntCounterVec,
     pub clips: IntCounterVec,
     pub clips_skipped: IntCounterVec,
+    /// Clip files without a manifest found at start and moved aside.
+    pub quarantined: IntCounterVec,
     pub bytes: IntCounterVec,
     pub free_disk: IntGaugeVec,
     pub preroll_bytes: IntGaugeVec,
@@ -58,6 +60,11 @@ impl Metrics {
             cam,
         );
         let clips_skipped = counter("clips_skipped_total", "Clips not kept", &["camera", "reason"]);
+        let quarantined = counter(
+            "files_quarantined_total",
+            "Clip files without a manifest moved to .quarantine at start",
+            &["camera"],
+        );
         let bytes = counter(
             "bytes_written_total",
             "Bytes of clips, masks and manifests written",
@@ -92,6 +99,7 @@ impl Metrics {
             &restarts,
             &clips,
             &clips_skipped,
+            &quarantined,
             &bytes,
         ] {
             registry.register(Box::new(c.clone())).expect("unique");
@@ -109,6 +117,7 @@ impl Metrics {
             restarts,
             clips,
             clips_skipped,
+            quarantined,
             bytes,
             preroll_bytes,
             preroll_overflows,

@@ -144,33 +144,31 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     Some(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
-fn sync_rename(from: &Path, to: &Path) -> std::io::Result<()> {
-    if let Ok(f) = fs::File::open(from) {
-        let _ = f.sync_all();
-    }
-    fs::rename(from, to)
-}
-
-fn write_then_rename(
-    dir: &Path,
-    name: &str,
+/// Writes a new file at `path` and fsyncs it; its length. A partial file is removed.
+fn write_synced(
+    path: &Path,
     write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
 ) -> std::io::Result<u64> {
-    let temp = dir.join(clip::temp_name(name));
     let result = (|| {
-        let mut f = fs::File::create(&temp)?;
+        let mut f = fs::File::create(path)?;
         write(&mut f)?;
         f.flush()?;
         f.sync_all()?;
-        let len = f.metadata()?.len();
-        fs::rename(&temp, dir.join(name))?;
-        Ok(len)
+        Ok(f.metadata()?.len())
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&temp);
+        let _ = fs::remove_file(path);
     }
     result
 }
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Where clip files without their manifest (left by a crash between renames) are moved at
+/// start: hidden, so that no uploader takes them, and kept for a person to look at.
+pub const QUARANTINE_DIR: &str = ".quarantine";
 
 impl Recorder {
     #[allow(clippy::too_many_arguments)]
@@ -676,27 +674,7 @@ impl Recorder {
         let summaries: Vec<FrameSummary> = frames.iter().map(|m| m.summary.clone()).collect();
         let first = frames.first();
         let video_bytes = fs::metadata(temp_video)?.len();
-        // 1. the video
-        sync_rename(temp_video, &self.dir.join(&video))?;
-        // 2. the masks
         let csv = clip::frames_csv(&summaries);
-        let masks_bytes = write_then_rename(&self.dir, &masks, |file| {
-            let mut tar = tar::Builder::new(file);
-            let mut put = |name: &str, data: &[u8]| {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(data.len() as u64);
-                h.set_mode(0o644);
-                h.set_mtime(0);
-                h.set_cksum();
-                tar.append_data(&mut h, name, data)
-            };
-            for (i, m) in frames.iter().enumerate() {
-                put(&clip::mask_entry_name(i), &m.png)?;
-            }
-            put("frames.csv", csv.as_bytes())?;
-            tar.finish()
-        })?;
-        // 3. the manifest, last
         let header = ClipHeader {
             camera: self.camera.clone(),
             host: self.host.clone(),
@@ -704,7 +682,7 @@ impl Recorder {
             video_bytes,
             container: ext.to_string(),
             masks: MaskInfo {
-                file: masks,
+                file: masks.clone(),
                 format: "tar/png-gray8",
                 width: first.map_or(0, |m| m.mask_size.0),
                 height: first.map_or(0, |m| m.mask_size.1),
@@ -717,20 +695,240 @@ impl Recorder {
             model: self.model.clone(),
             policy: self.policy_name.clone(),
         };
-        let manifest_value = clip::build_manifest(header, &summaries);
-        let json = serde_json::to_vec_pretty(&manifest_value).map_err(std::io::Error::other)?;
-        let manifest_bytes = write_then_rename(&self.dir, &manifest, |file| file.write_all(&json))?;
-        if let Ok(d) = fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        let json = serde_json::to_vec_pretty(&clip::build_manifest(header, &summaries))
+            .map_err(std::io::Error::other)?;
+        // Every file under its temporary name and fsynced first (an error fails the clip);
+        // then the renames, the manifest last with the directory fsynced before and after
+        // it: a final-named manifest always has its video and masks on disk, and nothing
+        // carries a final name without its manifest unless the process dies in between
+        // (moved aside at the next start).
+        let temp_masks = self.dir.join(clip::temp_name(&masks));
+        let temp_manifest = self.dir.join(clip::temp_name(&manifest));
+        let (final_video, final_masks, final_manifest) = (
+            self.dir.join(&video),
+            self.dir.join(&masks),
+            self.dir.join(&manifest),
+        );
+        let result = (|| {
+            fs::File::open(temp_video)?.sync_all()?;
+            let masks_bytes = write_synced(&temp_masks, |file| {
+                let mut tar = tar::Builder::new(file);
+                let mut put = |name: &str, data: &[u8]| {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_size(data.len() as u64);
+                    h.set_mode(0o644);
+                    h.set_mtime(0);
+                    h.set_cksum();
+                    tar.append_data(&mut h, name, data)
+                };
+                for (i, m) in frames.iter().enumerate() {
+                    put(&clip::mask_entry_name(i), &m.png)?;
+                }
+                put("frames.csv", csv.as_bytes())?;
+                tar.finish()
+            })?;
+            let manifest_bytes = write_synced(&temp_manifest, |file| file.write_all(&json))?;
+            fs::rename(temp_video, &final_video)?;
+            fs::rename(&temp_masks, &final_masks)?;
+            sync_dir(&self.dir)?;
+            fs::rename(&temp_manifest, &final_manifest)?;
+            sync_dir(&self.dir)?;
+            Ok(masks_bytes + manifest_bytes)
+        })();
+        let other_bytes = match result {
+            Ok(n) => n,
+            Err(e) => {
+                // Undo: no video or masks under a final name without the manifest.
+                if !final_manifest.exists() {
+                    let _ = fs::remove_file(&final_video);
+                    let _ = fs::remove_file(&final_masks);
+                }
+                let _ = fs::remove_file(&temp_masks);
+                let _ = fs::remove_file(&temp_manifest);
+                return Err(e);
+            }
+        };
         self.counters.clips_written += 1;
-        self.counters.bytes_written += video_bytes + masks_bytes + manifest_bytes;
+        self.counters.bytes_written += video_bytes + other_bytes;
         tracing::info!(camera = %self.camera, clip = %video, frames = summaries.len(), "clip written");
         Ok(())
+    }
+
+    /// Moves this camera's final-named clip files that have no manifest (a crash between a
+    /// clip's renames) into [`QUARANTINE_DIR`]; how many. Nothing else is touched.
+    pub fn quarantine_orphans(dir: &Path, camera: &str) -> std::io::Result<usize> {
+        let names: Vec<String> = match fs::read_dir(dir) {
+            Ok(rd) => rd
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut moved = 0;
+        for name in &names {
+            let Some((base, kind)) = clip::clip_file(name, camera) else {
+                continue;
+            };
+            if kind == clip::ClipFile::Manifest || names.contains(&format!("{base}.manifest.json")) {
+                continue;
+            }
+            let q = dir.join(QUARANTINE_DIR);
+            fs::create_dir_all(&q)?;
+            fs::rename(dir.join(name), q.join(name))?;
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     /// Sets the model info (the provider is known once the element runs).
     pub fn set_device(&mut self, device: &str) {
         self.model.device = device.to_string();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn recorder(dir: &Path) -> Recorder {
+        let recording = Recording {
+            enabled: true,
+            container: Container::Mp4,
+            clip_duration: Duration::from_secs(60),
+            clip_max_bytes: 0,
+        };
+        let policy = Policy {
+            kind: PolicyKind::Always,
+            min_share: 0.0,
+            min_duration: Duration::ZERO,
+            preroll: Duration::ZERO,
+            preroll_max_bytes: 1 << 20,
+        };
+        let model = ModelInfo {
+            file: "m.onnx".into(),
+            sha256: "0".repeat(64),
+            device: "cpu".into(),
+        };
+        Recorder::new("front", "host", dir.to_path_buf(), &recording, model, policy, 0)
+    }
+
+    fn mask(rt: u64) -> MaskFrame {
+        MaskFrame {
+            running_time: rt,
+            summary: FrameSummary {
+                pts: rt,
+                fresh: true,
+                coverage: 0.5,
+                uncertain: 0.0,
+            },
+            png: vec![1, 2, 3],
+            mask_size: (4, 4),
+            threshold: Some(0.5),
+            frame_size: (8, 8),
+        }
+    }
+
+    /// One clip: its video written by "splitmuxsink", two masks, then the end of stream.
+    /// `before_finish` runs before the clip is finalised (to break something).
+    fn record_one(dir: &Path, before_finish: impl FnOnce(&str)) -> Recorder {
+        let mut rec = recorder(dir);
+        let loc = rec.next_location();
+        fs::write(&loc, b"not really a video").unwrap();
+        rec.fragment_opened(&loc, 0);
+        rec.push_mask(mask(0));
+        rec.push_mask(mask(33_000_000));
+        rec.fragment_closed(&loc);
+        let name = loc.file_name().unwrap().to_str().unwrap();
+        let base = name
+            .trim_start_matches('.')
+            .trim_end_matches(".mp4.part")
+            .to_string();
+        before_finish(&base);
+        rec.finish();
+        rec
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_clip_is_published_whole_with_its_manifest_last() {
+        let t = tempfile::tempdir().unwrap();
+        let mut base = String::new();
+        let rec = record_one(t.path(), |b| base = b.to_string());
+        assert_eq!(rec.counters.clips_written, 1);
+        assert_eq!(
+            names(t.path()),
+            vec![
+                format!("{base}.manifest.json"),
+                format!("{base}.masks.tar"),
+                format!("{base}.mp4")
+            ]
+        );
+    }
+
+    /// The masks cannot be written (ENOSPC, EIO…): nothing of the clip keeps a final name.
+    /// (The video used to be renamed first and stayed, final-named, without masks or
+    /// manifest, for an uploader to take.)
+    #[test]
+    fn a_clip_that_cannot_be_completed_leaves_no_final_named_file() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_path_buf();
+        let rec = record_one(&dir, |base| {
+            // A directory where the masks' temporary file must go: creating it fails.
+            fs::create_dir(dir.join(clip::temp_name(&format!("{base}.masks.tar")))).unwrap();
+        });
+        assert_eq!(rec.counters.write_errors, 1);
+        assert_eq!(rec.counters.clips_written, 0);
+        let left: Vec<String> = names(&dir).into_iter().filter(|n| !n.starts_with('.')).collect();
+        assert!(left.is_empty(), "final-named files left: {left:?}");
+        assert!(
+            !names(&dir).iter().any(|n| n.ends_with(".mp4.part")),
+            "the temporary video is removed too: {:?}",
+            names(&dir)
+        );
+    }
+
+    #[test]
+    fn clip_files_without_a_manifest_are_moved_aside_at_start() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let whole = "front-20261206T010203004Z-000001";
+        let orphan = "front-20261206T010205004Z-000002";
+        for f in [
+            format!("{whole}.mp4"),
+            format!("{whole}.masks.tar"),
+            format!("{whole}.manifest.json"),
+            format!("{orphan}.mp4"),
+            format!("{orphan}.masks.tar"),
+            // Not this camera's, not a clip name: untouched.
+            "back-20261206T010205004Z-000002.mp4".to_string(),
+            "notes.txt".to_string(),
+        ] {
+            fs::write(dir.join(f), b"x").unwrap();
+        }
+        assert_eq!(Recorder::quarantine_orphans(dir, "front").unwrap(), 2);
+        let q = dir.join(QUARANTINE_DIR);
+        assert_eq!(
+            names(&q),
+            vec![format!("{orphan}.masks.tar"), format!("{orphan}.mp4")]
+        );
+        assert!(dir.join(format!("{whole}.mp4")).exists());
+        assert!(dir.join("back-20261206T010205004Z-000002.mp4").exists());
+        assert!(dir.join("notes.txt").exists());
+        assert_eq!(Recorder::quarantine_orphans(dir, "front").unwrap(), 0);
+        assert_eq!(
+            Recorder::quarantine_orphans(&dir.join("absent"), "front").unwrap(),
+            0
+        );
     }
 }

@@ -717,6 +717,29 @@ pub fn run(settings: Settings) -> Result<u8> {
         if stale > 0 {
             tracing::warn!(camera = %cam.name, files = stale, "removed temporary files of an earlier run");
         }
+        // Clip files under final names without their manifest: the process died between a
+        // clip's renames. Moved aside, never left where an uploader would take them.
+        match Recorder::quarantine_orphans(&dir, &cam.name) {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics
+                    .quarantined
+                    .with_label_values(&[&cam.name])
+                    .inc_by(n as u64);
+                tracing::warn!(
+                    camera = %cam.name,
+                    files = n,
+                    to = %dir.join(crate::recorder::QUARANTINE_DIR).display(),
+                    "moved clip files without a manifest (an earlier run died mid-clip) aside"
+                );
+            }
+            Err(e) => {
+                return Err(Error::Output {
+                    path: dir.clone(),
+                    reason: format!("cannot move clip files without a manifest aside: {e}"),
+                });
+            }
+        }
         let recorder = Recorder::new(
             &cam.name,
             &host,

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 DOCS = ["README.md", "syncd/README.md", "pipeline/README.md", "plugins/README.md", "docs/benchmarks.md"]
 
-TABLE = re.compile(r"(<!-- figures:([\w-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
+TABLE = re.compile(r"(<!-- figures:([\w.-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
 VALUE = re.compile(r"(<!-- figure:([\w-]+) ([\w.\[\]-]+) -->)(.*?)(<!-- /figure -->)")
 
 
@@ -85,17 +85,88 @@ def render_syncd_vs_rclone(d):
     return "\n".join(out) + "\n"
 
 
-RENDERERS = {"syncd-vs-rclone": render_syncd_vs_rclone}
+def spread(s, fmt="{:.2f}"):
+    """A median with its spread: `0.76 (0.74–0.78)`, or the value alone for one round."""
+    if s["min"] == s["max"]:
+        return fmt.format(s["median"])
+    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}–{fmt.format(s['max'])})"
+
+
+def element_header(d):
+    return (
+        f"Recorded {d['date']} on {d['machine']}, {d['settings']}; medians of {d['rounds']} "
+        "round(s), the spread (min–max) in brackets; ratio = element fps / bare ONNX Runtime fps "
+        "in the same run.\n\n"
+    )
+
+
+def render_element_meta_1080p(d):
+    rows = {r["key"]: r for r in d["rows"]}
+    model = "selfie_segmentation_256x256.onnx"
+    out = [element_header(d) + "| `meta` at 1920x1080 | RGBA | NV12 |", "| --- | --- | --- |"]
+    for mode, label in [
+        ("meta", "default (`resize=antialias`)"),
+        ("meta+resize=bilinear", "`resize=bilinear`"),
+        ("meta+pipelined=true", "`pipelined=true`"),
+        ("meta+resize=bilinear+pipelined=true", "`pipelined=true resize=bilinear`"),
+    ]:
+        cells = []
+        for fmt in ("RGBA", "NV12"):
+            r = rows.get(f"{model}/1920x1080/{fmt}/{mode}")
+            cells.append(spread(r["ratio"]) if r else "—")
+        out.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(out) + "\n"
+
+
+def render_element_all(d):
+    out = [
+        element_header(d) + "| model | frame | fmt | mode | element fps | bare fps | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in d["rows"]:
+        out.append(
+            f"| {r['model']} | {r['frame']} | {r['format']} | {r['mode']} | "
+            f"{spread(r['elem_fps'], '{:.1f}')} | {spread(r['bare_fps'], '{:.1f}')} | {spread(r['ratio'])} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def render_element_streams(d):
+    out = [
+        element_header(d) + "| streams | slowest stream fps | all streams fps | every stream at 30 fps |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in d["streams"]:
+        ok = "yes" if s["slowest_fps"]["min"] >= 30 else "no"
+        out.append(
+            f"| {s['streams']} | {spread(s['slowest_fps'], '{:.1f}')} | {spread(s['total_fps'], '{:.1f}')} | {ok} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+# table name -> (recorded result it reads, renderer)
+RENDERERS = {
+    "syncd-vs-rclone": ("syncd-vs-rclone", render_syncd_vs_rclone),
+    "element.meta-1080p": ("element", render_element_meta_1080p),
+    "element.all": ("element", render_element_all),
+    "element.streams": ("element", render_element_streams),
+}
+
+
+def renderer(name):
+    if name not in RENDERERS:
+        sys.exit(f"figures: no renderer for '{name}' (known: {', '.join(RENDERERS)})")
+    return RENDERERS[name]
 
 
 def render(name, data):
-    if name not in RENDERERS:
-        sys.exit(f"figures: no renderer for '{name}' (known: {', '.join(RENDERERS)})")
-    return RENDERERS[name](data)
+    return renderer(name)[1](data)
 
 
 def filled(text):
-    text = TABLE.sub(lambda m: m.group(1) + render(m.group(2), load(m.group(2))) + m.group(4), text)
+    text = TABLE.sub(
+        lambda m: m.group(1) + render(m.group(2), load(renderer(m.group(2))[0])) + m.group(4), text
+    )
     return VALUE.sub(lambda m: m.group(1) + fmt(lookup(load(m.group(2)), m.group(3))) + m.group(5), text)
 
 
@@ -138,7 +209,7 @@ def main(argv):
     if argv == ["--self-test"]:
         return self_test()
     if len(argv) >= 2 and argv[0] == "--render":
-        sys.stdout.write(render(argv[1], load(argv[1], argv[2] if len(argv) > 2 else None)))
+        sys.stdout.write(render(argv[1], load(renderer(argv[1])[0], argv[2] if len(argv) > 2 else None)))
         return 0
     if not argv or argv[0] not in ("--check", "--write"):
         print(__doc__)

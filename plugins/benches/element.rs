@@ -23,6 +23,11 @@
 //! one process, each on its own thread with its own 1080p NV12 frames in `meta` mode, for
 //! BENCH_STREAM_SECS seconds (default 5), and prints the slowest stream's fps and how many
 //! 30 fps cameras that count sustains.
+//!
+//! Rounds and results: BENCH_ROUNDS (default 1) repeats everything; with BENCH_JSON=path the
+//! per-round figures, their medians and spreads go to a JSON result, the one source the
+//! documents' figures are filled from (`scripts/figures.py`; publish by copying it to
+//! `docs/results/element.json`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -297,94 +302,197 @@ fn main() {
         let n: usize = env_or("BENCH_UNET_FRAMES", "8").parse().unwrap();
         models.push((m, n, vec!["meta", "overlay"]));
     }
+    let rounds: usize = env_or("BENCH_ROUNDS", "1").parse().unwrap();
+    let mut results = Results::default();
     let chunk = 8usize;
-    println!(
-        "device={device} threads={threads} spin-wait={spin}; medians of interleaved chunks; ratio = element fps / bare fps"
-    );
-    println!(
-        "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9} | {:>9} | {:>6} | {:>11} | {:>10} | {:>6} | {:>8} | {:>7} |",
-        "model",
-        "frame",
-        "fmt",
-        "mode",
-        "elem fps",
-        "bare fps",
-        "ratio",
-        "over bare ms",
-        "memcpy ms",
-        "pre ms",
-        "infer ms",
-        "post ms"
-    );
-    println!(
-        "|{:-<30}|{:-<11}|{:-<7}|{:-<22}|{:-<11}|{:-<11}|{:-<8}|{:-<13}|{:-<12}|{:-<8}|{:-<10}|{:-<9}|",
-        "", "", "", "", "", "", "", "", "", "", "", ""
-    );
-    for (model, n, modes) in &models {
-        let name = model.file_name().unwrap().to_string_lossy().to_string();
-        for &(w, h) in &sizes {
-            let mut bare = Bare::new(model, device, threads, spin, (w, h));
-            for fmt in ["RGBA", "NV12"].into_iter().filter(|f| wanted(&formats_env, f)) {
-                let input = frame(fmt, w, h);
-                let bytes = input.buffer().unwrap().size();
-                let copy = memcpy_time(bytes);
-                for mode in modes {
-                    let props = format!(
-                        "model={} threads={threads} spin-wait={spin} device={device} mode={mode}",
-                        model.display()
-                    );
-                    let mut el = Element::new(&props, mode, &input);
-                    // Slow models: chunks of 2, so that even a few frames give several
-                    // interleaved pairs to take the median of.
-                    let c = if *n >= 4 * chunk { chunk } else { 2.min(*n) };
-                    let (mut te, mut tb) = (Vec::new(), Vec::new());
-                    for _ in 0..(n / c).max(1) {
-                        tb.push(bare.run(c) / c as u32);
-                        te.push(el.run(c) / c as u32);
+    for round in 1..=rounds {
+        println!("round {round} of {rounds}");
+        println!(
+            "device={device} threads={threads} spin-wait={spin}; medians of interleaved chunks; ratio = element fps / bare fps"
+        );
+        println!(
+            "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9} | {:>9} | {:>6} | {:>11} | {:>10} | {:>6} | {:>8} | {:>7} |",
+            "model",
+            "frame",
+            "fmt",
+            "mode",
+            "elem fps",
+            "bare fps",
+            "ratio",
+            "over bare ms",
+            "memcpy ms",
+            "pre ms",
+            "infer ms",
+            "post ms"
+        );
+        println!(
+            "|{:-<30}|{:-<11}|{:-<7}|{:-<22}|{:-<11}|{:-<11}|{:-<8}|{:-<13}|{:-<12}|{:-<8}|{:-<10}|{:-<9}|",
+            "", "", "", "", "", "", "", "", "", "", "", ""
+        );
+        for (model, n, modes) in &models {
+            let name = model.file_name().unwrap().to_string_lossy().to_string();
+            for &(w, h) in &sizes {
+                let mut bare = Bare::new(model, device, threads, spin, (w, h));
+                for fmt in ["RGBA", "NV12"].into_iter().filter(|f| wanted(&formats_env, f)) {
+                    let input = frame(fmt, w, h);
+                    let bytes = input.buffer().unwrap().size();
+                    let copy = memcpy_time(bytes);
+                    for mode in modes {
+                        let props = format!(
+                            "model={} threads={threads} spin-wait={spin} device={device} mode={mode}",
+                            model.display()
+                        );
+                        let mut el = Element::new(&props, mode, &input);
+                        // Slow models: chunks of 2, so that even a few frames give several
+                        // interleaved pairs to take the median of.
+                        let c = if *n >= 4 * chunk { chunk } else { 2.min(*n) };
+                        let (mut te, mut tb) = (Vec::new(), Vec::new());
+                        for _ in 0..(n / c).max(1) {
+                            tb.push(bare.run(c) / c as u32);
+                            te.push(el.run(c) / c as u32);
+                        }
+                        let (e, b) = (median(te), median(tb));
+                        let fps = |d: Duration| 1.0 / d.as_secs_f64();
+                        let [pre, infer, post] = el.stages();
+                        results.row(&name, (w, h), fmt, mode, fps(e), fps(b));
+                        println!(
+                            "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9.1} | {:>9.1} | {:>6.3} | {:>11.2} | {:>10.2} | {:>6.3} | {:>8.3} | {:>7.3} |",
+                            name,
+                            format!("{w}x{h}"),
+                            fmt,
+                            mode,
+                            fps(e),
+                            fps(b),
+                            fps(e) / fps(b),
+                            (e.as_secs_f64() - b.as_secs_f64()) * 1e3,
+                            copy.as_secs_f64() * 1e3,
+                            pre,
+                            infer,
+                            post
+                        );
                     }
-                    let (e, b) = (median(te), median(tb));
-                    let fps = |d: Duration| 1.0 / d.as_secs_f64();
-                    let [pre, infer, post] = el.stages();
-                    println!(
-                        "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9.1} | {:>9.1} | {:>6.3} | {:>11.2} | {:>10.2} | {:>6.3} | {:>8.3} | {:>7.3} |",
-                        name,
-                        format!("{w}x{h}"),
-                        fmt,
-                        mode,
-                        fps(e),
-                        fps(b),
-                        fps(e) / fps(b),
-                        (e.as_secs_f64() - b.as_secs_f64()) * 1e3,
-                        copy.as_secs_f64() * 1e3,
-                        pre,
-                        infer,
-                        post
-                    );
                 }
             }
         }
-    }
-    let counts = env_or("BENCH_STREAMS", "");
-    if !counts.is_empty() {
-        let secs: f64 = env_or("BENCH_STREAM_SECS", "5").parse().unwrap();
-        let input = frame("NV12", 1920, 1080);
-        let model = &models[0].0;
-        let props = format!(
-            "model={} threads={threads} spin-wait={spin} device={device} mode=meta",
-            model.display()
-        );
-        println!();
-        println!("1080p NV12 meta streams in one process, device={device}, {secs} s each:");
-        println!("| streams | slowest fps | total fps | every stream at 30 fps |");
-        println!("|---------|-------------|-----------|------------------------|");
-        for count in counts.split(',').map(|c| c.trim().parse::<usize>().unwrap()) {
-            let fps = streams(&props, &input, count, secs);
-            println!(
-                "| {count:>7} | {:>11.1} | {:>9.1} | {:<22} |",
-                fps[0],
-                fps.iter().sum::<f64>(),
-                if fps[0] >= 30.0 { "yes" } else { "no" }
+        let counts = env_or("BENCH_STREAMS", "");
+        if !counts.is_empty() {
+            let secs: f64 = env_or("BENCH_STREAM_SECS", "5").parse().unwrap();
+            let input = frame("NV12", 1920, 1080);
+            let model = &models[0].0;
+            let props = format!(
+                "model={} threads={threads} spin-wait={spin} device={device} mode=meta",
+                model.display()
             );
+            println!();
+            println!("1080p NV12 meta streams in one process, device={device}, {secs} s each:");
+            println!("| streams | slowest fps | total fps | every stream at 30 fps |");
+            println!("|---------|-------------|-----------|------------------------|");
+            for count in counts.split(',').map(|c| c.trim().parse::<usize>().unwrap()) {
+                let fps = streams(&props, &input, count, secs);
+                results.streams(count, fps[0], fps.iter().sum::<f64>());
+                println!(
+                    "| {count:>7} | {:>11.1} | {:>9.1} | {:<22} |",
+                    fps[0],
+                    fps.iter().sum::<f64>(),
+                    if fps[0] >= 30.0 { "yes" } else { "no" }
+                );
+            }
         }
+    }
+    if let Ok(path) = std::env::var("BENCH_JSON") {
+        let doc = results.json(
+            rounds,
+            &format!("device={device} threads={threads} spin-wait={spin} frames={frames}"),
+        );
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        println!("result: {path}");
+    }
+}
+
+/// Each round's (element or slowest, bare or total) fps of one row.
+type Rounds = Vec<(f64, f64)>;
+
+/// Every round's figures, by row (key, what it measures, rounds), in first-seen order.
+#[derive(Default)]
+struct Results {
+    rows: Vec<(String, serde_json::Value, Rounds)>,
+    streams: Vec<(usize, Rounds)>,
+}
+
+fn stats(v: &[f64]) -> serde_json::Value {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let median = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    serde_json::json!({"median": median, "min": s[0], "max": s[s.len() - 1], "rounds": v})
+}
+
+impl Results {
+    fn row(&mut self, model: &str, (w, h): (u32, u32), fmt: &str, mode: &str, elem: f64, bare: f64) {
+        let key = format!("{model}/{w}x{h}/{fmt}/{}", mode.replace(' ', "+"));
+        match self.rows.iter_mut().find(|(k, ..)| *k == key) {
+            Some((.., v)) => v.push((elem, bare)),
+            None => self.rows.push((
+                key,
+                serde_json::json!({"model": model, "frame": format!("{w}x{h}"), "format": fmt, "mode": mode}),
+                vec![(elem, bare)],
+            )),
+        }
+    }
+
+    fn streams(&mut self, count: usize, slowest: f64, total: f64) {
+        match self.streams.iter_mut().find(|(c, _)| *c == count) {
+            Some((_, v)) => v.push((slowest, total)),
+            None => self.streams.push((count, vec![(slowest, total)])),
+        }
+    }
+
+    fn json(&self, rounds: usize, settings: &str) -> serde_json::Value {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let rows: Vec<_> = self
+            .rows
+            .iter()
+            .map(|(key, what, v)| {
+                let ratio: Vec<f64> = v.iter().map(|(e, b)| e / b).collect();
+                let mut r = what.clone();
+                r["key"] = key.as_str().into();
+                r["ratio"] = stats(&ratio);
+                r["elem_fps"] = stats(&v.iter().map(|x| x.0).collect::<Vec<_>>());
+                r["bare_fps"] = stats(&v.iter().map(|x| x.1).collect::<Vec<_>>());
+                r
+            })
+            .collect();
+        let streams: Vec<_> = self
+            .streams
+            .iter()
+            .map(|(count, v)| {
+                serde_json::json!({
+                    "key": count.to_string(),
+                    "streams": count,
+                    "slowest_fps": stats(&v.iter().map(|x| x.0).collect::<Vec<_>>()),
+                    "total_fps": stats(&v.iter().map(|x| x.1).collect::<Vec<_>>()),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "bench": "cargo bench -p gst-plugin-unetmask --bench element",
+            "date": Command::new("date").args(["-u", "+%F"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
+            "machine": format!("{cores} cores ({cpu})"),
+            "settings": settings,
+            "rounds": rounds,
+            "rows": rows,
+            "streams": streams,
+        })
     }
 }

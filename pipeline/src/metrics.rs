@@ -24,6 +24,10 @@ pub struct Metrics {
     pub quarantined: IntCounterVec,
     pub bytes: IntCounterVec,
     pub free_disk: IntGaugeVec,
+    /// Seconds since the camera's last frame (since its pipeline started, before the first).
+    pub last_frame_age: GaugeVec,
+    /// 1 for the camera's current state (running, starting, reconnecting, done, failed).
+    pub state: IntGaugeVec,
     pub preroll_bytes: IntGaugeVec,
     pub preroll_overflows: IntCounterVec,
 }
@@ -107,6 +111,26 @@ impl Metrics {
         registry.register(Box::new(fps.clone())).expect("unique");
         registry.register(Box::new(inference_ms.clone())).expect("unique");
         registry.register(Box::new(free_disk.clone())).expect("unique");
+        let last_frame_age = GaugeVec::new(
+            Opts::new(
+                "last_frame_age_seconds",
+                "Seconds since the camera's last frame (since its pipeline started, before the first)",
+            ),
+            cam,
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(last_frame_age.clone()))
+            .expect("unique");
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "camera_state",
+                "1 for the camera's current state: running, starting, reconnecting, done, failed",
+            ),
+            &["camera", "state"],
+        )
+        .expect("valid");
+        registry.register(Box::new(state.clone())).expect("unique");
         Self {
             registry,
             fps,
@@ -122,6 +146,8 @@ impl Metrics {
             preroll_bytes,
             preroll_overflows,
             free_disk,
+            last_frame_age,
+            state,
         }
     }
 

@@ -623,6 +623,28 @@ fn tick(shared: &Shared, dt: f64) {
             stalled.push(i);
         }
         leaked += c.leaked;
+        let age_ms = if last == 0 {
+            since_start
+        } else {
+            now_ms.saturating_sub(last - 1)
+        };
+        metrics
+            .last_frame_age
+            .with_label_values(&[&name])
+            .set(age_ms as f64 / 1e3);
+        let state = match c.phase {
+            Phase::Running if flowing || frames > 0 => "running",
+            Phase::Running => "starting",
+            Phase::Backoff => "reconnecting",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        };
+        for s in ["running", "starting", "reconnecting", "done", "failed"] {
+            metrics
+                .state
+                .with_label_values(&[&name, s])
+                .set(i64::from(s == state));
+        }
         let s = match c.phase {
             Phase::Running if flowing || frames > 0 => format!("{name}: {:.1} fps", c.fps),
             Phase::Running => format!("{name}: starting"),

@@ -11,6 +11,16 @@ use common::*;
 use edgemask_tests::free_port;
 use edgemask_tests::rtsp::{BALL, Server};
 
+/// The metrics endpoint's whole answer.
+fn metrics_text(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
 /// `edgemask_frames_total` for `camera` from the metrics endpoint.
 fn frames_total(port: u16, camera: &str) -> Option<u64> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -245,6 +255,7 @@ fn with_every_camera_offline_the_watchdog_is_fed_and_the_runner_reconnects() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port(); // nothing listens there
+    let metrics_port = free_port();
     let out = dir.path().join("out");
     let cfg = write_config(
         dir.path(),
@@ -256,6 +267,7 @@ disk_floor_mb = 0
 stall_timeout_s = 0.5
 backoff_initial_s = 0.5
 backoff_max_s = 1
+metrics_listen = "127.0.0.1:{metrics_port}"
 [model]
 path = "{}"
 device = "cpu"
@@ -290,6 +302,23 @@ url = "rtsp://127.0.0.1:{port}/cam"
         .filter(|m| m.lines().any(|l| l == "WATCHDOG=1"))
         .count();
     assert!(pings >= 4, "{pings} pings in 6 s: {:?}", notify.messages);
+    // The camera's state and the age of its last frame are exported.
+    let body = metrics_text(metrics_port);
+    let value = |key: &str| -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let age = value("edgemask_last_frame_age_seconds{camera=\"door\"} ").expect("last frame age exported");
+    assert!(age >= 5.0, "no frame for 6 s, age {age}:\n{body}");
+    assert_eq!(
+        value("edgemask_camera_state{camera=\"door\",state=\"running\"} "),
+        Some(0.0),
+        "{body}"
+    );
+    let waiting = value("edgemask_camera_state{camera=\"door\",state=\"starting\"} ").unwrap_or(0.0)
+        + value("edgemask_camera_state{camera=\"door\",state=\"reconnecting\"} ").unwrap_or(0.0);
+    assert_eq!(waiting, 1.0, "{body}");
     // No frame for 20 s (the floor of the runner's own restart): a new pipeline.
     let _ = notify.wait_for("(collect)", Duration::from_secs(18));
     sigterm(&child);

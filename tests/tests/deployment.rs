@@ -250,6 +250,32 @@ live = true
     .unwrap();
     let runner_unit = Unit::read(&unit_path("edgemask@.service"));
     let syncd_unit = Unit::read(&unit_path("edgemask-syncd.service"));
+    // The TensorRT engine cache goes where the unit lets the runner write: its
+    // CacheDirectory= (ProtectSystem=strict leaves ~/.cache read-only).
+    {
+        let cmds = units::commands(&runner_unit, "demo", &w.paths, &ids(), Path::new("/dev/null"));
+        let env: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmds
+            .last()
+            .unwrap()
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_os_string(), v?.to_os_string())))
+            .collect();
+        let cache = gstunetmask::unetmask::engine::cache_base(|k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+        .expect("a cache directory under the unit");
+        assert_eq!(cache, w.root.join("var/cache/edgemask/demo"));
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&cache).unwrap();
+        if nix::unistd::Uid::effective().is_root() {
+            assert_eq!(
+                (m.uid(), m.mode() & 0o700),
+                (RUNNER_UID, 0o700),
+                "{}",
+                cache.display()
+            );
+        }
+    }
     assert_eq!(runner_unit.get("Service", "Type").as_deref(), Some("notify"));
     assert_eq!(syncd_unit.get("Service", "Type").as_deref(), Some("notify"));
     let out_dir = w.root.join("var/lib/edgemask/out");

@@ -128,6 +128,23 @@ impl From<ContractError> for EngineError {
 }
 
 /// The project-local library that `scripts/setup.sh` installs.
+/// Where the element keeps caches (built TensorRT engines): systemd's `CACHE_DIRECTORY`
+/// first — the unit's `CacheDirectory=`, the one place `ProtectSystem=strict` leaves
+/// writable for it (`~/.cache` is not) —, then `XDG_CACHE_HOME`, then `$HOME/.cache`.
+/// `var` reads the environment (a parameter, so that it is tested without touching it).
+pub fn cache_base(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let set = |k: &str| var(k).filter(|v| !v.is_empty());
+    // systemd joins several CacheDirectory= paths with ':'; the first is the unit's own.
+    set("CACHE_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .map(|s| PathBuf::from(s.split(':').next().unwrap_or(s)))
+                .or(Some(PathBuf::from(v)))
+        })
+        .or_else(|| set("XDG_CACHE_HOME").map(PathBuf::from))
+        .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache")))
+}
+
 pub fn project_library() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/onnxruntime/lib/libonnxruntime.so")
 }
@@ -613,6 +630,26 @@ mod providers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caches_go_to_the_units_cache_directory_first() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).into())
+        };
+        let all = env(&[
+            ("CACHE_DIRECTORY", "/var/cache/edgemask/cams:/var/cache/other"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/var/lib/edgemask"),
+        ]);
+        assert_eq!(cache_base(all), Some(PathBuf::from("/var/cache/edgemask/cams")));
+        let xdg = env(&[("CACHE_DIRECTORY", ""), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
+        assert_eq!(cache_base(xdg), Some(PathBuf::from("/x")));
+        assert_eq!(
+            cache_base(env(&[("HOME", "/h")])),
+            Some(PathBuf::from("/h/.cache"))
+        );
+        assert_eq!(cache_base(env(&[])), None);
+    }
 
     #[test]
     fn device_strings() {

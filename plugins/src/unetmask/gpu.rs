@@ -73,10 +73,10 @@ pub fn log_fallback(reason: &str) {
 /// and the GPU's compute capability, so a changed model, an upgraded TensorRT or another
 /// GPU generation never picks up a stale engine.
 pub fn engine_cache_dir(model: &Path, device: u32) -> Result<PathBuf, String> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .ok_or("neither XDG_CACHE_HOME nor HOME is set for the TensorRT engine cache")?;
+    let base = super::engine::cache_base(|k| std::env::var_os(k)).ok_or(
+        "none of CACHE_DIRECTORY (systemd's CacheDirectory=), XDG_CACHE_HOME and HOME is set \
+         for the TensorRT engine cache",
+    )?;
     let dir = base.join("edgemask/tensorrt").join(engine_cache_key(
         model,
         tensorrt_version(),

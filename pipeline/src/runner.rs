@@ -603,11 +603,13 @@ fn tick(shared: &Shared, dt: f64) {
             }
             c.last_source_retries = retries;
         }
-        // Stall supervision of every source, whatever its element thinks: v4l2 and test
-        // patterns after stall_timeout_s, RTSP (fallbacksrc retries first) and files (a read
-        // that never returns) after OWN_RESTART_AFTER of them.
+        // Stall supervision of every source, whatever its element thinks: v4l2 and live
+        // test patterns after stall_timeout_s, RTSP (fallbacksrc retries first) and files
+        // (a read that never returns) after OWN_RESTART_AFTER of them.
         let (limit_ms, first_ms) = match c.cam.source {
-            Source::Rtsp { .. } | Source::File { .. } => {
+            // Non-live test patterns too: like a file, nothing paces them, and a slow
+            // first frame (model load on a busy host) is not a stall.
+            Source::Rtsp { .. } | Source::File { .. } | Source::TestPattern { live: false, .. } => {
                 let l = (OWN_RESTART_AFTER * stall_ms).max(OWN_RESTART_MIN.as_millis() as u64);
                 (l, l)
             }

@@ -25,6 +25,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Every feature combination the README documents: none (above), cuda, tensorrt (which
 # implies cuda). Code under `cfg(all(feature = "cuda", not(feature = "tensorrt")))` is
 # compiled only by the cuda-only run.
+step "cargo clippy (runner with its test-only fault-injection feature)"
+cargo clippy -p edgemask --all-targets --locked --features fault-injection -- -D warnings
+
 step "cargo clippy (plugin and runner with the cuda feature)"
 cargo clippy -p gst-plugin-unetmask -p edgemask --all-targets --locked \
   --features edgemask/cuda -- -D warnings
@@ -38,6 +41,10 @@ cargo build -p gst-plugin-unetmask --locked
 
 step "cargo test"
 cargo test --workspace --locked -- --test-threads="${EDGEMASK_TEST_THREADS:-2}"
+
+step "cargo test (the runner under injected faults: a source that hangs, pipelines that cannot stop)"
+# Last among the runner's tests: it rebuilds target/debug/edgemask with the test-only feature.
+cargo test -p edgemask --locked --features fault-injection --test faults -- --test-threads=1
 
 step "cargo test (GPU kernels with the cuda feature: CPU mirror, NVRTC compile; no GPU needed)"
 LD_LIBRARY_PATH="$root/.deps/nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" EDGEMASK_REQUIRE_NVRTC=1 \

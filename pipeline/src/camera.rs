@@ -679,6 +679,8 @@ pub fn build(
     };
 
     let src = source_element(cam, runner)?;
+    #[cfg(feature = "fault-injection")]
+    crate::fault::on_source(&src);
     match &cam.source {
         Source::File { .. } => {
             let parse = make("parsebin")?;

@@ -10,6 +10,8 @@ pub mod camera;
 pub mod clip;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod metrics;
 pub mod policy;
 pub mod preroll;

@@ -144,12 +144,39 @@ def render_element_streams(d):
     return "\n".join(out) + "\n"
 
 
+def render_journal(d):
+    ops = [
+        ("summary", "summary (trigger totals)"),
+        ("open_work", "queue read (`open_work`)"),
+        ("prune (nothing due)", "prune, nothing due"),
+        ("upsert + mark", "upsert + mark one file"),
+        ("retention candidates", "retention candidates"),
+        ("full count (old summary)", "the old summary (full count), for contrast"),
+    ]
+    rows = sorted({r["rows"] for r in d["results"]})
+    out = [
+        f"Recorded {d['date']} on {d['machine']} (`{d['profile']}` profile); median (min–max) of "
+        f"{d['rounds']} interleaved rounds, µs:",
+        "",
+        "| operation | " + " | ".join(f"{n:,} rows" for n in rows) + " |",
+        "| --- |" + " --- |" * len(rows),
+    ]
+    for op, label in ops:
+        cells = []
+        for n in rows:
+            r = next(x for x in d["results"] if x["op"] == op and x["rows"] == n)
+            cells.append(f"{r['median_us']:,.0f} ({r['min_us']:,.0f}–{r['max_us']:,.0f})")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 # table name -> (recorded result it reads, renderer)
 RENDERERS = {
     "syncd-vs-rclone": ("syncd-vs-rclone", render_syncd_vs_rclone),
     "element.meta-1080p": ("element", render_element_meta_1080p),
     "element.all": ("element", render_element_all),
     "element.streams": ("element", render_element_streams),
+    "journal": ("journal", render_journal),
 }
 
 

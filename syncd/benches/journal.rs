@@ -6,7 +6,8 @@
 //! "full count" is the summary as it used to be computed (a GROUP BY over every row), run
 //! beside the one the daemon now uses (totals kept by triggers), for contrast.
 //!
-//! Knobs: `BENCH_ROWS` (comma-separated, default `0,100000,1000000`), `BENCH_ROUNDS` (7).
+//! Knobs: `BENCH_ROWS` (comma-separated, default `0,100000,1000000`), `BENCH_ROUNDS` (7),
+//! `BENCH_JSON` (a path: the result as a file, for `docs/results/journal.json`).
 
 use std::time::{Duration, Instant};
 
@@ -162,8 +163,26 @@ fn main() {
         }
         println!("{:>12.2}", meds[meds.len() - 1] / meds[0].max(1.0));
     }
-    println!(
+    let line = format!(
         "{{\"bench\":\"journal\",\"rounds\":{rounds},\"results\":[{}]}}",
         json.join(",")
     );
+    println!("{line}");
+    // BENCH_JSON: the same as a result file, with when and where (docs/results/journal.json
+    // is the recorded one the syncd README's table is filled from, by scripts/figures.py).
+    if let Ok(path) = std::env::var("BENCH_JSON") {
+        let date = std::process::Command::new("date")
+            .args(["-u", "+%F"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let profile = if cfg!(debug_assertions) { "dev" } else { "release" };
+        let doc = format!(
+            "{{\"date\":\"{date}\",\"machine\":\"{cores} cores\",\"profile\":\"{profile}\",{}",
+            &line[1..]
+        );
+        std::fs::write(&path, doc).unwrap();
+        println!("result: {path}");
+    }
 }

@@ -140,6 +140,66 @@ pub fn compute_capability(device: u32) -> Result<(i32, i32), String> {
 mod tests {
     use super::*;
 
+    /// Installed as the README says (`scripts/install-gpu-libs.sh`), NVRTC compiles a
+    /// kernel with nothing but that directory: a child process without `LD_LIBRARY_PATH`
+    /// (which the test command sets) and with `EDGEMASK_CUDA_LIBS` pointing there. NVRTC
+    /// dlopens its builtins library when it compiles; the README's copy of
+    /// `libnvrtc.so.12` alone failed there (NVRTC_ERROR_BUILTIN_OPERATION_FAILURE).
+    #[test]
+    fn nvrtc_compiles_from_the_installed_directory_alone() {
+        if std::env::var_os("EDGEMASK_NVRTC_CHILD").is_some() {
+            nvrtc_present().expect("NVRTC loads from EDGEMASK_CUDA_LIBS");
+            let ptx = cudarc::nvrtc::compile_ptx(super::super::gpu_pre::PREPROCESS_CU)
+                .unwrap_or_else(|e| panic!("NVRTC: {e:?}"));
+            assert!(ptx.to_src().contains(".entry"), "a kernel");
+            return;
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        if !root.join(".deps/nvrtc/lib/libnvrtc.so.12").exists() {
+            let msg = "no NVRTC in .deps (EDGEMASK_WITH_NVRTC=1 scripts/setup.sh installs it)";
+            assert!(
+                std::env::var("EDGEMASK_REQUIRE_NVRTC").as_deref() != Ok("1"),
+                "{msg}"
+            );
+            eprintln!("skipped: {msg}");
+            return;
+        }
+        let dest = std::env::temp_dir().join(format!("edgemask-gpu-libs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dest);
+        let out = std::process::Command::new("bash")
+            .arg(root.join("scripts/install-gpu-libs.sh"))
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // What NVRTC links against resolves without the test command's library path.
+        let ldd = std::process::Command::new("ldd")
+            .arg(dest.join("libnvrtc.so.12"))
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&ldd.stdout);
+        assert!(!text.contains("not found"), "{text}");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "unetmask::gpu::tests::nvrtc_compiles_from_the_installed_directory_alone",
+                "--nocapture",
+            ])
+            .env_remove("LD_LIBRARY_PATH")
+            .env("EDGEMASK_CUDA_LIBS", &dest)
+            .env("EDGEMASK_NVRTC_CHILD", "1")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dest);
+        assert!(
+            child.status.success(),
+            "NVRTC from the installed directory alone:\n{}{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+
     #[test]
     fn engine_cache_keys_follow_content_and_gpu_generation() {
         let dir = std::env::temp_dir().join(format!("edgemask-trt-key-{}", std::process::id()));

@@ -17,7 +17,7 @@ use std::time::Instant;
 use gst::prelude::*;
 
 use crate::clip::FrameSummary;
-use crate::config::{Camera, Runner, Source, redact_url};
+use crate::config::{Camera, Runner, Source};
 use crate::error::{Error, Result};
 use crate::props;
 use crate::recorder::{MaskFrame, Recorder};
@@ -55,7 +55,6 @@ pub fn unetmask(cam: &Camera) -> Result<gst::Element> {
     let e = make("unetmask")?;
     let key = |k: &str| format!("cameras.{}.model.{k}", cam.name);
     props::set_str(&e, &key("path"), "model", &m.path.to_string_lossy())?;
-    props::set_str(&e, &key("device"), "device", &m.device)?;
     // 0: this camera's share of the cores, within what the element allows (a host with
     // more cores than its maximum gets the maximum, not a refusal).
     let threads = match m.threads {
@@ -77,15 +76,19 @@ pub fn unetmask(cam: &Camera) -> Result<gst::Element> {
         _ => 30,
     };
     props::set(&e, "stats_interval", "stats-interval", stats_every)?;
-    for (k, prop, v) in [
-        ("resize", "resize", &m.resize),
-        ("layout", "layout", &m.layout),
-        ("channel_order", "channel-order", &m.channel_order),
-        ("activation", "output-activation", &m.activation),
-        ("input_size", "input-size", &m.input_size),
-        ("mean", "mean", &m.mean),
-        ("std", "std", &m.std),
-    ] {
+    // Text values: config key, property, value. The same table names the key of a value
+    // the element refuses only when it starts (below).
+    let texts = [
+        ("device", "device", Some(&m.device)),
+        ("resize", "resize", m.resize.as_ref()),
+        ("layout", "layout", m.layout.as_ref()),
+        ("channel_order", "channel-order", m.channel_order.as_ref()),
+        ("activation", "output-activation", m.activation.as_ref()),
+        ("input_size", "input-size", m.input_size.as_ref()),
+        ("mean", "mean", m.mean.as_ref()),
+        ("std", "std", m.std.as_ref()),
+    ];
+    for (k, prop, v) in texts {
         if let Some(v) = v {
             props::set_str(&e, &key(k), prop, v)?;
         }
@@ -101,15 +104,13 @@ pub fn unetmask(cam: &Camera) -> Result<gst::Element> {
         .downcast_ref::<gstunetmask::unetmask::UnetMask>()
         .expect("the unetmask factory makes UnetMask elements");
     if let Err(bad) = element.engine_config() {
-        let (k, v) = match bad.property {
-            "input-size" => ("input_size", m.input_size.clone()),
-            "mean" => ("mean", m.mean.clone()),
-            "std" => ("std", m.std.clone()),
-            _ => ("device", Some(m.device.clone())),
-        };
+        let (k, _, v) = texts
+            .into_iter()
+            .find(|(_, prop, _)| *prop == bad.property)
+            .unwrap_or(texts[0]);
         return Err(Error::invalid(
             key(k),
-            format!("\"{}\"", v.unwrap_or_default()),
+            format!("\"{}\"", v.map_or("", String::as_str)),
             bad.reason,
         ));
     }
@@ -705,7 +706,7 @@ pub fn build(
             }
             pipeline.add(&src)?;
             dynamic(&src);
-            tracing::info!(camera = %cam.name, url = %redact_url(url), transport = if *tcp { "tcp" } else { "udp" }, "RTSP source");
+            tracing::info!(camera = %cam.name, url = %crate::redact::redact(url), transport = if *tcp { "tcp" } else { "udp" }, "RTSP source");
         }
         Source::V4l2 { .. } => {
             let caps = make("capsfilter")?;
@@ -823,7 +824,7 @@ pub fn check_source(cam: &Camera, probe_network: bool, timeout: std::time::Durat
             } else {
                 Err(err(format!(
                     "RTSP camera {} is unreachable (no TCP connection to {host}:{port})",
-                    redact_url(url)
+                    crate::redact::redact(url)
                 )))
             }
         }

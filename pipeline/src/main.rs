@@ -114,7 +114,7 @@ fn describe(s: &config::Source) -> String {
         config::Source::Rtsp { url, tcp, .. } => {
             format!(
                 "rtsp {} ({})",
-                config::redact_url(url),
+                edgemask::redact::redact(url),
                 if *tcp { "tcp" } else { "udp" }
             )
         }

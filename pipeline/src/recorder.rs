@@ -757,7 +757,8 @@ impl Recorder {
     /// Moves this camera's final-named clip files that have no manifest (a crash between a
     /// clip's renames) into [`QUARANTINE_DIR`]; how many. Nothing else is touched.
     pub fn quarantine_orphans(dir: &Path, camera: &str) -> std::io::Result<usize> {
-        let names: Vec<String> = match fs::read_dir(dir) {
+        // A set: with a backlog of thousands of clips each file is looked up, not scanned for.
+        let names: std::collections::HashSet<String> = match fs::read_dir(dir) {
             Ok(rd) => rd
                 .flatten()
                 .filter_map(|e| e.file_name().into_string().ok())

@@ -579,7 +579,14 @@ fn tick(shared: &Shared, dt: f64) {
             .inc_by(counters.preroll_overflows - c.seen.preroll_overflows);
         c.seen = counters;
         let last = c.flow.last_frame_ms.load(Ordering::Relaxed);
-        let flowing = last > 0 && now_ms.saturating_sub(last - 1) < stall_ms;
+        let since_start = c.started.elapsed().as_millis() as u64;
+        // Since the last frame, or since the pipeline started before its first.
+        let age_ms = if last == 0 {
+            since_start
+        } else {
+            now_ms.saturating_sub(last - 1)
+        };
+        let flowing = last > 0 && age_ms < stall_ms;
         if c.phase == Phase::Running && flowing {
             c.attempts = 0;
         }
@@ -615,21 +622,15 @@ fn tick(shared: &Shared, dt: f64) {
             }
             _ => (stall_ms, 2 * stall_ms),
         };
-        let since_start = c.started.elapsed().as_millis() as u64;
         let stale = if last == 0 {
             since_start > first_ms
         } else {
-            now_ms.saturating_sub(last - 1) >= limit_ms && since_start > limit_ms
+            age_ms >= limit_ms && since_start > limit_ms
         };
         if c.phase == Phase::Running && stale {
             stalled.push(i);
         }
         leaked += c.leaked;
-        let age_ms = if last == 0 {
-            since_start
-        } else {
-            now_ms.saturating_sub(last - 1)
-        };
         metrics
             .last_frame_age
             .with_label_values(&[&name])
@@ -647,12 +648,9 @@ fn tick(shared: &Shared, dt: f64) {
                 .with_label_values(&[&name, s])
                 .set(i64::from(s == state));
         }
-        let s = match c.phase {
-            Phase::Running if flowing || frames > 0 => format!("{name}: {:.1} fps", c.fps),
-            Phase::Running => format!("{name}: starting"),
-            Phase::Backoff => format!("{name}: reconnecting"),
-            Phase::Done => format!("{name}: done"),
-            Phase::Failed => format!("{name}: failed"),
+        let s = match state {
+            "running" => format!("{name}: {:.1} fps", c.fps),
+            other => format!("{name}: {other}"),
         };
         status.push(s);
         if let (Some(p), Some(b)) = (&c.progress, &c.built) {

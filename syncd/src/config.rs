@@ -114,13 +114,10 @@ fn user_id(user: &str) -> Option<u32> {
     if let Ok(uid) = user.parse::<u32>() {
         return Some(uid);
     }
-    let name = std::ffi::CString::new(user).ok()?;
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; getpwnam_r writes into `pwd`/`buf` only.
-    let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
-    (rc == 0 && !found.is_null()).then_some(pwd.pw_uid)
+    nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

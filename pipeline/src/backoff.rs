@@ -1,5 +1,5 @@
 //! Capped exponential backoff with jitter (pure): the delay before restarting a pipeline
-//! that failed as a whole (inside a pipeline, `fallbacksrc` restarts the source itself).
+//! that failed as a whole (a camera that stalled, failed or whose stream ended).
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! One camera's pipeline: source → tee → (raw clip recording) + (decode → unetmask → masks).
 //!
 //! ```text
-//! compressed source (file via parsebin, RTSP via fallbacksrc video-caps=h264/h265):
+//! compressed source (file via parsebin, RTSP via rtspsrc ! parsebin):
 //!   src ─ tee ─ queue ─ [h264parse|h265parse] ─ splitmuxsink (mp4mux|matroskamux)
 //!             └ queue ─ decodebin ─ videoconvert ─ unetmask mode=meta ─ appsink
 //! raw source (test pattern, v4l2):
@@ -17,7 +17,7 @@ use std::time::Instant;
 use gst::prelude::*;
 
 use crate::clip::FrameSummary;
-use crate::config::{Camera, Runner, Source};
+use crate::config::{Camera, Source};
 use crate::error::{Error, Result};
 use crate::props;
 use crate::recorder::{MaskFrame, Recorder};
@@ -26,6 +26,8 @@ use crate::timing::DtsGuard;
 /// Live counters of a camera, shared with the streaming threads.
 #[derive(Debug, Default)]
 pub struct Flow {
+    /// Frames that reached the runner from the source (all pipelines of this camera).
+    pub received: AtomicU64,
     /// Frames that left the element (all pipelines of this camera).
     pub frames: AtomicU64,
     /// Milliseconds since `epoch` of the last frame; 0: none yet.
@@ -587,6 +589,11 @@ fn attach_video(
         e.sync_state_with_parent()?;
     }
     let tee_sink = tee.static_pad("sink").expect("tee has a sink pad");
+    let counted = flow.clone();
+    tee_sink.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        counted.received.fetch_add(1, Ordering::Relaxed);
+        gst::PadProbeReturn::Ok
+    });
     pad.link(&tee_sink)
         .map_err(|e| Error::Gst(format!("cannot link the source: {e:?}")))?;
     Ok(tee_sink)
@@ -606,13 +613,7 @@ fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
 }
 
 /// Builds the camera's pipeline (not started).
-pub fn build(
-    cam: &Camera,
-    runner: &Runner,
-    recorder: Arc<Mutex<Recorder>>,
-    flow: Arc<Flow>,
-    epoch: Instant,
-) -> Result<Built> {
+pub fn build(cam: &Camera, recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoch: Instant) -> Result<Built> {
     let display = display_sink(cam)?;
     let pipeline = gst::Pipeline::with_name(&format!("camera-{}", cam.name));
     let entry: Arc<Mutex<Option<gst::Pad>>> = Arc::new(Mutex::new(None));
@@ -627,7 +628,7 @@ pub fn build(
         let display = display.clone();
         src.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipeline_weak.upgrade() else { return };
-            // Fixed caps name the codec; otherwise (fallbacksrc before the stream is known)
+            // Fixed caps name the codec; otherwise (a parser before the stream is known)
             // the codec is decided by a parsebin in the recording branch.
             let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
             let name = if caps.is_fixed() {
@@ -679,7 +680,7 @@ pub fn build(
         Ok(())
     };
 
-    let src = source_element(cam, runner)?;
+    let src = source_element(cam)?;
     #[cfg(feature = "fault-injection")]
     crate::fault::on_source(&src);
     match &cam.source {
@@ -689,23 +690,24 @@ pub fn build(
             src.link(&parse)?;
             dynamic(&parse);
         }
-        Source::Rtsp {
-            url,
-            tcp,
-            credentials,
-        } => {
-            // The login goes to rtspsrc's properties, not into the URI: fallbacksrc,
-            // uridecodebin3 and rtspsrc log their URI, and dot dumps show it.
-            if let Some(login) = credentials.clone() {
-                pipeline.connect_deep_element_added(move |_, _, element| {
-                    if element.factory().is_some_and(|f| f.name() == "rtspsrc") {
-                        element.set_property("user-id", login.user.as_str());
-                        element.set_property("user-pw", login.password.as_str());
-                    }
-                });
-            }
-            pipeline.add(&src)?;
-            dynamic(&src);
+        Source::Rtsp { url, tcp, .. } => {
+            // rtspsrc gives one RTP pad per stream it set up (only video: select-stream);
+            // parsebin depayloads and parses it. Reconnecting is the runner's job: a stream
+            // that ends or breaks drains to EOS, so every frame that arrived is in a clip.
+            let parse = make("parsebin")?;
+            pipeline.add_many([&src, &parse])?;
+            let pipeline_weak = pipeline.downgrade();
+            let parse_weak = parse.downgrade();
+            src.connect_pad_added(move |_, pad| {
+                let (Some(pipeline), Some(parse)) = (pipeline_weak.upgrade(), parse_weak.upgrade()) else {
+                    return;
+                };
+                let sink = parse.static_pad("sink").expect("parsebin has a sink pad");
+                if sink.is_linked() || pad.link(&sink).is_err() {
+                    discard(&pipeline, pad);
+                }
+            });
+            dynamic(&parse);
             tracing::info!(camera = %cam.name, url = %crate::redact::redact(url), transport = if *tcp { "tcp" } else { "udp" }, "RTSP source");
         }
         Source::V4l2 { .. } => {
@@ -734,34 +736,35 @@ pub fn build(
 
 /// The camera's source element with every configured property set (checked against the
 /// element's own ranges where a value comes from the config).
-fn source_element(cam: &Camera, runner: &Runner) -> Result<gst::Element> {
+fn source_element(cam: &Camera) -> Result<gst::Element> {
     Ok(match &cam.source {
         Source::File { path } => {
             let src = make("filesrc")?;
             src.set_property("location", path.to_string_lossy().as_ref());
             src
         }
-        Source::Rtsp { url, tcp, .. } => {
-            let src = make("fallbacksrc")?;
-            // rtspt:// makes rtspsrc use TCP only, rtspu:// UDP only.
-            let scheme = if *tcp { "rtspt://" } else { "rtspu://" };
-            let uri = match url.split_once("://") {
-                Some((s, rest)) if s.eq_ignore_ascii_case("rtsp") => format!("{scheme}{rest}"),
-                _ => url.clone(),
-            };
-            src.set_property("uri", uri.as_str());
-            src.set_property("enable-audio", false);
-            src.set_property("enable-dummy", false);
-            src.set_property("video-caps", {
-                let mut caps = gst::Caps::builder("video/x-h264").build();
-                caps.merge(gst::Caps::builder("video/x-h265").build());
-                caps
+        Source::Rtsp {
+            url,
+            tcp,
+            credentials,
+        } => {
+            let src = make("rtspsrc")?;
+            src.set_property("location", url.as_str());
+            src.set_property_from_str("protocols", if *tcp { "tcp" } else { "udp" });
+            // The login goes to rtspsrc's properties, never into the URL it logs.
+            if let Some(login) = credentials {
+                src.set_property("user-id", login.user.as_str());
+                src.set_property("user-pw", login.password.as_str());
+            }
+            // Video only: an audio stream is not even set up.
+            src.connect("select-stream", false, |args| {
+                let video = args
+                    .get(2)
+                    .and_then(|v| v.get::<gst::Caps>().ok())
+                    .and_then(|c| c.structure(0).and_then(|s| s.get::<String>("media").ok()))
+                    .is_some_and(|m| m == "video");
+                Some(video.to_value())
             });
-            let stall = runner.stall_timeout.as_nanos() as u64;
-            props::set(&src, "runner.stall_timeout_s", "timeout", stall)?;
-            props::set(&src, "runner.stall_timeout_s", "restart-timeout", stall)?;
-            src.set_property("retry-timeout", u64::MAX - 1);
-            src.set_property("restart-on-eos", true);
             src
         }
         Source::V4l2 { device } => {
@@ -789,8 +792,8 @@ fn source_element(cam: &Camera, runner: &Runner) -> Result<gst::Element> {
 /// Builds the camera's configured elements (the source and `unetmask`) without starting
 /// anything, so that every value the config gives an element is checked by the element's
 /// own rules: `check` (the unit's `ExecStartPre=`) catches what would abort a pipeline.
-pub fn check_elements(cam: &Camera, runner: &Runner) -> Result<gst::Element> {
-    source_element(cam, runner)?;
+pub fn check_elements(cam: &Camera) -> Result<gst::Element> {
+    source_element(cam)?;
     unetmask(cam)
 }
 

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub fps: GaugeVec,
     pub inference_ms: HistogramVec,
     pub frames: IntCounterVec,
+    /// Frames that reached the runner from the source.
+    pub received: IntCounterVec,
     pub carried: IntCounterVec,
     pub dropped: IntCounterVec,
     pub restarts: IntCounterVec,
@@ -51,6 +53,11 @@ impl Metrics {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid")
         };
         let frames = counter("frames_total", "Frames that left the element", cam);
+        let received = counter(
+            "frames_received_total",
+            "Frames that reached the runner from the source",
+            cam,
+        );
         let carried = counter("carried_masks_total", "Frames whose mask was carried over", cam);
         let dropped = counter(
             "dropped_frames_total",
@@ -98,6 +105,7 @@ impl Metrics {
         for c in [
             &preroll_overflows,
             &frames,
+            &received,
             &carried,
             &dropped,
             &restarts,
@@ -136,6 +144,7 @@ impl Metrics {
             fps,
             inference_ms,
             frames,
+            received,
             carried,
             dropped,
             restarts,

@@ -21,11 +21,10 @@ use crate::error::{Error, Result, exit};
 use crate::metrics::Metrics;
 use crate::recorder::{Counters, Recorder, free_bytes};
 
-/// Registers GStreamer and the statically linked plugins (unetmask, fallbackswitch).
+/// Registers GStreamer and the statically linked `unetmask` plugin.
 pub fn init_gst() -> Result<()> {
     gst::init()?;
     gstunetmask::plugin_register_static()?;
-    gstfallbackswitch::plugin_register_static()?;
     Ok(())
 }
 
@@ -64,7 +63,7 @@ pub fn preflight(settings: &Settings, probe_network: bool) -> Result<HashMap<std
     // Configuration errors (exit 3) first: every camera's elements with every property set.
     let mut elements = Vec::new();
     for cam in &settings.cameras {
-        elements.push(camera::check_elements(cam, &settings.runner)?);
+        elements.push(camera::check_elements(cam)?);
     }
     for (cam, element) in settings.cameras.iter().zip(&elements) {
         if !models.contains_key(&cam.model.path) {
@@ -99,6 +98,8 @@ pub fn preflight(settings: &Settings, probe_network: bool) -> Result<HashMap<std
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
+    /// EOS injected after the source to finalise what reached the runner, before a restart.
+    Draining,
     Backoff,
     Done,
     Failed,
@@ -114,10 +115,16 @@ struct Cam {
     attempts: u32,
     started: Instant,
     last_frames: u64,
+    /// The camera's frame count when its current pipeline started.
+    frames_at_start: u64,
+    last_received: u64,
     fps: f64,
     seen: Counters,
     last_qos: u64,
-    last_source_retries: u64,
+    /// Why the camera is draining (the restart's reason).
+    drain_reason: String,
+    /// Counts the camera's pipelines, so that a timer knows whether its pipeline is gone.
+    generation: u64,
     /// Pipelines of this camera that did not reach NULL in time and were left behind.
     leaked: u32,
     progress: Option<indicatif::ProgressBar>,
@@ -144,7 +151,6 @@ fn notify(states: &[sd_notify::NotifyState]) {
 fn start_camera(shared: &Shared, idx: usize) {
     let mut st = shared.borrow_mut();
     let epoch = st.epoch;
-    let runner = st.settings.runner.clone();
     let stopping = st.stopping;
     let c = &mut st.cams[idx];
     if stopping {
@@ -153,7 +159,7 @@ fn start_camera(shared: &Shared, idx: usize) {
         check_all_done(shared);
         return;
     }
-    let built = match camera::build(&c.cam, &runner, c.recorder.clone(), c.flow.clone(), epoch) {
+    let built = match camera::build(&c.cam, c.recorder.clone(), c.flow.clone(), epoch) {
         Ok(b) => b,
         Err(e @ Error::Display { .. }) => {
             // Not transient: this camera fails, the others go on.
@@ -202,6 +208,8 @@ fn start_camera(shared: &Shared, idx: usize) {
     let pipeline = built.pipeline.clone();
     c.watch = watch.ok();
     c.built = Some(built);
+    c.generation += 1;
+    c.frames_at_start = c.flow.frames.load(Ordering::Relaxed);
     c.phase = Phase::Running;
     c.started = Instant::now();
     let name = c.cam.name.clone();
@@ -228,13 +236,18 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// clean one, instead of leaking them for months.
 const MAX_LEAKED: u32 = 3;
 
-/// fallbacksrc restarts an RTSP source itself after `stall_timeout_s`; the runner steps in
-/// (a new pipeline) only when that has not brought frames back after this many timeouts,
-/// and never before OWN_RESTART_MIN: a new pipeline drops the open clip, which
-/// fallbacksrc's own reconnection keeps. File sources get the same margin before a read
-/// that does not return counts as hung.
-const OWN_RESTART_AFTER: u64 = 3;
-const OWN_RESTART_MIN: Duration = Duration::from_secs(20);
+/// Nothing paces a file or a non-live test pattern, and a busy host slows both: one counts
+/// as hung only after this many `stall_timeout_s`, and never before UNPACED_STALL_MIN.
+const UNPACED_STALL_AFTER: u64 = 3;
+const UNPACED_STALL_MIN: Duration = Duration::from_secs(20);
+
+/// An RTSP camera's first frame waits for the session, a key frame and the model: a new
+/// pipeline gets at least this long before it counts as stalled.
+const RTSP_FIRST_FRAME_MIN: Duration = Duration::from_secs(20);
+
+/// How long a pipeline gets to carry what reached the runner into finalised clips before
+/// a restart; after that its open clip is dropped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Stops a camera's pipeline. The state change runs on its own thread with a deadline:
 /// an element that deadlocks on the way down (rtspsrc 1.22 does, now and then, when a
@@ -270,6 +283,51 @@ fn teardown(c: &mut Cam) {
         }
     }
     c.watch = None;
+}
+
+/// The camera's pipeline must be replaced (a stall, an error): a live camera first drains
+/// what reached the runner into finalised clips (EOS after the source, bounded by
+/// DRAIN_TIMEOUT), then restarts after a backoff; anything else is [`fail`]ed at once.
+fn restart(shared: &Shared, idx: usize, reason: &str) {
+    let mut st = shared.borrow_mut();
+    let stopping = st.stopping;
+    let c = &mut st.cams[idx];
+    let entry = c
+        .built
+        .as_ref()
+        .and_then(|b| b.entry.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let (Some(pad), Phase::Running, true, false) = (entry, c.phase, c.cam.source.is_live(), stopping) else {
+        drop(st);
+        fail(shared, idx, reason);
+        return;
+    };
+    tracing::info!(camera = %c.cam.name, reason, "finalising what was received before restarting");
+    c.phase = Phase::Draining;
+    c.drain_reason = reason.to_string();
+    let generation = c.generation;
+    // The entry pad's stream lock may be held by a streaming thread that is stuck: never
+    // on the main loop.
+    std::thread::spawn(move || pad.send_event(gst::event::Eos::new()));
+    let weak = Rc::downgrade(shared);
+    glib::timeout_add_local_once(DRAIN_TIMEOUT, move || {
+        let Some(shared) = weak.upgrade() else { return };
+        let (draining, reason) = {
+            let st = shared.borrow();
+            let c = &st.cams[idx];
+            (
+                c.phase == Phase::Draining && c.generation == generation,
+                c.drain_reason.clone(),
+            )
+        };
+        if draining {
+            tracing::error!(
+                camera = %shared.borrow().cams[idx].cam.name,
+                timeout_s = DRAIN_TIMEOUT.as_secs(),
+                "the pipeline did not finish its clips in time: open clip dropped"
+            );
+            fail(&shared, idx, &reason);
+        }
+    });
 }
 
 /// The camera's pipeline failed: live cameras restart after a backoff, files are failed.
@@ -315,7 +373,7 @@ fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
             let mut st = shared.borrow_mut();
             let stopping = st.stopping;
             let c = &mut st.cams[idx];
-            if c.phase != Phase::Running {
+            if !matches!(c.phase, Phase::Running | Phase::Draining) {
                 return;
             }
             // EOS before the video branch exists: nothing was recorded, and saying "done"
@@ -349,8 +407,13 @@ fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
                     }
                 );
             if live_restart {
+                let reason = if c.phase == Phase::Draining {
+                    std::mem::take(&mut c.drain_reason)
+                } else {
+                    "live source ended".to_string()
+                };
                 drop(st);
-                fail(shared, idx, "live source ended");
+                fail(shared, idx, &reason);
                 return;
             }
             c.phase = Phase::Done;
@@ -370,7 +433,7 @@ fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
             if shared.borrow().cams[idx].phase != Phase::Running {
                 return;
             }
-            fail(shared, idx, &reason);
+            restart(shared, idx, &reason);
         }
         MessageView::Warning(w) => {
             let name = shared.borrow().cams[idx].cam.name.clone();
@@ -491,20 +554,19 @@ fn shutdown(shared: &Shared) {
                 let Some(b) = &c.built else { continue };
                 let entry = b.entry.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 match (&c.cam.source, entry) {
-                    // fallbacksrc restarts its source on EOS: inject it after the source.
-                    (Source::Rtsp { .. }, Some(pad)) => {
-                        let pad = pad.clone();
-                        std::thread::spawn(move || pad.send_event(gst::event::Eos::new()));
-                    }
+                    // Before its first video pad an RTSP pipeline has nothing to finalise.
                     (Source::Rtsp { .. }, None) => {
                         teardown(c);
                         c.phase = Phase::Done;
                     }
+                    // EOS at the source: what it holds (RTSP: the jitter buffer) drains too.
                     _ => {
                         b.pipeline.send_event(gst::event::Eos::new());
                     }
                 }
             }
+            // Already finishing its clips; the deadline below still applies.
+            Phase::Draining => c.phase = Phase::Running,
             Phase::Backoff => c.phase = Phase::Done,
             _ => {}
         }
@@ -546,6 +608,12 @@ fn tick(shared: &Shared, dt: f64) {
             .with_label_values(&[&name])
             .inc_by(frames - c.last_frames);
         c.last_frames = frames;
+        let received = c.flow.received.load(Ordering::Relaxed);
+        metrics
+            .received
+            .with_label_values(&[&name])
+            .inc_by(received - c.last_received);
+        c.last_received = received;
         metrics.fps.with_label_values(&[&name]).set(c.fps);
         metrics.free_disk.with_label_values(&[&name]).set(free as i64);
         let counters = c.recorder.lock().unwrap_or_else(|e| e.into_inner()).counters;
@@ -580,49 +648,32 @@ fn tick(shared: &Shared, dt: f64) {
         c.seen = counters;
         let last = c.flow.last_frame_ms.load(Ordering::Relaxed);
         let since_start = c.started.elapsed().as_millis() as u64;
-        // Since the last frame, or since the pipeline started before its first.
+        // Since the camera's last frame, or since the runner started before its first
+        // (not since its current pipeline: a camera that never connects ages on).
         let age_ms = if last == 0 {
-            since_start
+            now_ms
         } else {
             now_ms.saturating_sub(last - 1)
         };
-        let flowing = last > 0 && age_ms < stall_ms;
+        let flowing = last > 0 && age_ms < stall_ms && frames > c.frames_at_start;
         if c.phase == Phase::Running && flowing {
             c.attempts = 0;
         }
-        // fallbacksrc restarts its source itself; count and log those restarts.
-        if let Some(b) = &c.built
-            && let Some(src) = b
-                .pipeline
-                .iterate_elements()
-                .into_iter()
-                .flatten()
-                .find(|e| e.factory().is_some_and(|f| f.name() == "fallbacksrc"))
-            && let Ok(s) = src.property_value("statistics").get::<gst::Structure>()
-        {
-            let retries = s.get::<u64>("num-retry").unwrap_or(0);
-            if retries > c.last_source_retries {
-                tracing::warn!(camera = %name, retries, "RTSP source restarted by fallbacksrc");
-                metrics
-                    .restarts
-                    .with_label_values(&[&name])
-                    .inc_by(retries - c.last_source_retries);
-            }
-            c.last_source_retries = retries;
-        }
-        // Stall supervision of every source, whatever its element thinks: v4l2 and live
-        // test patterns after stall_timeout_s, RTSP (fallbacksrc retries first) and files
-        // (a read that never returns) after OWN_RESTART_AFTER of them.
+        // Stall supervision of every source, whatever its element thinks: live sources
+        // after stall_timeout_s (an RTSP camera's first frame gets RTSP_FIRST_FRAME_MIN),
+        // files and non-live test patterns after UNPACED_STALL_AFTER of them.
         let (limit_ms, first_ms) = match c.cam.source {
-            // Non-live test patterns too: like a file, nothing paces them, and a slow
-            // first frame (model load on a busy host) is not a stall.
-            Source::Rtsp { .. } | Source::File { .. } | Source::TestPattern { live: false, .. } => {
-                let l = (OWN_RESTART_AFTER * stall_ms).max(OWN_RESTART_MIN.as_millis() as u64);
+            Source::File { .. } | Source::TestPattern { live: false, .. } => {
+                let l = (UNPACED_STALL_AFTER * stall_ms).max(UNPACED_STALL_MIN.as_millis() as u64);
                 (l, l)
             }
+            Source::Rtsp { .. } => (
+                stall_ms,
+                (2 * stall_ms).max(RTSP_FIRST_FRAME_MIN.as_millis() as u64),
+            ),
             _ => (stall_ms, 2 * stall_ms),
         };
-        let stale = if last == 0 {
+        let stale = if frames == c.frames_at_start {
             since_start > first_ms
         } else {
             age_ms >= limit_ms && since_start > limit_ms
@@ -636,9 +687,9 @@ fn tick(shared: &Shared, dt: f64) {
             .with_label_values(&[&name])
             .set(age_ms as f64 / 1e3);
         let state = match c.phase {
-            Phase::Running if flowing || frames > 0 => "running",
+            Phase::Running if flowing || frames > c.frames_at_start => "running",
             Phase::Running => "starting",
-            Phase::Backoff => "reconnecting",
+            Phase::Draining | Phase::Backoff => "reconnecting",
             Phase::Done => "done",
             Phase::Failed => "failed",
         };
@@ -691,10 +742,9 @@ fn tick(shared: &Shared, dt: f64) {
         for i in stalled {
             let reason = match shared.borrow().cams[i].cam.source {
                 Source::File { .. } => "no frame from the file source (a read that does not return?)",
-                Source::Rtsp { .. } => "no frame although fallbacksrc should have restarted the source",
                 _ => "no frame within runner.stall_timeout_s",
             };
-            fail(shared, i, reason);
+            restart(shared, i, reason);
         }
     }
 }
@@ -790,10 +840,13 @@ pub fn run(settings: Settings) -> Result<u8> {
             attempts: 0,
             started: Instant::now(),
             last_frames: 0,
+            frames_at_start: 0,
+            last_received: 0,
             fps: 0.0,
             seen: Counters::default(),
             last_qos: 0,
-            last_source_retries: 0,
+            drain_reason: String::new(),
+            generation: 0,
             leaked: 0,
             progress,
         });
@@ -853,6 +906,7 @@ pub fn run(settings: Settings) -> Result<u8> {
         let k = c.recorder.lock().unwrap_or_else(|e| e.into_inner()).counters;
         tracing::info!(
             camera = %c.cam.name,
+            received = c.flow.received.load(Ordering::Relaxed),
             frames = k.frames,
             clips = k.clips_written,
             skipped_policy = k.clips_skipped_policy,

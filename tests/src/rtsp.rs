@@ -1,6 +1,9 @@
 //! A real RTSP server (gst-rtsp-server) on loopback, in its own main loop thread, that
 //! can be stopped (every client disconnected, the socket closed) and started again.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use gst::glib;
 use gst_rtsp_server::prelude::*;
 
@@ -22,7 +25,59 @@ pub fn still(image: &std::path::Path) -> String {
     )
 }
 
+/// A live 640x360 30 fps H.264 stream of a file made by [`moving_h264`], sent as it is
+/// (no re-encoding), once per client: each session ends with the file (EOS).
+pub fn file(path: &std::path::Path) -> String {
+    format!(
+        "( filesrc location={} ! qtdemux ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 )",
+        path.display()
+    )
+}
+
+/// Writes `frames` frames of moving content (the test pattern's ball) at 640x360 30 fps as
+/// H.264 in MP4 with B-frames and a 2 s GOP: a camera's stream, where a decoder holds
+/// frames back for reordering.
+pub fn moving_h264(path: &std::path::Path, frames: u32) {
+    gst::init().unwrap();
+    let p = gst::parse::launch(&format!(
+        "videotestsrc pattern=ball num-buffers={frames} ! \
+         video/x-raw,width=640,height=360,framerate=30/1 ! \
+         x264enc speed-preset=ultrafast bframes=2 b-adapt=false key-int-max=60 threads=1 ! \
+         video/x-h264,profile=main ! h264parse ! mp4mux ! filesink location={}",
+        path.display()
+    ))
+    .unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let bus = p.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("the video is written within 60 s");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    p.set_state(gst::State::Null).unwrap();
+}
+
+/// What the server has sent, and the switch that holds it back.
+#[derive(Default)]
+struct Flow {
+    /// Access units handed to the payloader, all sessions together.
+    sent: AtomicU64,
+    /// While set, the payloaders' inputs are blocked: the sessions stay up, silent.
+    held: AtomicBool,
+    /// Every payloader's sink pad, with its blocking probe while held.
+    pads: Mutex<Vec<(gst::Pad, Option<gst::PadProbeId>)>>,
+}
+
+fn block(pad: &gst::Pad) -> Option<gst::PadProbeId> {
+    pad.add_probe(gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER, |_, _| {
+        gst::PadProbeReturn::Ok
+    })
+}
+
 pub struct Server {
+    flow: Arc<Flow>,
     ctx: glib::MainContext,
     main_loop: glib::MainLoop,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -30,6 +85,8 @@ pub struct Server {
     launch: String,
     /// Basic-auth login the server demands, when set.
     login: Option<(String, String)>,
+    /// One stream for every client (a live camera), or one per client (a file).
+    shared: bool,
     pub port: u16,
 }
 
@@ -37,15 +94,20 @@ impl Server {
     /// Serves `launch` (a gst-rtsp-server launch line with `pay0`) at
     /// `rtsp://127.0.0.1:<port>/cam`, shared between clients.
     pub fn new(port: u16, launch: &str) -> Self {
-        Self::serve(port, launch, None)
+        Self::serve(port, launch, None, true)
+    }
+
+    /// Serves `launch` once per client (a [`file`]: each session ends with it).
+    pub fn per_client(port: u16, launch: &str) -> Self {
+        Self::serve(port, launch, None, false)
     }
 
     /// As [`Server::new`], but clients must authenticate as `user`/`password` (Basic).
     pub fn with_login(port: u16, launch: &str, user: &str, password: &str) -> Self {
-        Self::serve(port, launch, Some((user.to_string(), password.to_string())))
+        Self::serve(port, launch, Some((user.to_string(), password.to_string())), true)
     }
 
-    fn serve(port: u16, launch: &str, login: Option<(String, String)>) -> Self {
+    fn serve(port: u16, launch: &str, login: Option<(String, String)>, shared: bool) -> Self {
         gst::init().unwrap();
         let ctx = glib::MainContext::new();
         let main_loop = glib::MainLoop::new(Some(&ctx), false);
@@ -54,12 +116,14 @@ impl Server {
             c.with_thread_default(|| l.run()).unwrap();
         });
         let mut s = Self {
+            flow: Arc::default(),
             ctx,
             main_loop,
             thread: Some(thread),
             running: None,
             launch: launch.to_string(),
             login,
+            shared,
             port,
         };
         s.start();
@@ -76,7 +140,36 @@ impl Server {
         server.set_service(&self.port.to_string());
         let factory = gst_rtsp_server::RTSPMediaFactory::new();
         factory.set_launch(&self.launch);
-        factory.set_shared(true);
+        let flow = self.flow.clone();
+        factory.connect_media_configure(move |_, media| {
+            let bin = media.element().downcast::<gst::Bin>().expect("a media is a bin");
+            let pay = bin.by_name("pay0").unwrap();
+            // A frame is sent when the packet that ends it (RTP marker bit) leaves.
+            let f = flow.clone();
+            pay.static_pad("src").unwrap().add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+                move |_, info| {
+                    let marked = |b: &gst::BufferRef| {
+                        b.map_readable()
+                            .is_ok_and(|m| m.get(1).is_some_and(|x| x & 0x80 != 0))
+                    };
+                    let n = match &info.data {
+                        Some(gst::PadProbeData::Buffer(b)) => u64::from(marked(b)),
+                        Some(gst::PadProbeData::BufferList(l)) => {
+                            l.iter().filter(|b| marked(b)).count() as u64
+                        }
+                        _ => 0,
+                    };
+                    f.sent.fetch_add(n, Ordering::SeqCst);
+                    gst::PadProbeReturn::Ok
+                },
+            );
+            let sink = pay.static_pad("sink").unwrap();
+            let mut pads = flow.pads.lock().unwrap();
+            let block = flow.held.load(Ordering::SeqCst).then(|| block(&sink)).flatten();
+            pads.push((sink, block));
+        });
+        factory.set_shared(self.shared);
         if let Some((user, password)) = &self.login {
             use gst_rtsp_server::{RTSP_PERM_MEDIA_FACTORY_ACCESS, RTSP_PERM_MEDIA_FACTORY_CONSTRUCT};
             let auth = gst_rtsp_server::RTSPAuth::new();
@@ -98,6 +191,33 @@ impl Server {
         server.mount_points().unwrap().add_factory("/cam", factory);
         let id = server.attach(Some(&self.ctx)).unwrap();
         self.running = Some((server, id));
+    }
+
+    /// Frames (access units) sent so far, all sessions together.
+    pub fn sent(&self) -> u64 {
+        self.flow.sent.load(Ordering::SeqCst)
+    }
+
+    /// Stops sending (the sessions stay up, silent) or sends again.
+    pub fn hold(&self, held: bool) {
+        let mut pads = self.flow.pads.lock().unwrap();
+        self.flow.held.store(held, Ordering::SeqCst);
+        for (pad, probe) in pads.iter_mut() {
+            match (held, probe.take()) {
+                (true, None) => *probe = block(pad),
+                (false, Some(id)) => pad.remove_probe(id),
+                (_, p) => *probe = p,
+            }
+        }
+    }
+
+    /// A cut in the middle of a stream: the server stops sending until what it sent has
+    /// arrived, then every client is disconnected, with no EOS.
+    pub fn cut(&mut self) {
+        self.hold(true);
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        self.stop();
+        self.hold(false);
     }
 
     /// Disconnects every client and closes the listening socket.

@@ -125,6 +125,8 @@ struct Cam {
     drain_reason: String,
     /// Counts the camera's pipelines, so that a timer knows whether its pipeline is gone.
     generation: u64,
+    /// Since when the camera has been neither flowing nor reconnecting.
+    silent_since: Option<Instant>,
     /// Pipelines of this camera that did not reach NULL in time and were left behind.
     leaked: u32,
     progress: Option<indicatif::ProgressBar>,
@@ -589,6 +591,20 @@ fn shutdown(shared: &Shared) {
     });
 }
 
+/// Longer than a restart takes (drain, teardown, a tick or two of slack).
+const SILENT_LIMIT: Duration = Duration::from_secs(DRAIN_TIMEOUT.as_secs() + TEARDOWN_TIMEOUT.as_secs() + 5);
+
+/// Whether a camera has been silent (neither flowing nor reconnecting) for longer than
+/// SILENT_LIMIT, keeping in `since` when its silence began.
+fn silent_too_long(silent: bool, since: &mut Option<Instant>, now: Instant) -> bool {
+    if !silent {
+        *since = None;
+        return false;
+    }
+    let start = *since.get_or_insert(now);
+    now.duration_since(start) > SILENT_LIMIT
+}
+
 fn tick(shared: &Shared, dt: f64) {
     let mut st = shared.borrow_mut();
     let now_ms = st.epoch.elapsed().as_millis() as u64;
@@ -598,6 +614,7 @@ fn tick(shared: &Shared, dt: f64) {
     let free = free_bytes(&out_dir).unwrap_or(0);
     let mut status = Vec::new();
     let mut stalled = Vec::new();
+    let mut unattended = Vec::new();
     let mut leaked = 0;
     for (i, c) in st.cams.iter_mut().enumerate() {
         let name = c.cam.name.clone();
@@ -681,6 +698,12 @@ fn tick(shared: &Shared, dt: f64) {
         if c.phase == Phase::Running && stale {
             stalled.push(i);
         }
+        // A camera that is neither flowing nor visibly reconnecting: stale or draining for
+        // longer than a restart takes means the supervisor's own remedy did not act.
+        let silent = matches!(c.phase, Phase::Draining) || (c.phase == Phase::Running && stale);
+        if silent_too_long(silent, &mut c.silent_since, Instant::now()) {
+            unattended.push(name.clone());
+        }
         leaked += c.leaked;
         metrics
             .last_frame_age
@@ -719,10 +742,14 @@ fn tick(shared: &Shared, dt: f64) {
     st.stuck |= give_up;
     drop(st);
     let status = status.join(", ");
-    // The watchdog is fed from this supervisor loop: a night with every camera offline is
-    // cameras reconnecting, not a hung process. It starves only when the loop stops, or
-    // when pipelines that cannot stop pile up (then a clean restart is the cure).
-    if leaked < MAX_LEAKED {
+    // The watchdog is fed from this supervisor loop while every camera is flowing or visibly
+    // reconnecting: a night with every camera offline is cameras reconnecting, not a hung
+    // process. It starves when the loop stops, when pipelines that cannot stop pile up, or
+    // when a camera stays silent although it was restarted (then a clean process is the cure).
+    if !unattended.is_empty() {
+        tracing::error!(cameras = ?unattended, "cameras silent although restarted: the watchdog is no longer fed");
+    }
+    if leaked < MAX_LEAKED && unattended.is_empty() {
         notify(&[
             sd_notify::NotifyState::Watchdog,
             sd_notify::NotifyState::Status(&status),
@@ -847,6 +874,7 @@ pub fn run(settings: Settings) -> Result<u8> {
             last_qos: 0,
             drain_reason: String::new(),
             generation: 0,
+            silent_since: None,
             leaked: 0,
             progress,
         });
@@ -931,4 +959,26 @@ pub fn run(settings: Settings) -> Result<u8> {
     } else {
         exit::OK
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_camera_silent_for_longer_than_a_restart_takes_is_unattended() {
+        let t0 = Instant::now();
+        let mut since = None;
+        assert!(!silent_too_long(true, &mut since, t0));
+        assert!(!silent_too_long(true, &mut since, t0 + SILENT_LIMIT));
+        assert!(silent_too_long(
+            true,
+            &mut since,
+            t0 + SILENT_LIMIT + Duration::from_secs(1)
+        ));
+        // Flowing or reconnecting again: the count starts over.
+        assert!(!silent_too_long(false, &mut since, t0 + SILENT_LIMIT * 2));
+        assert_eq!(since, None);
+        assert!(!silent_too_long(true, &mut since, t0 + SILENT_LIMIT * 2));
+    }
 }

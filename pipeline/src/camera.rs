@@ -377,6 +377,17 @@ fn preview_branch(
     q.set_property("max-size-buffers", 2u32);
     q.set_property("max-size-time", 0u64);
     q.set_property("max-size-bytes", 0u32);
+    // A synced display that falls behind sends QoS upstream; through the tee it would
+    // reach the element, which then skips inference for the recorded frames too. The
+    // preview's lateness stays in the preview: its leaky queues drop frames instead.
+    // (Handled, not Drop: a Rust probe that drops an event makes GStreamer 1.22 unref NULL.)
+    q.static_pad("sink").expect("queue has a sink pad").add_probe(
+        gst::PadProbeType::EVENT_UPSTREAM,
+        |_, info| match info.event() {
+            Some(e) if e.type_() == gst::EventType::Qos => gst::PadProbeReturn::Handled,
+            _ => gst::PadProbeReturn::Ok,
+        },
+    );
     let convert = make("videoconvert")?;
     let caps = make("capsfilter")?;
     caps.set_property(
@@ -615,6 +626,10 @@ fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
 /// Builds the camera's pipeline (not started).
 pub fn build(cam: &Camera, recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoch: Instant) -> Result<Built> {
     let display = display_sink(cam)?;
+    #[cfg(feature = "fault-injection")]
+    if let Some(d) = &display {
+        crate::fault::on_display(d);
+    }
     let pipeline = gst::Pipeline::with_name(&format!("camera-{}", cam.name));
     let entry: Arc<Mutex<Option<gst::Pad>>> = Arc::new(Mutex::new(None));
 

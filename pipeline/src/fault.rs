@@ -5,6 +5,9 @@
 //! blocks for good, as a read from a hung network file system or a wedged driver does. No
 //! frame arrives any more, and the pipeline cannot reach NULL (deactivating the pad waits
 //! for that thread).
+//!
+//! `EDGEMASK_FAULT_SLOW_DISPLAY_MS=N`: the display sink takes N ms per frame (a slow X
+//! server or GPU), so a synced sink is late and sends QoS upstream.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,6 +32,23 @@ pub fn on_source(src: &gst::Element) {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Installs the configured faults on a camera's display sink.
+pub fn on_display(sink: &gst::Element) {
+    let Some(ms) = std::env::var("EDGEMASK_FAULT_SLOW_DISPLAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let Some(pad) = sink.static_pad("sink") else {
+        return;
+    };
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        std::thread::sleep(Duration::from_millis(ms));
         gst::PadProbeReturn::Ok
     });
 }

@@ -91,3 +91,56 @@ fn pipelines_that_cannot_stop_end_the_process_at_the_third() {
         "{err}"
     );
 }
+
+/// A display that cannot keep up (300 ms a frame, a synced sink that sends QoS upstream)
+/// costs preview frames only: every recorded frame has a fresh mask.
+#[test]
+fn a_slow_display_never_costs_recorded_masks() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[runner]
+output_dir = "{}"
+disk_floor_mb = 0
+[model]
+path = "{}"
+device = "cpu"
+threads = 1
+[cameras.cam]
+source = "testpattern"
+pattern = "ball"
+live = true
+fps = 15
+display = "fakevideosink"
+"#,
+            dir.path().join("out").display(),
+            model().display()
+        ),
+    );
+    let mut child = edgemask()
+        .args(["run", cfg.to_str().unwrap()])
+        .env("EDGEMASK_FAULT_SLOW_DISPLAY_MS", "300")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    sigterm(&child);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    let clips = clips(&dir.path().join("out").join("cam"));
+    let (mut frames, mut fresh) = (0u64, 0u64);
+    for c in &clips {
+        let (_, csv) = read_masks(&c.masks);
+        for line in csv.lines().skip(1) {
+            frames += 1;
+            fresh += u64::from(line.split(',').nth(2) == Some("1"));
+        }
+    }
+    assert!(frames >= 60, "{frames} frames recorded in 10 s at 15 fps:\n{err}");
+    assert_eq!(fresh, frames, "every recorded frame has a fresh mask:\n{err}");
+    assert!(!err.contains("CRITICAL"), "{err}");
+}

@@ -132,9 +132,20 @@ fn png_gray(data: &[u8], w: u32, h: u32) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn mask_sink(recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoch: Instant) -> gst_app::AppSink {
-    gst_app::AppSink::builder()
-        .sync(false)
+/// The mask branch's end. For a live source it syncs to the clock and sends QoS upstream,
+/// so that an element that falls behind skips inference for late frames (their masks are
+/// carried over, counted) instead of holding back the tee and, through it, the recording
+/// and the camera's connection; no mask is dropped for lateness (`max-lateness` -1). A
+/// file is processed as fast as it goes.
+fn mask_sink(
+    recorder: Arc<Mutex<Recorder>>,
+    flow: Arc<Flow>,
+    epoch: Instant,
+    live: bool,
+) -> gst_app::AppSink {
+    let sink = gst_app::AppSink::builder()
+        .sync(live)
+        .max_lateness(-1)
         .max_buffers(4)
         .callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -185,7 +196,9 @@ fn mask_sink(recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoch: Instant) ->
                 .eos(|_| tracing::debug!("mask branch reached EOS"))
                 .build(),
         )
-        .build()
+        .build();
+    sink.set_property("qos", live);
+    sink
 }
 
 /// In-memory mode (capture policies): the recording branch ends here, every compressed
@@ -220,6 +233,9 @@ fn video_sink(recorder: Arc<Mutex<Recorder>>) -> gst_app::AppSink {
         )
         .build()
 }
+
+/// rtspsrc's jitter buffer latency, milliseconds.
+const RTSP_LATENCY_MS: u32 = 200;
 
 /// The parser for a compressed stream of the recording branch; in memory mode it repeats
 /// the parameter sets at every key frame so that a clip can start at any GOP.
@@ -541,7 +557,17 @@ fn attach_video(
     }
     let convert = make("videoconvert")?;
     let um = unetmask(cam)?;
-    let sink = mask_sink(recorder.clone(), flow.clone(), epoch);
+    // The element answers lateness by carrying masks; QoS must go no further up, where the
+    // converter and the decoder would drop late frames, which then never get a mask and
+    // never reach a clip. (Handled, not Drop: see preview_branch.)
+    um.static_pad("sink").expect("unetmask has a sink pad").add_probe(
+        gst::PadProbeType::EVENT_UPSTREAM,
+        |_, info| match info.event() {
+            Some(e) if e.type_() == gst::EventType::Qos => gst::PadProbeReturn::Handled,
+            _ => gst::PadProbeReturn::Ok,
+        },
+    );
+    let sink = mask_sink(recorder.clone(), flow.clone(), epoch, cam.source.is_live());
     // With a display or a re-stream, a tee after the element feeds the preview branch.
     let preview = if display.is_some() || cam.restream {
         let t = make("tee")?;
@@ -765,6 +791,9 @@ fn source_element(cam: &Camera) -> Result<gst::Element> {
         } => {
             let src = make("rtspsrc")?;
             src.set_property("location", url.as_str());
+            // The jitter buffer's latency is the pipeline's: the mask branch syncs to it, and
+            // holds that much decoded video. TCP needs no reordering; 200 ms covers a LAN.
+            src.set_property("latency", RTSP_LATENCY_MS);
             src.set_property_from_str("protocols", if *tcp { "tcp" } else { "udp" });
             // The login goes to rtspsrc's properties, never into the URL it logs.
             if let Some(login) = credentials {

@@ -269,3 +269,74 @@ restream = true
         "the background is not tinted: {outside:?}"
     );
 }
+
+/// More than the host carries (a live 1280x720 camera at 240 fps, the model on every
+/// frame): the element skips inference for late frames and carries the previous mask
+/// (counted), instead of holding back the recording and the source; every frame that
+/// reached the runner is recorded, each with a mask.
+#[test]
+fn an_overloaded_live_camera_carries_masks_and_loses_no_frame() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[runner]
+output_dir = "{}"
+disk_floor_mb = 0
+[model]
+path = "{}"
+device = "cpu"
+threads = 1
+[recording]
+clip_seconds = 2
+[cameras.cam]
+source = "testpattern"
+pattern = "ball"
+live = true
+width = 1280
+height = 720
+fps = 240
+"#,
+            dir.path().join("out").display(),
+            model().display()
+        ),
+    );
+    let mut child = edgemask()
+        .args(["run", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    sigterm(&child);
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    let received: u64 = err
+        .split("received=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the camera summary gives the frames received");
+    let clips = clips(&dir.path().join("out").join("cam"));
+    let frames: u64 = clips
+        .iter()
+        .map(|c| c.manifest["frame_count"].as_u64().unwrap())
+        .sum();
+    let carried: u64 = clips
+        .iter()
+        .map(|c| c.manifest["carried_masks"].as_u64().unwrap())
+        .sum();
+    let masks: u64 = clips.iter().map(|c| read_masks(&c.masks).0.len() as u64).sum();
+    assert_eq!(
+        (frames, masks),
+        (received, received),
+        "every frame received is recorded with a mask:\n{err}"
+    );
+    assert!(
+        carried > 0,
+        "the skip path fired: {carried} carried masks of {frames}:\n{err}"
+    );
+    eprintln!("{frames} frames, {carried} masks carried");
+}

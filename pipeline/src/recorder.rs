@@ -132,6 +132,8 @@ pub struct Recorder {
     eos: bool,
     low_disk_logged: bool,
     enabled: bool,
+    /// Recording paused (the disk is full): masks are counted, not kept.
+    paused: bool,
     /// Policies other than `always`: GOPs wait in memory until the policy decides.
     memory: Option<Memory>,
     overflow_logged: bool,
@@ -213,6 +215,7 @@ impl Recorder {
             eos: false,
             low_disk_logged: false,
             enabled: recording.enabled,
+            paused: false,
             memory: (recording.enabled && policy.kind != PolicyKind::Always)
                 .then(|| Memory::new(recording, &policy)),
             overflow_logged: false,
@@ -288,7 +291,7 @@ impl Recorder {
             self.counters.carried += 1;
         }
         self.max_rt = Some(self.max_rt.map_or(m.running_time, |r| r.max(m.running_time)));
-        if !self.enabled {
+        if !self.enabled || self.paused {
             return;
         }
         if let Some(mem) = self.memory.as_mut() {
@@ -780,6 +783,11 @@ impl Recorder {
             moved += 1;
         }
         Ok(moved)
+    }
+
+    /// Pauses or resumes recording (the camera's next pipeline records or not).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
     }
 
     /// Sets the model info (the provider is known once the element runs).

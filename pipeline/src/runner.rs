@@ -127,6 +127,8 @@ struct Cam {
     generation: u64,
     /// Since when the camera has been neither flowing nor reconnecting.
     silent_since: Option<Instant>,
+    /// Recording paused because the disk is full or under the floor; masks go on.
+    disk_paused: bool,
     /// Pipelines of this camera that did not reach NULL in time and were left behind.
     leaked: u32,
     progress: Option<indicatif::ProgressBar>,
@@ -161,7 +163,14 @@ fn start_camera(shared: &Shared, idx: usize) {
         check_all_done(shared);
         return;
     }
-    let built = match camera::build(&c.cam, c.recorder.clone(), c.flow.clone(), epoch) {
+    // A full disk pauses recording: the pipeline is built without its recording branch.
+    let mut cam = c.cam.clone();
+    cam.recording.enabled &= !c.disk_paused;
+    c.recorder
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .set_paused(c.disk_paused);
+    let built = match camera::build(&cam, c.recorder.clone(), c.flow.clone(), epoch) {
         Ok(b) => b,
         Err(e @ Error::Display { .. }) => {
             // Not transient: this camera fails, the others go on.
@@ -435,6 +444,17 @@ fn on_message(shared: &Shared, idx: usize, msg: &gst::Message) {
             if shared.borrow().cams[idx].phase != Phase::Running {
                 return;
             }
+            // A full disk is not the camera's fault: it goes on without recording (masks
+            // and metrics continue) until space returns, instead of failing again and again.
+            if e.error().matches(gst::ResourceError::NoSpaceLeft) {
+                let mut st = shared.borrow_mut();
+                let c = &mut st.cams[idx];
+                c.disk_paused = true;
+                tracing::error!(camera = %c.cam.name, "the disk is full: recording paused, masks go on");
+                drop(st);
+                restart(shared, idx, "disk full: recording paused");
+                return;
+            }
             restart(shared, idx, &reason);
         }
         MessageView::Warning(w) => {
@@ -591,6 +611,23 @@ fn shutdown(shared: &Shared) {
     });
 }
 
+/// Free space above the floor at which a paused camera records again (so that a disk at
+/// the edge does not pause and resume every second).
+const RESUME_MARGIN: u64 = 16 << 20;
+
+/// A live camera's recording under a full disk: `Some(true)` to pause it (free space under
+/// the floor), `Some(false)` to resume it (free space back above floor + RESUME_MARGIN),
+/// `None` to leave it. A full disk that the floor did not see (ENOSPC) pauses it too.
+fn disk_pause(paused: bool, records: bool, free: u64, floor: u64) -> Option<bool> {
+    if !paused && records && free < floor {
+        Some(true)
+    } else if paused && free >= floor.saturating_add(RESUME_MARGIN) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Longer than a restart takes (drain, teardown, a tick or two of slack).
 const SILENT_LIMIT: Duration = Duration::from_secs(DRAIN_TIMEOUT.as_secs() + TEARDOWN_TIMEOUT.as_secs() + 5);
 
@@ -611,7 +648,10 @@ fn tick(shared: &Shared, dt: f64) {
     let stall_ms = st.settings.runner.stall_timeout.as_millis() as u64;
     let metrics = st.metrics.clone();
     let out_dir = st.settings.runner.output_dir.clone();
-    let free = free_bytes(&out_dir).unwrap_or(0);
+    let free_now = free_bytes(&out_dir);
+    let free = free_now.unwrap_or(0);
+    let floor = st.settings.runner.disk_floor_bytes;
+    let mut disk_changes = Vec::new();
     let mut status = Vec::new();
     let mut stalled = Vec::new();
     let mut unattended = Vec::new();
@@ -705,6 +745,15 @@ fn tick(shared: &Shared, dt: f64) {
             unattended.push(name.clone());
         }
         leaked += c.leaked;
+        if let Some(free) = free_now
+            && c.cam.source.is_live()
+            && let Some(paused) = disk_pause(c.disk_paused, c.cam.recording.enabled, free, floor)
+        {
+            c.disk_paused = paused;
+            if c.phase == Phase::Running {
+                disk_changes.push((i, paused));
+            }
+        }
         metrics
             .last_frame_age
             .with_label_values(&[&name])
@@ -766,6 +815,14 @@ fn tick(shared: &Shared, dt: f64) {
         return;
     }
     if !stopping {
+        for (i, paused) in disk_changes {
+            let reason = if paused {
+                "free space under runner.disk_floor_mb: recording paused, masks go on"
+            } else {
+                "free space is back: recording resumes"
+            };
+            restart(shared, i, reason);
+        }
         for i in stalled {
             let reason = match shared.borrow().cams[i].cam.source {
                 Source::File { .. } => "no frame from the file source (a read that does not return?)",
@@ -889,6 +946,7 @@ pub fn run(settings: Settings) -> Result<u8> {
             drain_reason: String::new(),
             generation: 0,
             silent_since: None,
+            disk_paused: false,
             leaked: 0,
             progress,
         });
@@ -994,5 +1052,21 @@ mod tests {
         assert!(!silent_too_long(false, &mut since, t0 + SILENT_LIMIT * 2));
         assert_eq!(since, None);
         assert!(!silent_too_long(true, &mut since, t0 + SILENT_LIMIT * 2));
+    }
+
+    #[test]
+    fn recording_pauses_under_the_floor_and_resumes_above_it_with_a_margin() {
+        let floor = 100 << 20;
+        assert_eq!(disk_pause(false, true, floor - 1, floor), Some(true));
+        assert_eq!(disk_pause(false, true, floor, floor), None);
+        // A camera that does not record has nothing to pause.
+        assert_eq!(disk_pause(false, false, 0, floor), None);
+        // No floor: only ENOSPC pauses, and any margin of free space resumes.
+        assert_eq!(disk_pause(false, true, 0, 0), None);
+        assert_eq!(disk_pause(true, true, RESUME_MARGIN - 1, 0), None);
+        assert_eq!(disk_pause(true, true, RESUME_MARGIN, 0), Some(false));
+        // Just above the floor is not enough to resume.
+        assert_eq!(disk_pause(true, true, floor + 1, floor), None);
+        assert_eq!(disk_pause(true, true, floor + RESUME_MARGIN, floor), Some(false));
     }
 }

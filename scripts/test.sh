@@ -46,8 +46,9 @@ step "soak, short (scripts/soak.sh: 3 RTSP cameras ending and cut at random, >= 
 # The debug binaries that cargo test built; before the fault step, which rebuilds the runner.
 SOAK_SECONDS=100 SOAK_CAMERAS=3 SOAK_STREAM_S=3 SOAK_CUT_MEAN_S=6 SOAK_WIDTH=640 SOAK_HEIGHT=360 \
   SOAK_BITRATE_KBPS=1500 SOAK_MIN_RESTARTS=20 \
-  EDGEMASK_BIN="$root/target/debug/edgemask" SYNCD_BIN="$root/target/debug/edgemask-syncd" \
-  RTSP_SERVE_BIN="$root/target/debug/examples/rtsp_serve" bash scripts/soak.sh
+  EDGEMASK_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/edgemask" \
+  SYNCD_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/edgemask-syncd" \
+  RTSP_SERVE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/examples/rtsp_serve" bash scripts/soak.sh
 
 step "cargo test (the runner under injected faults: a source that hangs, pipelines that cannot stop)"
 # Last among the runner's tests: it rebuilds target/debug/edgemask with the test-only feature.

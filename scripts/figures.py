@@ -170,6 +170,51 @@ def render_journal(d):
     return "\n".join(out) + "\n"
 
 
+def render_runner(d):
+    out = [
+        f"{d['content']}; `resize = \"{d['resize']}\"`, `inference_interval = {d['inference_interval']}`, "
+        f"`pipelined = {str(d['pipelined']).lower()}`; {d['seconds']} s per run; median (min–max) over the rounds:",
+        "",
+        "| cameras | rounds | frames sent = received = recorded | frames lost (worst round) | fresh masks % | runner CPU % (200 = 2 cores) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for n, s in sorted(d["by_cameras"].items(), key=lambda kv: int(kv[0])):
+        runs = [r for r in d["runs"] if str(r["cameras"]) == n]
+        exact = all(
+            c["sent"] == c["received"] == c["recorded"] for r in runs for c in r["per_camera"]
+        )
+        out.append(
+            f"| {n} | {s['rounds']} | {'yes' if exact else 'no'} | {s['lost_max']} | "
+            f"{s['fresh_pct_median']:.2f} ({s['fresh_pct_min']:.2f}–{s['fresh_pct_max']:.2f}) | "
+            f"{s['cpu_percent_median']:.0f} ({s['cpu_percent_min']:.0f}–{s['cpu_percent_max']:.0f}) |"
+        )
+    out += ["", f"Carries (no frame lost, ≥ 99 % fresh masks in every round): **{d['carries']} cameras**."]
+    return "\n".join(out) + "\n"
+
+
+def render_soak(d):
+    out = [
+        "| camera | frames sent | received | in uploaded clips | clips | sessions | random cuts | reconnections | flowing at the end |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in d["cameras"]:
+        out.append(
+            f"| {c['camera']} | {c['sent']:,} | {c['received']:,} | {c['recorded']:,} | {c['clips']} | "
+            f"{c['sessions']} | {c['cuts']} | {c['restarts']} | {'yes' if c['alive_last_minute'] else 'no'} |"
+        )
+    r = d["resources"]
+    out += [
+        "",
+        f"Runner RSS (max of the first and the last third, after warm-up): {r['runner_rss_kib']['first_third_max'] / 1024:.0f} → "
+        f"{r['runner_rss_kib']['last_third_max'] / 1024:.0f} MiB; open files {r['runner_fds']['first_third_max']} → "
+        f"{r['runner_fds']['last_third_max']}; threads {r['runner_threads']['first_third_max']} → "
+        f"{r['runner_threads']['last_third_max']}. Daemon RSS {r['syncd_rss_kib']['first_third_max'] / 1024:.0f} → "
+        f"{r['syncd_rss_kib']['last_third_max'] / 1024:.0f} MiB. "
+        f"Checks: {sum(c['ok'] for c in d['checks'])} of {len(d['checks'])} passed; verdict: {'pass' if d['pass'] else 'FAIL'}.",
+    ]
+    return "\n".join(out) + "\n"
+
+
 # table name -> (recorded result it reads, renderer)
 RENDERERS = {
     "syncd-vs-rclone": ("syncd-vs-rclone", render_syncd_vs_rclone),
@@ -177,6 +222,8 @@ RENDERERS = {
     "element.all": ("element", render_element_all),
     "element.streams": ("element", render_element_streams),
     "journal": ("journal", render_journal),
+    "runner": ("runner", render_runner),
+    "soak": ("soak", render_soak),
 }
 
 

@@ -224,6 +224,7 @@ RENDERERS = {
     "journal": ("journal", render_journal),
     "runner": ("runner", render_runner),
     "soak": ("soak", render_soak),
+    "soak-10min": ("soak-10min", render_soak),
 }
 
 

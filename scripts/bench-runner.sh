@@ -14,7 +14,8 @@
 # Usage: scripts/bench-runner.sh            (builds release binaries first)
 # Env:   EDGEMASK_BIN / RTSP_SERVE_BIN to use prebuilt binaries; BENCH_SECONDS (20) per RTSP
 #        run; BENCH_CAMERAS ("1 2 4 6"); BENCH_ROUNDS (1); BENCH_KBPS (6000); BENCH_DEVICE
-#        (cpu); BENCH_THREADS (0); BENCH_RESIZE (antialias | bilinear); BENCH_INTERVAL
+#        (cpu); BENCH_THREADS (0); BENCH_RESIZE (antialias | bilinear; unset: the
+#        runner's default); BENCH_INTERVAL
 #        (inference-interval, 1); BENCH_PIPELINED (false); BENCH_FILE (1: run part 1).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,7 +33,7 @@ rounds="${BENCH_ROUNDS:-1}"
 kbps="${BENCH_KBPS:-6000}"
 device="${BENCH_DEVICE:-cpu}"
 threads="${BENCH_THREADS:-0}"
-resize="${BENCH_RESIZE:-antialias}"
+resize="${BENCH_RESIZE:-}"
 interval="${BENCH_INTERVAL:-1}"
 pipelined="${BENCH_PIPELINED:-false}"
 model="$root/models/selfie_segmentation_256x256.onnx"
@@ -46,7 +47,7 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-echo "host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); model $(basename "$model") on $device, resize $resize, inference-interval $interval, pipelined $pipelined; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); model $(basename "$model") on $device, resize ${resize:-"(runner default)"}, inference-interval $interval, pipelined $pipelined; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 frames=$((secs * 30))
 echo "making a ${secs} s 1080p30 H.264 video (high profile, B-frames, 2 s GOP, ${kbps} kbit/s) of moving content ..."
 gst-launch-1.0 -q compositor name=c background=black sink_1::xpos=760 sink_1::ypos=240 ! \
@@ -69,7 +70,7 @@ metrics_listen = "127.0.0.1:$2"
 path = "$model"
 device = "$device"
 threads = $threads
-resize = "$resize"
+$([ -n "$resize" ] && echo "resize = \"$resize\"")
 inference_interval = $interval
 pipelined = $pipelined
 [recording]
@@ -161,7 +162,7 @@ EOF
 done
 
 echo
-python3 - "$work/runs.jsonl" "${BENCH_JSON:-}" "$resize" "$interval" "$pipelined" "$kbps" "$secs" <<'EOF'
+python3 - "$work/runs.jsonl" "${BENCH_JSON:-}" "${resize:-bilinear}" "$interval" "$pipelined" "$kbps" "$secs" <<'EOF'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 out, resize, interval, pipelined, kbps, secs = sys.argv[2:8]

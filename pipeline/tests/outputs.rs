@@ -107,8 +107,9 @@ fn camera(port: u16, png: &std::path::Path) -> Server {
 fn element_mask(frame: &[u8]) -> Vec<u8> {
     let pipeline = gst::parse::launch(&format!(
         "appsrc name=src format=time caps=video/x-raw,format=RGB,width=320,height=240,framerate=15/1 ! \
-         videoconvert ! unetmask model={} device=cpu threads=1 mode=meta ! appsink name=s sync=false",
-        model().display()
+         videoconvert ! unetmask model={} device=cpu threads=1 resize={} mode=meta ! appsink name=s sync=false",
+        model().display(),
+        edgemask::config::DEFAULT_RESIZE
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()

@@ -5,13 +5,18 @@ use std::path::Path;
 use gst::prelude::*;
 use gst_video::prelude::*;
 
-/// For every frame of the video file `video`, the element's mask (`model`, CPU, one
-/// thread, threshold 0.5): (model-resolution mask from the `GstUnetMaskMeta`, frame-size
-/// `mask` mode output). Needs the element registered (`gstunetmask::plugin_register_static`).
+/// The `resize` the runner gives the element when a camera names none
+/// (`edgemask::config::DEFAULT_RESIZE`; the runner's tests check that the two agree).
+pub const RUNNER_RESIZE: &str = "bilinear";
+
+/// For every frame of the video file `video`, the element's mask as the runner configures
+/// it by default (`model`, CPU, one thread, threshold 0.5, [`RUNNER_RESIZE`]):
+/// (model-resolution mask from the `GstUnetMaskMeta`, frame-size `mask` mode output).
+/// Needs the element registered (`gstunetmask::plugin_register_static`).
 pub fn masks_of_video(video: &Path, model: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let pipeline = gst::parse::launch(&format!(
         "filesrc location={} ! decodebin ! videoconvert ! unetmask model={} device=cpu threads=1 threshold=0.5 \
-         mode=mask ! appsink name=s sync=false",
+         resize={RUNNER_RESIZE} mode=mask ! appsink name=s sync=false",
         video.display(),
         model.display()
     ))

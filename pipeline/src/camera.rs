@@ -381,6 +381,15 @@ fn tint(buffer: &mut gst::BufferRef, info: &gst_video::VideoInfo) {
     }
 }
 
+/// QoS events going upstream end at `pad`. (The probe returns Handled, not Drop: a Rust
+/// probe that drops an event leaves its data NULL, which GStreamer 1.22 then unrefs.)
+fn stop_upstream_qos(pad: &gst::Pad) {
+    pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, |_, info| match info.event() {
+        Some(e) if e.type_() == gst::EventType::Qos => gst::PadProbeReturn::Handled,
+        _ => gst::PadProbeReturn::Ok,
+    });
+}
+
 /// The preview branch after the element: a leaky queue (it never holds back the recording
 /// or the masks), conversion to RGBx, the person tinted from the mask meta (the model does
 /// not run again), then the display sink and/or an `intervideosink` for the RTSP server.
@@ -396,14 +405,7 @@ fn preview_branch(
     // A synced display that falls behind sends QoS upstream; through the tee it would
     // reach the element, which then skips inference for the recorded frames too. The
     // preview's lateness stays in the preview: its leaky queues drop frames instead.
-    // (Handled, not Drop: a Rust probe that drops an event makes GStreamer 1.22 unref NULL.)
-    q.static_pad("sink").expect("queue has a sink pad").add_probe(
-        gst::PadProbeType::EVENT_UPSTREAM,
-        |_, info| match info.event() {
-            Some(e) if e.type_() == gst::EventType::Qos => gst::PadProbeReturn::Handled,
-            _ => gst::PadProbeReturn::Ok,
-        },
-    );
+    stop_upstream_qos(&q.static_pad("sink").expect("queue has a sink pad"));
     let convert = make("videoconvert")?;
     let caps = make("capsfilter")?;
     caps.set_property(
@@ -559,14 +561,8 @@ fn attach_video(
     let um = unetmask(cam)?;
     // The element answers lateness by carrying masks; QoS must go no further up, where the
     // converter and the decoder would drop late frames, which then never get a mask and
-    // never reach a clip. (Handled, not Drop: see preview_branch.)
-    um.static_pad("sink").expect("unetmask has a sink pad").add_probe(
-        gst::PadProbeType::EVENT_UPSTREAM,
-        |_, info| match info.event() {
-            Some(e) if e.type_() == gst::EventType::Qos => gst::PadProbeReturn::Handled,
-            _ => gst::PadProbeReturn::Ok,
-        },
-    );
+    // never reach a clip.
+    stop_upstream_qos(&um.static_pad("sink").expect("unetmask has a sink pad"));
     let sink = mask_sink(recorder.clone(), flow.clone(), epoch, cam.source.is_live());
     // With a display or a re-stream, a tee after the element feeds the preview branch.
     let preview = if display.is_some() || cam.restream {

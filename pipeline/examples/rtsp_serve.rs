@@ -14,46 +14,24 @@
 //! clients are disconnected with no EOS. SIGUSR1 stops every mount sending for good (before
 //! the client under test is stopped, so that `sent` is final).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgemask_tests::rtsp::Sending;
 use gst::glib;
 use gst_rtsp_server::prelude::*;
 
 /// SIGUSR1 received: every mount stays silent.
 static STOPPED: AtomicBool = AtomicBool::new(false);
 
-/// One mount's counters and its switch.
+/// One mount: what it sent and its switch (shared with the tests' server), its sessions
+/// and cuts.
 #[derive(Default)]
 struct Mount {
-    sent: AtomicU64,
+    sending: Arc<Sending>,
     sessions: AtomicU64,
     cuts: AtomicU64,
-    held: AtomicBool,
-    /// The payloaders' sink pads of its sessions, with their blocking probes while held.
-    pads: Mutex<Vec<(gst::Pad, Option<gst::PadProbeId>)>>,
-}
-
-impl Mount {
-    fn hold(&self, held: bool) {
-        let mut pads = self.pads.lock().unwrap();
-        self.held.store(held, Ordering::SeqCst);
-        pads.retain(|(p, _)| p.parent().is_some());
-        for (pad, probe) in pads.iter_mut() {
-            match (held, probe.take()) {
-                (true, None) => *probe = block(pad),
-                (false, Some(id)) => pad.remove_probe(id),
-                (_, p) => *probe = p,
-            }
-        }
-    }
-}
-
-fn block(pad: &gst::Pad) -> Option<gst::PadProbeId> {
-    pad.add_probe(gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER, |_, _| {
-        gst::PadProbeReturn::Ok
-    })
 }
 
 fn write_counts(path: &str, mounts: &[Arc<Mount>]) {
@@ -63,7 +41,7 @@ fn write_counts(path: &str, mounts: &[Arc<Mount>]) {
         .map(|(i, m)| {
             format!(
                 "\"cam{i}\": {{\"sent\": {}, \"sessions\": {}, \"cuts\": {}}}",
-                m.sent.load(Ordering::SeqCst),
+                m.sending.sent(),
                 m.sessions.load(Ordering::SeqCst),
                 m.cuts.load(Ordering::SeqCst)
             )
@@ -99,14 +77,14 @@ fn disconnect(server: &gst_rtsp_server::RTSPServer, path: &str) {
 fn schedule_cut(server: gst_rtsp_server::RTSPServer, mount: Arc<Mount>, path: String, mean: f64) {
     let after = Duration::from_secs_f64(mean * (0.5 + fastrand::f64()));
     glib::timeout_add_once(after, move || {
-        if !mount.held.load(Ordering::SeqCst) && !STOPPED.load(Ordering::SeqCst) {
-            mount.hold(true);
+        if !mount.sending.held() && !STOPPED.load(Ordering::SeqCst) {
+            mount.sending.hold(true);
             let (s, m, p) = (server.clone(), mount.clone(), path.clone());
             glib::timeout_add_once(Duration::from_millis(500), move || {
                 disconnect(&s, &p);
                 m.cuts.fetch_add(1, Ordering::SeqCst);
                 if !STOPPED.load(Ordering::SeqCst) {
-                    m.hold(false);
+                    m.sending.hold(false);
                 }
             });
         }
@@ -152,36 +130,8 @@ fn main() {
         factory.set_shared(false);
         let mount = mount.clone();
         factory.connect_media_configure(move |_, media| {
-            let bin = media.element().downcast::<gst::Bin>().expect("a media is a bin");
-            let pay = bin.by_name("pay0").expect("the launch line names pay0");
             mount.sessions.fetch_add(1, Ordering::SeqCst);
-            let m = mount.clone();
-            pay.static_pad("src").unwrap().add_probe(
-                gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-                move |_, info| {
-                    let marked = |b: &gst::BufferRef| {
-                        b.map_readable()
-                            .is_ok_and(|d| d.get(1).is_some_and(|x| x & 0x80 != 0))
-                    };
-                    let frames = match &info.data {
-                        Some(gst::PadProbeData::Buffer(b)) => u64::from(marked(b)),
-                        Some(gst::PadProbeData::BufferList(l)) => {
-                            l.iter().filter(|b| marked(b)).count() as u64
-                        }
-                        _ => 0,
-                    };
-                    m.sent.fetch_add(frames, Ordering::SeqCst);
-                    gst::PadProbeReturn::Ok
-                },
-            );
-            let sink = pay.static_pad("sink").unwrap();
-            let mut pads = mount.pads.lock().unwrap();
-            let probe = if mount.held.load(Ordering::SeqCst) {
-                block(&sink)
-            } else {
-                None
-            };
-            pads.push((sink, probe));
+            mount.sending.attach(media);
         });
         mounts_table.add_factory(&format!("/cam{i}"), factory);
     }
@@ -206,7 +156,7 @@ fn main() {
                     // For good: no cut in progress releases it.
                     STOPPED.store(true, Ordering::SeqCst);
                     for mount in &m {
-                        mount.hold(true);
+                        mount.sending.hold(true);
                     }
                 }
                 _ => {

@@ -13,18 +13,6 @@ use edgemask_tests::free_port;
 
 const INNER: &str = "EDGEMASK_TEST_IN_NAMESPACE";
 
-fn metric(port: u16, key: &str) -> Option<f64> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Final-named clip files and whether each has its manifest.
 fn clip_sets(dir: &std::path::Path) -> (usize, Vec<String>) {
     let names: Vec<String> = std::fs::read_dir(dir)
@@ -132,12 +120,7 @@ fps = 15
             model().display()
         ),
     );
-    let mut child = edgemask()
-        .args(["run", cfg.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
     let cam = out.join("cam");
     assert!(
         wait_for(Duration::from_secs(40), || clip_sets(&cam).0 >= 1),
@@ -151,8 +134,8 @@ fps = 15
         while f.write_all(&chunk).is_ok() {}
         let _ = f.sync_all();
     }
-    let restarts = |p| metric(p, "edgemask_restarts_total{camera=\"cam\"} ").unwrap_or(0.0);
-    let frames = |p| metric(p, "edgemask_frames_total{camera=\"cam\"} ").unwrap_or(0.0);
+    let restarts = |p| metric(p, "edgemask_restarts_total{camera=\"cam\"}").unwrap_or(0.0);
+    let frames = |p| metric(p, "edgemask_frames_total{camera=\"cam\"}").unwrap_or(0.0);
     // The runner notices (ENOSPC), pauses recording and settles.
     std::thread::sleep(Duration::from_secs(12));
     let (r0, f0) = (restarts(metrics_port), frames(metrics_port));

@@ -304,12 +304,7 @@ fps = 240
             model().display()
         ),
     );
-    let mut child = edgemask()
-        .args(["run", cfg.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
     std::thread::sleep(Duration::from_secs(8));
     sigterm(&child);
     let (code, err) = wait_bounded(&mut child, Duration::from_secs(60));

@@ -4,34 +4,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
 use edgemask_tests::free_port;
 use edgemask_tests::rtsp::{BALL, Server};
 
-/// The metrics endpoint's whole answer.
-fn metrics_text(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
-}
-
 /// `edgemask_frames_total` for `camera` from the metrics endpoint.
 fn frames_total(port: u16, camera: &str) -> Option<u64> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let key = format!("edgemask_frames_total{{camera=\"{camera}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
+    metric(port, &format!("edgemask_frames_total{{camera=\"{camera}\"}}")).map(|v| v as u64)
 }
 
 #[test]
@@ -299,24 +280,20 @@ url = "rtsp://127.0.0.1:{port}/cam"
         .count();
     assert!(pings >= 4, "{pings} pings in 6 s: {:?}", notify.messages);
     // The camera's state and the age of its last frame are exported.
-    let body = metrics_text(metrics_port);
-    let value = |key: &str| -> Option<f64> {
-        body.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let age = value("edgemask_last_frame_age_seconds{camera=\"door\"} ").expect("last frame age exported");
+    let body = metrics_text(metrics_port).expect("the metrics endpoint answers");
+    let value = |key: &str| metric_in(&body, key);
+    let age = value("edgemask_last_frame_age_seconds{camera=\"door\"}").expect("last frame age exported");
     assert!(age >= 5.0, "no frame for 6 s, age {age}:\n{body}");
     assert_eq!(
-        value("edgemask_camera_state{camera=\"door\",state=\"running\"} "),
+        value("edgemask_camera_state{camera=\"door\",state=\"running\"}"),
         Some(0.0),
         "{body}"
     );
-    let waiting = value("edgemask_camera_state{camera=\"door\",state=\"starting\"} ").unwrap_or(0.0)
-        + value("edgemask_camera_state{camera=\"door\",state=\"reconnecting\"} ").unwrap_or(0.0);
+    let waiting = value("edgemask_camera_state{camera=\"door\",state=\"starting\"}").unwrap_or(0.0)
+        + value("edgemask_camera_state{camera=\"door\",state=\"reconnecting\"}").unwrap_or(0.0);
     assert_eq!(waiting, 1.0, "{body}");
     // Reconnection attempts go on, with a capped backoff, until the process is stopped.
-    let restarts = value("edgemask_restarts_total{camera=\"door\"} ").unwrap_or(0.0);
+    let restarts = value("edgemask_restarts_total{camera=\"door\"}").unwrap_or(0.0);
     assert!(
         restarts >= 3.0,
         "{restarts} reconnection attempts in 6 s:\n{body}"
@@ -367,12 +344,7 @@ transport = "tcp"
             model().display()
         ),
     );
-    let mut child = edgemask()
-        .args(["run", cfg.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["run", cfg.to_str().unwrap()]);
     // The first session ends with the file (EOS); the runner reconnects and a second one
     // starts, which is cut in its second GOP.
     assert!(

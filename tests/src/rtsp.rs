@@ -59,15 +59,71 @@ pub fn moving_h264(path: &std::path::Path, frames: u32) {
     p.set_state(gst::State::Null).unwrap();
 }
 
-/// What the server has sent, and the switch that holds it back.
+/// What a mount has sent, and the switch that holds it back: attached to each of its
+/// medias (`media-configure`). Shared by the tests' [`Server`] and the bench and soak
+/// server (`pipeline/examples/rtsp_serve.rs`).
 #[derive(Default)]
-struct Flow {
-    /// Access units handed to the payloader, all sessions together.
+pub struct Sending {
+    /// Frames sent, all sessions together: a frame counts when the RTP packet that ends it
+    /// (marker bit) leaves the payloader.
     sent: AtomicU64,
     /// While set, the payloaders' inputs are blocked: the sessions stay up, silent.
     held: AtomicBool,
-    /// Every payloader's sink pad, with its blocking probe while held.
+    /// The live payloaders' sink pads, with their blocking probes while held.
     pads: Mutex<Vec<(gst::Pad, Option<gst::PadProbeId>)>>,
+}
+
+impl Sending {
+    /// Counts what `media`'s payloader `pay0` sends, and holds it back while held.
+    pub fn attach(self: &Arc<Self>, media: &gst_rtsp_server::RTSPMedia) {
+        let bin = media.element().downcast::<gst::Bin>().expect("a media is a bin");
+        let pay = bin.by_name("pay0").expect("the launch line names pay0");
+        let this = self.clone();
+        pay.static_pad("src").unwrap().add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, info| {
+                let marked = |b: &gst::BufferRef| {
+                    b.map_readable()
+                        .is_ok_and(|m| m.get(1).is_some_and(|x| x & 0x80 != 0))
+                };
+                let n = match &info.data {
+                    Some(gst::PadProbeData::Buffer(b)) => u64::from(marked(b)),
+                    Some(gst::PadProbeData::BufferList(l)) => l.iter().filter(|b| marked(b)).count() as u64,
+                    _ => 0,
+                };
+                this.sent.fetch_add(n, Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            },
+        );
+        let sink = pay.static_pad("sink").unwrap();
+        let mut pads = self.pads.lock().unwrap();
+        let probe = self.held.load(Ordering::SeqCst).then(|| block(&sink)).flatten();
+        pads.push((sink, probe));
+    }
+
+    /// Frames sent so far, all sessions together.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Stops sending (the sessions stay up, silent) or sends again.
+    pub fn hold(&self, held: bool) {
+        let mut pads = self.pads.lock().unwrap();
+        self.held.store(held, Ordering::SeqCst);
+        // The pads of medias that are gone.
+        pads.retain(|(p, _)| p.parent().is_some());
+        for (pad, probe) in pads.iter_mut() {
+            match (held, probe.take()) {
+                (true, None) => *probe = block(pad),
+                (false, Some(id)) => pad.remove_probe(id),
+                (_, p) => *probe = p,
+            }
+        }
+    }
 }
 
 fn block(pad: &gst::Pad) -> Option<gst::PadProbeId> {
@@ -77,7 +133,7 @@ fn block(pad: &gst::Pad) -> Option<gst::PadProbeId> {
 }
 
 pub struct Server {
-    flow: Arc<Flow>,
+    sending: Arc<Sending>,
     ctx: glib::MainContext,
     main_loop: glib::MainLoop,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -116,7 +172,7 @@ impl Server {
             c.with_thread_default(|| l.run()).unwrap();
         });
         let mut s = Self {
-            flow: Arc::default(),
+            sending: Arc::default(),
             ctx,
             main_loop,
             thread: Some(thread),
@@ -140,35 +196,8 @@ impl Server {
         server.set_service(&self.port.to_string());
         let factory = gst_rtsp_server::RTSPMediaFactory::new();
         factory.set_launch(&self.launch);
-        let flow = self.flow.clone();
-        factory.connect_media_configure(move |_, media| {
-            let bin = media.element().downcast::<gst::Bin>().expect("a media is a bin");
-            let pay = bin.by_name("pay0").unwrap();
-            // A frame is sent when the packet that ends it (RTP marker bit) leaves.
-            let f = flow.clone();
-            pay.static_pad("src").unwrap().add_probe(
-                gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-                move |_, info| {
-                    let marked = |b: &gst::BufferRef| {
-                        b.map_readable()
-                            .is_ok_and(|m| m.get(1).is_some_and(|x| x & 0x80 != 0))
-                    };
-                    let n = match &info.data {
-                        Some(gst::PadProbeData::Buffer(b)) => u64::from(marked(b)),
-                        Some(gst::PadProbeData::BufferList(l)) => {
-                            l.iter().filter(|b| marked(b)).count() as u64
-                        }
-                        _ => 0,
-                    };
-                    f.sent.fetch_add(n, Ordering::SeqCst);
-                    gst::PadProbeReturn::Ok
-                },
-            );
-            let sink = pay.static_pad("sink").unwrap();
-            let mut pads = flow.pads.lock().unwrap();
-            let block = flow.held.load(Ordering::SeqCst).then(|| block(&sink)).flatten();
-            pads.push((sink, block));
-        });
+        let sending = self.sending.clone();
+        factory.connect_media_configure(move |_, media| sending.attach(media));
         factory.set_shared(self.shared);
         if let Some((user, password)) = &self.login {
             use gst_rtsp_server::{RTSP_PERM_MEDIA_FACTORY_ACCESS, RTSP_PERM_MEDIA_FACTORY_CONSTRUCT};
@@ -193,22 +222,14 @@ impl Server {
         self.running = Some((server, id));
     }
 
-    /// Frames (access units) sent so far, all sessions together.
+    /// Frames sent so far, all sessions together.
     pub fn sent(&self) -> u64 {
-        self.flow.sent.load(Ordering::SeqCst)
+        self.sending.sent()
     }
 
     /// Stops sending (the sessions stay up, silent) or sends again.
     pub fn hold(&self, held: bool) {
-        let mut pads = self.flow.pads.lock().unwrap();
-        self.flow.held.store(held, Ordering::SeqCst);
-        for (pad, probe) in pads.iter_mut() {
-            match (held, probe.take()) {
-                (true, None) => *probe = block(pad),
-                (false, Some(id)) => pad.remove_probe(id),
-                (_, p) => *probe = p,
-            }
-        }
+        self.sending.hold(held);
     }
 
     /// A cut in the middle of a stream: the server stops sending until what it sent has

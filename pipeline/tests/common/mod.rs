@@ -29,6 +29,30 @@ pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
     p
 }
 
+/// The runner's metrics endpoint's whole answer; None while nothing answers there.
+pub fn metrics_text(port: u16) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    Some(body)
+}
+
+/// The value of the sample `key` (the name with its labels, e.g.
+/// `edgemask_frames_total{camera="door"}`) in a metrics text.
+pub fn metric_in(body: &str, key: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The value of the sample `key` at the runner's metrics endpoint.
+pub fn metric(port: u16, key: &str) -> Option<f64> {
+    metric_in(&metrics_text(port)?, key)
+}
+
 pub fn edgemask() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_edgemask"));
     c.env("EDGEMASK_LOG", "info");

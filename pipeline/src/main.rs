@@ -98,7 +98,7 @@ fn check(args: &[String]) -> Result<(), Error> {
 #[cfg(feature = "cuda")]
 fn gpu_path(device: &str) -> Option<String> {
     let n: usize = device.split_once(':')?.1.parse().ok()?;
-    Some(match gstunetmask::unetmask::gpu_launch::GpuKernels::new(n) {
+    Some(match gstunetmask::unetmask::gpu::launch::GpuKernels::new(n) {
         Ok(_) => format!(
             "GPU path on {device}: kernels compiled and loaded; frames are pre- and post-processed on the GPU"
         ),
@@ -132,7 +132,7 @@ fn describe(s: &config::Source) -> String {
 }
 
 fn probe_model(path: &Path) -> anyhow::Result<()> {
-    use gstunetmask::unetmask::contract::{self, InputSize};
+    use gstunetmask::unetmask::model::contract::{self, InputSize};
     edgemask::runner::init_gst()?;
     let element = gst::ElementFactory::make("unetmask")
         .property("model", path.to_string_lossy().as_ref())

@@ -41,8 +41,8 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 pub fn open_model(
     element: &gst::Element,
     path: &std::path::Path,
-) -> Result<gstunetmask::unetmask::engine::Engine> {
-    use gstunetmask::unetmask::{UnetMask, engine::Engine};
+) -> Result<gstunetmask::unetmask::model::engine::Engine> {
+    use gstunetmask::unetmask::{UnetMask, model::engine::Engine};
     let err = |reason: String| Error::Model {
         path: path.to_path_buf(),
         reason,

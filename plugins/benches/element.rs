@@ -34,7 +34,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstunetmask::unetmask::engine::{DeviceRequest, Engine, EngineConfig};
+use gstunetmask::unetmask::model::engine::{DeviceRequest, Engine, EngineConfig};
 
 const MODES: [&str; 9] = [
     "meta",
@@ -92,7 +92,7 @@ struct Bare {
     size: (u32, u32),
     /// GPU sessions: the input and output bound to device memory.
     #[cfg(feature = "cuda")]
-    device: Option<gstunetmask::unetmask::engine::DeviceIo>,
+    device: Option<gstunetmask::unetmask::model::engine::DeviceIo>,
 }
 
 impl Bare {

@@ -9,10 +9,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use gstunetmask::unetmask::contract::Layout;
-use gstunetmask::unetmask::engine::{DeviceRequest, Engine, EngineConfig};
+use gstunetmask::unetmask::cpu::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
 use gstunetmask::unetmask::frame::{Frame, PixelFormat, YuvMatrix};
-use gstunetmask::unetmask::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
+use gstunetmask::unetmask::model::contract::Layout;
+use gstunetmask::unetmask::model::engine::{DeviceRequest, Engine, EngineConfig};
 
 fn shared() -> PathBuf {
     std::env::var_os("EDGEMASK_SHARED")

@@ -10,11 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use gstunetmask::unetmask::composite::{self, BlurPlane, MaskScaler, Scratch, Target};
-use gstunetmask::unetmask::contract::{Activation, Layout, OutputLayout};
+use gstunetmask::unetmask::cpu::composite::{self, BlurPlane, MaskScaler, Scratch, Target};
+use gstunetmask::unetmask::cpu::postprocess::{self, OutputSpec};
+use gstunetmask::unetmask::cpu::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
 use gstunetmask::unetmask::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
-use gstunetmask::unetmask::postprocess::{self, OutputSpec};
-use gstunetmask::unetmask::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
+use gstunetmask::unetmask::model::contract::{Activation, Layout, OutputLayout};
 
 const MODEL: (usize, usize) = (256, 256);
 

@@ -22,7 +22,7 @@
 
 use gst::meta::CustomMeta;
 
-use crate::unetmask::composite::{MaskScaler, Weights};
+use crate::unetmask::cpu::composite::{MaskScaler, Weights};
 
 /// Registered name of the meta.
 pub const META_NAME: &str = "GstUnetMaskMeta";
@@ -93,7 +93,7 @@ impl MaskMeta {
         let mut scaler = MaskScaler::new((self.width as usize, self.height as usize), (width, height));
         let lut = Weights::mask(self.threshold.map(|t| t as f32));
         let mut out = vec![0u8; width * height];
-        crate::unetmask::composite::write_mask(&mut out, width, height, &mut scaler, &map, &lut);
+        crate::unetmask::cpu::composite::write_mask(&mut out, width, height, &mut scaler, &map, &lut);
         out
     }
 }

@@ -29,18 +29,18 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::VideoFrameExt;
 
-use super::composite::{self, BlurPlane, MaskScaler, PlaneGeom, Scratch, Target, Weights};
-use super::contract::{Activation, Layout, Overrides};
-use super::engine::{DeviceRequest, Engine, EngineConfig, EngineError, Prepared};
+use super::cpu::composite::{self, BlurPlane, MaskScaler, PlaneGeom, Scratch, Target, Weights};
+use super::cpu::postprocess::{self, MaskStats, Smoother};
+use super::cpu::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
 use super::frame::{Frame, PixelFormat, YuvMatrix};
 #[cfg(feature = "cuda")]
-use super::gpu_frames::{self, GpuError, GpuFrames};
+use super::gpu::frames::{self as gpu_frames, GpuError, GpuFrames};
 #[cfg(feature = "cuda")]
-use super::gpu_launch::GpuKernels;
+use super::gpu::launch::GpuKernels;
 #[cfg(feature = "cuda")]
-use super::gpu_pre;
-use super::postprocess::{self, MaskStats, Smoother};
-use super::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
+use super::gpu::mirror::pre as gpu_pre;
+use super::model::contract::{Activation, Layout, Overrides};
+use super::model::engine::{DeviceRequest, Engine, EngineConfig, EngineError, Prepared};
 use super::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice};
 use crate::meta::MaskMeta;
 
@@ -1595,7 +1595,7 @@ impl BaseTransformImpl for UnetMask {
             engine.library.display(),
             engine.contract
         );
-        if let super::contract::InputSize::Fixed(w, h) = engine.contract.input_size {
+        if let super::model::contract::InputSize::Fixed(w, h) = engine.contract.input_size {
             // Fixed-size models are probed now, so contract errors fail the state change.
             let p = engine.prepare((w, h)).map_err(|e| Self::engine_error(&e))?;
             gst::info!(CAT, imp = self, "probe: {p:?}");

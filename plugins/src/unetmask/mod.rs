@@ -5,28 +5,11 @@
 use gst::glib;
 use gst::prelude::*;
 
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-mod bilinear_x86;
-pub mod composite;
-pub mod contract;
-pub mod engine;
+pub mod cpu;
 pub mod frame;
-#[cfg(feature = "cuda")]
 pub mod gpu;
-pub mod gpu_blur;
-pub mod gpu_composite;
-#[cfg(test)]
-mod gpu_emulation;
-#[cfg(feature = "cuda")]
-pub mod gpu_frames;
-#[cfg(feature = "cuda")]
-pub mod gpu_launch;
-pub mod gpu_post;
-pub mod gpu_pre;
 mod imp;
-pub mod postprocess;
-pub mod preprocess;
-pub mod resize;
+pub mod model;
 #[cfg(test)]
 mod test_bytes;
 
@@ -54,7 +37,7 @@ impl UnetMask {
     /// The engine configuration the element's current properties describe, checked the way
     /// the element checks them when it starts (device, input size, mean, std), without
     /// opening the model: applications validate a configuration with the element's own rules.
-    pub fn engine_config(&self) -> Result<engine::EngineConfig, SettingError> {
+    pub fn engine_config(&self) -> Result<model::engine::EngineConfig, SettingError> {
         use gst::subclass::prelude::ObjectSubclassIsExt;
         self.imp().current_engine_config()
     }

@@ -13,8 +13,10 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorRef, ValueType};
 
-use super::contract::{self, Contract, ContractError, InputSize, OutputLayout, Overrides, TensorInfo};
-use super::postprocess::OutputSpec;
+use crate::unetmask::cpu::postprocess::OutputSpec;
+use crate::unetmask::model::contract::{
+    self, Contract, ContractError, InputSize, OutputLayout, Overrides, TensorInfo,
+};
 
 /// Where the element runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -512,7 +514,7 @@ mod providers {
         env: &Environment,
         cfg: &EngineConfig,
     ) -> Result<(Session, String), EngineError> {
-        use crate::unetmask::gpu;
+        use crate::unetmask::model::device as gpu;
         use ort::ep::ExecutionProvider;
         let cpu = || -> Result<(Session, String), EngineError> {
             Ok((commit(builder(env, cfg)?, &cfg.model)?, "cpu".to_string()))
@@ -602,7 +604,7 @@ mod providers {
     #[cfg(all(feature = "cuda", feature = "tensorrt"))]
     fn tensorrt(env: &Environment, cfg: &EngineConfig, n: u32) -> Result<(Session, String), EngineError> {
         preload_cuda_runtime();
-        let cache = super::super::gpu::engine_cache_dir(&cfg.model, n)
+        let cache = crate::unetmask::model::device::engine_cache_dir(&cfg.model, n)
             .map_err(|e| EngineError::Provider(format!("device=tensorrt:{n}: {e}")))?;
         let trt = ort::ep::TensorRT::default()
             .with_device_id(n as i32)

@@ -9,7 +9,7 @@ use fr::images::Image;
 use fr::pixels::{InnerPixel, U8, U8x2, U8x3, U8x4};
 use fr::{FilterType, ImageView, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
-use super::frame::{Frame, PixelFormat, chroma_size};
+use crate::unetmask::frame::{Frame, PixelFormat, chroma_size};
 
 /// A borrowed plane with a row stride, as `fast_image_resize` source.
 struct Strided<'a, P> {

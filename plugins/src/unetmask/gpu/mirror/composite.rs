@@ -7,11 +7,11 @@
 //! The arithmetic is the CPU path's integer arithmetic (`composite.rs`), so the tests hold
 //! the mirrors to it exactly.
 
-use super::composite::{FixedYuv, PlaneGeom, Weights, fixed_taps};
-use super::frame::{Frame, PixelFormat, YuvMatrix};
+use crate::unetmask::cpu::composite::{FixedYuv, PlaneGeom, Weights, fixed_taps};
+use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix};
 
 /// The kernels' CUDA C source.
-pub const COMPOSITE_CU: &str = include_str!("kernels/composite.cu");
+pub const COMPOSITE_CU: &str = include_str!("../kernels/composite.cu");
 /// Entry points: mix a plane; write the GRAY8 mask.
 pub const MIX_FN: &str = "edgemask_mix";
 pub const MASK_FN: &str = "edgemask_mask";
@@ -254,7 +254,7 @@ pub fn reference_alpha(p: &AlphaParams, mask: &[u8], frame: &Frame<'_>, out: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unetmask::composite::{
+    use crate::unetmask::cpu::composite::{
         MaskScaler, Scratch, Target, mix_plane, plane_colors, planes_of, write_alpha, write_mask,
     };
     use crate::unetmask::test_bytes::{bytes, frame, frame_planes};
@@ -439,8 +439,8 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn kernels_compile_with_nvrtc() {
-        crate::unetmask::gpu_pre::tests::nvrtc_compiles(COMPOSITE_CU, ALPHA_FN);
-        crate::unetmask::gpu_pre::tests::nvrtc_compiles(COMPOSITE_CU, MIX_FN);
-        crate::unetmask::gpu_pre::tests::nvrtc_compiles(COMPOSITE_CU, MASK_FN);
+        crate::unetmask::gpu::mirror::pre::tests::nvrtc_compiles(COMPOSITE_CU, ALPHA_FN);
+        crate::unetmask::gpu::mirror::pre::tests::nvrtc_compiles(COMPOSITE_CU, MIX_FN);
+        crate::unetmask::gpu::mirror::pre::tests::nvrtc_compiles(COMPOSITE_CU, MASK_FN);
     }
 }

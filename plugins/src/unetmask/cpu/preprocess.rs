@@ -9,10 +9,10 @@
 
 use multiversion::multiversion;
 
-use super::bilinear_x86;
-use super::contract::Layout;
-use super::frame::{Frame, PixelFormat, YuvMatrix, YuvToRgb, chroma_size};
-use super::resize::Downscaler;
+use crate::unetmask::cpu::bilinear_x86;
+use crate::unetmask::cpu::resize::Downscaler;
+use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, YuvToRgb, chroma_size};
+use crate::unetmask::model::contract::Layout;
 
 /// How the frame is brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

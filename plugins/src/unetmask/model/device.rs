@@ -63,7 +63,7 @@ pub fn nvrtc_present() -> Result<(), String> {
 /// Logs why `device=auto` runs on the CPU.
 pub fn log_fallback(reason: &str) {
     gst::warning!(
-        super::imp::CAT,
+        crate::unetmask::imp::CAT,
         "device=auto: no usable GPU ({reason}); running on the CPU"
     );
 }
@@ -73,7 +73,7 @@ pub fn log_fallback(reason: &str) {
 /// and the GPU's compute capability, so a changed model, an upgraded TensorRT or another
 /// GPU generation never picks up a stale engine.
 pub fn engine_cache_dir(model: &Path, device: u32) -> Result<PathBuf, String> {
-    let base = super::engine::cache_base(|k| std::env::var_os(k)).ok_or(
+    let base = crate::unetmask::model::engine::cache_base(|k| std::env::var_os(k)).ok_or(
         "none of CACHE_DIRECTORY (systemd's CacheDirectory=), XDG_CACHE_HOME and HOME is set \
          for the TensorRT engine cache",
     )?;
@@ -149,7 +149,7 @@ mod tests {
     fn nvrtc_compiles_from_the_installed_directory_alone() {
         if std::env::var_os("EDGEMASK_NVRTC_CHILD").is_some() {
             nvrtc_present().expect("NVRTC loads from EDGEMASK_CUDA_LIBS");
-            let ptx = cudarc::nvrtc::compile_ptx(super::super::gpu_pre::PREPROCESS_CU)
+            let ptx = cudarc::nvrtc::compile_ptx(crate::unetmask::gpu::mirror::pre::PREPROCESS_CU)
                 .unwrap_or_else(|e| panic!("NVRTC: {e:?}"));
             assert!(ptx.to_src().contains(".entry"), "a kernel");
             return;

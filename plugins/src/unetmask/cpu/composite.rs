@@ -12,7 +12,7 @@
 
 use multiversion::multiversion;
 
-use super::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
+use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
 
 /// Bilinear upscaling of the model-resolution mask to one plane's size, separably: each
 /// model row the frame needs is upscaled horizontally once per frame (the only gathers),

@@ -14,16 +14,16 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use super::composite::{PlaneGeom, Weights, plane_colors, planes_of};
-use super::contract::{Activation, Layout, OutputLayout};
-use super::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes};
-use super::gpu_blur::{self, BlurParams, BlurPlan, BoxParams};
-use super::gpu_composite::{self, AlphaParams, MixParams};
-use super::gpu_post::{self, PostParams};
-use super::gpu_pre::{self, PreParams};
-use super::postprocess::OutputSpec;
-use super::preprocess::{ChannelOrder, Normalization};
-use super::test_bytes::{bytes, frame, frame_planes};
+use crate::unetmask::cpu::composite::{PlaneGeom, Weights, plane_colors, planes_of};
+use crate::unetmask::cpu::postprocess::OutputSpec;
+use crate::unetmask::cpu::preprocess::{ChannelOrder, Normalization};
+use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes};
+use crate::unetmask::gpu::mirror::blur::{self as gpu_blur, BlurParams, BlurPlan, BoxParams};
+use crate::unetmask::gpu::mirror::composite::{self as gpu_composite, AlphaParams, MixParams};
+use crate::unetmask::gpu::mirror::post::{self as gpu_post, PostParams};
+use crate::unetmask::gpu::mirror::pre::{self as gpu_pre, PreParams};
+use crate::unetmask::model::contract::{Activation, Layout, OutputLayout};
+use crate::unetmask::test_bytes::{bytes, frame, frame_planes};
 
 /// What the kernel checks need from a runner: host data in, host data out.
 pub trait KernelRunner {
@@ -232,7 +232,8 @@ impl HostKernels {
     }
 
     fn load() -> Result<HostKernels, String> {
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/unetmask/kernels/host_emulation.cpp");
+        let src =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/unetmask/gpu/kernels/host_emulation.cpp");
         let dir = std::env::temp_dir().join(format!("edgemask-kernels-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let lib = dir.join("host_emulation.so");

@@ -7,11 +7,11 @@
 //! path's order of floating-point operations, so the tests hold it to `BlurPlane` and
 //! `mix_plane` byte for byte.
 
-use super::composite::{BlurGrid, PlaneGeom, Weights, blur_cells, grid_taps};
-use super::gpu_composite::{self, MixParams};
+use crate::unetmask::cpu::composite::{BlurGrid, PlaneGeom, Weights, blur_cells, grid_taps};
+use crate::unetmask::gpu::mirror::composite::{self as gpu_composite, MixParams};
 
 /// The kernels' CUDA C source (compiled after `composite.cu`).
-pub const BLUR_CU: &str = include_str!("kernels/blur.cu");
+pub const BLUR_CU: &str = include_str!("../kernels/blur.cu");
 /// Entry points, in the order they run.
 pub const GRID_FN: &str = "edgemask_blur_grid";
 pub const BOX_ROWS_FN: &str = "edgemask_box_rows";
@@ -210,7 +210,7 @@ pub fn reference(plan: &BlurPlan, mask: &[u8], plane: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unetmask::composite::{BlurPlane, MaskScaler, Scratch, Target, mix_plane, planes_of};
+    use crate::unetmask::cpu::composite::{BlurPlane, MaskScaler, Scratch, Target, mix_plane, planes_of};
     use crate::unetmask::frame::PixelFormat;
     use crate::unetmask::test_bytes::bytes;
 
@@ -293,7 +293,7 @@ mod tests {
     fn kernels_compile_with_nvrtc() {
         let src = format!("{}\n{BLUR_CU}", gpu_composite::COMPOSITE_CU);
         for f in [GRID_FN, BOX_ROWS_FN, BOX_COLS_FN, ROWS_FN, MIX_FN] {
-            crate::unetmask::gpu_pre::tests::nvrtc_compiles(&src, f);
+            crate::unetmask::gpu::mirror::pre::tests::nvrtc_compiles(&src, f);
         }
     }
 }

@@ -5,11 +5,11 @@
 //! the model's resolution. [`reference`] runs the kernel's steps on the CPU, one iteration
 //! per GPU thread; the tests hold it to the element's CPU path (`postprocess.rs`).
 
-use super::contract::{Activation, OutputLayout};
-use super::postprocess::{MaskStats, OutputSpec, UNCERTAIN_BAND};
+use crate::unetmask::cpu::postprocess::{MaskStats, OutputSpec, UNCERTAIN_BAND};
+use crate::unetmask::model::contract::{Activation, OutputLayout};
 
 /// The kernel's CUDA C source.
-pub const POSTPROCESS_CU: &str = include_str!("kernels/postprocess.cu");
+pub const POSTPROCESS_CU: &str = include_str!("../kernels/postprocess.cu");
 /// The kernel's entry point.
 pub const POSTPROCESS_FN: &str = "edgemask_postprocess";
 
@@ -130,7 +130,7 @@ pub fn stats_of([person, uncertain]: [u32; 2], pixels: usize) -> MaskStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unetmask::postprocess::{Smoother, person_probability, quantize};
+    use crate::unetmask::cpu::postprocess::{Smoother, person_probability, quantize};
 
     fn logits(n: usize, seed: u32) -> Vec<f32> {
         let mut next = crate::unetmask::test_bytes::stream(seed);
@@ -219,6 +219,6 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn kernel_compiles_with_nvrtc() {
-        crate::unetmask::gpu_pre::tests::nvrtc_compiles(POSTPROCESS_CU, POSTPROCESS_FN);
+        crate::unetmask::gpu::mirror::pre::tests::nvrtc_compiles(POSTPROCESS_CU, POSTPROCESS_FN);
     }
 }

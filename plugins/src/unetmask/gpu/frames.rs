@@ -29,15 +29,15 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::CudaSlice;
 
-use super::composite::{PlaneGeom, Weights};
-use super::engine::{DeviceIo, Engine, EngineError, Prepared};
-use super::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes, rows_bytes};
-use super::gpu_blur::BlurPlan;
-use super::gpu_composite::{AlphaParams, MixParams};
-use super::gpu_launch::{BlurBuffers, GpuKernels, Taps};
-use super::gpu_post::{self, PostParams};
-use super::gpu_pre::PreParams;
-use super::postprocess::{MaskStats, OutputSpec};
+use crate::unetmask::cpu::composite::{PlaneGeom, Weights};
+use crate::unetmask::cpu::postprocess::{MaskStats, OutputSpec};
+use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes, rows_bytes};
+use crate::unetmask::gpu::launch::{BlurBuffers, GpuKernels, Taps};
+use crate::unetmask::gpu::mirror::blur::BlurPlan;
+use crate::unetmask::gpu::mirror::composite::{AlphaParams, MixParams};
+use crate::unetmask::gpu::mirror::post::{self as gpu_post, PostParams};
+use crate::unetmask::gpu::mirror::pre::PreParams;
+use crate::unetmask::model::engine::{DeviceIo, Engine, EngineError, Prepared};
 
 /// Time spent in each stage of one frame on the GPU path (host wall time, each stage
 /// waited for).

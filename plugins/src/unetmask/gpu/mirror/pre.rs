@@ -5,17 +5,17 @@
 //!
 //! [`reference`] runs the kernel's arithmetic on the CPU, one iteration per GPU thread, in
 //! the same `f32` operations; the tests hold it to the element's CPU path
-//! ([`Preprocessor`](super::preprocess::Preprocessor)) for every format, layout and
+//! ([`Preprocessor`](crate::unetmask::cpu::preprocess::Preprocessor)) for every format, layout and
 //! channel order, so the maths of the GPU path is checked on every machine. With the `cuda`
 //! feature, a test also compiles the kernel with NVRTC (`libnvrtc.so.12`, from the
 //! `nvidia-cuda-nvrtc-cu12` wheel that `scripts/setup.sh` installs for the tests).
 
-use super::contract::Layout;
-use super::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
-use super::preprocess::{ChannelOrder, Normalization};
+use crate::unetmask::cpu::preprocess::{ChannelOrder, Normalization};
+use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
+use crate::unetmask::model::contract::Layout;
 
 /// The kernel's CUDA C source.
-pub const PREPROCESS_CU: &str = include_str!("kernels/preprocess.cu");
+pub const PREPROCESS_CU: &str = include_str!("../kernels/preprocess.cu");
 /// The kernel's entry point.
 pub const PREPROCESS_FN: &str = "edgemask_preprocess";
 
@@ -185,7 +185,7 @@ pub fn reference(p: &PreParams, frame: &Frame<'_>, out: &mut [f32]) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::unetmask::preprocess::Preprocessor;
+    use crate::unetmask::cpu::preprocess::Preprocessor;
     use crate::unetmask::test_bytes::{frame, frame_planes};
 
     #[test]

@@ -3,7 +3,7 @@
 
 use multiversion::multiversion;
 
-use super::contract::{Activation, OutputLayout};
+use crate::unetmask::model::contract::{Activation, OutputLayout};
 
 /// How to read the person probability out of the output tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -14,10 +14,12 @@ use cudarc::driver::{
 use cudarc::nvrtc::{Ptx, compile_ptx};
 use std::sync::OnceLock;
 
-use super::gpu_blur::{self, BLUR_CU, BlurParams, BlurPlan, BoxParams};
-use super::gpu_composite::{self, ALPHA_FN, AlphaParams, COMPOSITE_CU, MASK_FN, MIX_FN, MixParams};
-use super::gpu_post::{POSTPROCESS_CU, POSTPROCESS_FN, PostParams};
-use super::gpu_pre::{PREPROCESS_CU, PREPROCESS_FN, PreParams};
+use crate::unetmask::gpu::mirror::blur::{self as gpu_blur, BLUR_CU, BlurParams, BlurPlan, BoxParams};
+use crate::unetmask::gpu::mirror::composite::{
+    self as gpu_composite, ALPHA_FN, AlphaParams, COMPOSITE_CU, MASK_FN, MIX_FN, MixParams,
+};
+use crate::unetmask::gpu::mirror::post::{POSTPROCESS_CU, POSTPROCESS_FN, PostParams};
+use crate::unetmask::gpu::mirror::pre::{PREPROCESS_CU, PREPROCESS_FN, PreParams};
 
 // SAFETY: `repr(C)` structs of 4-byte integers and floats, laid out as the kernels' structs
 // (checked by the `params_match_the_kernel_struct` tests); passed by value.
@@ -59,7 +61,7 @@ fn ptx(slot: usize, src: &dyn Fn() -> String) -> Result<Ptx, String> {
     static PTX: [OnceLock<Result<Ptx, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
     PTX[slot]
         .get_or_init(|| {
-            super::gpu::nvrtc_present()?;
+            crate::unetmask::model::device::nvrtc_present()?;
             compile_ptx(src()).map_err(|e| format!("NVRTC could not compile the kernels: {e:?}"))
         })
         .clone()
@@ -354,11 +356,11 @@ pub struct BlurBuffers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unetmask::composite::{Weights, planes_of};
+    use crate::unetmask::cpu::composite::{Weights, planes_of};
     use crate::unetmask::frame::PixelFormat;
     use crate::unetmask::frame::{Frame, plane_bytes};
-    use crate::unetmask::gpu;
-    use crate::unetmask::gpu_emulation::{KernelRunner, check_kernels};
+    use crate::unetmask::gpu::emulation::{KernelRunner, check_kernels};
+    use crate::unetmask::model::device as gpu;
     use crate::unetmask::test_bytes::bytes;
     use cudarc::driver::DevicePtr;
 
@@ -370,7 +372,7 @@ mod tests {
             self.stream.clone_htod(data).map_err(err("uploading"))
         }
 
-        /// The used bytes of each plane of `frame` ([`super::frame::plane_bytes`]), on the device.
+        /// The used bytes of each plane of `frame` ([`crate::unetmask::frame::plane_bytes`]), on the device.
         fn upload_frame(&self, frame: &Frame<'_>) -> Result<[CudaSlice<u8>; 3], String> {
             let used = plane_bytes(frame);
             let [a, b, c] = [0, 1, 2].map(|i| self.upload(&frame.planes[i][..used[i]]));

@@ -180,22 +180,24 @@ mod tests {
             .unwrap();
         let text = String::from_utf8_lossy(&ldd.stdout);
         assert!(!text.contains("not found"), "{text}");
+        // The test's own path, so that a moved module cannot turn the child into a run of
+        // no test at all (which passes).
+        let name = format!(
+            "{}::nvrtc_compiles_from_the_installed_directory_alone",
+            module_path!().split_once("::").unwrap().1
+        );
         let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "unetmask::gpu::tests::nvrtc_compiles_from_the_installed_directory_alone",
-                "--nocapture",
-            ])
+            .args(["--exact", &name, "--nocapture"])
             .env_remove("LD_LIBRARY_PATH")
             .env("EDGEMASK_CUDA_LIBS", &dest)
             .env("EDGEMASK_NVRTC_CHILD", "1")
             .output()
             .unwrap();
         let _ = std::fs::remove_dir_all(&dest);
+        let stdout = String::from_utf8_lossy(&child.stdout);
         assert!(
-            child.status.success(),
-            "NVRTC from the installed directory alone:\n{}{}",
-            String::from_utf8_lossy(&child.stdout),
+            child.status.success() && stdout.contains("running 1 test"),
+            "NVRTC from the installed directory alone ({name}):\n{stdout}{}",
             String::from_utf8_lossy(&child.stderr)
         );
     }

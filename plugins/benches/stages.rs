@@ -11,9 +11,10 @@
 use std::time::{Duration, Instant};
 
 use gstunetmask::unetmask::cpu::composite::{self, BlurPlane, MaskScaler, Scratch, Target};
-use gstunetmask::unetmask::cpu::postprocess::{self, OutputSpec};
+use gstunetmask::unetmask::cpu::postprocess;
 use gstunetmask::unetmask::cpu::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
 use gstunetmask::unetmask::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
+use gstunetmask::unetmask::model::contract::OutputSpec;
 use gstunetmask::unetmask::model::contract::{Activation, Layout, OutputLayout};
 
 const MODEL: (usize, usize) = (256, 256);

@@ -192,28 +192,35 @@ mod tests {
 
     #[test]
     fn plane_bytes_cover_the_rows_of_each_plane() {
-        use crate::unetmask::test_bytes::{frame, frame_planes};
-        let (w, h) = (5, 3);
-        let (data, strides) = frame_planes(PixelFormat::Rgba, w, h, 4, 1);
+        fn frame<'a>(format: PixelFormat, planes: [&'a [u8]; 3], strides: [usize; 3]) -> Frame<'a> {
+            let (width, height) = (5, 3);
+            Frame {
+                format,
+                width,
+                height,
+                planes,
+                strides,
+            }
+        }
+        let m = [0u8; 72];
+        // Rows padded by 4 (RGBA), 2 (NV12) and 0 (I420) bytes.
         assert_eq!(
-            plane_bytes(&frame(PixelFormat::Rgba, w, h, &data, strides)),
+            plane_bytes(&frame(PixelFormat::Rgba, [&m, &[], &[]], [24, 0, 0])),
             [72, 0, 0]
         );
-        let (data, strides) = frame_planes(PixelFormat::Nv12, w, h, 2, 1);
+        let nv12 = [&m[..21], &m[..16], &[]];
         assert_eq!(
-            plane_bytes(&frame(PixelFormat::Nv12, w, h, &data, strides)),
+            plane_bytes(&frame(PixelFormat::Nv12, nv12, [7, 8, 0])),
             [21, 16, 0]
         );
-        let (data, strides) = frame_planes(PixelFormat::I420, w, h, 0, 1);
+        let i420 = [&m[..15], &m[..6], &m[..6]];
         assert_eq!(
-            plane_bytes(&frame(PixelFormat::I420, w, h, &data, strides)),
+            plane_bytes(&frame(PixelFormat::I420, i420, [5, 3, 3])),
             [15, 6, 6]
         );
         // Memory that ends after the last row's pixels (no padding after it).
-        let (mut data, strides) = frame_planes(PixelFormat::Rgba, w, h, 4, 1);
-        data[0].truncate(72 - 4);
         assert_eq!(
-            plane_bytes(&frame(PixelFormat::Rgba, w, h, &data, strides)),
+            plane_bytes(&frame(PixelFormat::Rgba, [&m[..68], &[], &[]], [24, 0, 0])),
             [68, 0, 0]
         );
     }

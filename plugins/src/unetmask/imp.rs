@@ -32,6 +32,7 @@ use gst_video::VideoFrameExt;
 use super::cpu::composite::{self, BlurPlane, MaskScaler, PlaneGeom, Scratch, Target, Weights};
 use super::cpu::postprocess::{self, MaskStats, Smoother};
 use super::cpu::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
+use super::debug::CAT;
 use super::frame::{Frame, PixelFormat, YuvMatrix};
 #[cfg(feature = "cuda")]
 use super::gpu::frames::{self as gpu_frames, GpuError, GpuFrames};
@@ -43,14 +44,6 @@ use super::model::contract::{Activation, Layout, Overrides};
 use super::model::engine::{DeviceRequest, Engine, EngineConfig, EngineError, Prepared};
 use super::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice};
 use crate::meta::MaskMeta;
-
-pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "unetmask",
-        gst::DebugColorFlags::empty(),
-        Some("ONNX person segmentation"),
-    )
-});
 
 const FORMATS: [gst_video::VideoFormat; 8] = [
     gst_video::VideoFormat::Rgba,

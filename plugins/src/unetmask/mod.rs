@@ -6,6 +6,7 @@ use gst::glib;
 use gst::prelude::*;
 
 pub mod cpu;
+mod debug;
 pub mod frame;
 pub mod gpu;
 mod imp;

@@ -3,16 +3,7 @@
 
 use multiversion::multiversion;
 
-use crate::unetmask::model::contract::{Activation, OutputLayout};
-
-/// How to read the person probability out of the output tensor.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutputSpec {
-    pub layout: OutputLayout,
-    pub channels: usize,
-    pub person: usize,
-    pub activation: Activation,
-}
+use crate::unetmask::model::contract::{Activation, OutputLayout, OutputSpec};
 
 /// `e^x`, branch-free so that loops over slices vectorise (libm's `expf` is a call per
 /// value). Range reduction `x = n ln2 + r` and Cephes' degree-6 polynomial for `e^r`:

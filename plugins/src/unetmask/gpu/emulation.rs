@@ -15,13 +15,13 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use crate::unetmask::cpu::composite::{PlaneGeom, Weights, plane_colors, planes_of};
-use crate::unetmask::cpu::postprocess::OutputSpec;
 use crate::unetmask::cpu::preprocess::{ChannelOrder, Normalization};
 use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes};
 use crate::unetmask::gpu::mirror::blur::{self as gpu_blur, BlurParams, BlurPlan, BoxParams};
 use crate::unetmask::gpu::mirror::composite::{self as gpu_composite, AlphaParams, MixParams};
 use crate::unetmask::gpu::mirror::post::{self as gpu_post, PostParams};
 use crate::unetmask::gpu::mirror::pre::{self as gpu_pre, PreParams};
+use crate::unetmask::model::contract::OutputSpec;
 use crate::unetmask::model::contract::{Activation, Layout, OutputLayout};
 use crate::unetmask::test_bytes::{bytes, frame, frame_planes};
 

@@ -30,13 +30,14 @@ use std::time::{Duration, Instant};
 use cudarc::driver::CudaSlice;
 
 use crate::unetmask::cpu::composite::{PlaneGeom, Weights};
-use crate::unetmask::cpu::postprocess::{MaskStats, OutputSpec};
+use crate::unetmask::cpu::postprocess::MaskStats;
 use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes, rows_bytes};
 use crate::unetmask::gpu::launch::{BlurBuffers, GpuKernels, Taps};
 use crate::unetmask::gpu::mirror::blur::BlurPlan;
 use crate::unetmask::gpu::mirror::composite::{AlphaParams, MixParams};
 use crate::unetmask::gpu::mirror::post::{self as gpu_post, PostParams};
 use crate::unetmask::gpu::mirror::pre::PreParams;
+use crate::unetmask::model::contract::OutputSpec;
 use crate::unetmask::model::engine::{DeviceIo, Engine, EngineError, Prepared};
 
 /// Time spent in each stage of one frame on the GPU path (host wall time, each stage

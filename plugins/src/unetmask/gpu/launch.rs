@@ -61,7 +61,7 @@ fn ptx(slot: usize, src: &dyn Fn() -> String) -> Result<Ptx, String> {
     static PTX: [OnceLock<Result<Ptx, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
     PTX[slot]
         .get_or_init(|| {
-            crate::unetmask::model::device::nvrtc_present()?;
+            super::nvrtc::nvrtc_present()?;
             compile_ptx(src()).map_err(|e| format!("NVRTC could not compile the kernels: {e:?}"))
         })
         .clone()

@@ -9,3 +9,5 @@ pub mod frames;
 #[cfg(feature = "cuda")]
 pub mod launch;
 pub mod mirror;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;

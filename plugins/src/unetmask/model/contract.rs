@@ -78,6 +78,15 @@ pub enum OutputLayout {
     ChannelsLast,
 }
 
+/// How to read the person probability out of the output tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutputSpec {
+    pub layout: OutputLayout,
+    pub channels: usize,
+    pub person: usize,
+    pub activation: Activation,
+}
+
 /// What the element detected, before the output activation is known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contract {

@@ -13,7 +13,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorRef, ValueType};
 
-use crate::unetmask::cpu::postprocess::OutputSpec;
+use crate::unetmask::model::contract::OutputSpec;
 use crate::unetmask::model::contract::{
     self, Contract, ContractError, InputSize, OutputLayout, Overrides, TensorInfo,
 };
@@ -130,23 +130,6 @@ impl From<ContractError> for EngineError {
 }
 
 /// The project-local library that `scripts/setup.sh` installs.
-/// Where the element keeps caches (built TensorRT engines): systemd's `CACHE_DIRECTORY`
-/// first — the unit's `CacheDirectory=`, the one place `ProtectSystem=strict` leaves
-/// writable for it (`~/.cache` is not) —, then `XDG_CACHE_HOME`, then `$HOME/.cache`.
-/// `var` reads the environment (a parameter, so that it is tested without touching it).
-pub fn cache_base(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
-    let set = |k: &str| var(k).filter(|v| !v.is_empty());
-    // systemd joins several CacheDirectory= paths with ':'; the first is the unit's own.
-    set("CACHE_DIRECTORY")
-        .and_then(|v| {
-            v.to_str()
-                .map(|s| PathBuf::from(s.split(':').next().unwrap_or(s)))
-                .or(Some(PathBuf::from(v)))
-        })
-        .or_else(|| set("XDG_CACHE_HOME").map(PathBuf::from))
-        .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache")))
-}
-
 pub fn project_library() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/onnxruntime/lib/libonnxruntime.so")
 }
@@ -587,12 +570,12 @@ mod providers {
             }
             match ort::ep::cuda::preload_dylibs(Some(&dir), Some(&dir)) {
                 Ok(()) => gst::info!(
-                    crate::unetmask::imp::CAT,
+                    crate::unetmask::debug::CAT,
                     "CUDA and cuDNN libraries preloaded from {}",
                     dir.display()
                 ),
                 Err(e) => gst::warning!(
-                    crate::unetmask::imp::CAT,
+                    crate::unetmask::debug::CAT,
                     "preloading the CUDA libraries from {} failed ({e}); ONNX Runtime's CUDA provider \
                      will look for them on the library path",
                     dir.display()
@@ -604,7 +587,7 @@ mod providers {
     #[cfg(all(feature = "cuda", feature = "tensorrt"))]
     fn tensorrt(env: &Environment, cfg: &EngineConfig, n: u32) -> Result<(Session, String), EngineError> {
         preload_cuda_runtime();
-        let cache = crate::unetmask::model::device::engine_cache_dir(&cfg.model, n)
+        let cache = crate::unetmask::model::cache::engine_cache_dir(&cfg.model, n)
             .map_err(|e| EngineError::Provider(format!("device=tensorrt:{n}: {e}")))?;
         let trt = ort::ep::TensorRT::default()
             .with_device_id(n as i32)
@@ -632,26 +615,6 @@ mod providers {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn caches_go_to_the_units_cache_directory_first() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).into())
-        };
-        let all = env(&[
-            ("CACHE_DIRECTORY", "/var/cache/edgemask/cams:/var/cache/other"),
-            ("XDG_CACHE_HOME", "/x"),
-            ("HOME", "/var/lib/edgemask"),
-        ]);
-        assert_eq!(cache_base(all), Some(PathBuf::from("/var/cache/edgemask/cams")));
-        let xdg = env(&[("CACHE_DIRECTORY", ""), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
-        assert_eq!(cache_base(xdg), Some(PathBuf::from("/x")));
-        assert_eq!(
-            cache_base(env(&[("HOME", "/h")])),
-            Some(PathBuf::from("/h/.cache"))
-        );
-        assert_eq!(cache_base(env(&[])), None);
-    }
 
     #[test]
     fn device_strings() {

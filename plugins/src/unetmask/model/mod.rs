@@ -2,6 +2,7 @@
 
 //! The model: ONNX Runtime sessions and providers, the detected contract, the devices.
 
+pub mod cache;
 pub mod contract;
 #[cfg(feature = "cuda")]
 pub mod device;

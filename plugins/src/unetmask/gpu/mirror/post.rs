@@ -5,7 +5,8 @@
 //! the model's resolution. [`reference`] runs the kernel's steps on the CPU, one iteration
 //! per GPU thread; the tests hold it to the element's CPU path (`postprocess.rs`).
 
-use crate::unetmask::cpu::postprocess::{MaskStats, OutputSpec, UNCERTAIN_BAND};
+use crate::unetmask::cpu::postprocess::{MaskStats, UNCERTAIN_BAND};
+use crate::unetmask::model::contract::OutputSpec;
 use crate::unetmask::model::contract::{Activation, OutputLayout};
 
 /// The kernel's CUDA C source.

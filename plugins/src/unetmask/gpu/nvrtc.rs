@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! NVRTC, CUDA's run-time compiler, which builds the kernels on the host they run on.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Whether NVRTC (CUDA's run-time compiler, which builds the GPU kernels) can be loaded.
+/// A copy in `EDGEMASK_CUDA_LIBS` (installed hosts), else the one `scripts/setup.sh` links
+/// into `.deps/nvrtc/lib`, is loaded first, so the library-name lookup finds it without
+/// `LD_LIBRARY_PATH`.
+pub fn nvrtc_present() -> Result<(), String> {
+    static PRELOAD: OnceLock<Option<libloading::os::unix::Library>> = OnceLock::new();
+    PRELOAD.get_or_init(|| {
+        let installed =
+            std::env::var_os("EDGEMASK_CUDA_LIBS").map(|d| PathBuf::from(d).join("libnvrtc.so.12"));
+        let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/nvrtc/lib/libnvrtc.so.12");
+        installed
+            .into_iter()
+            .chain([local])
+            .find(|p| p.exists())
+            .and_then(|p| {
+                // SAFETY: loads NVRTC, whose initialisers have no preconditions; global, so
+                // that a later dlopen by its soname (cudarc's) resolves to this copy.
+                unsafe {
+                    libloading::os::unix::Library::open(
+                        Some(&p),
+                        libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                    )
+                }
+                .ok()
+            })
+    });
+    // SAFETY: probes for the library with dlopen; no NVRTC call is made.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(
+            "libnvrtc.so.12 (CUDA's run-time compiler, for the GPU kernels) was not found: run \
+             EDGEMASK_GPU=1 scripts/setup.sh, or put the nvidia-cuda-nvrtc-cu12 wheel's lib folder on \
+             LD_LIBRARY_PATH"
+                .to_string(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Installed as the README says (`scripts/install-gpu-libs.sh`), NVRTC compiles a
+    /// kernel with nothing but that directory: a child process without `LD_LIBRARY_PATH`
+    /// (which the test command sets) and with `EDGEMASK_CUDA_LIBS` pointing there. NVRTC
+    /// dlopens its builtins library when it compiles; the README's copy of
+    /// `libnvrtc.so.12` alone failed there (NVRTC_ERROR_BUILTIN_OPERATION_FAILURE).
+    #[test]
+    fn nvrtc_compiles_from_the_installed_directory_alone() {
+        if std::env::var_os("EDGEMASK_NVRTC_CHILD").is_some() {
+            nvrtc_present().expect("NVRTC loads from EDGEMASK_CUDA_LIBS");
+            let ptx = cudarc::nvrtc::compile_ptx(crate::unetmask::gpu::mirror::pre::PREPROCESS_CU)
+                .unwrap_or_else(|e| panic!("NVRTC: {e:?}"));
+            assert!(ptx.to_src().contains(".entry"), "a kernel");
+            return;
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        if !root.join(".deps/nvrtc/lib/libnvrtc.so.12").exists() {
+            let msg = "no NVRTC in .deps (EDGEMASK_WITH_NVRTC=1 scripts/setup.sh installs it)";
+            assert!(
+                std::env::var("EDGEMASK_REQUIRE_NVRTC").as_deref() != Ok("1"),
+                "{msg}"
+            );
+            eprintln!("skipped: {msg}");
+            return;
+        }
+        let dest = std::env::temp_dir().join(format!("edgemask-gpu-libs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dest);
+        let out = std::process::Command::new("bash")
+            .arg(root.join("scripts/install-gpu-libs.sh"))
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // What NVRTC links against resolves without the test command's library path.
+        let ldd = std::process::Command::new("ldd")
+            .arg(dest.join("libnvrtc.so.12"))
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&ldd.stdout);
+        assert!(!text.contains("not found"), "{text}");
+        // The test's own path, so that a moved module cannot turn the child into a run of
+        // no test at all (which passes).
+        let name = format!(
+            "{}::nvrtc_compiles_from_the_installed_directory_alone",
+            module_path!().split_once("::").unwrap().1
+        );
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &name, "--nocapture"])
+            .env_remove("LD_LIBRARY_PATH")
+            .env("EDGEMASK_CUDA_LIBS", &dest)
+            .env("EDGEMASK_NVRTC_CHILD", "1")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dest);
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success() && stdout.contains("running 1 test"),
+            "NVRTC from the installed directory alone ({name}):\n{stdout}{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+}

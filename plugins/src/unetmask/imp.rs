@@ -39,7 +39,7 @@ use super::gpu::frames::{self as gpu_frames, GpuError, GpuFrames};
 #[cfg(feature = "cuda")]
 use super::gpu::launch::GpuKernels;
 #[cfg(feature = "cuda")]
-use super::gpu::mirror::pre as gpu_pre;
+use super::gpu::params::PreParams;
 use super::model::contract::{Activation, Layout, Overrides};
 use super::model::engine::{DeviceRequest, Engine, EngineConfig, EngineError, Prepared};
 use super::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice};
@@ -531,7 +531,7 @@ impl UnetMask {
         kernels: &mut Option<std::sync::Arc<GpuKernels>>,
         prepared: &Prepared,
         info: &gst_video::VideoInfo,
-        pre: gpu_pre::PreParams,
+        pre: PreParams,
         resize: ResizeChoice,
         replace: Option<&[Vec<u8>]>,
     ) -> Option<GpuFrames> {
@@ -1737,7 +1737,7 @@ impl BaseTransformImpl for UnetMask {
             &mut state.gpu_kernels,
             &prepared,
             &in_info,
-            gpu_pre::PreParams::new(
+            PreParams::new(
                 format,
                 (w, h),
                 [0; 3],

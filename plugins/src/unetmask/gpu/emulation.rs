@@ -17,10 +17,13 @@ use std::sync::OnceLock;
 use crate::unetmask::cpu::composite::{PlaneGeom, Weights, plane_colors, planes_of};
 use crate::unetmask::cpu::preprocess::{ChannelOrder, Normalization};
 use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes};
-use crate::unetmask::gpu::mirror::blur::{self as gpu_blur, BlurParams, BlurPlan, BoxParams};
-use crate::unetmask::gpu::mirror::composite::{self as gpu_composite, AlphaParams, MixParams};
-use crate::unetmask::gpu::mirror::post::{self as gpu_post, PostParams};
-use crate::unetmask::gpu::mirror::pre::{self as gpu_pre, PreParams};
+use crate::unetmask::gpu::mirror::blur as gpu_blur;
+use crate::unetmask::gpu::mirror::composite as gpu_composite;
+use crate::unetmask::gpu::mirror::post as gpu_post;
+use crate::unetmask::gpu::mirror::pre as gpu_pre;
+use crate::unetmask::gpu::params::{
+    self, AlphaParams, BlurParams, BlurPlan, BoxParams, MixParams, PostParams, PreParams,
+};
 use crate::unetmask::model::contract::OutputSpec;
 use crate::unetmask::model::contract::{Activation, Layout, OutputLayout};
 use crate::unetmask::test_bytes::{bytes, frame, frame_planes};
@@ -163,7 +166,7 @@ pub fn check_kernels(k: &dyn KernelRunner) {
             let (got, counts) = k.postprocess(&p, &out, &mut s_run).expect("postprocess");
             let worst = want.iter().zip(&got).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
             assert!(worst <= 1, "{spec:?}: post-processing differs by {worst} levels");
-            let got_stats = gpu_post::stats_of(counts, n);
+            let got_stats = params::stats_of(counts, n);
             assert!(
                 (got_stats.coverage - stats.coverage).abs() <= 2.0 / n as f32,
                 "{spec:?}: coverage"
@@ -345,7 +348,7 @@ impl KernelRunner for HostKernels {
     }
 
     fn mix(&self, p: &MixParams, mask: &[u8], plane: &[u8], target: &[u8]) -> Result<Vec<u8>, String> {
-        let (xt, yt) = gpu_composite::taps(p);
+        let (xt, yt) = params::taps(p);
         let mut out = plane.to_vec();
         let target = if target.is_empty() { &[0u8][..] } else { target };
         unsafe {
@@ -363,7 +366,7 @@ impl KernelRunner for HostKernels {
     }
 
     fn mask(&self, p: &MixParams, mask: &[u8]) -> Result<Vec<u8>, String> {
-        let (xt, yt) = gpu_composite::taps(p);
+        let (xt, yt) = params::taps(p);
         let mut out = vec![0u8; p.stride as usize * p.height as usize];
         unsafe {
             (self.mask)(
@@ -379,7 +382,7 @@ impl KernelRunner for HostKernels {
     }
 
     fn alpha(&self, p: &AlphaParams, mask: &[u8], frame: &Frame<'_>) -> Result<Vec<u8>, String> {
-        let (xt, yt) = gpu_composite::taps(&p.mask);
+        let (xt, yt) = params::taps(&p.mask);
         let planes = planes_of_frame(frame);
         let [a, b, c] = &planes;
         let mut out = vec![0u8; p.out_stride as usize * p.mask.height as usize];
@@ -401,7 +404,7 @@ impl KernelRunner for HostKernels {
 
     fn blur(&self, plan: &BlurPlan, mask: &[u8], plane: &[u8]) -> Result<Vec<u8>, String> {
         let p = &plan.blur;
-        let (xt, yt) = gpu_composite::taps(&p.bg);
+        let (xt, yt) = params::taps(&p.bg);
         let cells = (p.sw * p.sh) as usize;
         let n = p.bg.nchans as usize;
         let (mut acc, mut wsum, mut tmp) = (vec![0f32; cells * n], vec![0f32; cells], vec![0f32; cells * n]);

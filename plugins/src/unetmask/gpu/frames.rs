@@ -33,10 +33,7 @@ use crate::unetmask::cpu::composite::{PlaneGeom, Weights};
 use crate::unetmask::cpu::postprocess::MaskStats;
 use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes, rows_bytes};
 use crate::unetmask::gpu::launch::{BlurBuffers, GpuKernels, Taps};
-use crate::unetmask::gpu::mirror::blur::BlurPlan;
-use crate::unetmask::gpu::mirror::composite::{AlphaParams, MixParams};
-use crate::unetmask::gpu::mirror::post::{self as gpu_post, PostParams};
-use crate::unetmask::gpu::mirror::pre::PreParams;
+use crate::unetmask::gpu::params::{AlphaParams, BlurPlan, MixParams, PostParams, PreParams, stats_of};
 use crate::unetmask::model::contract::OutputSpec;
 use crate::unetmask::model::engine::{DeviceIo, Engine, EngineError, Prepared};
 
@@ -262,7 +259,7 @@ impl GpuFrames {
         stream.synchronize().map_err(download)?;
         self.has_state |= smoothing > 0.0;
         times.post = t.elapsed();
-        Ok((gpu_post::stats_of(counts, self.pixels), times))
+        Ok((stats_of(counts, self.pixels), times))
     }
 
     /// The frame on the device: uploaded for its mask already, or now.

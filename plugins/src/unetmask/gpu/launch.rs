@@ -14,12 +14,10 @@ use cudarc::driver::{
 use cudarc::nvrtc::{Ptx, compile_ptx};
 use std::sync::OnceLock;
 
-use crate::unetmask::gpu::mirror::blur::{self as gpu_blur, BLUR_CU, BlurParams, BlurPlan, BoxParams};
-use crate::unetmask::gpu::mirror::composite::{
-    self as gpu_composite, ALPHA_FN, AlphaParams, COMPOSITE_CU, MASK_FN, MIX_FN, MixParams,
+use crate::unetmask::gpu::params::{
+    self, ALPHA_FN, AlphaParams, BLUR_CU, BlurParams, BlurPlan, BoxParams, COMPOSITE_CU, MASK_FN, MIX_FN,
+    MixParams, POSTPROCESS_CU, POSTPROCESS_FN, PREPROCESS_CU, PREPROCESS_FN, PostParams, PreParams,
 };
-use crate::unetmask::gpu::mirror::post::{POSTPROCESS_CU, POSTPROCESS_FN, PostParams};
-use crate::unetmask::gpu::mirror::pre::{PREPROCESS_CU, PREPROCESS_FN, PreParams};
 
 // SAFETY: `repr(C)` structs of 4-byte integers and floats, laid out as the kernels' structs
 // (checked by the `params_match_the_kernel_struct` tests); passed by value.
@@ -98,11 +96,11 @@ impl GpuKernels {
                 MIX_FN,
                 MASK_FN,
                 ALPHA_FN,
-                gpu_blur::GRID_FN,
-                gpu_blur::BOX_ROWS_FN,
-                gpu_blur::BOX_COLS_FN,
-                gpu_blur::ROWS_FN,
-                gpu_blur::MIX_FN,
+                params::BLUR_GRID_FN,
+                params::BOX_ROWS_FN,
+                params::BOX_COLS_FN,
+                params::BLUR_ROWS_FN,
+                params::BLUR_MIX_FN,
             ],
         )?;
         let blur: [CudaFunction; 5] = composite
@@ -168,10 +166,10 @@ impl GpuKernels {
             .map_err(err("launching edgemask_postprocess"))
     }
 
-    /// The mask-upscaling taps of planes of `p`'s size ([`gpu_composite::taps`]), on the
+    /// The mask-upscaling taps of planes of `p`'s size ([`params::taps`]), on the
     /// device.
     pub fn upload_taps(&self, p: &MixParams) -> Result<Taps, String> {
-        let (xt, yt) = gpu_composite::taps(p);
+        let (xt, yt) = params::taps(p);
         let up = |t: &[u32]| self.stream.clone_htod(t).map_err(err("uploading taps"));
         Ok(Taps {
             size: (p.model_w, p.model_h, p.width, p.height),
@@ -271,7 +269,7 @@ impl GpuKernels {
             .map_err(err("launching edgemask_alpha"))
     }
 
-    /// The five `blur` kernels over one plane on the device ([`gpu_blur::reference`]): the
+    /// The five `blur` kernels over one plane on the device (`mirror::blur::reference`): the
     /// plane mixed towards its blurred background.
     pub fn blur_on(
         &self,

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The element's GPU path (feature `cuda`): the kernels, their launches and the per-frame flow.
+//! The element's GPU path (feature `cuda`): the kernels' parameters, NVRTC, the launches and
+//! the per-frame flow. The kernels' CPU mirrors and their host emulation are tests only.
 
 #[cfg(test)]
 mod emulation;
@@ -8,6 +9,9 @@ mod emulation;
 pub mod frames;
 #[cfg(feature = "cuda")]
 pub mod launch;
-pub mod mirror;
+#[cfg(test)]
+mod mirror;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+#[cfg(any(feature = "cuda", test))]
+pub mod params;

@@ -57,7 +57,7 @@ mod tests {
     fn nvrtc_compiles_from_the_installed_directory_alone() {
         if std::env::var_os("EDGEMASK_NVRTC_CHILD").is_some() {
             nvrtc_present().expect("NVRTC loads from EDGEMASK_CUDA_LIBS");
-            let ptx = cudarc::nvrtc::compile_ptx(crate::unetmask::gpu::mirror::pre::PREPROCESS_CU)
+            let ptx = cudarc::nvrtc::compile_ptx(crate::unetmask::gpu::params::PREPROCESS_CU)
                 .unwrap_or_else(|e| panic!("NVRTC: {e:?}"));
             assert!(ptx.to_src().contains(".entry"), "a kernel");
             return;

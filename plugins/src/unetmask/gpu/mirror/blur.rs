@@ -7,96 +7,14 @@
 //! path's order of floating-point operations, so the tests hold it to `BlurPlane` and
 //! `mix_plane` byte for byte.
 
-use crate::unetmask::cpu::composite::{BlurGrid, PlaneGeom, Weights, blur_cells, grid_taps};
-use crate::unetmask::gpu::mirror::composite::{self as gpu_composite, MixParams};
-
-/// The kernels' CUDA C source (compiled after `composite.cu`).
-pub const BLUR_CU: &str = include_str!("../kernels/blur.cu");
-/// Entry points, in the order they run.
-pub const GRID_FN: &str = "edgemask_blur_grid";
-pub const BOX_ROWS_FN: &str = "edgemask_box_rows";
-pub const BOX_COLS_FN: &str = "edgemask_box_cols";
-pub const ROWS_FN: &str = "edgemask_blur_rows";
-pub const MIX_FN: &str = "edgemask_blur_mix";
-
-/// Identical to `struct BlurParams` in `kernels/blur.cu` (`repr(C)`, 4-byte fields).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BlurParams {
-    /// The plane, the model mask and the background's weights.
-    pub bg: MixParams,
-    pub factor: i32,
-    pub step: i32,
-    pub sw: i32,
-    pub sh: i32,
-}
-
-/// Identical to `struct BoxParams` in `kernels/blur.cu`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BoxParams {
-    pub w: i32,
-    pub h: i32,
-    /// Values per cell.
-    pub c: i32,
-    pub r: i32,
-    pub norm: f32,
-}
-
-/// Everything the five launches need for one plane: parameters and the taps the host
-/// uploads once per caps.
-#[derive(Debug, Clone)]
-pub struct BlurPlan {
-    /// Its `bg` (the background's weights) is also the mix towards the background.
-    pub blur: BlurParams,
-    /// Box passes over the weighted sums (`c` = colour bytes) and the weights (`c` = 1).
-    pub box_acc: BoxParams,
-    pub box_wsum: BoxParams,
-    /// Grid taps, `(i0, i1, f)` per plane column and row.
-    pub gx: Vec<u32>,
-    pub gy: Vec<u32>,
-}
-
-impl BlurPlan {
-    /// One plane (`geom`, rows `stride` apart) with a `model` size mask, the user's mask
-    /// `weights` and the blur `radius` in pixels.
-    pub fn new(
-        model: (usize, usize),
-        geom: &PlaneGeom,
-        stride: usize,
-        weights: &Weights,
-        radius: usize,
-    ) -> Self {
-        let g = BlurGrid::of(geom.width, geom.height);
-        let r = blur_cells(radius, g.factor);
-        let pass = |c: usize| BoxParams {
-            w: g.sw as i32,
-            h: g.sh as i32,
-            c: c as i32,
-            r: r as i32,
-            norm: 1.0 / (2 * r + 1) as f32,
-        };
-        let flat = |t: Vec<(u32, u32, u32)>| t.into_iter().flat_map(|(a, b, f)| [a, b, f]).collect();
-        BlurPlan {
-            blur: BlurParams {
-                bg: MixParams::new(model, geom, stride, &weights.inverted(), &[], None),
-                factor: g.factor as i32,
-                step: g.step as i32,
-                sw: g.sw as i32,
-                sh: g.sh as i32,
-            },
-            box_acc: pass(geom.chans.len()),
-            box_wsum: pass(1),
-            gx: flat(grid_taps(g.sw, geom.width, g.factor)),
-            gy: flat(grid_taps(g.sh, geom.height, g.factor)),
-        }
-    }
-}
+use crate::unetmask::cpu::composite::Weights;
+use crate::unetmask::gpu::mirror::composite as gpu_composite;
+use crate::unetmask::gpu::params::{BlurParams, BlurPlan, BoxParams, MixParams, taps};
 
 /// `edgemask_blur_grid` on the CPU: every cell's weighted sums.
 pub fn grid(p: &BlurParams, mask: &[u8], plane: &[u8], acc: &mut [f32], wsum: &mut [f32]) {
     let g = &p.bg;
-    let (xt, yt) = gpu_composite::taps(g);
+    let (xt, yt) = taps(g);
     let (f, step, n) = (p.factor as usize, p.step as usize, g.nchans as usize);
     for cy in 0..p.sh as usize {
         for cx in 0..p.sw as usize {
@@ -166,7 +84,7 @@ pub fn rows(p: &BlurParams, acc: &[f32], wsum: &[f32], gx: &[u32], hrows: &mut [
 
 /// `edgemask_blur_mix` on the CPU.
 pub fn mix(m: &MixParams, mask: &[u8], gy: &[u32], hrows: &[u16], plane: &mut [u8]) {
-    let (xt, yt) = gpu_composite::taps(m);
+    let (xt, yt) = taps(m);
     let (ps, rb) = (m.pstride as usize, m.width as usize * m.pstride as usize);
     for y in 0..m.height as usize {
         for x in 0..m.width as usize {
@@ -212,13 +130,14 @@ mod tests {
     use super::*;
     use crate::unetmask::cpu::composite::{BlurPlane, MaskScaler, Scratch, Target, mix_plane, planes_of};
     use crate::unetmask::frame::PixelFormat;
+    use crate::unetmask::gpu::params::*;
     use crate::unetmask::test_bytes::bytes;
 
     #[test]
     fn params_match_the_kernel_structs() {
         assert_eq!(std::mem::size_of::<BlurParams>(), (20 + 4) * 4);
         assert_eq!(std::mem::size_of::<BoxParams>(), 5 * 4);
-        for f in [GRID_FN, BOX_ROWS_FN, BOX_COLS_FN, ROWS_FN, MIX_FN] {
+        for f in [BLUR_GRID_FN, BOX_ROWS_FN, BOX_COLS_FN, BLUR_ROWS_FN, BLUR_MIX_FN] {
             assert!(BLUR_CU.contains(&format!("__global__ void {f}(")), "{f}");
         }
     }
@@ -291,8 +210,8 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn kernels_compile_with_nvrtc() {
-        let src = format!("{}\n{BLUR_CU}", gpu_composite::COMPOSITE_CU);
-        for f in [GRID_FN, BOX_ROWS_FN, BOX_COLS_FN, ROWS_FN, MIX_FN] {
+        let src = format!("{}\n{BLUR_CU}", COMPOSITE_CU);
+        for f in [BLUR_GRID_FN, BOX_ROWS_FN, BOX_COLS_FN, BLUR_ROWS_FN, BLUR_MIX_FN] {
             crate::unetmask::gpu::mirror::pre::tests::nvrtc_compiles(&src, f);
         }
     }

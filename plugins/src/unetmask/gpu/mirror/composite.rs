@@ -7,146 +7,9 @@
 //! The arithmetic is the CPU path's integer arithmetic (`composite.rs`), so the tests hold
 //! the mirrors to it exactly.
 
-use crate::unetmask::cpu::composite::{FixedYuv, PlaneGeom, Weights, fixed_taps};
+use crate::unetmask::cpu::composite::{PlaneGeom, Weights};
 use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix};
-
-/// The kernels' CUDA C source.
-pub const COMPOSITE_CU: &str = include_str!("../kernels/composite.cu");
-/// Entry points: mix a plane; write the GRAY8 mask.
-pub const MIX_FN: &str = "edgemask_mix";
-pub const MASK_FN: &str = "edgemask_mask";
-/// Entry point: the frame as RGBA with the mask as alpha.
-pub const ALPHA_FN: &str = "edgemask_alpha";
-
-/// The kernels' parameters, passed by value: identical to `struct MixParams` in
-/// `kernels/composite.cu` (`repr(C)`, 4-byte fields only).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MixParams {
-    pub model_w: i32,
-    pub model_h: i32,
-    /// The plane's size in pixels.
-    pub width: i32,
-    pub height: i32,
-    /// The plane's row stride, bytes.
-    pub stride: i32,
-    /// Bytes per pixel in the plane.
-    pub pstride: i32,
-    /// Colour bytes per pixel and their offsets (alpha or padding bytes are kept).
-    pub nchans: i32,
-    pub chans: [i32; 4],
-    /// Hard mask: `m > cut` is 255, else 0; -1: soft mask.
-    pub cut: i32,
-    /// 1: the background's weight (`255 - m`).
-    pub invert: i32,
-    /// Opacity: `weight * scale / 255`.
-    pub scale: i32,
-    /// 1: mix towards a picture of the same geometry, 0: towards `color`.
-    pub target_plane: i32,
-    pub target_stride: i32,
-    /// The colour, one value per colour byte.
-    pub color: [i32; 4],
-}
-
-impl MixParams {
-    /// Parameters for one plane (`geom`, rows `stride` apart), a `model` size mask and
-    /// `weights`; towards `color` (one value per channel of the plane), or, with
-    /// `target_stride`, towards a picture.
-    pub fn new(
-        model: (usize, usize),
-        geom: &PlaneGeom,
-        stride: usize,
-        weights: &Weights,
-        color: &[u8],
-        target_stride: Option<usize>,
-    ) -> MixParams {
-        let (cut, invert, scale) = weights.parts();
-        let mut chans = [0i32; 4];
-        for (c, &o) in chans.iter_mut().zip(&geom.chans) {
-            *c = o as i32;
-        }
-        let mut col = [0i32; 4];
-        for (c, &v) in col.iter_mut().zip(color) {
-            *c = v as i32;
-        }
-        MixParams {
-            model_w: model.0 as i32,
-            model_h: model.1 as i32,
-            width: geom.width as i32,
-            height: geom.height as i32,
-            stride: stride as i32,
-            pstride: geom.pstride as i32,
-            nchans: geom.chans.len() as i32,
-            chans,
-            cut: cut.map_or(-1, i32::from),
-            invert: invert as i32,
-            scale: scale as i32,
-            target_plane: target_stride.is_some() as i32,
-            target_stride: target_stride.unwrap_or(0) as i32,
-            color: col,
-        }
-    }
-}
-
-/// The `alpha` kernel's parameters: identical to `struct AlphaParams` in
-/// `kernels/composite.cu` (`repr(C)`, 4-byte fields only).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AlphaParams {
-    /// The mask's size and weights, at the frame's size (stride and channels unused).
-    pub mask: MixParams,
-    /// 0: packed RGB(x), 1: NV12, 2: I420.
-    pub kind: i32,
-    /// Packed: bytes per pixel and the offsets of R, G, B in a pixel.
-    pub bpp: i32,
-    pub offs: [i32; 3],
-    /// Input plane strides, bytes.
-    pub strides: [i32; 3],
-    /// RGBA output stride, bytes.
-    pub out_stride: i32,
-    /// Fixed-point YUV -> RGB (12 fractional bits): y_mul, y_off, r_v, g_u, g_v, b_u.
-    pub yuv: [i32; 6],
-}
-
-impl AlphaParams {
-    /// Parameters for `frame`'s `format` and size (`strides` of its planes), a `model`
-    /// size mask, `weights`, YUV `matrix`, and an RGBA output `out_stride` bytes a row.
-    pub fn new(
-        format: PixelFormat,
-        (width, height): (usize, usize),
-        strides: [usize; 3],
-        model: (usize, usize),
-        weights: &Weights,
-        matrix: YuvMatrix,
-        out_stride: usize,
-    ) -> AlphaParams {
-        let geom = PlaneGeom::gray(width, height);
-        let c = FixedYuv::new(matrix);
-        let (kind, offs, bpp) = match format.packed_rgb() {
-            Some((off, bpp)) => (0, off.map(|o| o as i32), bpp as i32),
-            None if format == PixelFormat::Nv12 => (1, [0; 3], 1),
-            None => (2, [0; 3], 1),
-        };
-        AlphaParams {
-            mask: MixParams::new(model, &geom, width, weights, &[], None),
-            kind,
-            bpp,
-            offs,
-            strides: strides.map(|s| s as i32),
-            out_stride: out_stride as i32,
-            yuv: [c.y_mul, c.y_off, c.r_v, c.g_u, c.g_v, c.b_u],
-        }
-    }
-}
-
-/// The taps the host uploads once per caps: `(i0, i1, f)` per output column and row.
-pub fn taps(p: &MixParams) -> (Vec<u32>, Vec<u32>) {
-    let flat = |t: Vec<(u32, u32, u32)>| t.into_iter().flat_map(|(a, b, f)| [a, b, f]).collect();
-    (
-        flat(fixed_taps(p.model_w as usize, p.width as usize)),
-        flat(fixed_taps(p.model_h as usize, p.height as usize)),
-    )
-}
+use crate::unetmask::gpu::params::{AlphaParams, MixParams, taps};
 
 /// The kernels' `upscaled`.
 pub(crate) fn upscaled(p: &MixParams, mask: &[u8], xt: &[u32], yt: &[u32], x: usize, y: usize) -> u32 {
@@ -257,6 +120,7 @@ mod tests {
     use crate::unetmask::cpu::composite::{
         MaskScaler, Scratch, Target, mix_plane, plane_colors, planes_of, write_alpha, write_mask,
     };
+    use crate::unetmask::gpu::params::*;
     use crate::unetmask::test_bytes::{bytes, frame, frame_planes};
 
     /// A person-shaped soft mask: an ellipse with a ramp at its edge, and a hard-edged block.

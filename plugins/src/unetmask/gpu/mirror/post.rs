@@ -5,64 +5,9 @@
 //! the model's resolution. [`reference`] runs the kernel's steps on the CPU, one iteration
 //! per GPU thread; the tests hold it to the element's CPU path (`postprocess.rs`).
 
-use crate::unetmask::cpu::postprocess::{MaskStats, UNCERTAIN_BAND};
-use crate::unetmask::model::contract::OutputSpec;
-use crate::unetmask::model::contract::{Activation, OutputLayout};
-
-/// The kernel's CUDA C source.
-pub const POSTPROCESS_CU: &str = include_str!("../kernels/postprocess.cu");
-/// The kernel's entry point.
-pub const POSTPROCESS_FN: &str = "edgemask_postprocess";
-
-/// The kernel's parameters, passed by value: identical to `struct PostParams` in
-/// `kernels/postprocess.cu` (`repr(C)`, 4-byte fields only).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PostParams {
-    pub pixels: i32,
-    pub channels: i32,
-    pub person: i32,
-    /// 1: channels last, 0: channels first.
-    pub channels_last: i32,
-    /// 0: none (probabilities), 1: sigmoid, 2: softmax.
-    pub activation: i32,
-    /// 1: the state buffer holds the previous frame's smoothed map.
-    pub has_state: i32,
-    /// Weight of the previous frame; 0 = off.
-    pub smoothing: f32,
-    pub threshold: f32,
-    pub band_lo: f32,
-    pub band_hi: f32,
-}
-
-impl PostParams {
-    /// The parameters for one frame: `pixels` model pixels of `spec`, `smoothing` as the
-    /// element's property, `has_state` false on the first frame after a reset.
-    pub fn new(
-        spec: &OutputSpec,
-        pixels: usize,
-        smoothing: f32,
-        has_state: bool,
-        threshold: Option<f32>,
-    ) -> Self {
-        PostParams {
-            pixels: pixels as i32,
-            channels: spec.channels as i32,
-            person: spec.person as i32,
-            channels_last: (spec.layout == OutputLayout::ChannelsLast) as i32,
-            activation: match spec.activation {
-                Activation::None => 0,
-                Activation::Sigmoid => 1,
-                Activation::Softmax => 2,
-            },
-            has_state: has_state as i32,
-            smoothing: smoothing.max(0.0),
-            threshold: threshold.unwrap_or(0.5),
-            band_lo: UNCERTAIN_BAND.0,
-            band_hi: UNCERTAIN_BAND.1,
-        }
-    }
-}
+use crate::unetmask::cpu::postprocess::MaskStats;
+use crate::unetmask::gpu::params::{PostParams, stats_of};
+use crate::unetmask::model::contract::{Activation, OutputLayout, OutputSpec};
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -118,20 +63,11 @@ pub fn reference(p: &PostParams, out: &[f32], state: &mut [f32], mask: &mut [u8]
     stats_of([person, uncertain], n)
 }
 
-/// The mask's statistics from the kernel's counts (above the threshold, in the uncertainty
-/// band) over `pixels` model pixels.
-pub fn stats_of([person, uncertain]: [u32; 2], pixels: usize) -> MaskStats {
-    let n = pixels.max(1) as f32;
-    MaskStats {
-        coverage: person as f32 / n,
-        uncertain: uncertain as f32 / n,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::unetmask::cpu::postprocess::{Smoother, person_probability, quantize};
+    use crate::unetmask::gpu::params::*;
 
     fn logits(n: usize, seed: u32) -> Vec<f32> {
         let mut next = crate::unetmask::test_bytes::stream(seed);

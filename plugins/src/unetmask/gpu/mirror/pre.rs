@@ -10,89 +10,8 @@
 //! feature, a test also compiles the kernel with NVRTC (`libnvrtc.so.12`, from the
 //! `nvidia-cuda-nvrtc-cu12` wheel that `scripts/setup.sh` installs for the tests).
 
-use crate::unetmask::cpu::preprocess::{ChannelOrder, Normalization};
-use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
-use crate::unetmask::model::contract::Layout;
-
-/// The kernel's CUDA C source.
-pub const PREPROCESS_CU: &str = include_str!("../kernels/preprocess.cu");
-/// The kernel's entry point.
-pub const PREPROCESS_FN: &str = "edgemask_preprocess";
-
-/// The kernel's parameters, passed by value: identical to `struct PreParams` in
-/// `kernels/preprocess.cu` (`repr(C)`, 4-byte fields only, so no padding differs).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PreParams {
-    /// 0: packed RGB(x), 1: NV12, 2: I420.
-    pub kind: i32,
-    /// Bytes per pixel (packed formats).
-    pub bpp: i32,
-    /// Byte offset in a pixel of the value for model channel `k` (packed formats).
-    pub offsets: [i32; 3],
-    pub width: i32,
-    pub height: i32,
-    /// Row strides of the planes, bytes.
-    pub strides: [i32; 3],
-    pub tensor_w: i32,
-    pub tensor_h: i32,
-    /// 1: NHWC, 0: NCHW.
-    pub nhwc: i32,
-    /// Model channel `k` takes RGB channel `rgb_index[k]` (YUV formats).
-    pub rgb_index: [i32; 3],
-    /// `tensor = value * mul[k] + add[k]`.
-    pub mul: [f32; 3],
-    pub add: [f32; 3],
-    /// YUV -> RGB: `y_mul, y_off, r_v, g_u, g_v, b_u`.
-    pub yuv: [f32; 6],
-}
-
-impl PreParams {
-    /// The parameters for frames of `format`, `width` x `height` with `strides`, to a
-    /// tensor of `tensor_size` — the same inputs as the CPU path's `Preprocessor::new`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        format: PixelFormat,
-        (width, height): (usize, usize),
-        strides: [usize; 3],
-        tensor_size: (usize, usize),
-        layout: Layout,
-        order: ChannelOrder,
-        norm: Normalization,
-        matrix: YuvMatrix,
-    ) -> PreParams {
-        let rgb_index = match order {
-            ChannelOrder::Rgb => [0, 1, 2],
-            ChannelOrder::Bgr => [2, 1, 0],
-        };
-        let (kind, bpp, offsets) = match format.packed_rgb() {
-            Some((off, bpp)) => (0, bpp as i32, rgb_index.map(|c| off[c] as i32)),
-            None if format == PixelFormat::Nv12 => (1, 1, [0; 3]),
-            None => (2, 1, [0; 3]),
-        };
-        let c = matrix.to_rgb_coeffs();
-        PreParams {
-            kind,
-            bpp,
-            offsets,
-            width: width as i32,
-            height: height as i32,
-            strides: strides.map(|s| s as i32),
-            tensor_w: tensor_size.0 as i32,
-            tensor_h: tensor_size.1 as i32,
-            nhwc: (layout == Layout::Nhwc) as i32,
-            rgb_index: rgb_index.map(|i| i as i32),
-            mul: std::array::from_fn(|k| norm.scale / norm.std[k]),
-            add: std::array::from_fn(|k| -norm.mean[k] / norm.std[k]),
-            yuv: [c.y_mul, c.y_off, c.r_v, c.g_u, c.g_v, c.b_u],
-        }
-    }
-
-    /// Number of `f32` values of the tensor.
-    pub fn tensor_len(&self) -> usize {
-        self.tensor_w as usize * self.tensor_h as usize * 3
-    }
-}
+use crate::unetmask::frame::{Frame, PixelFormat, chroma_size};
+use crate::unetmask::gpu::params::PreParams;
 
 /// The kernel's `tap`: source neighbours and weight for output coordinate `o`.
 fn tap(o: i32, src: i32, dst: i32) -> (i32, i32, f32) {
@@ -186,6 +105,10 @@ pub fn reference(p: &PreParams, frame: &Frame<'_>, out: &mut [f32]) {
 pub(crate) mod tests {
     use super::*;
     use crate::unetmask::cpu::preprocess::Preprocessor;
+    use crate::unetmask::cpu::preprocess::{ChannelOrder, Normalization};
+    use crate::unetmask::frame::YuvMatrix;
+    use crate::unetmask::gpu::params::*;
+    use crate::unetmask::model::contract::Layout;
     use crate::unetmask::test_bytes::{frame, frame_planes};
 
     #[test]

@@ -9,9 +9,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use gstunetmask::unetmask::cpu::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
+use gstunetmask::unetmask::cpu::preprocess::{ResizeFilter, TensorBuilder};
+use gstunetmask::unetmask::frame::FrameSpec;
 use gstunetmask::unetmask::frame::{Frame, PixelFormat, YuvMatrix};
 use gstunetmask::unetmask::model::contract::Layout;
+use gstunetmask::unetmask::model::contract::{ChannelOrder, Normalization, TensorSpec};
 use gstunetmask::unetmask::model::engine::{DeviceRequest, Engine, EngineConfig};
 
 fn shared() -> PathBuf {
@@ -56,14 +58,18 @@ fn main() {
     let builder = |filter| {
         TensorBuilder::new(
             filter,
-            PixelFormat::Rgba,
-            w,
-            h,
-            model,
-            Layout::Nchw,
-            ChannelOrder::Rgb,
-            Normalization::default(),
-            YuvMatrix::BT709,
+            &FrameSpec {
+                format: PixelFormat::Rgba,
+                width: w,
+                height: h,
+                matrix: YuvMatrix::BT709,
+            },
+            &TensorSpec {
+                size: model,
+                layout: Layout::Nchw,
+                order: ChannelOrder::Rgb,
+                norm: Normalization::default(),
+            },
         )
     };
     let mut input = vec![0f32; model.0 * model.1 * 3];

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use gstunetmask::unetmask::cpu::composite::{self, BlurPlane, MaskScaler, Scratch, Target};
 use gstunetmask::unetmask::cpu::postprocess;
-use gstunetmask::unetmask::cpu::preprocess::{ChannelOrder, Normalization, ResizeFilter, TensorBuilder};
+use gstunetmask::unetmask::cpu::preprocess::{ResizeFilter, TensorBuilder};
+use gstunetmask::unetmask::frame::FrameSpec;
 use gstunetmask::unetmask::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
 use gstunetmask::unetmask::model::contract::OutputSpec;
 use gstunetmask::unetmask::model::contract::{Activation, Layout, OutputLayout};
+use gstunetmask::unetmask::model::contract::{ChannelOrder, Normalization, TensorSpec};
 
 const MODEL: (usize, usize) = (256, 256);
 
@@ -147,14 +149,18 @@ fn main() {
             let mut tb = |filter| {
                 let mut b = TensorBuilder::new(
                     filter,
-                    format,
-                    w,
-                    h,
-                    MODEL,
-                    Layout::Nchw,
-                    ChannelOrder::Rgb,
-                    Normalization::default(),
-                    YuvMatrix::BT709,
+                    &FrameSpec {
+                        format,
+                        width: w,
+                        height: h,
+                        matrix: YuvMatrix::BT709,
+                    },
+                    &TensorSpec {
+                        size: MODEL,
+                        layout: Layout::Nchw,
+                        order: ChannelOrder::Rgb,
+                        norm: Normalization::default(),
+                    },
                 );
                 median(runs, || b.run(&f, &mut tensor))
             };

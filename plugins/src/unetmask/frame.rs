@@ -42,6 +42,15 @@ pub struct Frame<'a> {
     pub strides: [usize; 3],
 }
 
+/// What a negotiated stream's frames are: pixel format, size and YUV matrix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameSpec {
+    pub format: PixelFormat,
+    pub width: usize,
+    pub height: usize,
+    pub matrix: YuvMatrix,
+}
+
 /// Size of the chroma planes of a 4:2:0 frame (rounded up for odd sizes).
 pub fn chroma_size(width: usize, height: usize) -> (usize, usize) {
     (width.div_ceil(2), height.div_ceil(2))

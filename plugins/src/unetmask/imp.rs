@@ -30,10 +30,12 @@ use gst_base::subclass::prelude::*;
 
 use super::cpu::composite::{self, BlurPlane, MaskScaler, Scratch};
 use super::cpu::postprocess::Smoother;
-use super::cpu::preprocess::{ChannelOrder, ResizeFilter, TensorBuilder};
+use super::cpu::preprocess::{ResizeFilter, TensorBuilder};
 use super::debug::CAT;
+use super::frame::FrameSpec;
 #[cfg(feature = "cuda")]
 use super::gpu::params::PreParams;
+use super::model::contract::{ChannelOrder, TensorSpec};
 use super::model::engine::{Engine, EngineConfig, EngineError};
 use super::{ChannelOrderChoice, Mode, ResizeChoice};
 
@@ -504,14 +506,18 @@ impl BaseTransformImpl for UnetMask {
         };
         let pre = TensorBuilder::new(
             filter,
-            format,
-            w,
-            h,
-            (input_size.0 as usize, input_size.1 as usize),
-            state.engine.contract.layout,
-            order,
-            norm,
-            matrix,
+            &FrameSpec {
+                format,
+                width: w,
+                height: h,
+                matrix,
+            },
+            &TensorSpec {
+                size: (input_size.0 as usize, input_size.1 as usize),
+                layout: state.engine.contract.layout,
+                order,
+                norm,
+            },
         );
         let (mw, mh) = (prepared.output_size.0 as usize, prepared.output_size.1 as usize);
         let planes = composite::planes_of(format, w, h);
@@ -533,14 +539,19 @@ impl BaseTransformImpl for UnetMask {
             &prepared,
             &in_info,
             PreParams::new(
-                format,
-                (w, h),
+                &FrameSpec {
+                    format,
+                    width: w,
+                    height: h,
+                    matrix,
+                },
                 [0; 3],
-                (input_size.0 as usize, input_size.1 as usize),
-                state.engine.contract.layout,
-                order,
-                norm,
-                matrix,
+                &TensorSpec {
+                    size: (input_size.0 as usize, input_size.1 as usize),
+                    layout: state.engine.contract.layout,
+                    order,
+                    norm,
+                },
             ),
             settings.resize,
             replace_planes.as_deref(),

@@ -11,8 +11,8 @@ use multiversion::multiversion;
 
 use crate::unetmask::cpu::bilinear_x86;
 use crate::unetmask::cpu::resize::Downscaler;
-use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, YuvToRgb, chroma_size};
-use crate::unetmask::model::contract::Layout;
+use crate::unetmask::frame::{Frame, FrameSpec, PixelFormat, YuvToRgb, chroma_size};
+use crate::unetmask::model::contract::{ChannelOrder, Layout, TensorSpec};
 
 /// How the frame is brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,26 +31,23 @@ pub struct TensorBuilder {
 }
 
 impl TensorBuilder {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        filter: ResizeFilter,
-        format: PixelFormat,
-        width: usize,
-        height: usize,
-        tensor_size: (usize, usize),
-        layout: Layout,
-        order: ChannelOrder,
-        norm: Normalization,
-        matrix: YuvMatrix,
-    ) -> Self {
-        let down = (filter == ResizeFilter::Antialias && (width, height) != tensor_size)
-            .then(|| Downscaler::new(format, tensor_size));
-        let src = if down.is_some() {
-            tensor_size
+    pub fn new(filter: ResizeFilter, frame: &FrameSpec, tensor: &TensorSpec) -> Self {
+        let (width, height) = (frame.width, frame.height);
+        let down = (filter == ResizeFilter::Antialias && (width, height) != tensor.size)
+            .then(|| Downscaler::new(frame.format, tensor.size));
+        let (width, height) = if down.is_some() {
+            tensor.size
         } else {
             (width, height)
         };
-        let pre = Preprocessor::new(format, src.0, src.1, tensor_size, layout, order, norm, matrix);
+        let pre = Preprocessor::new(
+            &FrameSpec {
+                width,
+                height,
+                ..*frame
+            },
+            tensor,
+        );
         Self { down, pre }
     }
 
@@ -66,32 +63,6 @@ impl TensorBuilder {
                 self.pre.run(&small, out)
             }
             None => self.pre.run(frame, out),
-        }
-    }
-}
-
-/// Model channel order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelOrder {
-    Rgb,
-    Bgr,
-}
-
-/// `tensor = (pixel * scale - mean) / std`, per model channel (in the model's order).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Normalization {
-    pub scale: f32,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl Default for Normalization {
-    /// RGB in [0, 1]: the original UNet contract and MediaPipe's.
-    fn default() -> Self {
-        Self {
-            scale: 1.0 / 255.0,
-            mean: [0.0; 3],
-            std: [1.0; 3],
         }
     }
 }
@@ -222,17 +193,19 @@ fn pair_taps(src: usize, dst: usize) -> Vec<(usize, f32)> {
 }
 
 impl Preprocessor {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        format: PixelFormat,
-        width: usize,
-        height: usize,
-        tensor_size: (usize, usize),
-        layout: Layout,
-        order: ChannelOrder,
-        norm: Normalization,
-        matrix: YuvMatrix,
-    ) -> Self {
+    pub fn new(frame: &FrameSpec, tensor: &TensorSpec) -> Self {
+        let FrameSpec {
+            format,
+            width,
+            height,
+            matrix,
+        } = *frame;
+        let TensorSpec {
+            size: tensor_size,
+            layout,
+            order,
+            norm,
+        } = *tensor;
         let (tw, th) = tensor_size;
         let rgb_index = match order {
             ChannelOrder::Rgb => [0, 1, 2],
@@ -765,6 +738,8 @@ fn interpolate_yuv(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unetmask::frame::YuvMatrix;
+    use crate::unetmask::model::contract::Normalization;
 
     fn rgba_frame(w: usize, h: usize, f: impl Fn(usize, usize) -> [u8; 4]) -> Vec<u8> {
         let mut v = Vec::with_capacity(w * h * 4);
@@ -826,14 +801,18 @@ mod tests {
                         std: [0.229, 0.224, 0.225],
                     };
                     let mut p = Preprocessor::new(
-                        format,
-                        w,
-                        h,
-                        (tw, th),
-                        layout,
-                        ChannelOrder::Bgr,
-                        norm,
-                        YuvMatrix::BT709,
+                        &FrameSpec {
+                            format,
+                            width: w,
+                            height: h,
+                            matrix: YuvMatrix::BT709,
+                        },
+                        &TensorSpec {
+                            size: (tw, th),
+                            layout,
+                            order: ChannelOrder::Bgr,
+                            norm,
+                        },
                     );
                     let pairs = p.pairs.as_ref().expect("fast path");
                     if bilinear_x86::available() && tw == 256 {
@@ -888,14 +867,18 @@ mod tests {
             std: [1.0; 3],
         };
         let mut p = Preprocessor::new(
-            PixelFormat::Rgba,
-            w,
-            h,
-            (w, h),
-            Layout::Nchw,
-            ChannelOrder::Rgb,
-            norm,
-            YuvMatrix::BT601,
+            &FrameSpec {
+                format: PixelFormat::Rgba,
+                width: w,
+                height: h,
+                matrix: YuvMatrix::BT601,
+            },
+            &TensorSpec {
+                size: (w, h),
+                layout: Layout::Nchw,
+                order: ChannelOrder::Rgb,
+                norm,
+            },
         );
         let mut out = vec![0.0; p.tensor_len()];
         p.run(&frame, &mut out);
@@ -903,14 +886,18 @@ mod tests {
         assert_eq!(out[w * h + 2 * w + 4], 40.0); // G at (4,2)
         assert_eq!(out[2 * w * h], 7.0); // B
         let mut p = Preprocessor::new(
-            PixelFormat::Rgba,
-            w,
-            h,
-            (w, h),
-            Layout::Nhwc,
-            ChannelOrder::Bgr,
-            norm,
-            YuvMatrix::BT601,
+            &FrameSpec {
+                format: PixelFormat::Rgba,
+                width: w,
+                height: h,
+                matrix: YuvMatrix::BT601,
+            },
+            &TensorSpec {
+                size: (w, h),
+                layout: Layout::Nhwc,
+                order: ChannelOrder::Bgr,
+                norm,
+            },
         );
         p.run(&frame, &mut out);
         assert_eq!(&out[(2 * w + 4) * 3..(2 * w + 4) * 3 + 3], &[7.0, 40.0, 40.0]);
@@ -932,14 +919,18 @@ mod tests {
             std: [0.5, 0.25, 2.0],
         };
         let mut p = Preprocessor::new(
-            PixelFormat::Bgrx,
-            1,
-            1,
-            (2, 2),
-            Layout::Nchw,
-            ChannelOrder::Rgb,
-            norm,
-            YuvMatrix::BT601,
+            &FrameSpec {
+                format: PixelFormat::Bgrx,
+                width: 1,
+                height: 1,
+                matrix: YuvMatrix::BT601,
+            },
+            &TensorSpec {
+                size: (2, 2),
+                layout: Layout::Nchw,
+                order: ChannelOrder::Rgb,
+                norm,
+            },
         );
         let mut out = vec![0.0; 12];
         p.run(&frame, &mut out);
@@ -971,14 +962,18 @@ mod tests {
             ..Default::default()
         };
         let mut p = Preprocessor::new(
-            PixelFormat::Rgbx,
-            4,
-            1,
-            (2, 1),
-            Layout::Nhwc,
-            ChannelOrder::Rgb,
-            norm,
-            YuvMatrix::BT601,
+            &FrameSpec {
+                format: PixelFormat::Rgbx,
+                width: 4,
+                height: 1,
+                matrix: YuvMatrix::BT601,
+            },
+            &TensorSpec {
+                size: (2, 1),
+                layout: Layout::Nhwc,
+                order: ChannelOrder::Rgb,
+                norm,
+            },
         );
         let mut out = vec![0.0; 6];
         p.run(&frame, &mut out);
@@ -1011,7 +1006,20 @@ mod tests {
                 planes,
                 strides,
             };
-            let mut p = Preprocessor::new(fmt, w, h, (4, 4), Layout::Nchw, ChannelOrder::Rgb, norm, m);
+            let mut p = Preprocessor::new(
+                &FrameSpec {
+                    format: fmt,
+                    width: w,
+                    height: h,
+                    matrix: m,
+                },
+                &TensorSpec {
+                    size: (4, 4),
+                    layout: Layout::Nchw,
+                    order: ChannelOrder::Rgb,
+                    norm,
+                },
+            );
             let mut out = vec![0.0; p.tensor_len()];
             p.run(&frame, &mut out);
             for (k, want) in [200.0, 60.0, 30.0].into_iter().enumerate() {

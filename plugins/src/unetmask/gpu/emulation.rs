@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use crate::unetmask::cpu::composite::{PlaneGeom, Weights, plane_colors, planes_of};
-use crate::unetmask::cpu::preprocess::{ChannelOrder, Normalization};
-use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes};
+use crate::unetmask::frame::{Frame, FrameSpec, PixelFormat, YuvMatrix, plane_bytes};
 use crate::unetmask::gpu::mirror::blur as gpu_blur;
 use crate::unetmask::gpu::mirror::composite as gpu_composite;
 use crate::unetmask::gpu::mirror::post as gpu_post;
@@ -25,7 +24,9 @@ use crate::unetmask::gpu::params::{
     self, AlphaParams, BlurParams, BlurPlan, BoxParams, MixParams, PostParams, PreParams,
 };
 use crate::unetmask::model::contract::OutputSpec;
-use crate::unetmask::model::contract::{Activation, Layout, OutputLayout};
+use crate::unetmask::model::contract::{
+    Activation, ChannelOrder, Layout, Normalization, OutputLayout, TensorSpec,
+};
 use crate::unetmask::test_bytes::{bytes, frame, frame_planes};
 
 /// What the kernel checks need from a runner: host data in, host data out.
@@ -64,14 +65,19 @@ pub fn check_kernels(k: &dyn KernelRunner) {
         let frame = frame(format, w, h, &data, strides);
         for layout in [Layout::Nchw, Layout::Nhwc] {
             let p = PreParams::new(
-                format,
-                (w, h),
+                &FrameSpec {
+                    format,
+                    width: w,
+                    height: h,
+                    matrix: YuvMatrix::BT709,
+                },
                 strides,
-                model,
-                layout,
-                ChannelOrder::Rgb,
-                Normalization::default(),
-                YuvMatrix::BT709,
+                &TensorSpec {
+                    size: model,
+                    layout,
+                    order: ChannelOrder::Rgb,
+                    norm: Normalization::default(),
+                },
             );
             let mut want = vec![0f32; p.tensor_len()];
             gpu_pre::reference(&p, &frame, &mut want);

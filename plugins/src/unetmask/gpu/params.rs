@@ -10,9 +10,10 @@ use crate::unetmask::cpu::composite::{
     BlurGrid, FixedYuv, PlaneGeom, Weights, blur_cells, fixed_taps, grid_taps,
 };
 use crate::unetmask::cpu::postprocess::{MaskStats, UNCERTAIN_BAND};
-use crate::unetmask::cpu::preprocess::{ChannelOrder, Normalization};
-use crate::unetmask::frame::{PixelFormat, YuvMatrix};
-use crate::unetmask::model::contract::{Activation, Layout, OutputLayout, OutputSpec};
+use crate::unetmask::frame::{FrameSpec, PixelFormat, YuvMatrix};
+use crate::unetmask::model::contract::{
+    Activation, ChannelOrder, Layout, OutputLayout, OutputSpec, TensorSpec,
+};
 
 // Pre-processing: frame -> the model's input tensor (`kernels/preprocess.cu`).
 
@@ -52,17 +53,19 @@ pub struct PreParams {
 impl PreParams {
     /// The parameters for frames of `format`, `width` x `height` with `strides`, to a
     /// tensor of `tensor_size` — the same inputs as the CPU path's `Preprocessor::new`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        format: PixelFormat,
-        (width, height): (usize, usize),
-        strides: [usize; 3],
-        tensor_size: (usize, usize),
-        layout: Layout,
-        order: ChannelOrder,
-        norm: Normalization,
-        matrix: YuvMatrix,
-    ) -> PreParams {
+    pub fn new(frame: &FrameSpec, strides: [usize; 3], tensor: &TensorSpec) -> PreParams {
+        let FrameSpec {
+            format,
+            width,
+            height,
+            matrix,
+        } = *frame;
+        let TensorSpec {
+            size: tensor_size,
+            layout,
+            order,
+            norm,
+        } = *tensor;
         let rgb_index = match order {
             ChannelOrder::Rgb => [0, 1, 2],
             ChannelOrder::Bgr => [2, 1, 0],

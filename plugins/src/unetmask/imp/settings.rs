@@ -5,8 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::unetmask::cpu::preprocess::Normalization;
-use crate::unetmask::model::contract::{Activation, Layout, Overrides};
+use crate::unetmask::model::contract::{Activation, Layout, Normalization, Overrides};
 use crate::unetmask::model::engine::{DeviceRequest, EngineConfig};
 use crate::unetmask::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice, SettingError};
 

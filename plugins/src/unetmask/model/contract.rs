@@ -78,6 +78,42 @@ pub enum OutputLayout {
     ChannelsLast,
 }
 
+/// Model channel order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelOrder {
+    Rgb,
+    Bgr,
+}
+
+/// `tensor = (pixel * scale - mean) / std`, per model channel (in the model's order).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for Normalization {
+    /// RGB in [0, 1]: the original UNet contract and MediaPipe's.
+    fn default() -> Self {
+        Self {
+            scale: 1.0 / 255.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
+    }
+}
+
+/// What the model's input tensor is: its size (width, height), layout, channel order and
+/// normalisation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TensorSpec {
+    pub size: (usize, usize),
+    pub layout: Layout,
+    pub order: ChannelOrder,
+    pub norm: Normalization,
+}
+
 /// How to read the person probability out of the output tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutputSpec {

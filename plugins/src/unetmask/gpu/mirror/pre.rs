@@ -105,10 +105,11 @@ pub fn reference(p: &PreParams, frame: &Frame<'_>, out: &mut [f32]) {
 pub(crate) mod tests {
     use super::*;
     use crate::unetmask::cpu::preprocess::Preprocessor;
-    use crate::unetmask::cpu::preprocess::{ChannelOrder, Normalization};
+    use crate::unetmask::frame::FrameSpec;
     use crate::unetmask::frame::YuvMatrix;
     use crate::unetmask::gpu::params::*;
     use crate::unetmask::model::contract::Layout;
+    use crate::unetmask::model::contract::{ChannelOrder, Normalization, TensorSpec};
     use crate::unetmask::test_bytes::{frame, frame_planes};
 
     #[test]
@@ -155,10 +156,37 @@ pub(crate) mod tests {
                         let (data, strides) = frame_planes(format, w, h, 8, i as u32 + 7);
                         let frame = frame(format, w, h, &data, strides);
                         let matrix = YuvMatrix::BT709;
-                        let mut cpu = Preprocessor::new(format, w, h, tensor, layout, order, norm, matrix);
+                        let mut cpu = Preprocessor::new(
+                            &FrameSpec {
+                                format,
+                                width: w,
+                                height: h,
+                                matrix,
+                            },
+                            &TensorSpec {
+                                size: tensor,
+                                layout,
+                                order,
+                                norm,
+                            },
+                        );
                         let mut want = vec![0f32; cpu.tensor_len()];
                         cpu.run(&frame, &mut want);
-                        let p = PreParams::new(format, (w, h), strides, tensor, layout, order, norm, matrix);
+                        let p = PreParams::new(
+                            &FrameSpec {
+                                format,
+                                width: w,
+                                height: h,
+                                matrix,
+                            },
+                            strides,
+                            &TensorSpec {
+                                size: tensor,
+                                layout,
+                                order,
+                                norm,
+                            },
+                        );
                         let mut got = vec![f32::NAN; p.tensor_len()];
                         reference(&p, &frame, &mut got);
                         let worst = want

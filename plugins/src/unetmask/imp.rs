@@ -28,15 +28,14 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use super::cpu::composite::{self, BlurPlane, MaskScaler, Scratch};
-use super::cpu::postprocess::Smoother;
-use super::cpu::preprocess::{ResizeFilter, TensorBuilder};
+use super::cpu::composite;
+use super::cpu::preprocess::ResizeFilter;
+use super::cpu::processor::CpuProcessor;
 use super::debug::CAT;
 use super::frame::FrameSpec;
-#[cfg(feature = "cuda")]
-use super::gpu::params::PreParams;
 use super::model::contract::{ChannelOrder, TensorSpec};
 use super::model::engine::{Engine, EngineConfig, EngineError};
+use super::processor::Processor;
 use super::{ChannelOrderChoice, Mode, ResizeChoice};
 
 mod pipelined;
@@ -163,7 +162,6 @@ impl process::Element for UnetMask {
         self.post_error_message(msg);
     }
 
-    #[cfg(feature = "cuda")]
     fn gpu_failed(&self, what: &str, e: &str) {
         gst::element_imp_warning!(
             self,
@@ -392,7 +390,6 @@ impl BaseTransformImpl for UnetMask {
         *self.state.lock().unwrap() = Some(State {
             engine,
             stream: None,
-            smoother: Smoother::default(),
             last: None,
             frame_index: 0,
             since_inference: 0,
@@ -504,95 +501,64 @@ impl BaseTransformImpl for UnetMask {
             ResizeChoice::Antialias => ResizeFilter::Antialias,
             ResizeChoice::Bilinear => ResizeFilter::Bilinear,
         };
-        let pre = TensorBuilder::new(
-            filter,
-            &FrameSpec {
-                format,
-                width: w,
-                height: h,
-                matrix,
-            },
-            &TensorSpec {
-                size: (input_size.0 as usize, input_size.1 as usize),
-                layout: state.engine.contract.layout,
-                order,
-                norm,
-            },
-        );
-        let (mw, mh) = (prepared.output_size.0 as usize, prepared.output_size.1 as usize);
-        let planes = composite::planes_of(format, w, h);
-        let mut scalers = vec![MaskScaler::new((mw, mh), (w, h))];
-        if let Some(c) = planes.iter().find(|p| p.chroma) {
-            scalers.push(MaskScaler::new((mw, mh), (c.width, c.height)));
-        }
+        let (mw, mh) = prepared.output_size;
         gst::info!(
             CAT,
             imp = self,
             "{mode:?} on {w}x{h} {format:?}: model input {input_size:?}, mask {mw}x{mh}, {:?}",
             prepared.spec
         );
-        #[cfg(feature = "cuda")]
-        let gpu = state::gpu_frames(
-            self.obj().upcast_ref(),
-            &state.engine,
-            &mut state.gpu_kernels,
-            &prepared,
-            &in_info,
-            PreParams::new(
-                &FrameSpec {
-                    format,
-                    width: w,
-                    height: h,
-                    matrix,
-                },
-                [0; 3],
-                &TensorSpec {
-                    size: (input_size.0 as usize, input_size.1 as usize),
-                    layout: state.engine.contract.layout,
-                    order,
-                    norm,
-                },
-            ),
-            settings.resize,
-            replace_planes.as_deref(),
-        );
-        #[cfg(feature = "cuda")]
-        let on_gpu = gpu.is_some();
-        #[cfg(not(feature = "cuda"))]
-        let on_gpu = false;
-        let pipelined = settings.pipelined && !on_gpu;
-        if settings.pipelined && on_gpu {
-            gst::info!(
-                CAT,
-                imp = self,
-                "pipelined=true has no effect on the GPU path: frames run in turn"
-            );
-        }
-        state.stream = Some(Stream {
+        let frame = FrameSpec {
+            format,
+            width: w,
+            height: h,
+            matrix,
+        };
+        let tensor = TensorSpec {
+            size: (input_size.0 as usize, input_size.1 as usize),
+            layout: state.engine.contract.layout,
+            order,
+            norm,
+        };
+        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+        let mut stream = Stream {
             mode,
             in_info,
             out_info,
-            format,
-            matrix,
+            frame,
+            tensor,
+            filter,
             prepared,
-            input: vec![0.0; pre.tensor_len()],
-            input_next: if pipelined {
-                vec![0.0; pre.tensor_len()]
-            } else {
-                Vec::new()
-            },
-            pre,
-            prob: vec![0.0; mw * mh],
-            blur: planes.iter().map(|_| BlurPlane::default()).collect(),
-            planes,
-            scalers,
+            planes: composite::planes_of(format, w, h),
             replace_planes,
-            scratch: Scratch::default(),
-            pipelined,
-            #[cfg(feature = "cuda")]
-            gpu,
-        });
-        state.smoother.reset();
+            pipelined: settings.pipelined,
+            processor: Processor::Cpu(CpuProcessor::new(
+                &frame,
+                &tensor,
+                filter,
+                &prepared,
+                settings.pipelined,
+            )),
+        };
+        // The one place the GPU build differs: the stream moves to the GPU when it can.
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = state::gpu_processor(
+            self.obj().upcast_ref(),
+            &state.engine,
+            &mut state.gpu_kernels,
+            &stream,
+        ) {
+            stream.processor = gpu;
+            if stream.pipelined {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "pipelined=true has no effect on the GPU path: frames run in turn"
+                );
+                stream.pipelined = false;
+            }
+        }
+        state.stream = Some(stream);
         state.last = None;
         drop(guard);
         let obj = self.obj();

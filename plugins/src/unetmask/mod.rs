@@ -11,6 +11,8 @@ pub mod frame;
 pub mod gpu;
 mod imp;
 pub mod model;
+pub mod processor;
+mod stages;
 #[cfg(test)]
 mod test_bytes;
 

@@ -310,6 +310,21 @@ pub fn plane_colors(format: PixelFormat, matrix: YuvMatrix, rgb: [u8; 3]) -> Vec
     }
 }
 
+/// What the in-place compositing modes draw, from the element's live properties.
+pub struct Look<'a> {
+    /// The user's mask (threshold), for `blur`'s background.
+    pub mask_weights: Weights,
+    /// The weights of the mix (opacity for `overlay`, the background's for the others).
+    pub weights: Weights,
+    /// `overlay`/`replace` colour, one value per channel of each plane.
+    pub colors: &'a [Vec<u8>],
+    /// `Some(radius)` for `blur`.
+    pub blur_radius: Option<usize>,
+    /// The replacement picture in the frame's planes, to mix towards (`replace` with
+    /// `replace-image`; the GPU path mixes towards its own copy, uploaded once per caps).
+    pub picture: Option<&'a [Vec<u8>]>,
+}
+
 /// What a plane is mixed towards.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {

@@ -7,4 +7,5 @@ mod bilinear_x86;
 pub mod composite;
 pub mod postprocess;
 pub mod preprocess;
+pub mod processor;
 pub mod resize;

@@ -25,26 +25,18 @@
 //! unsafely.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cudarc::driver::CudaSlice;
 
-use crate::unetmask::cpu::composite::{PlaneGeom, Weights};
+use crate::unetmask::cpu::composite::{Look, PlaneGeom, Weights};
 use crate::unetmask::cpu::postprocess::MaskStats;
 use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes, rows_bytes};
 use crate::unetmask::gpu::launch::{BlurBuffers, GpuKernels, Taps};
 use crate::unetmask::gpu::params::{AlphaParams, BlurPlan, MixParams, PostParams, PreParams, stats_of};
 use crate::unetmask::model::contract::OutputSpec;
 use crate::unetmask::model::engine::{DeviceIo, Engine, EngineError, Prepared};
-
-/// Time spent in each stage of one frame on the GPU path (host wall time, each stage
-/// waited for).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct GpuTimes {
-    pub pre: Duration,
-    pub infer: Duration,
-    pub post: Duration,
-}
+use crate::unetmask::stages::StageTimes;
 
 /// The GPU path of one element instance for one caps configuration.
 pub struct GpuFrames {
@@ -74,20 +66,6 @@ pub struct GpuFrames {
     taps: Vec<Taps>,
     blur: Vec<BlurBuffers>,
     out: Option<CudaSlice<u8>>,
-}
-
-/// What the in-place compositing modes draw, from the element's live properties.
-pub struct Look<'a> {
-    /// The user's mask (threshold), for `blur`'s background.
-    pub mask_weights: Weights,
-    /// The weights of the mix (opacity for `overlay`, the background's for the others).
-    pub weights: Weights,
-    /// `overlay`/`replace` colour, one value per channel of each plane.
-    pub colors: &'a [Vec<u8>],
-    /// `Some(radius)` for `blur`.
-    pub blur_radius: Option<usize>,
-    /// Mix towards the replacement picture.
-    pub picture: bool,
 }
 
 /// Why the GPU path failed: set-up problems leave the element on its CPU pre- and
@@ -213,8 +191,8 @@ impl GpuFrames {
         smoothing: f32,
         threshold: Option<f32>,
         mask: &mut Vec<u8>,
-    ) -> Result<(MaskStats, GpuTimes), GpuError> {
-        let mut times = GpuTimes::default();
+    ) -> Result<(MaskStats, StageTimes), GpuError> {
+        let mut times = StageTimes::default();
         let t = Instant::now();
         self.uploaded = false;
         self.upload(frame).map_err(GpuError::Device)?;
@@ -329,7 +307,7 @@ impl GpuFrames {
                 )?;
                 continue;
             }
-            let picture = look.picture.then(|| geom.width * geom.pstride);
+            let picture = look.picture.map(|_| geom.width * geom.pstride);
             let p = MixParams::new(self.model, geom, stride, &look.weights, &look.colors[i], picture);
             let t = self.taps_for(&p)?;
             let target = match (&self.replace, picture) {

@@ -2,17 +2,45 @@
 
 //! `pipelined=true`: frame n is inferred on a worker while frame n+1 is pre-processed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::meta::MaskMeta;
+use crate::unetmask::cpu::processor::CpuProcessor;
+use crate::unetmask::processor::ProcessError;
 
 use super::process::{
-    Element, begin_frame, composite_in_place, element_error, finish_mask, infer, infer_current,
-    map_for_reading, render_to_output,
+    Element, begin_frame, composite_in_place, element_error, map_for_reading, mask_meta, model_failed,
+    render_to_output, store_mask,
 };
 use super::settings::Live;
-use super::state::{Held, LastMask, State, Stream};
+use super::state::{Held, LastMask, State};
 use super::video::frame_of;
+
+/// The stream's CPU processor: pipelined mode is the CPU path's (`set_caps` turns it off on
+/// the GPU path).
+fn cpu(state: &mut State) -> Result<&mut CpuProcessor, gst::FlowError> {
+    let stream = state.stream.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
+    stream.processor.cpu().ok_or(gst::FlowError::NotSupported)
+}
+
+/// After the held frame's inference: smoothing and quantisation make the mask in use.
+/// Then, for every frame, the meta that describes the mask in use.
+fn finish_mask(
+    state: &mut State,
+    live: &Live,
+    index: u64,
+    fresh: bool,
+) -> Result<(LastMask, MaskMeta), gst::FlowError> {
+    if fresh {
+        let threshold = live.threshold().map(|t| t as f32);
+        let mut mask = std::mem::take(&mut state.mask_u8);
+        let (stats, post) = cpu(state)?.finish(live.smoothing as f32, threshold, &mut mask);
+        state.mask_u8 = mask;
+        store_mask(state, stats);
+        state.stats.post += post;
+    }
+    Ok(mask_meta(state, live, index, fresh))
+}
 
 /// Pipelined mode: runs the held frame's inference now (no next frame to overlap with)
 /// and queues the finished frame.
@@ -20,7 +48,13 @@ pub(super) fn complete_held(el: &dyn Element, state: &mut State, live: &Live) ->
     let Some(h) = state.held.take() else {
         return Ok(());
     };
-    infer_current(el, state)?;
+    let State { engine, stream, .. } = state;
+    let cpu = stream.as_mut().and_then(|s| s.processor.cpu());
+    let cpu = cpu.ok_or(gst::FlowError::NotNegotiated)?;
+    let infer = cpu
+        .infer(engine)
+        .map_err(|e| model_failed(el, ProcessError::Model(e)))?;
+    state.stats.infer += infer;
     finish_and_queue(el, state, live, h.buffer, h.index, true)
 }
 
@@ -34,7 +68,7 @@ pub(super) fn finish_and_queue(
     index: u64,
     fresh: bool,
 ) -> Result<(), gst::FlowError> {
-    let ready = finish_mask(state, live, index, fresh);
+    let ready = finish_mask(state, live, index, fresh)?;
     let out = render(el, state, live, buffer, ready)?;
     state.ready.push_back(out);
     Ok(())
@@ -72,7 +106,7 @@ pub(super) fn submit(
     inbuf: gst::Buffer,
 ) -> Result<gst::FlowSuccess, gst::FlowError> {
     let stream = state.stream.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
-    let (info, format) = (stream.in_info.clone(), stream.format);
+    let (info, format) = (stream.in_info.clone(), stream.frame.format);
     let (index, fresh) = begin_frame(el, state, live, &inbuf);
     if !fresh {
         complete_held(el, state, live)?;
@@ -100,42 +134,19 @@ pub(super) fn submit(
     let State {
         engine,
         stream,
-        stats,
         worker,
         ..
     } = state;
-    let stream = stream.as_mut().expect("caps are set");
-    let t0 = Instant::now();
-    let (pre, infer) = if let (Some(_), Some(worker)) = (&held, worker.as_ref()) {
-        let Stream {
-            pre,
-            input,
-            input_next,
-            prob,
-            prepared,
-            ..
-        } = stream;
-        let mut done = None;
-        let mut pre_time = Duration::ZERO;
-        worker.in_place_scope(|s| {
-            s.spawn(|_| {
-                let t = Instant::now();
-                let r = infer(el, engine, prepared, input, prob);
-                done = Some((r, t.elapsed()));
-            });
-            pre.run(&frame, input_next);
-            pre_time = t0.elapsed();
-        });
-        let (result, infer_time) = done.expect("the scope ran the inference");
-        result?;
-        std::mem::swap(input, input_next);
-        (pre_time, infer_time)
-    } else {
-        stream.pre.run(&frame, &mut stream.input);
-        (t0.elapsed(), Duration::ZERO)
+    let cpu = stream.as_mut().and_then(|s| s.processor.cpu());
+    let cpu = cpu.ok_or(gst::FlowError::NotNegotiated)?;
+    let (pre, infer) = match (&held, worker.as_ref()) {
+        (Some(_), Some(worker)) => cpu
+            .infer_while_preprocessing(engine, worker, &frame)
+            .map_err(|e| model_failed(el, ProcessError::Model(e)))?,
+        _ => (cpu.preprocess(&frame), Duration::ZERO),
     };
-    stats.pre += pre;
-    stats.infer += infer;
+    state.stats.pre += pre;
+    state.stats.infer += infer;
     drop(vframe);
     if let Some(h) = held {
         finish_and_queue(el, state, live, h.buffer, h.index, true)?;

@@ -3,21 +3,22 @@
 //! What the element holds while started (`State`) and per negotiated caps (`Stream`).
 
 use crate::unetmask::Mode;
-#[cfg(feature = "cuda")]
-use crate::unetmask::ResizeChoice;
-use crate::unetmask::cpu::composite::{BlurPlane, MaskScaler, PlaneGeom, Scratch};
-use crate::unetmask::cpu::postprocess::{MaskStats, Smoother};
-use crate::unetmask::cpu::preprocess::TensorBuilder;
+use crate::unetmask::cpu::composite::PlaneGeom;
+use crate::unetmask::cpu::postprocess::MaskStats;
+use crate::unetmask::cpu::preprocess::ResizeFilter;
+use crate::unetmask::cpu::processor::CpuProcessor;
 #[cfg(feature = "cuda")]
 use crate::unetmask::debug::CAT;
-use crate::unetmask::frame::{PixelFormat, YuvMatrix};
+use crate::unetmask::frame::FrameSpec;
 #[cfg(feature = "cuda")]
 use crate::unetmask::gpu::frames::GpuFrames;
 #[cfg(feature = "cuda")]
 use crate::unetmask::gpu::launch::GpuKernels;
 #[cfg(feature = "cuda")]
 use crate::unetmask::gpu::params::PreParams;
+use crate::unetmask::model::contract::TensorSpec;
 use crate::unetmask::model::engine::{Engine, Prepared};
+use crate::unetmask::processor::Processor;
 
 use super::stats::Stats;
 #[cfg(feature = "cuda")]
@@ -28,48 +29,44 @@ pub(super) struct Stream {
     pub(super) mode: Mode,
     pub(super) in_info: gst_video::VideoInfo,
     pub(super) out_info: gst_video::VideoInfo,
-    pub(super) format: PixelFormat,
-    pub(super) matrix: YuvMatrix,
+    pub(super) frame: FrameSpec,
+    pub(super) tensor: TensorSpec,
+    pub(super) filter: ResizeFilter,
     pub(super) prepared: Prepared,
-    pub(super) pre: TensorBuilder,
-    pub(super) input: Vec<f32>,
-    /// Pipelined: the next frame's tensor, prepared while `input` is inferred.
-    pub(super) input_next: Vec<f32>,
-    pub(super) prob: Vec<f32>,
     pub(super) planes: Vec<PlaneGeom>,
-    /// Mask upscalers: [luma/packed, chroma].
-    pub(super) scalers: Vec<MaskScaler>,
-    pub(super) blur: Vec<BlurPlane>,
     /// Replacement picture in the frame's own planes.
     pub(super) replace_planes: Option<Vec<Vec<u8>>>,
-    pub(super) scratch: Scratch,
     /// `pipelined=true` in effect (not on the GPU path, which has one input tensor).
     pub(super) pipelined: bool,
-    /// The GPU path (session on a CUDA device, feature `cuda`), when it could be set up.
-    #[cfg(feature = "cuda")]
-    pub(super) gpu: Option<GpuFrames>,
+    pub(super) processor: Processor,
+}
+
+impl Stream {
+    /// The CPU's processor for this stream: the one it starts with, and the one it falls
+    /// back to when the GPU fails.
+    pub(super) fn cpu_processor(&self) -> Processor {
+        Processor::Cpu(CpuProcessor::new(
+            &self.frame,
+            &self.tensor,
+            self.filter,
+            &self.prepared,
+            self.pipelined,
+        ))
+    }
 }
 
 impl State {
     /// Forgets the temporal-smoothing history (DISCONT, flush), on either path.
     pub(super) fn reset_history(&mut self) {
-        self.smoother.reset();
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = self.stream.as_mut().and_then(|s| s.gpu.as_mut()) {
-            gpu.reset();
+        if let Some(stream) = self.stream.as_mut() {
+            stream.processor.reset();
         }
     }
 
     /// The stats message / property: the window's figures, where inference and where pre-
     /// and post-processing run.
     pub(super) fn stats_structure(&self) -> gst::Structure {
-        #[cfg(feature = "cuda")]
-        let processing = match self.stream.as_ref().and_then(|s| s.gpu.as_ref()) {
-            Some(_) => "gpu",
-            None => "cpu",
-        };
-        #[cfg(not(feature = "cuda"))]
-        let processing = "cpu";
+        let processing = self.stream.as_ref().map_or("cpu", |s| s.processor.name());
         self.stats.structure(&self.engine.provider, processing)
     }
 }
@@ -84,14 +81,13 @@ pub(super) struct LastMask {
 pub(super) struct State {
     pub(super) engine: Engine,
     pub(super) stream: Option<Stream>,
-    pub(super) smoother: Smoother,
     pub(super) last: Option<LastMask>,
     pub(super) frame_index: u64,
     pub(super) since_inference: u32,
     pub(super) stats: Stats,
     pub(super) last_stats: Option<gst::Structure>,
     pub(super) mask_u8: Vec<u8>,
-    /// Pipelined: the fresh frame whose tensor is in `Stream::input`, not yet inferred.
+    /// Pipelined: the fresh frame whose tensor is the CPU processor's input, not yet inferred.
     pub(super) held: Option<Held>,
     /// Pipelined: finished frames for `generate_output`, in order.
     pub(super) ready: std::collections::VecDeque<gst::Buffer>,
@@ -109,30 +105,27 @@ pub(super) struct Held {
     pub(super) index: u64,
 }
 
-/// The GPU path for new caps when the session runs on a CUDA device; `None`, saying why,
-/// when it cannot be set up (pre- and post-processing then run on the CPU).
+/// The GPU path for `stream` when the session runs on a CUDA device; `None`, saying why,
+/// when it cannot be set up (the stream then stays on the CPU).
 #[cfg(feature = "cuda")]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gpu_frames(
+pub(super) fn gpu_processor(
     obj: &gst::Object,
     engine: &Engine,
     kernels: &mut Option<std::sync::Arc<GpuKernels>>,
-    prepared: &Prepared,
-    info: &gst_video::VideoInfo,
-    pre: PreParams,
-    resize: ResizeChoice,
-    replace: Option<&[Vec<u8>]>,
-) -> Option<GpuFrames> {
+    stream: &Stream,
+) -> Option<Processor> {
     let device = engine.cuda_device?;
     let loaded = match kernels {
         Some(k) => Ok(k.clone()),
         None => GpuKernels::new(device as usize).map(std::sync::Arc::new),
     };
-    let strides = strides_of(info.stride());
-    let size = (info.width() as usize, info.height() as usize);
+    let pre = PreParams::new(&stream.frame, [0; 3], &stream.tensor);
+    let strides = strides_of(stream.in_info.stride());
+    let size = (stream.frame.width, stream.frame.height);
+    let replace = stream.replace_planes.as_deref();
     match loaded.and_then(|k| {
         *kernels = Some(k.clone());
-        GpuFrames::new(k, engine, prepared, pre, size, strides, replace)
+        GpuFrames::new(k, engine, &stream.prepared, pre, size, strides, replace)
     }) {
         Ok(gpu) => {
             gst::info!(
@@ -142,14 +135,14 @@ pub(super) fn gpu_frames(
                  compositing on the device; only the mask or the finished frame comes back",
                 engine.provider
             );
-            if resize == ResizeChoice::Antialias {
+            if stream.filter == ResizeFilter::Antialias {
                 gst::info!(
                     CAT,
                     obj = obj,
                     "the GPU path resizes bilinearly (resize=antialias is the CPU path's)"
                 );
             }
-            Some(gpu)
+            Some(Processor::Gpu(gpu))
         }
         Err(e) => {
             gst::warning!(

@@ -105,7 +105,7 @@ pub fn unetmask(cam: &Camera) -> Result<gst::Element> {
     let element = e
         .downcast_ref::<gstunetmask::unetmask::UnetMask>()
         .expect("the unetmask factory makes UnetMask elements");
-    if let Err(bad) = element.engine_config() {
+    if let Err(bad) = element.check_settings() {
         let (k, _, v) = texts
             .into_iter()
             .find(|(_, prop, _)| *prop == bad.property)

@@ -97,9 +97,8 @@ fn check(args: &[String]) -> Result<(), Error> {
 /// session device `cuda:N`/`tensorrt:N`; `None` for the CPU.
 #[cfg(feature = "cuda")]
 fn gpu_path(device: &str) -> Option<String> {
-    let n: usize = device.split_once(':')?.1.parse().ok()?;
-    Some(match gstunetmask::unetmask::gpu::launch::GpuKernels::new(n) {
-        Ok(_) => format!(
+    Some(match gstunetmask::unetmask::probe::gpu_path(device)? {
+        Ok(()) => format!(
             "GPU path on {device}: kernels compiled and loaded; frames are pre- and post-processed on the GPU"
         ),
         Err(e) => format!(
@@ -132,45 +131,36 @@ fn describe(s: &config::Source) -> String {
 }
 
 fn probe_model(path: &Path) -> anyhow::Result<()> {
-    use gstunetmask::unetmask::model::contract::{self, InputSize};
     edgemask::runner::init_gst()?;
     let element = gst::ElementFactory::make("unetmask")
         .property("model", path.to_string_lossy().as_ref())
         .build()?;
-    let mut engine = edgemask::runner::open_model(&element, path)?;
-    let c = engine.contract.clone();
-    let size = engine.input_size_for((640, 480));
-    let prepared = engine.prepare(size).map_err(|e| Error::Model {
+    let mut model = edgemask::runner::open_model(&element, path)?;
+    let r = model.report((640, 480)).map_err(|reason| Error::Model {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason,
     })?;
     println!("model:          {}", path.display());
     println!("sha256:         {}", edgemask::runner::sha256_file(path)?);
-    println!("input:          '{}' {:?}", c.input_name, c.layout);
-    match c.input_size {
-        InputSize::Fixed(w, h) => println!("input size:     {w}x{h}"),
-        InputSize::Dynamic => println!(
+    println!("input:          '{}' {}", r.input_name, r.layout);
+    match r.fixed_input_size {
+        Some((w, h)) => println!("input size:     {w}x{h}"),
+        None => println!(
             "input size:     dynamic (e.g. {}x{} for 640x480 frames)",
-            size.0, size.1
+            r.input_size.0, r.input_size.1
         ),
     }
     println!(
-        "output:         '{}' {:?}, {} channel(s)",
-        c.output_name, c.output_layout, prepared.spec.channels
+        "output:         '{}' {}, {} channel(s)",
+        r.output_name, r.output_layout, r.output_channels
     );
-    println!(
-        "output size:    {}x{}",
-        prepared.output_size.0, prepared.output_size.1
-    );
-    println!(
-        "activation:     {}",
-        contract::activation_name(prepared.spec.activation)
-    );
-    println!("person channel: {}", prepared.spec.person);
-    println!("provider:       {}", engine.provider);
+    println!("output size:    {}x{}", r.output_size.0, r.output_size.1);
+    println!("activation:     {}", r.activation);
+    println!("person channel: {}", r.person_channel);
+    println!("provider:       {}", model.provider());
     println!(
         "inference:      {:.2} ms (median of the warm-up runs)",
-        prepared.inference_time.as_secs_f64() * 1e3
+        r.inference_time.as_secs_f64() * 1e3
     );
     Ok(())
 }

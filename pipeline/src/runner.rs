@@ -36,25 +36,21 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Opens the model the way the element will (library, session, contract) and returns the
-/// engine; errors are [`Error::Model`].
+/// Opens the model the way the element will (library, session, contract), with the
+/// element's own reading of its settings; errors are [`Error::Model`].
 pub fn open_model(
     element: &gst::Element,
     path: &std::path::Path,
-) -> Result<gstunetmask::unetmask::model::engine::Engine> {
-    use gstunetmask::unetmask::{UnetMask, model::engine::Engine};
+) -> Result<gstunetmask::unetmask::probe::Model> {
+    use gstunetmask::unetmask::{UnetMask, probe::Model};
     let err = |reason: String| Error::Model {
         path: path.to_path_buf(),
         reason,
     };
-    // The element's own reading of its settings, not a copy of its parser here.
     let element = element
         .downcast_ref::<UnetMask>()
         .ok_or_else(|| err("not a unetmask element".into()))?;
-    let mut cfg = element.engine_config().map_err(|e| err(e.reason))?;
-    cfg.threads = 1;
-    cfg.spin = false;
-    Engine::open(&cfg).map_err(|e| err(e.to_string()))
+    Model::open(element).map_err(err)
 }
 
 /// Everything `run` and `check` verify before any pipeline starts.
@@ -82,7 +78,7 @@ pub fn preflight(settings: &Settings, probe_network: bool) -> Result<HashMap<std
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default(),
                 sha256: sha256_file(&cam.model.path)?,
-                device: engine.provider.clone(),
+                device: engine.provider().to_string(),
             };
             models.insert(cam.model.path.clone(), info);
         }

@@ -13,7 +13,7 @@ use common::*;
 use gst::prelude::*;
 
 fn have_gpu() -> bool {
-    match gstunetmask::unetmask::model::device::device_count() {
+    match gstunetmask::unetmask::probe::cuda_devices() {
         Ok(n) => {
             eprintln!("{n} CUDA device(s)");
             true
@@ -178,7 +178,7 @@ fn ten_thousand_frames_on_the_gpu_path_without_a_leak() {
 /// an explicit `cuda:0` fails the start with an error naming what is missing.
 #[test]
 fn without_a_gpu_auto_falls_back_and_cuda_0_names_what_is_missing() {
-    if gstunetmask::unetmask::model::device::device_count().is_ok() {
+    if gstunetmask::unetmask::probe::cuda_devices().is_ok() {
         eprintln!("skipped: a GPU is present (the other tests cover it)");
         return;
     }

@@ -260,7 +260,7 @@ live = true
             .get_envs()
             .filter_map(|(k, v)| Some((k.to_os_string(), v?.to_os_string())))
             .collect();
-        let cache = gstunetmask::unetmask::model::cache::cache_base(|k| {
+        let cache = gstunetmask::unetmask::probe::cache_base(|k| {
             env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })
         .expect("a cache directory under the unit");

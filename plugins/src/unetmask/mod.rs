@@ -5,13 +5,20 @@
 use gst::glib;
 use gst::prelude::*;
 
+// The element's building blocks. `pub` only so that this crate's benches and tests reach
+// them; hidden from the documentation, not an API and not kept stable. Applications use the
+// element, its meta and `probe`.
+#[doc(hidden)]
 pub mod cpu;
 mod debug;
+#[doc(hidden)]
 pub mod frame;
-pub mod gpu;
+mod gpu;
 mod imp;
+#[doc(hidden)]
 pub mod model;
-pub mod processor;
+pub mod probe;
+mod processor;
 mod stages;
 #[cfg(test)]
 mod test_bytes;
@@ -37,12 +44,12 @@ impl std::fmt::Display for SettingError {
 impl std::error::Error for SettingError {}
 
 impl UnetMask {
-    /// The engine configuration the element's current properties describe, checked the way
-    /// the element checks them when it starts (device, input size, mean, std), without
-    /// opening the model: applications validate a configuration with the element's own rules.
-    pub fn engine_config(&self) -> Result<model::engine::EngineConfig, SettingError> {
+    /// Checks the element's current properties the way it checks them when it starts
+    /// (device, input size, mean, std), without opening the model: applications validate a
+    /// configuration with the element's own rules.
+    pub fn check_settings(&self) -> Result<(), SettingError> {
         use gst::subclass::prelude::ObjectSubclassIsExt;
-        self.imp().current_engine_config()
+        self.imp().current_engine_config().map(|_| ())
     }
 }
 

@@ -27,7 +27,8 @@ pub enum Processor {
 pub enum ProcessError {
     /// The model failed (as on either path): the stream cannot go on.
     Model(EngineError),
-    /// The GPU failed: the stream can go on on the CPU.
+    /// The GPU failed: the stream can go on on the CPU (only the GPU path fails so).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Device(String),
 }
 

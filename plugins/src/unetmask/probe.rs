@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! What applications may ask the element before they run it: what it makes of a model with
+//! its current properties, and whether its GPU path can run on a device. The answers come
+//! from the element's own code (its settings check, its engine, its kernels), so an
+//! application's check cannot disagree with what the element will do.
+
+use std::time::Duration;
+
+use gst::subclass::prelude::ObjectSubclassIsExt;
+
+use super::UnetMask;
+use super::model::contract::{InputSize, activation_name};
+use super::model::engine::Engine;
+
+/// The element's model, opened the way the element opens it (library, session, contract),
+/// with one inference thread and no spinning: enough to answer questions about it.
+pub struct Model {
+    engine: Engine,
+}
+
+/// What the element makes of its model for frames of one size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelReport {
+    pub input_name: String,
+    /// `Nchw` or `Nhwc`.
+    pub layout: String,
+    /// The model's fixed input size; `None` when it takes any size.
+    pub fixed_input_size: Option<(u32, u32)>,
+    /// The input size frames of the asked size get.
+    pub input_size: (u32, u32),
+    pub output_name: String,
+    /// `ChannelsFirst` or `ChannelsLast`.
+    pub output_layout: String,
+    pub output_channels: usize,
+    /// The mask's size (the model's output resolution).
+    pub output_size: (u32, u32),
+    /// `none`, `sigmoid` or `softmax`, as detected or set.
+    pub activation: &'static str,
+    /// The output channel read as the person.
+    pub person_channel: usize,
+    /// Median time of one inference during the warm-up runs.
+    pub inference_time: Duration,
+}
+
+impl Model {
+    /// Opens `element`'s model with its current properties, checked as `start` checks them;
+    /// the error names the problem and the fix.
+    pub fn open(element: &UnetMask) -> Result<Model, String> {
+        let mut cfg = element.imp().current_engine_config().map_err(|e| e.reason)?;
+        cfg.threads = 1;
+        cfg.spin = false;
+        let engine = Engine::open(&cfg).map_err(|e| e.to_string())?;
+        Ok(Model { engine })
+    }
+
+    /// Where inference runs: `cpu`, `cuda:N` or `tensorrt:N`.
+    pub fn provider(&self) -> &str {
+        &self.engine.provider
+    }
+
+    /// The contract and sizes for frames of `frame` (width, height), with a few warm-up
+    /// inferences to time the model.
+    pub fn report(&mut self, frame: (u32, u32)) -> Result<ModelReport, String> {
+        let c = self.engine.contract.clone();
+        let input_size = self.engine.input_size_for(frame);
+        let p = self.engine.prepare(input_size).map_err(|e| e.to_string())?;
+        Ok(ModelReport {
+            input_name: c.input_name,
+            layout: format!("{:?}", c.layout),
+            fixed_input_size: match c.input_size {
+                InputSize::Fixed(w, h) => Some((w, h)),
+                InputSize::Dynamic => None,
+            },
+            input_size,
+            output_name: c.output_name,
+            output_layout: format!("{:?}", c.output_layout),
+            output_channels: p.spec.channels,
+            output_size: p.output_size,
+            activation: activation_name(p.spec.activation),
+            person_channel: p.spec.person,
+            inference_time: p.inference_time,
+        })
+    }
+}
+
+/// Whether the element's GPU path (the NVRTC-compiled kernels on the device) can run for a
+/// session on `device` (`cuda:N` or `tensorrt:N`): `None` for other devices and for builds
+/// without the `cuda` feature, else `Ok` or why not.
+pub fn gpu_path(device: &str) -> Option<Result<(), String>> {
+    #[cfg(feature = "cuda")]
+    {
+        let n: usize = device.split_once(':')?.1.parse().ok()?;
+        Some(super::gpu::launch::GpuKernels::new(n).map(|_| ()))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        None
+    }
+}
+
+/// The number of CUDA devices, or why there are none (always an error without `cuda`).
+pub fn cuda_devices() -> Result<u32, String> {
+    #[cfg(feature = "cuda")]
+    {
+        super::model::device::device_count()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err("this build of unetmask has no CUDA support (feature `cuda`)".into())
+    }
+}
+
+/// The directory the element keeps caches under (TensorRT engines): systemd's
+/// `CACHE_DIRECTORY`, else `XDG_CACHE_HOME`, else `$HOME/.cache`; `var` reads the
+/// environment.
+pub fn cache_base(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<std::path::PathBuf> {
+    super::model::cache::cache_base(var)
+}

@@ -32,11 +32,11 @@ use super::cpu::composite;
 use super::cpu::preprocess::ResizeFilter;
 use super::cpu::processor::CpuProcessor;
 use super::debug::CAT;
+use super::enums::{ChannelOrderChoice, Mode, ResizeChoice};
 use super::frame::FrameSpec;
 use super::model::contract::{ChannelOrder, TensorSpec};
 use super::model::engine::{Engine, EngineConfig, EngineError};
 use super::processor::Processor;
-use super::{ChannelOrderChoice, Mode, ResizeChoice};
 
 mod pipelined;
 mod process;
@@ -71,7 +71,7 @@ impl ObjectSubclass for UnetMask {
 impl UnetMask {
     /// The checked engine configuration of the current settings (the public wrapper's
     /// `engine_config`).
-    pub(super) fn current_engine_config(&self) -> Result<EngineConfig, super::SettingError> {
+    pub(super) fn current_engine_config(&self) -> Result<EngineConfig, super::enums::SettingError> {
         let settings = self.settings.lock().unwrap().clone();
         settings.checked().map(|(config, _)| config)
     }

@@ -7,9 +7,9 @@ use std::time::Instant;
 use gst_video::VideoFrameExt;
 
 use crate::meta::MaskMeta;
-use crate::unetmask::Mode;
 use crate::unetmask::cpu::composite::{self, Look, Weights};
 use crate::unetmask::cpu::postprocess::MaskStats;
+use crate::unetmask::enums::Mode;
 use crate::unetmask::frame::Frame;
 use crate::unetmask::processor::{ProcessError, Processor};
 

@@ -5,7 +5,7 @@
 use gst::glib;
 use gst::prelude::*;
 
-use crate::unetmask::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice};
+use crate::unetmask::enums::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice};
 
 use super::settings::{DEFAULT_OVERLAY_COLOR, DEFAULT_REPLACE_COLOR, Live};
 

@@ -5,9 +5,11 @@
 
 use std::path::PathBuf;
 
+use crate::unetmask::enums::{
+    ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice, SettingError,
+};
 use crate::unetmask::model::contract::{Activation, Layout, Normalization, Overrides};
 use crate::unetmask::model::engine::{DeviceRequest, EngineConfig};
-use crate::unetmask::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice, SettingError};
 
 pub(super) const DEFAULT_OVERLAY_COLOR: u32 = 0xFFFF00;
 pub(super) const DEFAULT_REPLACE_COLOR: u32 = 0x00B140;

@@ -2,13 +2,13 @@
 
 //! What the element holds while started (`State`) and per negotiated caps (`Stream`).
 
-use crate::unetmask::Mode;
 use crate::unetmask::cpu::composite::PlaneGeom;
 use crate::unetmask::cpu::postprocess::MaskStats;
 use crate::unetmask::cpu::preprocess::ResizeFilter;
 use crate::unetmask::cpu::processor::CpuProcessor;
 #[cfg(feature = "cuda")]
 use crate::unetmask::debug::CAT;
+use crate::unetmask::enums::Mode;
 use crate::unetmask::frame::FrameSpec;
 #[cfg(feature = "cuda")]
 use crate::unetmask::gpu::frames::GpuFrames;

@@ -10,11 +10,11 @@ use tracing::{debug, info, warn};
 
 use crate::checksum;
 use crate::config::{AfterUpload, Config, Destination};
+use crate::dest::s3::S3Dest;
 use crate::error::{Result, SyncError};
 use crate::journal::{Event, FileRow, Journal, State};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
-use crate::s3::S3Dest;
 use crate::tree::{self, Ident, Removal};
 
 /// A verified upload.

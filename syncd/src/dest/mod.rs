@@ -1,0 +1,3 @@
+//! Where files go.
+
+pub mod s3;

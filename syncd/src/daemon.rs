@@ -21,8 +21,9 @@ use crate::keys::{self, KeyVars};
 use crate::metrics::{self, Metrics};
 use crate::ratelimit::RateLimiter;
 use crate::ready::{self, NameRules, Observation};
+use crate::refusal::Refusal;
 use crate::retry::Blame;
-use crate::tree::{self, Policy, Refusal};
+use crate::tree::{self, Policy};
 use crate::upload::{Dest, Outcome, Worker, remove_uploaded};
 
 #[derive(Debug, Clone, Copy, Default)]

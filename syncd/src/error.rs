@@ -45,7 +45,7 @@ pub enum SyncError {
     #[error("{path}: refused ({}): {detail}", reason.as_str())]
     Refused {
         path: PathBuf,
-        reason: crate::tree::Refusal,
+        reason: crate::refusal::Refusal,
         detail: String,
     },
     /// Shutdown was requested.

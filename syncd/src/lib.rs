@@ -13,6 +13,7 @@ pub mod listing;
 pub mod metrics;
 pub mod ratelimit;
 pub mod ready;
+pub mod refusal;
 pub mod retry;
 pub mod status;
 pub mod tree;

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::tree::Refusal;
+use crate::refusal::Refusal;
 
 #[derive(Debug)]
 pub struct Metrics {

@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{AfterUpload, Config};
 use crate::contract;
+use crate::dest::Dest;
 use crate::error::{Result, SyncError};
 use crate::journal::{self, Event, FileRow, Journal, NewFile};
 use crate::keys::{self, KeyVars};
@@ -24,7 +25,7 @@ use crate::ready::{self, NameRules, Observation};
 use crate::refusal::Refusal;
 use crate::retry::Blame;
 use crate::tree::{self, Policy};
-use crate::upload::{Dest, Outcome, Worker, remove_uploaded};
+use crate::upload::{Outcome, Worker, remove_uploaded};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOpts {

@@ -85,3 +85,11 @@ impl SyncError {
 }
 
 pub type Result<T, E = SyncError> = std::result::Result<T, E>;
+
+/// A task that panicked or was aborted: worth another try.
+pub(crate) fn join_err(e: tokio::task::JoinError) -> SyncError {
+    SyncError::Transient {
+        code: "join".into(),
+        message: e.to_string(),
+    }
+}

@@ -1,210 +1,21 @@
-//! Destinations and the per-file upload job.
+//! The per-file upload job: from a journal row to a verified object, then the
+//! after-upload rule.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::checksum;
-use crate::config::{AfterUpload, Config, Destination};
-use crate::dest::s3::S3Dest;
+use crate::config::{AfterUpload, Config};
+use crate::dest::Dest;
+use crate::dest::context::UploadCtx;
 use crate::error::{Result, SyncError};
 use crate::journal::{Event, FileRow, Journal, State};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::tree::{self, Ident, Removal};
-
-/// A verified upload.
-#[derive(Debug, Clone)]
-pub struct Done {
-    pub etag: Option<String>,
-    /// The checksum as the destination reports it.
-    pub checksum: String,
-    /// Local full-object CRC32C and per-part CRC32Cs, when computed.
-    pub local: Option<(u32, Vec<u32>)>,
-    /// With Content-MD5: the ETag the content should have (the MD5, or the MD5 of the
-    /// part MD5s and `-<parts>`).
-    pub md5_etag: Option<String>,
-}
-
-/// Everything one upload needs.
-pub struct UploadCtx<'a> {
-    pub row: &'a FileRow,
-    /// The only way to read the row's file: beneath its watch root, no symlink followed,
-    /// still the file the journal recorded.
-    pub src: tree::Source,
-    pub journal: &'a Journal,
-    pub cancel: &'a CancellationToken,
-    pub limiter: &'a RateLimiter,
-    /// Transfer slots (`upload.max_files`): taken for the data, not for metadata requests.
-    pub transfers: &'a tokio::sync::Semaphore,
-    pub metadata: BTreeMap<String, String>,
-    pub multipart_threshold: u64,
-    pub part_size: u64,
-    pub part_concurrency: usize,
-}
-
-/// Where files go.
-pub enum Dest {
-    S3(Box<S3Dest>),
-    File(FileDest),
-}
-
-impl Dest {
-    pub async fn new(cfg: &Config, metrics: Arc<Metrics>) -> Dest {
-        match cfg.destination() {
-            Destination::S3 { bucket, prefix } => {
-                Dest::S3(Box::new(S3Dest::connect(cfg, &bucket, &prefix, metrics).await))
-            }
-            Destination::File { dir } => Dest::File(FileDest { dir, metrics }),
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Dest::S3(s) => s.describe(),
-            Dest::File(f) => format!("file://{}", f.dir.display()),
-        }
-    }
-
-    /// Check the destination is usable; `Fatal` when it is not.
-    pub async fn probe(&self, cfg: &Config, cancel: &CancellationToken) -> Result<()> {
-        match self {
-            Dest::S3(s) => s.probe(cancel, cfg.s3.probe).await.map(|_| ()),
-            Dest::File(f) => {
-                std::fs::create_dir_all(&f.dir).map_err(|e| SyncError::Fatal {
-                    code: "Unwritable".into(),
-                    message: format!("{}: {e}", f.dir.display()),
-                })?;
-                Ok(())
-            }
-        }
-    }
-
-    pub async fn upload(&self, ctx: &UploadCtx<'_>) -> Result<Done> {
-        match self {
-            Dest::S3(s) => s.upload(ctx).await,
-            Dest::File(f) => f.upload(ctx).await,
-        }
-    }
-}
-
-/// `file:///dir`: the embedded default destination. Copies into `dir/<key>` through a
-/// temporary name, fsyncs, renames, and verifies by reading the copy back.
-pub struct FileDest {
-    pub dir: PathBuf,
-    metrics: Arc<Metrics>,
-}
-
-impl FileDest {
-    async fn upload(&self, ctx: &UploadCtx<'_>) -> Result<Done> {
-        let target = self.dir.join(&ctx.row.key);
-        let src = ctx.row.path.clone();
-        let key = ctx.row.key.clone();
-        if target.exists() {
-            let (t, s) = (target.clone(), ctx.src.clone());
-            let same = tokio::task::spawn_blocking(move || -> Result<Option<u32>> {
-                let (ts, tc, _) = checksum::file_checksums(&checksum::Own(&t), u64::MAX)?;
-                let (ss, sc, _) = checksum::file_checksums(&s, u64::MAX)?;
-                Ok((ts == ss && tc == sc).then_some(sc))
-            })
-            .await
-            .map_err(join_err)??;
-            return match same {
-                Some(crc) => {
-                    // An earlier attempt may have renamed it into place and failed its
-                    // directory fsync: make sure before counting it.
-                    sync_dir(target.parent().unwrap_or(&self.dir))?;
-                    Ok(Done {
-                        etag: None,
-                        checksum: checksum::b64(crc),
-                        local: Some((crc, vec![])),
-                        md5_etag: None,
-                    })
-                }
-                None => Err(SyncError::Conflict {
-                    key,
-                    detail: format!("{} differs", target.display()),
-                }),
-            };
-        }
-        let _slot = ctx.transfers.acquire().await.expect("semaphore never closed");
-        // Copy in 1 MiB chunks through the shared rate limiter, computing CRC32C.
-        let parent = target.parent().unwrap_or(&self.dir).to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(|e| SyncError::io(&parent, e))?;
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = parent.join(format!(".{name}.syncd-tmp"));
-        let (mut input, _) = ctx.src.open()?;
-        let mut out = std::fs::File::create(&tmp).map_err(|e| SyncError::io(&tmp, e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let (mut crc, mut total) = (0u32, 0u64);
-        loop {
-            if ctx.cancel.is_cancelled() {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(SyncError::Cancelled);
-            }
-            let n = input.read(&mut buf).map_err(|e| SyncError::io(&src, e))?;
-            if n == 0 {
-                break;
-            }
-            ctx.limiter.acquire(n as u64).await;
-            out.write_all(&buf[..n]).map_err(|e| SyncError::io(&tmp, e))?;
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            total += n as u64;
-            self.metrics.add_bytes(n as u64);
-        }
-        out.sync_all().map_err(|e| SyncError::io(&tmp, e))?;
-        drop(out);
-        if total != ctx.row.size {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(SyncError::Changed(src));
-        }
-        std::fs::rename(&tmp, &target).map_err(|e| SyncError::io(&target, e))?;
-        // The rename is durable only once its directory is: until then the copy is not
-        // "uploaded", and a failure is an error (retried), not ignored.
-        sync_dir(&parent)?;
-        // Verify the copy as it is on disk now.
-        let t = target.clone();
-        let (size, back, _) =
-            tokio::task::spawn_blocking(move || checksum::file_checksums(&checksum::Own(&t), u64::MAX))
-                .await
-                .map_err(join_err)??;
-        if size != total || back != crc {
-            return Err(SyncError::Verify {
-                key,
-                detail: format!(
-                    "copy reads back {size} bytes crc {back:08x}, wrote {total} bytes crc {crc:08x}"
-                ),
-            });
-        }
-        Ok(Done {
-            etag: None,
-            checksum: checksum::b64(crc),
-            local: Some((crc, vec![])),
-            md5_etag: None,
-        })
-    }
-}
-
-/// fsync a directory (after a rename into it).
-fn sync_dir(dir: &std::path::Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SyncError::io(dir, e))
-}
-
-pub(crate) fn join_err(e: tokio::task::JoinError) -> SyncError {
-    SyncError::Transient {
-        code: "join".into(),
-        message: e.to_string(),
-    }
-}
 
 /// Object metadata from the clip manifest: top-level scalar fields, keys lower-cased to
 /// `[a-z0-9-]`, values printable ASCII, at most ~1.5 KiB in total (S3 allows 2 KiB).

@@ -31,13 +31,13 @@ use tracing::{debug, info, warn};
 
 use crate::checksum;
 use crate::config::{Config, IntegritySetting};
-use crate::error::{Result, SyncError};
+use crate::dest::context::{Done, UploadCtx};
+use crate::error::{Result, SyncError, join_err};
 use crate::journal::{Journal, PartRow};
 use crate::keys;
 use crate::listing::{self, Listings, Plan};
 use crate::metrics::Metrics;
 use crate::retry::{self, ErrorClass, Lookup, PreCheck, RetryPolicy, classify};
-use crate::upload::{Done, UploadCtx, join_err};
 
 /// A store's answer, classified.
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
 
+use crate::checkpoint::{Checkpoints, PartRow};
 use crate::error::{Result, SyncError};
 
 /// A file's state.
@@ -149,15 +150,6 @@ pub struct FileRow {
     /// (dev, inode) of the file when it was found ready; `None` in rows from journals
     /// that did not record it.
     pub ident: Option<(u64, u64)>,
-}
-
-/// A multipart part done.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PartRow {
-    pub number: i32,
-    pub etag: String,
-    pub crc32c: String,
-    pub size: u64,
 }
 
 /// Insert request for a newly ready file.
@@ -604,38 +596,6 @@ impl Journal {
         Ok(())
     }
 
-    /// A multipart upload was created: remember its id before any part is sent.
-    pub fn set_upload(&self, id: i64, upload_id: &str, part_size: u64) -> Result<()> {
-        self.write(|c| {
-            c.prepare_cached("DELETE FROM parts WHERE file_id = ?1")?
-                .execute([id])?;
-            c.prepare_cached("UPDATE files SET upload_id=?2, part_size=?3, updated_at=?4 WHERE id=?1")?
-                .execute(params![id, upload_id, part_size as i64, now_secs()])?;
-            Ok(())
-        })
-    }
-
-    /// Forget the multipart upload (gone from the store, or the file changed).
-    pub fn clear_upload(&self, id: i64) -> Result<()> {
-        self.write(|c| {
-            c.prepare_cached("DELETE FROM parts WHERE file_id = ?1")?
-                .execute([id])?;
-            c.prepare_cached("UPDATE files SET upload_id=NULL, part_size=NULL, updated_at=?2 WHERE id=?1")?
-                .execute(params![id, now_secs()])?;
-            Ok(())
-        })
-    }
-
-    pub fn record_part(&self, id: i64, upload_id: &str, p: &PartRow) -> Result<()> {
-        let c = self.lock();
-        c.prepare_cached(
-            "INSERT OR REPLACE INTO parts (file_id, upload_id, part_number, etag, crc32c, size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![id, upload_id, p.number, p.etag, p.crc32c, p.size as i64])?;
-        Ok(())
-    }
-
     pub fn parts(&self, id: i64, upload_id: &str) -> Result<Vec<PartRow>> {
         let c = self.lock();
         let mut st = c.prepare_cached(
@@ -805,23 +765,6 @@ impl Journal {
         rows.map(|r| finish(r?)).collect()
     }
 
-    /// All multipart UploadIds the journal still relies on, by key.
-    pub fn live_uploads(&self) -> Result<HashMap<String, String>> {
-        let c = self.lock();
-        let mut st = c.prepare_cached("SELECT key, upload_id FROM files WHERE upload_id IS NOT NULL")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
-    }
-
-    /// Whether `key` belongs to a file this journal knows.
-    pub fn knows_key(&self, key: &str) -> Result<bool> {
-        let c = self.lock();
-        let n: i64 = c
-            .prepare_cached("SELECT COUNT(*) FROM files WHERE key=?1")?
-            .query_row([key], |r| r.get(0))?;
-        Ok(n > 0)
-    }
-
     /// Counts and bytes per state (kept by triggers: nine rows read), and the oldest open
     /// file (from the queue's partial index: as many rows as are queued, not as the
     /// history holds).
@@ -930,6 +873,54 @@ fn same_ident(row: &FileRow, f: &NewFile) -> bool {
     match (row.ident, f.ident) {
         (Some(a), Some(b)) => a == b,
         _ => true,
+    }
+}
+
+/// The multipart checkpoints live in the `files` (UploadId, part size) and `parts` tables.
+impl Checkpoints for Journal {
+    fn set_upload(&self, id: i64, upload_id: &str, part_size: u64) -> Result<()> {
+        self.write(|c| {
+            c.prepare_cached("DELETE FROM parts WHERE file_id = ?1")?
+                .execute([id])?;
+            c.prepare_cached("UPDATE files SET upload_id=?2, part_size=?3, updated_at=?4 WHERE id=?1")?
+                .execute(params![id, upload_id, part_size as i64, now_secs()])?;
+            Ok(())
+        })
+    }
+
+    fn clear_upload(&self, id: i64) -> Result<()> {
+        self.write(|c| {
+            c.prepare_cached("DELETE FROM parts WHERE file_id = ?1")?
+                .execute([id])?;
+            c.prepare_cached("UPDATE files SET upload_id=NULL, part_size=NULL, updated_at=?2 WHERE id=?1")?
+                .execute(params![id, now_secs()])?;
+            Ok(())
+        })
+    }
+
+    fn record_part(&self, id: i64, upload_id: &str, p: &PartRow) -> Result<()> {
+        let c = self.lock();
+        c.prepare_cached(
+            "INSERT OR REPLACE INTO parts (file_id, upload_id, part_number, etag, crc32c, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![id, upload_id, p.number, p.etag, p.crc32c, p.size as i64])?;
+        Ok(())
+    }
+
+    fn live_uploads(&self) -> Result<HashMap<String, String>> {
+        let c = self.lock();
+        let mut st = c.prepare_cached("SELECT key, upload_id FROM files WHERE upload_id IS NOT NULL")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
+    }
+
+    fn knows_key(&self, key: &str) -> Result<bool> {
+        let c = self.lock();
+        let n: i64 = c
+            .prepare_cached("SELECT COUNT(*) FROM files WHERE key=?1")?
+            .query_row([key], |r| r.get(0))?;
+        Ok(n > 0)
     }
 }
 

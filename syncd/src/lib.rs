@@ -1,6 +1,7 @@
 //! `edgemask-syncd`: uploads every finished clip from the runner's output directory to S3
 //! (or a directory) exactly once — see `syncd/README.md`.
 
+pub mod checkpoint;
 pub mod checksum;
 pub mod config;
 pub mod contract;

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{AfterUpload, Config};
 use crate::dest::Dest;
-use crate::dest::context::UploadCtx;
+use crate::dest::context::{Job, UploadCtx};
 use crate::error::{Result, SyncError};
 use crate::journal::{Event, FileRow, Journal, State};
 use crate::metrics::Metrics;
@@ -179,10 +179,11 @@ impl Worker {
             }
             self.journal.mark_uploading(row)?;
             debug!(path = %row.path.display(), key = %row.key, bytes = row.size, "upload starting");
+            let job = job(row);
             let ctx = UploadCtx {
-                row,
+                job: &job,
                 src: src.clone(),
-                journal: &self.journal,
+                checkpoints: Arc::new(self.journal.clone()),
                 cancel,
                 limiter: &self.limiter,
                 transfers: &self.transfers,
@@ -230,6 +231,19 @@ pub fn ident(row: &FileRow) -> Ident {
         dev_ino: row.ident,
         size: row.size,
         mtime_ns: row.mtime_ns,
+    }
+}
+
+/// What a destination needs to know of `row`'s file.
+fn job(row: &FileRow) -> Job {
+    Job {
+        id: row.id,
+        path: row.path.clone(),
+        key: row.key.clone(),
+        size: row.size,
+        attempts: row.attempts,
+        upload_id: row.upload_id.clone(),
+        part_size: row.part_size,
     }
 }
 

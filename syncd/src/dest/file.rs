@@ -31,9 +31,9 @@ impl FileDest {
     }
 
     pub async fn upload(&self, ctx: &UploadCtx<'_>) -> Result<Done> {
-        let target = self.dir.join(&ctx.row.key);
-        let src = ctx.row.path.clone();
-        let key = ctx.row.key.clone();
+        let target = self.dir.join(&ctx.job.key);
+        let src = ctx.job.path.clone();
+        let key = ctx.job.key.clone();
         if target.exists() {
             let (t, s) = (target.clone(), ctx.src.clone());
             let same = tokio::task::spawn_blocking(move || -> Result<Option<u32>> {
@@ -91,7 +91,7 @@ impl FileDest {
         }
         out.sync_all().map_err(|e| SyncError::io(&tmp, e))?;
         drop(out);
-        if total != ctx.row.size {
+        if total != ctx.job.size {
             let _ = std::fs::remove_file(&tmp);
             return Err(SyncError::Changed(src));
         }

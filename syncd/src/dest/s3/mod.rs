@@ -29,11 +29,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::checkpoint::{Checkpoints, PartRow};
 use crate::checksum;
 use crate::config::{Config, IntegritySetting};
 use crate::dest::context::{Done, UploadCtx};
 use crate::error::{Result, SyncError, join_err};
-use crate::journal::{Journal, PartRow};
 use crate::keys;
 use crate::listing::{self, Listings, Plan};
 use crate::metrics::Metrics;
@@ -613,7 +613,7 @@ impl S3Dest {
         head: &Head,
         part_size: u64,
     ) -> Result<Option<Done>> {
-        if head.size != ctx.row.size {
+        if head.size != ctx.job.size {
             return Ok(None);
         }
         let path = ctx.src.clone();
@@ -653,7 +653,7 @@ impl S3Dest {
         let (_, full, _) = tokio::task::spawn_blocking(move || checksum::file_checksums(&path, u64::MAX))
             .await
             .map_err(join_err)??;
-        let remote = self.remote_crc32c(&ctx.row.key, ctx.cancel).await?;
+        let remote = self.remote_crc32c(&ctx.job.key, ctx.cancel).await?;
         Ok((remote == full).then(|| Done {
             etag: head.etag.clone(),
             checksum: checksum::b64(full),
@@ -689,12 +689,12 @@ impl S3Dest {
 
     /// Upload one file (single PUT or resumable multipart) and verify it.
     pub async fn upload(&self, ctx: &UploadCtx<'_>) -> Result<Done> {
-        let key = ctx.row.key.as_str();
-        let part_size = ctx.row.part_size.unwrap_or(ctx.part_size);
+        let key = ctx.job.key.as_str();
+        let part_size = ctx.job.part_size.unwrap_or(ctx.part_size);
         // Already there? (a crash after the upload, before the journal knew; or the
         // fallback for stores without conditional writes: HEAD before PUT). A first
         // attempt on a store with create-only writes skips it: If-None-Match guards.
-        let first_try = ctx.row.attempts == 0 && ctx.row.upload_id.is_none();
+        let first_try = ctx.job.attempts == 0 && ctx.job.upload_id.is_none();
         let existing = match retry::pre_check(self.caps().conditional_writes, first_try) {
             PreCheck::CreateOnly => {
                 self.metrics.existence_check("create_only");
@@ -718,7 +718,7 @@ impl S3Dest {
                     key,
                     "already in the bucket with the same checksum; counted as uploaded"
                 );
-                if let Some(id) = &ctx.row.upload_id {
+                if let Some(id) = &ctx.job.upload_id {
                     self.abort(key, id, ctx.cancel).await;
                 }
                 return Ok(done);
@@ -730,7 +730,7 @@ impl S3Dest {
         }
         let done = {
             let _slot = ctx.transfers.acquire().await.expect("semaphore never closed");
-            if ctx.row.size <= ctx.multipart_threshold {
+            if ctx.job.size <= ctx.multipart_threshold {
                 self.put_single(ctx).await?
             } else {
                 self.multipart(ctx).await?
@@ -752,10 +752,10 @@ impl S3Dest {
                 });
             }
         };
-        if head.size != ctx.row.size {
+        if head.size != ctx.job.size {
             return Err(SyncError::Verify {
                 key: key.to_string(),
-                detail: format!("size {} in bucket, {} local", head.size, ctx.row.size),
+                detail: format!("size {} in bucket, {} local", head.size, ctx.job.size),
             });
         }
         let caps = self.caps();
@@ -804,9 +804,9 @@ impl S3Dest {
     }
 
     async fn put_single(&self, ctx: &UploadCtx<'_>) -> Result<Done> {
-        let key = ctx.row.key.as_str();
+        let key = ctx.job.key.as_str();
         let path = ctx.src.clone();
-        let len = ctx.row.size as usize;
+        let len = ctx.job.size as usize;
         let _buffer = self.reserve(len as u64).await;
         // Small files are read in place (tens of microseconds from the page cache); a
         // blocking-pool round trip would cost more than the read.
@@ -875,8 +875,8 @@ impl S3Dest {
 
     /// A create-only write found an object: identical counts as uploaded, else conflict.
     async fn existing_after_race(&self, ctx: &UploadCtx<'_>) -> Result<Done> {
-        let key = ctx.row.key.as_str();
-        let part_size = ctx.row.part_size.unwrap_or(ctx.part_size);
+        let key = ctx.job.key.as_str();
+        let part_size = ctx.job.part_size.unwrap_or(ctx.part_size);
         match self.head(key, ctx.cancel).await? {
             Existing::Present(h) => match self.compare_existing(ctx, &h, part_size).await? {
                 Some(d) => {
@@ -971,10 +971,14 @@ impl S3Dest {
         }
     }
 
-    /// Abort multipart uploads under the prefix that belong to keys this journal knows
-    /// but are not the upload the journal relies on (left behind by a crash).
-    pub async fn abort_orphans(&self, journal: &Journal, cancel: &CancellationToken) -> Result<usize> {
-        let live = journal.live_uploads()?;
+    /// Abort multipart uploads under the prefix that belong to keys the checkpoints know
+    /// but are not the upload they rely on (left behind by a crash).
+    pub async fn abort_orphans(
+        &self,
+        checkpoints: &dyn Checkpoints,
+        cancel: &CancellationToken,
+    ) -> Result<usize> {
+        let live = checkpoints.live_uploads()?;
         let mut aborted = 0;
         let (mut km, mut um): (Option<String>, Option<String>) = (None, None);
         for _page in 0..1_000 {
@@ -997,7 +1001,7 @@ impl S3Dest {
                 let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;
                 };
-                if live.get(key).map(String::as_str) != Some(id) && journal.knows_key(key)? {
+                if live.get(key).map(String::as_str) != Some(id) && checkpoints.knows_key(key)? {
                     self.abort(key, id, cancel).await;
                     aborted += 1;
                 }
@@ -1015,7 +1019,7 @@ impl S3Dest {
     }
 
     async fn create_upload(&self, ctx: &UploadCtx<'_>) -> Result<String> {
-        let key = ctx.row.key.as_str();
+        let key = ctx.job.key.as_str();
         let caps = self.caps();
         let out = self
             .call("CreateMultipartUpload", key, ctx.cancel, || {
@@ -1044,13 +1048,13 @@ impl S3Dest {
     }
 
     async fn multipart(&self, ctx: &UploadCtx<'_>) -> Result<Done> {
-        let key = ctx.row.key.clone();
-        let size = ctx.row.size;
-        let mut part_size = ctx.row.part_size.unwrap_or(ctx.part_size);
-        // Resume: reconcile the journal's upload with what the store still has.
+        let key = ctx.job.key.clone();
+        let size = ctx.job.size;
+        let mut part_size = ctx.job.part_size.unwrap_or(ctx.part_size);
+        // Resume: reconcile the checkpointed upload with what the store still has.
         let mut remote: BTreeMap<i32, (String, Option<String>, u64)> = BTreeMap::new();
         let mut upload_id = None;
-        if let Some(id) = &ctx.row.upload_id {
+        if let Some(id) = &ctx.job.upload_id {
             match self.list_parts(&key, id, ctx.cancel).await {
                 Ok(parts) => {
                     info!(key = %key, upload_id = %id, parts = parts.len(), "resuming multipart upload");
@@ -1059,7 +1063,7 @@ impl S3Dest {
                 }
                 Err(SyncError::NoSuchUpload(_)) | Err(SyncError::Rejected { .. }) => {
                     info!(key = %key, upload_id = %id, "multipart upload gone; starting over");
-                    ctx.journal.clear_upload(ctx.row.id)?;
+                    ctx.checkpoints.clear_upload(ctx.job.id)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -1069,7 +1073,7 @@ impl S3Dest {
             None => {
                 part_size = ctx.part_size;
                 let id = self.create_upload(ctx).await?;
-                ctx.journal.set_upload(ctx.row.id, &id, part_size)?;
+                ctx.checkpoints.set_upload(ctx.job.id, &id, part_size)?;
                 debug!(key = %key, upload_id = %id, "multipart upload created");
                 id
             }
@@ -1133,8 +1137,8 @@ impl S3Dest {
             let data = Bytes::from(data);
             let client = self.client.clone();
             let (bucket, key2, uid) = (self.bucket.clone(), key.clone(), upload_id.clone());
-            let journal = ctx.journal.clone();
-            let file_id = ctx.row.id;
+            let checkpoints = ctx.checkpoints.clone();
+            let file_id = ctx.job.id;
             let cancel = ctx.cancel.clone();
             let metrics = self.metrics.clone();
             let retry = self.retry.clone();
@@ -1190,13 +1194,13 @@ impl S3Dest {
                     crc32c: crc_b64.clone(),
                     size: data.len() as u64,
                 };
-                journal.record_part(file_id, &uid, &part)?;
+                checkpoints.record_part(file_id, &uid, &part)?;
                 metrics.add_bytes(data.len() as u64);
                 metrics.touch();
                 Ok(part)
             });
         }
-        // Let the parts in flight finish (they are checkpointed in the journal) even on
+        // Let the parts in flight finish (they are checkpointed) even on
         // shutdown; the next start resumes after them.
         let mut first_err = None;
         while let Some(r) = tasks.join_next().await {
@@ -1214,7 +1218,7 @@ impl S3Dest {
         }
         if let Some(e) = first_err {
             if matches!(e, SyncError::NoSuchUpload(_)) {
-                ctx.journal.clear_upload(ctx.row.id)?;
+                ctx.checkpoints.clear_upload(ctx.job.id)?;
             }
             return Err(e);
         }

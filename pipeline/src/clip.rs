@@ -1,4 +1,5 @@
 //! Clip naming and manifest building (pure).
+//! The names, files and manifest are the clip contract: `docs/clip-contract.md`.
 
 use std::time::SystemTime;
 

@@ -1,0 +1,159 @@
+//! The recording branch: the parser or encoder, then `splitmuxsink` (clips written as
+//! they come) or the appsink of the pre-roll ring (capture policies); the output directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use gst::prelude::*;
+
+use super::make;
+use crate::config::Camera;
+use crate::error::{Error, Result};
+use crate::recorder::Recorder;
+use crate::timing::DtsGuard;
+
+/// In-memory mode (capture policies): the recording branch ends here, every compressed
+/// buffer goes to the recorder's pre-roll ring with its running time.
+pub(super) fn video_sink(recorder: Arc<Mutex<Recorder>>) -> gst_app::AppSink {
+    let mut last_rt = 0u64;
+    gst_app::AppSink::builder()
+        .sync(false)
+        .enable_last_sample(false)
+        .callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let (Some(buffer), Some(caps)) = (sample.buffer_owned(), sample.caps_owned()) else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let ts = buffer.pts().or(buffer.dts());
+                    let rt = sample
+                        .segment()
+                        .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                        .and_then(|s| s.to_running_time(ts))
+                        .or(ts)
+                        .map_or(last_rt, |r| r.nseconds());
+                    last_rt = rt;
+                    recorder
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_video(buffer, rt, &caps);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        )
+        .build()
+}
+
+/// The parser for a compressed stream of the recording branch; in memory mode it repeats
+/// the parameter sets at every key frame so that a clip can start at any GOP.
+pub(super) fn parser(caps_name: &str, in_memory: bool) -> Result<Option<gst::Element>> {
+    let p = match caps_name {
+        "video/x-h264" => make("h264parse")?,
+        "video/x-h265" => make("h265parse")?,
+        _ => return Ok(None),
+    };
+    if in_memory {
+        p.set_property("config-interval", -1i32);
+    }
+    Ok(Some(p))
+}
+
+pub(super) fn splitmux(cam: &Camera, recorder: &Arc<Mutex<Recorder>>) -> Result<gst::Element> {
+    let rec = &cam.recording;
+    let s = make("splitmuxsink")?;
+    s.set_property("muxer-factory", rec.container.muxer());
+    s.set_property("max-size-time", rec.clip_duration.as_nanos() as u64);
+    s.set_property("max-size-bytes", rec.clip_max_bytes);
+    s.set_property("send-keyframe-requests", true);
+    let r = recorder.clone();
+    s.connect("format-location", false, move |_| {
+        let loc = r.lock().unwrap_or_else(|e| e.into_inner()).next_location();
+        Some(loc.to_string_lossy().to_string().to_value())
+    });
+    Ok(s)
+}
+
+/// Removes a clock offset between the camera's DTS and PTS before the muxer sees it
+/// ([`DtsGuard`]); starts over at every discontinuity (a reconnect).
+pub(super) fn guard_dts(queue: &gst::Element, camera: &str) {
+    let guard = Mutex::new(DtsGuard::default());
+    let camera = camera.to_string();
+    let pad = queue.static_pad("src").expect("queue has a src pad");
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(gst::PadProbeData::Buffer(buf)) = info.data.as_mut() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.flags().contains(gst::BufferFlags::DISCONT) {
+            *g = DtsGuard::default();
+        }
+        let known = g.shift().is_some();
+        let (pts, dts) = (buf.pts().map(|t| t.nseconds()), buf.dts().map(|t| t.nseconds()));
+        let fixed = g.fix(pts, dts);
+        if !known && let Some(shift) = g.shift().filter(|&s| s != 0) {
+            tracing::warn!(
+                camera = %camera,
+                gap_s = shift as f64 / 1e9,
+                "the stream's DTS runs behind its PTS by more than any reordering: recording with the DTS moved up \
+                 (mp4 clips would otherwise play as empty)"
+            );
+        }
+        if fixed != dts {
+            buf.make_mut().set_dts(fixed.map(gst::ClockTime::from_nseconds));
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Creates the camera's output directory and checks it is writable.
+/// A setgid parent means "shared with the group" (the units: the upload daemon runs as its
+/// own user in the runner's group and deletes uploaded clips): a directory of ours beneath
+/// it gets the parent's mode, so the group may delete there too, whatever the umask took.
+fn share_like_parent(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(parent) = dir.parent() else { return Ok(()) };
+    let (pm, dm) = (std::fs::metadata(parent)?, std::fs::metadata(dir)?);
+    let shared = pm.mode() & 0o2000 != 0;
+    let ours = dm.uid() == nix::unistd::geteuid().as_raw();
+    if shared && ours && dm.mode() & 0o7777 != pm.mode() & 0o7777 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(pm.mode() & 0o7777))?;
+    }
+    Ok(())
+}
+
+pub fn prepare_output(dir: &Path) -> Result<()> {
+    let err = |reason: String| Error::Output {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    share_like_parent(dir).map_err(|e| err(format!("cannot set its mode: {e}")))?;
+    let probe: PathBuf = dir.join(".edgemask-write-test.part");
+    std::fs::write(&probe, b"x").map_err(|e| err(format!("not writable: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn camera_directories_share_a_setgid_output_directory_with_its_group() {
+        let t = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        prepare_output(&shared.join("front")).unwrap();
+        assert_eq!(mode(&shared.join("front")), 0o2770);
+        // Without the setgid bit the umask decides, as before.
+        let plain = t.path().join("plain");
+        std::fs::create_dir(&plain).unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o750)).unwrap();
+        prepare_output(&plain.join("front")).unwrap();
+        assert_eq!(mode(&plain.join("front")) & 0o2000, 0);
+    }
+}

@@ -29,7 +29,6 @@ pub use mask::unetmask;
 use preview::preview_branch;
 pub use preview::{display_sink, restream_channel};
 pub use record::prepare_output;
-use record::{guard_dts, parser, splitmux, video_sink};
 pub use source::check_source;
 use source::source_element;
 
@@ -82,7 +81,6 @@ fn attach_video(
 ) -> Result<gst::Pad> {
     // An empty `caps_name`: compressed, codec not known yet.
     let compressed = !caps_name.starts_with("video/x-raw");
-    let mut unlinked: Option<gst::Element> = None;
     let tee = make("tee")?;
     let q_rec = make("queue")?;
     let q_mask = make("queue")?;
@@ -91,90 +89,7 @@ fn attach_video(
         q.set_property("max-size-buffers", 0u32);
         q.set_property("max-size-bytes", 0u32);
     }
-    let mut rec_chain: Vec<gst::Element> = vec![q_rec.clone()];
-    let in_memory = recorder.lock().unwrap_or_else(|e| e.into_inner()).in_memory();
-    if cam.recording.enabled {
-        if compressed {
-            if caps_name.is_empty() {
-                unlinked = Some(make("parsebin")?);
-            } else if let Some(p) = parser(caps_name, in_memory)? {
-                rec_chain.push(p);
-            }
-        } else {
-            let fps = match &cam.source {
-                Source::TestPattern { fps, .. } => *fps,
-                _ => 30,
-            };
-            let enc = make("x264enc")?;
-            enc.set_property_from_str("speed-preset", "ultrafast");
-            enc.set_property_from_str("tune", "zerolatency");
-            enc.set_property("key-int-max", fps.max(1));
-            enc.set_property("threads", 1u32);
-            rec_chain.extend([make("videoconvert")?, enc, make("h264parse")?]);
-        }
-        let sink: gst::Element = if in_memory {
-            video_sink(recorder.clone()).upcast()
-        } else {
-            if compressed {
-                guard_dts(&q_rec, &cam.name);
-            }
-            splitmux(cam, recorder)?
-        };
-        if let Some(parsebin) = unlinked.take() {
-            rec_chain.push(parsebin.clone());
-            let sink_weak = sink.downgrade();
-            let pipeline_weak = pipeline.downgrade();
-            parsebin.connect_pad_added(move |_, p| {
-                let (Some(sink), Some(pipeline)) = (sink_weak.upgrade(), pipeline_weak.upgrade()) else {
-                    return;
-                };
-                let caps = p.current_caps().unwrap_or_else(|| p.query_caps(None));
-                let Some(name) = caps
-                    .structure(0)
-                    .map(|s| s.name().to_string())
-                    .filter(|n| n.starts_with("video/"))
-                else {
-                    return;
-                };
-                let target = if in_memory {
-                    // A parser that repeats the parameter sets, then the ring's appsink.
-                    let sinkpad = sink.static_pad("sink").expect("appsink has a sink pad");
-                    match parser(&name, true) {
-                        Ok(Some(parse)) => {
-                            let linked = pipeline.add(&parse).is_ok()
-                                && parse.link(&sink).is_ok()
-                                && parse.sync_state_with_parent().is_ok();
-                            if !linked {
-                                tracing::error!("cannot insert the parser of the recording branch");
-                                return;
-                            }
-                            parse.static_pad("sink")
-                        }
-                        _ => Some(sinkpad),
-                    }
-                } else {
-                    sink.request_pad_simple("video")
-                };
-                match target {
-                    Some(target) => {
-                        if let Err(e) = p.link(&target) {
-                            tracing::error!(error = ?e, "cannot link the parsed stream to the recording sink");
-                        }
-                    }
-                    None => tracing::error!("the recording sink gives no video pad"),
-                }
-            });
-            // Added to the pipeline below with the rest, linked when parsebin has typed the stream.
-            unlinked = Some(sink);
-        } else {
-            rec_chain.push(sink);
-        }
-    } else {
-        let fake = make("fakesink")?;
-        fake.set_property("sync", false);
-        fake.set_property("async", false);
-        rec_chain.push(fake);
-    }
+    let (rec_chain, unlinked) = record::branch(pipeline, &q_rec, caps_name, compressed, cam, recorder)?;
     let mut mask_chain: Vec<gst::Element> = vec![q_mask.clone()];
     if compressed {
         mask_chain.push(make("decodebin")?);

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use gst::prelude::*;
 
 use super::make;
-use crate::config::Camera;
+use crate::config::{Camera, Source};
 use crate::error::{Error, Result};
 use crate::recorder::Recorder;
 use crate::timing::DtsGuard;
 
 /// In-memory mode (capture policies): the recording branch ends here, every compressed
 /// buffer goes to the recorder's pre-roll ring with its running time.
-pub(super) fn video_sink(recorder: Arc<Mutex<Recorder>>) -> gst_app::AppSink {
+fn video_sink(recorder: Arc<Mutex<Recorder>>) -> gst_app::AppSink {
     let mut last_rt = 0u64;
     gst_app::AppSink::builder()
         .sync(false)
@@ -47,7 +47,7 @@ pub(super) fn video_sink(recorder: Arc<Mutex<Recorder>>) -> gst_app::AppSink {
 
 /// The parser for a compressed stream of the recording branch; in memory mode it repeats
 /// the parameter sets at every key frame so that a clip can start at any GOP.
-pub(super) fn parser(caps_name: &str, in_memory: bool) -> Result<Option<gst::Element>> {
+fn parser(caps_name: &str, in_memory: bool) -> Result<Option<gst::Element>> {
     let p = match caps_name {
         "video/x-h264" => make("h264parse")?,
         "video/x-h265" => make("h265parse")?,
@@ -59,7 +59,7 @@ pub(super) fn parser(caps_name: &str, in_memory: bool) -> Result<Option<gst::Ele
     Ok(Some(p))
 }
 
-pub(super) fn splitmux(cam: &Camera, recorder: &Arc<Mutex<Recorder>>) -> Result<gst::Element> {
+fn splitmux(cam: &Camera, recorder: &Arc<Mutex<Recorder>>) -> Result<gst::Element> {
     let rec = &cam.recording;
     let s = make("splitmuxsink")?;
     s.set_property("muxer-factory", rec.container.muxer());
@@ -76,7 +76,7 @@ pub(super) fn splitmux(cam: &Camera, recorder: &Arc<Mutex<Recorder>>) -> Result<
 
 /// Removes a clock offset between the camera's DTS and PTS before the muxer sees it
 /// ([`DtsGuard`]); starts over at every discontinuity (a reconnect).
-pub(super) fn guard_dts(queue: &gst::Element, camera: &str) {
+fn guard_dts(queue: &gst::Element, camera: &str) {
     let guard = Mutex::new(DtsGuard::default());
     let camera = camera.to_string();
     let pad = queue.static_pad("src").expect("queue has a src pad");
@@ -104,6 +104,105 @@ pub(super) fn guard_dts(queue: &gst::Element, camera: &str) {
         }
         gst::PadProbeReturn::Ok
     });
+}
+
+/// The recording branch after its queue `q_rec` (which it heads): the elements to link in
+/// a row, and the sink to add unlinked when a `parsebin` must type the stream first
+/// (`caps_name` empty); a `fakesink` when the camera records nothing.
+pub(super) fn branch(
+    pipeline: &gst::Pipeline,
+    q_rec: &gst::Element,
+    caps_name: &str,
+    compressed: bool,
+    cam: &Camera,
+    recorder: &Arc<Mutex<Recorder>>,
+) -> Result<(Vec<gst::Element>, Option<gst::Element>)> {
+    let mut unlinked: Option<gst::Element> = None;
+    let mut rec_chain: Vec<gst::Element> = vec![q_rec.clone()];
+    let in_memory = recorder.lock().unwrap_or_else(|e| e.into_inner()).in_memory();
+    if cam.recording.enabled {
+        if compressed {
+            if caps_name.is_empty() {
+                unlinked = Some(make("parsebin")?);
+            } else if let Some(p) = parser(caps_name, in_memory)? {
+                rec_chain.push(p);
+            }
+        } else {
+            let fps = match &cam.source {
+                Source::TestPattern { fps, .. } => *fps,
+                _ => 30,
+            };
+            let enc = make("x264enc")?;
+            enc.set_property_from_str("speed-preset", "ultrafast");
+            enc.set_property_from_str("tune", "zerolatency");
+            enc.set_property("key-int-max", fps.max(1));
+            enc.set_property("threads", 1u32);
+            rec_chain.extend([make("videoconvert")?, enc, make("h264parse")?]);
+        }
+        let sink: gst::Element = if in_memory {
+            video_sink(recorder.clone()).upcast()
+        } else {
+            if compressed {
+                guard_dts(q_rec, &cam.name);
+            }
+            splitmux(cam, recorder)?
+        };
+        if let Some(parsebin) = unlinked.take() {
+            rec_chain.push(parsebin.clone());
+            let sink_weak = sink.downgrade();
+            let pipeline_weak = pipeline.downgrade();
+            parsebin.connect_pad_added(move |_, p| {
+                let (Some(sink), Some(pipeline)) = (sink_weak.upgrade(), pipeline_weak.upgrade()) else {
+                    return;
+                };
+                let caps = p.current_caps().unwrap_or_else(|| p.query_caps(None));
+                let Some(name) = caps
+                    .structure(0)
+                    .map(|s| s.name().to_string())
+                    .filter(|n| n.starts_with("video/"))
+                else {
+                    return;
+                };
+                let target = if in_memory {
+                    // A parser that repeats the parameter sets, then the ring's appsink.
+                    let sinkpad = sink.static_pad("sink").expect("appsink has a sink pad");
+                    match parser(&name, true) {
+                        Ok(Some(parse)) => {
+                            let linked = pipeline.add(&parse).is_ok()
+                                && parse.link(&sink).is_ok()
+                                && parse.sync_state_with_parent().is_ok();
+                            if !linked {
+                                tracing::error!("cannot insert the parser of the recording branch");
+                                return;
+                            }
+                            parse.static_pad("sink")
+                        }
+                        _ => Some(sinkpad),
+                    }
+                } else {
+                    sink.request_pad_simple("video")
+                };
+                match target {
+                    Some(target) => {
+                        if let Err(e) = p.link(&target) {
+                            tracing::error!(error = ?e, "cannot link the parsed stream to the recording sink");
+                        }
+                    }
+                    None => tracing::error!("the recording sink gives no video pad"),
+                }
+            });
+            // Added to the pipeline below with the rest, linked when parsebin has typed the stream.
+            unlinked = Some(sink);
+        } else {
+            rec_chain.push(sink);
+        }
+    } else {
+        let fake = make("fakesink")?;
+        fake.set_property("sync", false);
+        fake.set_property("async", false);
+        rec_chain.push(fake);
+    }
+    Ok((rec_chain, unlinked))
 }
 
 /// Creates the camera's output directory and checks it is writable.

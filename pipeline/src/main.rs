@@ -4,26 +4,54 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use edgemask::config;
 use edgemask::error::{Error, exit};
 
-const USAGE: &str = "\
-edgemask — person-segmentation runner: cameras, files and RTSP feeds → masks → clips
-
-USAGE:
-    edgemask run <config.toml>...        run the cameras of the config(s) (later files override)
-    edgemask check [--no-network] <config.toml>...
-                                         validate config, model, sources (RTSP cameras must accept a
-                                         TCP connection unless --no-network) and output dir; run nothing
-    edgemask probe-model <model.onnx>    print the contract the unetmask element detects
-    edgemask --version | --help
-
+const AFTER_HELP: &str = "\
 Environment: EDGEMASK__SECTION__KEY=value overrides config keys (e.g. EDGEMASK__MODEL__DEVICE=cpu),
 EDGEMASK_LOG (or RUST_LOG) sets the log filter (default: info), ORT_DYLIB_PATH the ONNX Runtime library.
 
 Exit codes: 0 done, 1 a pipeline failed, 2 usage, 3 invalid config, 4 model unusable,
-5 source unavailable, 6 output directory unusable, 130 forced exit (second signal).
-";
+5 source unavailable, 6 output directory unusable, 130 forced exit (second signal).";
+
+#[derive(Parser)]
+#[command(
+    name = "edgemask",
+    version,
+    about = "edgemask — person-segmentation runner: cameras, files and RTSP feeds → masks → clips",
+    after_help = AFTER_HELP,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the cameras of the config(s).
+    Run {
+        /// Config files (TOML); later files override earlier ones.
+        #[arg(value_name = "CONFIG.TOML", required = true)]
+        configs: Vec<PathBuf>,
+    },
+    /// Validate config, model, sources and output dir; run nothing.
+    Check {
+        /// Do not try a TCP connection to each RTSP camera.
+        #[arg(long)]
+        no_network: bool,
+        /// Config files (TOML); later files override earlier ones.
+        #[arg(value_name = "CONFIG.TOML", required = true)]
+        configs: Vec<PathBuf>,
+    },
+    /// Print the contract the unetmask element detects in a model.
+    ProbeModel {
+        /// The model file.
+        #[arg(value_name = "MODEL.ONNX")]
+        model: PathBuf,
+    },
+}
 
 fn init_logging() {
     let filter = std::env::var("EDGEMASK_LOG")
@@ -56,16 +84,10 @@ fn load(paths: &[PathBuf]) -> Result<config::Settings, Error> {
     config::validate(&file, &base)
 }
 
-fn check(args: &[String]) -> Result<(), Error> {
-    let offline = args.iter().any(|a| a == "--no-network");
-    let paths: Vec<PathBuf> = args
-        .iter()
-        .filter(|a| *a != "--no-network")
-        .map(PathBuf::from)
-        .collect();
-    let settings = load(&paths)?;
+fn check(paths: &[PathBuf], probe_network: bool) -> Result<(), Error> {
+    let settings = load(paths)?;
     edgemask::runner::init_gst()?;
-    let models = edgemask::runner::preflight(&settings, !offline)?;
+    let models = edgemask::runner::preflight(&settings, probe_network)?;
     println!("config OK: {} camera(s)", settings.cameras.len());
     #[cfg(feature = "cuda")]
     {
@@ -170,36 +192,24 @@ fn code_of(e: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let paths = |rest: &[String]| rest.iter().map(PathBuf::from).collect::<Vec<_>>();
-    let result: anyhow::Result<u8> = match args.first().map(String::as_str) {
-        Some("--version" | "-V") => {
-            println!("edgemask {}", env!("CARGO_PKG_VERSION"));
-            Ok(exit::OK)
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version go to stdout and succeed; anything else is a usage error.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
-        Some("--help" | "-h" | "help") => {
-            print!("{USAGE}");
-            Ok(exit::OK)
-        }
-        Some("check") if args.len() >= 2 => {
-            init_logging();
-            check(&args[1..]).map(|_| exit::OK).map_err(anyhow::Error::from)
-        }
-        Some("probe-model") if args.len() == 2 => {
-            init_logging();
-            probe_model(Path::new(&args[1])).map(|_| exit::OK)
-        }
-        Some("run") if args.len() >= 2 => {
-            init_logging();
-            load(&paths(&args[1..]))
-                .map_err(anyhow::Error::from)
-                .and_then(|s| edgemask::runner::run(s).map_err(anyhow::Error::from))
-                .context("edgemask run")
-        }
-        _ => {
-            eprint!("{USAGE}");
-            Ok(exit::USAGE)
-        }
+    };
+    init_logging();
+    let result: anyhow::Result<u8> = match cli.cmd {
+        Cmd::Check { no_network, configs } => check(&configs, !no_network)
+            .map(|_| exit::OK)
+            .map_err(anyhow::Error::from),
+        Cmd::ProbeModel { model } => probe_model(&model).map(|_| exit::OK),
+        Cmd::Run { configs } => load(&configs)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| edgemask::runner::run(s).map_err(anyhow::Error::from))
+            .context("edgemask run"),
     };
     match result {
         Ok(code) => ExitCode::from(code),

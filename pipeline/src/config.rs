@@ -1,7 +1,8 @@
 //! Configuration: TOML file(s) plus `EDGEMASK__…` environment overrides, read with the
-//! `config` crate, then checked here. Unknown keys are errors that name the key, its value
-//! and the keys allowed at that place; values are checked by [`validate`], which turns the
-//! loose file structure into the typed [`Settings`] the runner uses.
+//! `config` crate, then checked here. The file structs deny unknown keys; such a key is an
+//! error that names its dotted path, its value and the keys allowed at that place. Values
+//! are checked by [`validate`], which turns the loose file structure into the typed
+//! [`Settings`] the runner uses.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use crate::error::{Error, Result};
 
 /// `[runner]`
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct RunnerFile {
     pub output_dir: Option<PathBuf>,
     pub host: Option<String>,
@@ -35,6 +37,7 @@ pub enum DisplayFile {
 
 /// `[model]` (shared) or `[cameras.NAME.model]` (per-camera override of single fields).
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct ModelFile {
     pub path: Option<PathBuf>,
     pub device: Option<String>,
@@ -55,6 +58,7 @@ pub struct ModelFile {
 
 /// `[recording]` (shared) or `[cameras.NAME.recording]`.
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct RecordingFile {
     pub enabled: Option<bool>,
     pub container: Option<String>,
@@ -64,6 +68,7 @@ pub struct RecordingFile {
 
 /// `[cameras.NAME.policy]`
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     pub kind: Option<String>,
     pub min_coverage: Option<f64>,
@@ -75,6 +80,7 @@ pub struct PolicyFile {
 
 /// `[cameras.NAME]`
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct CameraFile {
     pub source: Option<String>,
     pub path: Option<PathBuf>,
@@ -98,6 +104,7 @@ pub struct CameraFile {
 
 /// The whole file, as read.
 #[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     #[serde(default)]
     pub runner: RunnerFile,
@@ -109,124 +116,61 @@ pub struct ConfigFile {
     pub cameras: BTreeMap<String, CameraFile>,
 }
 
-const RUNNER_KEYS: &[&str] = &[
-    "output_dir",
-    "host",
-    "disk_floor_mb",
-    "metrics_listen",
-    "stall_timeout_s",
-    "backoff_initial_s",
-    "backoff_max_s",
-    "progress",
-    "rtsp_listen",
-];
-const MODEL_KEYS: &[&str] = &[
-    "path",
-    "device",
-    "threads",
-    "threshold",
-    "inference_interval",
-    "pipelined",
-    "resize",
-    "layout",
-    "channel_order",
-    "input_size",
-    "activation",
-    "person_class",
-    "mean",
-    "std",
-    "scale",
-];
-const RECORDING_KEYS: &[&str] = &["enabled", "container", "clip_seconds", "clip_max_mb"];
-const POLICY_KEYS: &[&str] = &[
-    "kind",
-    "min_coverage",
-    "min_uncertain",
-    "min_duration_s",
-    "preroll_s",
-    "preroll_max_mb",
-];
-const CAMERA_KEYS: &[&str] = &[
-    "source",
-    "path",
-    "url",
-    "credentials_file",
-    "transport",
-    "device",
-    "pattern",
-    "width",
-    "height",
-    "fps",
-    "num_frames",
-    "live",
-    "enabled",
-    "display",
-    "restream",
-    "model",
-    "recording",
-    "policy",
-];
-const TOP_KEYS: &[&str] = &["runner", "model", "recording", "cameras"];
-
-/// The keys allowed in the table at `path` (dotted, camera names replaced by `*`).
-fn allowed_keys(path: &[&str]) -> Option<&'static [&'static str]> {
-    match path {
-        [] => Some(TOP_KEYS),
-        ["runner"] => Some(RUNNER_KEYS),
-        ["model"] | ["cameras", _, "model"] => Some(MODEL_KEYS),
-        ["recording"] | ["cameras", _, "recording"] => Some(RECORDING_KEYS),
-        ["cameras", _] => Some(CAMERA_KEYS),
-        ["cameras", _, "policy"] => Some(POLICY_KEYS),
-        _ => None,
+/// The keys allowed beside an unknown one, read from serde's message for it: "unknown
+/// field \`x\`, expected one of \`a\`, \`b\`" (or "expected \`a\` or \`b\`", "expected \`a\`").
+fn allowed_keys(msg: &str) -> Option<Vec<&str>> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    if rest.ends_with("`, there are no fields") {
+        return Some(Vec::new());
     }
+    let (_, expected) = rest.rsplit_once("`, expected ")?;
+    Some(expected.split('`').skip(1).step_by(2).collect())
 }
 
-/// A config value as an error shows it: credentials redacted, at most 60 bytes (cut on a
-/// character boundary: slicing at byte 60 panicked on a multi-byte character).
-fn short_value(v: &serde_json::Value) -> String {
+/// The value at `path` in the config, as an error shows it: credentials redacted, at most
+/// 60 bytes (cut on a character boundary: slicing at byte 60 panicked on a multi-byte
+/// character).
+fn shown_value(cfg: config::Config, path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let Ok(mut v) = cfg.try_deserialize::<serde_json::Value>() else {
+        return "?".into();
+    };
+    for segment in path {
+        let next = match segment {
+            Segment::Map { key } => v.get_mut(key.as_str()),
+            Segment::Seq { index } => v.get_mut(*index),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        };
+        let Some(next) = next else { return "?".into() };
+        v = next.take();
+    }
     crate::redact::shown(&v.to_string(), 60)
 }
 
-/// Finds the first key of `value` that the schema does not know.
-pub fn check_unknown_keys(value: &serde_json::Value) -> Result<()> {
-    fn walk(path: &mut Vec<String>, value: &serde_json::Value) -> Result<()> {
-        let serde_json::Value::Object(map) = value else {
-            return Ok(());
-        };
-        if path.len() == 1 && path[0] == "cameras" {
-            for (name, cam) in map {
-                path.push(name.clone());
-                walk(path, cam)?;
-                path.pop();
-            }
-            return Ok(());
-        }
-        let as_str: Vec<&str> = path.iter().map(String::as_str).collect();
-        let Some(allowed) = allowed_keys(&as_str) else {
-            return Ok(());
-        };
-        for (k, v) in map {
-            if !allowed.contains(&k.as_str()) {
-                let key = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{}.{k}", path.join("."))
-                };
-                return Err(Error::UnknownKey {
-                    key,
-                    value: short_value(v),
-                    allowed: allowed.join(", "),
-                });
-            }
-            if v.is_object() {
-                path.push(k.clone());
-                walk(path, v)?;
-                path.pop();
+/// The file structure of the built config. The structs deny unknown keys; serde's error for
+/// one names neither the table nor the value, so it becomes [`Error::UnknownKey`] with the
+/// dotted path (`cameras.door.fps_max`), the value and the keys allowed there.
+fn file_structure(cfg: config::Config) -> Result<ConfigFile> {
+    serde_path_to_error::deserialize(cfg.clone()).map_err(|e| {
+        fn innermost(e: &config::ConfigError) -> &config::ConfigError {
+            match e {
+                config::ConfigError::At { error, .. } => innermost(error),
+                e => e,
             }
         }
-        Ok(())
-    }
-    walk(&mut Vec::new(), value)
+        let allowed = match innermost(e.inner()) {
+            config::ConfigError::Message(m) => allowed_keys(m).map(|a| a.join(", ")),
+            _ => None,
+        };
+        match allowed {
+            Some(allowed) => Error::UnknownKey {
+                key: e.path().to_string(),
+                value: shown_value(cfg, e.path()),
+                allowed,
+            },
+            None => Error::Config(e.into_inner().to_string()),
+        }
+    })
 }
 
 /// Reads the config files (later ones override earlier ones) and the `EDGEMASK__` environment.
@@ -248,12 +192,7 @@ pub fn load(paths: &[PathBuf]) -> Result<ConfigFile> {
             .try_parsing(true),
     );
     let cfg = builder.build().map_err(|e| Error::Config(e.to_string()))?;
-    let raw: serde_json::Value = cfg
-        .clone()
-        .try_deserialize()
-        .map_err(|e| Error::Config(e.to_string()))?;
-    check_unknown_keys(&raw)?;
-    cfg.try_deserialize().map_err(|e| Error::Config(e.to_string()))
+    file_structure(cfg)
 }
 
 /// Where a camera's frames come from.
@@ -974,13 +913,7 @@ mod tests {
             .add_source(config::File::from_str(toml, config::FileFormat::Toml))
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
-        let raw: serde_json::Value = cfg
-            .clone()
-            .try_deserialize()
-            .map_err(|e| Error::Config(e.to_string()))?;
-        check_unknown_keys(&raw)?;
-        let file: ConfigFile = cfg.try_deserialize().map_err(|e| Error::Config(e.to_string()))?;
-        validate(&file, Path::new("/base"))
+        validate(&file_structure(cfg)?, Path::new("/base"))
     }
 
     const GOOD: &str = r#"
@@ -1018,17 +951,92 @@ mod tests {
     #[test]
     fn unknown_key_names_key_value_and_allowed() {
         let e = parse(&GOOD.replace("path = \"m.onnx\"", "path = \"m.onnx\"\ndevcie = \"cpu\"")).unwrap_err();
-        let msg = e.to_string();
-        assert!(msg.contains("model.devcie"), "{msg}");
-        assert!(msg.contains("\"cpu\""), "{msg}");
-        assert!(msg.contains("device"), "{msg}");
+        assert_eq!(
+            e.to_string(),
+            "configuration: unknown key `model.devcie` (value \"cpu\"); allowed keys here: path, device, \
+             threads, threshold, inference_interval, pipelined, resize, layout, channel_order, input_size, \
+             activation, person_class, mean, std, scale"
+        );
         assert_eq!(e.exit_code(), crate::error::exit::CONFIG);
     }
 
     #[test]
     fn unknown_camera_key_is_reported_with_camera_path() {
         let e = parse(&format!("{GOOD}\nfoo = 3\n")).unwrap_err();
-        assert!(e.to_string().contains("cameras.front.foo"), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("unknown key `cameras.front.foo` (value 3)"), "{msg}");
+        assert!(msg.contains("allowed keys here: source, path, url,"), "{msg}");
+        assert!(msg.ends_with("restream, model, recording, policy"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_at_every_level() {
+        let table = |t: &str| format!("{GOOD}\n{t}\n");
+        for (toml, key, value, allowed) in [
+            (
+                format!("colour = \"blue\"\n{GOOD}"),
+                "colour",
+                "\"blue\"",
+                "runner, model, recording, cameras",
+            ),
+            (
+                GOOD.replace("output_dir = \"out\"", "output_dir = \"out\"\noutput = \"x\""),
+                "runner.output",
+                "\"x\"",
+                "output_dir, host, disk_floor_mb, metrics_listen, stall_timeout_s, backoff_initial_s, \
+                 backoff_max_s, progress, rtsp_listen",
+            ),
+            (
+                table("[recording]\nclip_s = 5"),
+                "recording.clip_s",
+                "5",
+                "enabled, container, clip_seconds, clip_max_mb",
+            ),
+            (
+                table("[cameras.front.recording]\nformat = \"mkv\""),
+                "cameras.front.recording.format",
+                "\"mkv\"",
+                "enabled, container, clip_seconds, clip_max_mb",
+            ),
+            (
+                table("[cameras.front.model]\nthreshhold = 0.7"),
+                "cameras.front.model.threshhold",
+                "0.7",
+                "path, device, threads, threshold,",
+            ),
+            (
+                table("[cameras.front.policy]\nmin_coverge = 0.1"),
+                "cameras.front.policy.min_coverge",
+                "0.1",
+                "kind, min_coverage, min_uncertain, min_duration_s, preroll_s, preroll_max_mb",
+            ),
+        ] {
+            let msg = parse(&toml).unwrap_err().to_string();
+            assert!(
+                msg.contains(&format!(
+                    "unknown key `{key}` (value {value}); allowed keys here: {allowed}"
+                )),
+                "{key}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_keys_are_read_from_serdes_message() {
+        assert_eq!(
+            allowed_keys("unknown field `foo`, expected one of `a`, `b`, `c`"),
+            Some(vec!["a", "b", "c"])
+        );
+        assert_eq!(
+            allowed_keys("unknown field `foo`, expected `a` or `b`"),
+            Some(vec!["a", "b"])
+        );
+        assert_eq!(allowed_keys("unknown field `foo`, expected `a`"), Some(vec!["a"]));
+        assert_eq!(
+            allowed_keys("unknown field `foo`, there are no fields"),
+            Some(vec![])
+        );
+        assert_eq!(allowed_keys("invalid type: string \"x\", expected u64"), None);
     }
 
     #[test]

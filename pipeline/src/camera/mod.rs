@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use gst::prelude::*;
 
-use crate::config::{Camera, Source};
+use crate::config::Camera;
 use crate::error::{Error, Result};
 use crate::recorder::Recorder;
 
@@ -235,74 +235,23 @@ pub fn build(cam: &Camera, recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoc
         });
     };
 
-    // Raw sources (v4l2, test pattern): source ! capsfilter, then the two branches.
-    let attach_raw = |src: &gst::Element, caps: &gst::Element| -> Result<()> {
-        pipeline.add_many([src, caps])?;
-        src.link(caps)?;
-        let pad = caps.static_pad("src").expect("capsfilter has a src pad");
-        let p = attach_video(
-            &pipeline,
-            &pad,
-            "video/x-raw",
-            cam,
-            &recorder,
-            &flow,
-            epoch,
-            display.clone(),
-        )?;
-        *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
-        Ok(())
-    };
-
     let src = source_element(cam)?;
     #[cfg(feature = "fault-injection")]
     crate::fault::on_source(&src);
-    match &cam.source {
-        Source::File { .. } => {
-            let parse = make("parsebin")?;
-            pipeline.add_many([&src, &parse])?;
-            src.link(&parse)?;
-            dynamic(&parse);
-        }
-        Source::Rtsp { url, tcp, .. } => {
-            // rtspsrc gives one RTP pad per stream it set up (only video: select-stream);
-            // parsebin depayloads and parses it. Reconnecting is the runner's job: a stream
-            // that ends or breaks drains to EOS, so every frame that arrived is in a clip.
-            let parse = make("parsebin")?;
-            pipeline.add_many([&src, &parse])?;
-            let pipeline_weak = pipeline.downgrade();
-            let parse_weak = parse.downgrade();
-            src.connect_pad_added(move |_, pad| {
-                let (Some(pipeline), Some(parse)) = (pipeline_weak.upgrade(), parse_weak.upgrade()) else {
-                    return;
-                };
-                let sink = parse.static_pad("sink").expect("parsebin has a sink pad");
-                if sink.is_linked() || pad.link(&sink).is_err() {
-                    discard(&pipeline, pad);
-                }
-            });
-            dynamic(&parse);
-            tracing::info!(camera = %cam.name, url = %crate::redact::redact(url), transport = if *tcp { "tcp" } else { "udp" }, "RTSP source");
-        }
-        Source::V4l2 { .. } => {
-            let caps = make("capsfilter")?;
-            caps.set_property("caps", gst::Caps::builder("video/x-raw").build());
-            attach_raw(&src, &caps)?;
-        }
-        Source::TestPattern {
-            width, height, fps, ..
-        } => {
-            let caps = make("capsfilter")?;
-            caps.set_property(
-                "caps",
-                gst::Caps::builder("video/x-raw")
-                    .field("format", "I420")
-                    .field("width", *width as i32)
-                    .field("height", *height as i32)
-                    .field("framerate", gst::Fraction::new(*fps as i32, 1))
-                    .build(),
-            );
-            attach_raw(&src, &caps)?;
+    match source::head(&pipeline, cam, &src)? {
+        source::Head::Parsed(parse) => dynamic(&parse),
+        source::Head::Raw(pad) => {
+            let p = attach_video(
+                &pipeline,
+                &pad,
+                "video/x-raw",
+                cam,
+                &recorder,
+                &flow,
+                epoch,
+                display.clone(),
+            )?;
+            *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         }
     }
     Ok(Built { pipeline, entry })

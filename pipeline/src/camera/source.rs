@@ -1,9 +1,9 @@
-//! The camera's source element (file, RTSP, v4l2, test pattern), and the check that the
-//! source is there.
+//! The camera's source (file, RTSP, v4l2, test pattern): its element, what the pipeline
+//! needs in front of the branches for its kind, and the check that the source is there.
 
 use gst::prelude::*;
 
-use super::make;
+use super::{discard, make};
 use crate::config::{Camera, Source};
 use crate::error::{Error, Result};
 use crate::props;
@@ -67,6 +67,71 @@ pub(super) fn source_element(cam: &Camera) -> Result<gst::Element> {
             src
         }
     })
+}
+
+/// Where the source's video leaves the part that [`head`] builds.
+pub(super) enum Head {
+    /// A `parsebin`, whose video pad appears once it has typed the stream.
+    Parsed(gst::Element),
+    /// The raw video, at a capsfilter's src pad.
+    Raw(gst::Pad),
+}
+
+/// Adds `src` to `pipeline` with what its kind needs in front of the branches: a parsebin
+/// for a compressed stream (file, RTSP), a capsfilter for raw video (v4l2, test pattern).
+pub(super) fn head(pipeline: &gst::Pipeline, cam: &Camera, src: &gst::Element) -> Result<Head> {
+    match &cam.source {
+        Source::File { .. } => {
+            let parse = make("parsebin")?;
+            pipeline.add_many([src, &parse])?;
+            src.link(&parse)?;
+            Ok(Head::Parsed(parse))
+        }
+        Source::Rtsp { url, tcp, .. } => {
+            // rtspsrc gives one RTP pad per stream it set up (only video: select-stream);
+            // parsebin depayloads and parses it. Reconnecting is the runner's job: a stream
+            // that ends or breaks drains to EOS, so every frame that arrived is in a clip.
+            let parse = make("parsebin")?;
+            pipeline.add_many([src, &parse])?;
+            let pipeline_weak = pipeline.downgrade();
+            let parse_weak = parse.downgrade();
+            src.connect_pad_added(move |_, pad| {
+                let (Some(pipeline), Some(parse)) = (pipeline_weak.upgrade(), parse_weak.upgrade()) else {
+                    return;
+                };
+                let sink = parse.static_pad("sink").expect("parsebin has a sink pad");
+                if sink.is_linked() || pad.link(&sink).is_err() {
+                    discard(&pipeline, pad);
+                }
+            });
+            tracing::info!(camera = %cam.name, url = %crate::redact::redact(url), transport = if *tcp { "tcp" } else { "udp" }, "RTSP source");
+            Ok(Head::Parsed(parse))
+        }
+        Source::V4l2 { .. } => raw(pipeline, src, gst::Caps::builder("video/x-raw").build()),
+        Source::TestPattern {
+            width, height, fps, ..
+        } => raw(
+            pipeline,
+            src,
+            gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .field("width", *width as i32)
+                .field("height", *height as i32)
+                .field("framerate", gst::Fraction::new(*fps as i32, 1))
+                .build(),
+        ),
+    }
+}
+
+/// Raw sources: `src ! capsfilter caps=<caps>`, then the two branches.
+fn raw(pipeline: &gst::Pipeline, src: &gst::Element, caps: gst::Caps) -> Result<Head> {
+    let filter = make("capsfilter")?;
+    filter.set_property("caps", caps);
+    pipeline.add_many([src, &filter])?;
+    src.link(&filter)?;
+    Ok(Head::Raw(
+        filter.static_pad("src").expect("capsfilter has a src pad"),
+    ))
 }
 
 /// Checks that a camera's source is there: a file exists, a v4l2 device node exists, an

@@ -202,27 +202,16 @@ pub fn build(cam: &Camera, recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoc
         let display = display.clone();
         src.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipeline_weak.upgrade() else { return };
-            // Fixed caps name the codec; otherwise (a parser before the stream is known)
-            // the codec is decided by a parsebin in the recording branch.
             let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-            let name = if caps.is_fixed() {
-                caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default()
-            } else if !caps.is_any() && !caps.is_empty() && caps.iter().all(|s| s.name().starts_with("video/x-raw")) {
-                "video/x-raw".to_string()
-            } else {
-                String::new()
-            };
-            // Unfixed caps that are all video (a demuxer's parser that has not settled its
-            // stream-format yet, e.g. MPEG-TS through parsebin) are video too.
-            let all_video =
-                !caps.is_any() && !caps.is_empty() && caps.iter().all(|s| s.name().starts_with("video/"));
-            let is_video = name.starts_with("video/") || pad.name().starts_with("video") || all_video;
             let mut slot = entry.lock().unwrap_or_else(|e| e.into_inner());
-            if !is_video || slot.is_some() {
-                tracing::debug!(camera = %cam.name, pad = %pad.name(), caps = %caps, "source pad not used");
-                discard(&pipeline, pad);
-                return;
-            }
+            let name = match source::video_caps_name(&caps, &pad.name()) {
+                Some(name) if slot.is_none() => name,
+                _ => {
+                    tracing::debug!(camera = %cam.name, pad = %pad.name(), caps = %caps, "source pad not used");
+                    discard(&pipeline, pad);
+                    return;
+                }
+            };
             tracing::debug!(camera = %cam.name, pad = %pad.name(), caps = %caps, "source video pad");
             match attach_video(&pipeline, pad, &name, &cam, &rec, &flow, epoch, display.clone()) {
                 Ok(p) => *slot = Some(p),

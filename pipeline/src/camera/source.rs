@@ -134,6 +134,29 @@ fn raw(pipeline: &gst::Pipeline, src: &gst::Element, caps: gst::Caps) -> Result<
     ))
 }
 
+/// The caps name a source pad's video goes to the branches with, or `None` for a pad that
+/// carries no video. Fixed caps name the codec; otherwise (a parser before the stream is
+/// known) the name is empty and a parsebin in the recording branch decides the codec, or
+/// `video/x-raw` when every choice is raw video.
+pub(super) fn video_caps_name(caps: &gst::CapsRef, pad_name: &str) -> Option<String> {
+    let all = |prefix: &str| {
+        !caps.is_any() && !caps.is_empty() && caps.iter().all(|s| s.name().starts_with(prefix))
+    };
+    let name = if caps.is_fixed() {
+        caps.structure(0)
+            .map(|s| s.name().to_string())
+            .unwrap_or_default()
+    } else if all("video/x-raw") {
+        "video/x-raw".to_string()
+    } else {
+        String::new()
+    };
+    // Unfixed caps that are all video (a demuxer's parser that has not settled its
+    // stream-format yet, e.g. MPEG-TS through parsebin) are video too.
+    let is_video = name.starts_with("video/") || pad_name.starts_with("video") || all("video/");
+    is_video.then_some(name)
+}
+
 /// Checks that a camera's source is there: a file exists, a v4l2 device node exists, an
 /// RTSP camera accepts a TCP connection within `timeout` (only when `probe_network`).
 pub fn check_source(cam: &Camera, probe_network: bool, timeout: std::time::Duration) -> Result<()> {
@@ -169,5 +192,37 @@ pub fn check_source(cam: &Camera, probe_network: bool, timeout: std::time::Durat
             }
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::video_caps_name;
+
+    #[test]
+    fn source_pads_are_told_apart_by_their_caps_and_name() {
+        gst::init().unwrap();
+        let name = |caps: &str, pad: &str| video_caps_name(&caps.parse::<gst::Caps>().unwrap(), pad);
+        let some = |s: &str| Some(s.to_string());
+        let h264 = "video/x-h264, stream-format=byte-stream, alignment=au";
+        assert_eq!(name(h264, "src_0"), some("video/x-h264"));
+        assert_eq!(
+            name("video/x-raw, format=I420, width=320, height=240", "src"),
+            some("video/x-raw")
+        );
+        assert_eq!(name("audio/mpeg, mpegversion=4", "src_1"), None);
+        // Not settled yet: the codec is decided later, in the recording branch.
+        assert_eq!(
+            name("video/x-h264, stream-format={ avc, byte-stream }", "src_0"),
+            some("")
+        );
+        assert_eq!(
+            name("video/x-raw, format={ I420, NV12 }", "src"),
+            some("video/x-raw")
+        );
+        assert_eq!(name("video/x-h264; audio/mpeg", "src_0"), None);
+        assert_eq!(name("video/x-h264; audio/mpeg", "video_0"), some(""));
+        assert_eq!(name("ANY", "video_0"), some(""));
+        assert_eq!(name("ANY", "src_0"), None);
     }
 }

@@ -205,7 +205,6 @@ pub(super) fn branch(
     Ok((rec_chain, unlinked))
 }
 
-/// Creates the camera's output directory and checks it is writable.
 /// A setgid parent means "shared with the group" (the units: the upload daemon runs as its
 /// own user in the runner's group and deletes uploaded clips): a directory of ours beneath
 /// it gets the parent's mode, so the group may delete there too, whatever the umask took.
@@ -221,6 +220,7 @@ fn share_like_parent(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Creates the camera's output directory and checks it is writable.
 pub fn prepare_output(dir: &Path) -> Result<()> {
     let err = |reason: String| Error::Output {
         path: dir.to_path_buf(),

@@ -54,9 +54,9 @@ step "cargo test (the runner under injected faults: a source that hangs, pipelin
 # Last among the runner's tests: it rebuilds target/debug/edgemask with the test-only feature.
 cargo test -p edgemask --locked --features fault-injection --test faults -- --test-threads=1
 
-step "cargo test (GPU kernels with the cuda feature: CPU mirror, NVRTC compile; no GPU needed)"
+step "cargo test (the plugin's unit tests with the cuda feature: kernel mirrors, NVRTC compile; no GPU needed)"
 LD_LIBRARY_PATH="$root/.deps/nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" EDGEMASK_REQUIRE_NVRTC=1 \
-  cargo test -p gst-plugin-unetmask --locked --features cuda --lib gpu
+  cargo test -p gst-plugin-unetmask --locked --features cuda --lib
 
 step "cargo test (the element's GPU path: runs on a GPU host, says \"skipped: no GPU\" elsewhere)"
 cargo test -p gst-plugin-unetmask --locked --features cuda --test gpu -- --nocapture

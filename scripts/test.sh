@@ -16,6 +16,10 @@ step "published figures match their recorded results (scripts/figures.py)"
 python3 "$root/scripts/figures.py" --self-test
 python3 "$root/scripts/figures.py" --check
 
+step "no module imports one that imports it back (scripts/module-cycles.py)"
+python3 "$root/scripts/module-cycles.py" --self-test
+python3 "$root/scripts/module-cycles.py"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -14,6 +14,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::{Ptx, compile_ptx};
 use std::sync::OnceLock;
 
+use super::nvrtc::once_ok;
+
 use crate::unetmask::gpu::params::{
     self, ALPHA_FN, AlphaParams, BLUR_CU, BlurParams, BlurPlan, BoxParams, COMPOSITE_CU, MASK_FN, MIX_FN,
     MixParams, POSTPROCESS_CU, POSTPROCESS_FN, PREPROCESS_CU, PREPROCESS_FN, PostParams, PreParams,
@@ -55,14 +57,14 @@ fn grid(w: i32, h: i32) -> LaunchConfig {
 
 /// NVRTC output for each kernel source, compiled once per process (every element instance
 /// loads the same PTX into its device's context).
+/// A failure is not kept (see [`once_ok`]).
 fn ptx(slot: usize, src: &dyn Fn() -> String) -> Result<Ptx, String> {
-    static PTX: [OnceLock<Result<Ptx, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    PTX[slot]
-        .get_or_init(|| {
-            super::nvrtc::nvrtc_present()?;
-            compile_ptx(src()).map_err(|e| format!("NVRTC could not compile the kernels: {e:?}"))
-        })
-        .clone()
+    static PTX: [OnceLock<Ptx>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    once_ok(&PTX[slot], || {
+        super::nvrtc::nvrtc_present()?;
+        compile_ptx(src()).map_err(|e| format!("NVRTC could not compile the kernels: {e:?}"))
+    })
+    .cloned()
 }
 
 impl GpuKernels {

@@ -10,26 +10,27 @@ use std::sync::OnceLock;
 /// into `.deps/nvrtc/lib`, is loaded first, so the library-name lookup finds it without
 /// `LD_LIBRARY_PATH`.
 pub fn nvrtc_present() -> Result<(), String> {
-    static PRELOAD: OnceLock<Option<libloading::os::unix::Library>> = OnceLock::new();
-    PRELOAD.get_or_init(|| {
+    // Kept once loaded; a copy that is not there yet is looked for again next time, so that a
+    // library installed or pointed at later is used without a restart.
+    static PRELOAD: OnceLock<libloading::os::unix::Library> = OnceLock::new();
+    let _ = once_ok(&PRELOAD, || {
         let installed =
             std::env::var_os("EDGEMASK_CUDA_LIBS").map(|d| PathBuf::from(d).join("libnvrtc.so.12"));
         let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/nvrtc/lib/libnvrtc.so.12");
-        installed
+        let path = installed
             .into_iter()
             .chain([local])
             .find(|p| p.exists())
-            .and_then(|p| {
-                // SAFETY: loads NVRTC, whose initialisers have no preconditions; global, so
-                // that a later dlopen by its soname (cudarc's) resolves to this copy.
-                unsafe {
-                    libloading::os::unix::Library::open(
-                        Some(&p),
-                        libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
-                    )
-                }
-                .ok()
-            })
+            .ok_or(())?;
+        // SAFETY: loads NVRTC, whose initialisers have no preconditions; global, so that a
+        // later dlopen by its soname (cudarc's) resolves to this copy.
+        unsafe {
+            libloading::os::unix::Library::open(
+                Some(&path),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+            )
+        }
+        .map_err(|_| ())
     });
     // SAFETY: probes for the library with dlopen; no NVRTC call is made.
     if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -44,9 +45,32 @@ pub fn nvrtc_present() -> Result<(), String> {
     }
 }
 
+/// `cell`'s value, made by `make` the first time it succeeds. A failure is returned and not
+/// kept: a process whose first try failed (no NVRTC yet, a library path fixed since) gets
+/// the kernels on a later try instead of the first error for the rest of its life.
+pub(crate) fn once_ok<T, E>(cell: &OnceLock<T>, make: impl FnOnce() -> Result<T, E>) -> Result<&T, E> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let v = make()?;
+    Ok(cell.get_or_init(|| v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_is_not_kept() {
+        let cell = OnceLock::new();
+        assert_eq!(
+            once_ok(&cell, || Err::<u32, _>("no NVRTC yet")),
+            Err("no NVRTC yet")
+        );
+        assert_eq!(once_ok(&cell, || Ok::<u32, &str>(5)), Ok(&5), "tried again");
+        assert_eq!(once_ok(&cell, || Ok::<u32, &str>(7)), Ok(&5), "kept once made");
+        assert_eq!(once_ok(&cell, || Err::<u32, _>("later")), Ok(&5));
+    }
 
     /// Installed as the README says (`scripts/install-gpu-libs.sh`), NVRTC compiles a
     /// kernel with nothing but that directory: a child process without `LD_LIBRARY_PATH`

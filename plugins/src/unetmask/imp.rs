@@ -520,7 +520,7 @@ impl BaseTransformImpl for UnetMask {
             order,
             norm,
         };
-        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+        #[cfg_attr(not(any(feature = "cuda", test)), allow(unused_mut))]
         let mut stream = Stream {
             mode,
             in_info,
@@ -557,6 +557,11 @@ impl BaseTransformImpl for UnetMask {
                 );
                 stream.pipelined = false;
             }
+        }
+        #[cfg(test)]
+        if tests::FAILING_GPU.get() {
+            stream.processor = Processor::FailingGpu;
+            stream.pipelined = false;
         }
         state.stream = Some(stream);
         state.last = None;
@@ -734,5 +739,79 @@ impl BaseTransformImpl for UnetMask {
 
     fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
         self.process_in_place(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use gst::prelude::*;
+
+    thread_local! {
+        /// The next caps negotiated on this thread put the stream on a GPU path that fails
+        /// at every step ([`Processor::FailingGpu`]).
+        pub(super) static FAILING_GPU: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Three 64x48 RGBA frames through `unetmask mode=<mode>`: the output bytes, the
+    /// warnings posted, and where the stats say pre- and post-processing ran.
+    fn run(mode: &str, failing_gpu: bool) -> (Vec<Vec<u8>>, Vec<String>, String) {
+        static REGISTERED: std::sync::Once = std::sync::Once::new();
+        gst::init().unwrap();
+        REGISTERED.call_once(|| crate::plugin_register_static().unwrap());
+        let model = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/selfie_segmentation_256x256.onnx"
+        );
+        let mut h = gst_check::Harness::new_parse(&format!(
+            "unetmask model={model} mode={mode} device=cpu threads=1 stats-interval=1"
+        ));
+        let element = h.element().unwrap();
+        let bus = gst::Bus::new();
+        element.set_bus(Some(&bus));
+        // The caps reach `set_caps` on this thread, when the harness sets them.
+        FAILING_GPU.set(failing_gpu);
+        h.set_src_caps_str("video/x-raw,format=RGBA,width=64,height=48,framerate=30/1");
+        let mut out = Vec::new();
+        for k in 0..3u8 {
+            let data: Vec<u8> = (0..64 * 48 * 4).map(|i| (i as u8).wrapping_mul(k + 3)).collect();
+            let buf = h
+                .push_and_pull(gst::Buffer::from_mut_slice(data))
+                .expect("a frame out");
+            out.push(buf.map_readable().unwrap().to_vec());
+        }
+        FAILING_GPU.set(false);
+        let warnings = std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Warning]))
+            .map(|m| match m.view() {
+                gst::MessageView::Warning(w) => w.error().to_string(),
+                _ => unreachable!(),
+            })
+            .collect();
+        let unetmask = element
+            .downcast_ref::<gst::Bin>()
+            .and_then(|b| b.iterate_elements().next().ok().flatten())
+            .unwrap_or(element);
+        let stats = unetmask.property::<gst::Structure>("stats");
+        (out, warnings, stats.get::<String>("processing").unwrap())
+    }
+
+    /// A device failure mid-stream moves the stream to the CPU once, with one warning, and
+    /// every frame comes out as the CPU path makes it: in a mode that composites in place
+    /// (the mask, then compositing, fail), and in both modes that render a new frame.
+    #[test]
+    fn a_failing_gpu_path_falls_back_to_the_cpu_once_and_loses_no_frame() {
+        for mode in ["overlay", "mask", "alpha"] {
+            let (cpu, none, path) = run(mode, false);
+            assert!(none.is_empty() && path == "cpu", "{mode}: {none:?} {path}");
+            let (fell_back, warnings, path) = run(mode, true);
+            assert_eq!(fell_back, cpu, "{mode}: every frame as the CPU path makes it");
+            assert_eq!(path, "cpu", "{mode}: the stream is on the CPU after the failure");
+            assert_eq!(warnings.len(), 1, "{mode}: one warning: {warnings:?}");
+            assert!(
+                warnings[0].contains("the GPU path failed (mask: injected device failure)"),
+                "{mode}: {warnings:?}"
+            );
+        }
     }
 }

@@ -15,11 +15,17 @@ use crate::unetmask::stages::StageTimes;
 
 /// Where a stream's frames are pre-processed, post-processed and composited (inference runs
 /// on the session's provider either way).
+// One per stream, made at caps and never moved per frame: boxing a variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Processor {
     Cpu(CpuProcessor),
     /// The GPU path (feature `cuda`, a session on a CUDA device).
     #[cfg(feature = "cuda")]
     Gpu(GpuFrames),
+    /// Tests only: a GPU path whose every step fails as a device would, so that the
+    /// fall-back to the CPU is exercised on machines without a GPU.
+    #[cfg(test)]
+    FailingGpu,
 }
 
 /// Why a frame could not be processed.
@@ -28,7 +34,7 @@ pub enum ProcessError {
     /// The model failed (as on either path): the stream cannot go on.
     Model(EngineError),
     /// The GPU failed: the stream can go on on the CPU (only the GPU path fails so).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "cuda", test)), allow(dead_code))]
     Device(String),
 }
 
@@ -49,6 +55,8 @@ impl Processor {
             Self::Cpu(_) => "cpu",
             #[cfg(feature = "cuda")]
             Self::Gpu(_) => "gpu",
+            #[cfg(test)]
+            Self::FailingGpu => "gpu",
         }
     }
 
@@ -58,6 +66,8 @@ impl Processor {
             Self::Cpu(c) => Some(c),
             #[cfg(feature = "cuda")]
             Self::Gpu(_) => None,
+            #[cfg(test)]
+            Self::FailingGpu => None,
         }
     }
 
@@ -67,6 +77,8 @@ impl Processor {
             Self::Cpu(c) => c.reset(),
             #[cfg(feature = "cuda")]
             Self::Gpu(g) => g.reset(),
+            #[cfg(test)]
+            Self::FailingGpu => {}
         }
     }
 
@@ -86,6 +98,8 @@ impl Processor {
                 .map_err(ProcessError::Model),
             #[cfg(feature = "cuda")]
             Self::Gpu(g) => Ok(g.run(engine, frame, smoothing, threshold, mask)?),
+            #[cfg(test)]
+            Self::FailingGpu => Err(injected()),
         }
     }
 
@@ -117,6 +131,8 @@ impl Processor {
                     look,
                 )
                 .map_err(ProcessError::Device),
+            #[cfg(test)]
+            Self::FailingGpu => Err(injected()),
         }
     }
 
@@ -138,6 +154,8 @@ impl Processor {
             Self::Gpu(g) => g
                 .render_mask(size, out, stride, lut)
                 .map_err(ProcessError::Device),
+            #[cfg(test)]
+            Self::FailingGpu => Err(injected()),
         }
     }
 
@@ -160,6 +178,13 @@ impl Processor {
             Self::Gpu(g) => g
                 .render_alpha(frame, matrix, out, stride, lut)
                 .map_err(ProcessError::Device),
+            #[cfg(test)]
+            Self::FailingGpu => Err(injected()),
         }
     }
+}
+
+#[cfg(test)]
+fn injected() -> ProcessError {
+    ProcessError::Device("injected device failure".into())
 }

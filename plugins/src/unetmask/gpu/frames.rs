@@ -68,8 +68,9 @@ pub struct GpuFrames {
     out: Option<CudaSlice<u8>>,
 }
 
-/// Why the GPU path failed: set-up problems leave the element on its CPU pre- and
-/// post-processing; inference errors are the model's, as on the CPU path.
+/// Why the GPU path failed: device problems (set-up, a kernel, a copy, a run with the bound
+/// buffers) move the stream to the CPU's pre- and post-processing; a model whose output does
+/// not fit is the model's error, as on the CPU path.
 #[derive(Debug)]
 pub enum GpuError {
     Device(String),
@@ -211,7 +212,12 @@ impl GpuFrames {
         times.pre = t.elapsed();
 
         let t = Instant::now();
-        let (output, len) = engine.run_bound(&mut self.io).map_err(GpuError::Inference)?;
+        // A failed run with the GPU's bound buffers is the GPU path's failure: the stream
+        // falls back to the CPU's pre- and post-processing and runs the model there without
+        // the binding. Should the model itself fail, it fails there again, as the model's.
+        let (output, len) = engine
+            .run_bound(&mut self.io)
+            .map_err(|e| GpuError::Device(format!("inference with the GPU's bound buffers: {e}")))?;
         if len != self.pixels * self.spec.channels {
             return Err(GpuError::Inference(EngineError::Inference(format!(
                 "the model's output has {len} values, {} x {} expected: unetmask needs a fixed output \

@@ -2,7 +2,7 @@
 //! file belongs to, and when a file written by something other than the runner has
 //! settled.
 //!
-//! The runner's contract (see `syncd/README.md`): every file of a clip is written under a
+//! The runner's contract (see `docs/clip-contract.md`): every file of a clip is written under a
 //! temporary name and renamed into its final name when complete; the clip's manifest
 //! `<stem>.manifest.json` is renamed into place last. So a final-named file whose manifest
 //! exists is complete, and a manifest is complete when it appears. Anything else is

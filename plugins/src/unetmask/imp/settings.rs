@@ -4,6 +4,7 @@
 //! one check of them that `start` and applications share.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use crate::unetmask::enums::{
     ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice, SettingError,
@@ -99,31 +100,48 @@ impl Default for Settings {
     }
 }
 
-/// Parses "a,b,c" (or one number for all three channels) of finite numbers: `nan` and
-/// `inf` parse as f32 and would turn every tensor, and so every mask, into garbage.
-pub(super) fn parse_triplet(name: &str, s: &str) -> Result<[f32; 3], String> {
-    let v: Result<Vec<f32>, _> = s.split(',').map(|p| p.trim().parse::<f32>()).collect();
-    match v.as_deref() {
-        Ok(v) if v.iter().any(|x| !x.is_finite()) => Err(format!(
-            "{name}='{s}' holds a value that is not a finite number: give three numbers, e.g. 0.485,0.456,0.406"
-        )),
-        Ok([a]) => Ok([*a; 3]),
-        Ok([a, b, c]) => Ok([*a, *b, *c]),
-        _ => Err(format!(
-            "{name}='{s}' is not understood: give three comma-separated numbers, e.g. 0.485,0.456,0.406"
-        )),
+/// `mean` and `std`: "a,b,c", or one number for all three channels. Only finite numbers:
+/// `nan` and `inf` parse as f32 and would turn every tensor, and so every mask, into garbage.
+/// Errors read after the property's name (`mean=…`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct PerChannel(pub(super) [f32; 3]);
+
+impl FromStr for PerChannel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: Result<Vec<f32>, _> = s.split(',').map(|p| p.trim().parse::<f32>()).collect();
+        match v.as_deref() {
+            Ok(v) if v.iter().any(|x| !x.is_finite()) => Err(format!(
+                "'{s}' holds a value that is not a finite number: give three numbers, e.g. 0.485,0.456,0.406"
+            )),
+            Ok([a]) => Ok(Self([*a; 3])),
+            Ok([a, b, c]) => Ok(Self([*a, *b, *c])),
+            _ => Err(format!(
+                "'{s}' is not understood: give three comma-separated numbers, e.g. 0.485,0.456,0.406"
+            )),
+        }
     }
 }
 
-pub(super) fn parse_size(s: &str) -> Result<Option<(u32, u32)>, String> {
-    if s.trim().is_empty() {
-        return Ok(None);
-    }
-    let err = || format!("input-size='{s}' is not understood: give WIDTHxHEIGHT, e.g. 320x192");
-    let (w, h) = s.trim().split_once(['x', 'X']).ok_or_else(err)?;
-    match (w.parse::<u32>(), h.parse::<u32>()) {
-        (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok(Some((w, h))),
-        _ => Err(err()),
+/// `input-size`: WIDTHxHEIGHT, or empty for the model's own (or, for a model that takes any
+/// size, one chosen per stream). Errors read after the property's name (`input-size=…`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct InputSizeSetting(pub(super) Option<(u32, u32)>);
+
+impl FromStr for InputSizeSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(Self(None));
+        }
+        let err = || format!("'{s}' is not understood: give WIDTHxHEIGHT, e.g. 320x192");
+        let (w, h) = s.trim().split_once(['x', 'X']).ok_or_else(err)?;
+        match (w.parse::<u32>(), h.parse::<u32>()) {
+            (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok(Self(Some((w, h)))),
+            _ => Err(err()),
+        }
     }
 }
 
@@ -139,7 +157,10 @@ impl Settings {
         let s = self;
         let err = |property: &'static str| move |reason: String| SettingError { property, reason };
         let device: DeviceRequest = s.device.parse().map_err(err("device"))?;
-        let input_size = parse_size(&s.input_size).map_err(err("input-size"))?;
+        let InputSizeSetting(input_size) = s
+            .input_size
+            .parse()
+            .map_err(|e| err("input-size")(format!("input-size={e}")))?;
         let normalization = s.normalization()?;
         let config = EngineConfig {
             model: s.model.clone().unwrap_or_default(),
@@ -169,8 +190,8 @@ impl Settings {
     pub(super) fn normalization(&self) -> Result<Normalization, SettingError> {
         let s = self;
         let err = |property: &'static str| move |reason: String| SettingError { property, reason };
-        let mean = parse_triplet("mean", &s.mean).map_err(err("mean"))?;
-        let std = parse_triplet("std", &s.std).map_err(err("std"))?;
+        let PerChannel(mean) = s.mean.parse().map_err(|e| err("mean")(format!("mean={e}")))?;
+        let PerChannel(std) = s.std.parse().map_err(|e| err("std")(format!("std={e}")))?;
         if std.contains(&0.0) {
             return Err(err("std")(format!(
                 "std='{}' contains 0: every channel needs a non-zero std",
@@ -191,17 +212,53 @@ mod tests {
 
     #[test]
     fn triplets_and_sizes() {
-        assert_eq!(parse_triplet("mean", "0.5"), Ok([0.5; 3]));
-        assert_eq!(parse_triplet("mean", "1, 2,3"), Ok([1.0, 2.0, 3.0]));
-        assert!(parse_triplet("std", "1,2").unwrap_err().contains("std='1,2'"));
+        assert_eq!("0.5".parse(), Ok(PerChannel([0.5; 3])));
+        assert_eq!("1, 2,3".parse(), Ok(PerChannel([1.0, 2.0, 3.0])));
+        assert!(
+            "1,2"
+                .parse::<PerChannel>()
+                .unwrap_err()
+                .contains("'1,2' is not understood")
+        );
         for bad in ["nan", "0.5,NaN,0.5", "inf,1,1", "1,-inf,1"] {
-            let e = parse_triplet("mean", bad).unwrap_err();
+            let e = bad.parse::<PerChannel>().unwrap_err();
             assert!(e.contains("not a finite number"), "{bad}: {e}");
         }
-        assert_eq!(parse_size(""), Ok(None));
-        assert_eq!(parse_size("320x192"), Ok(Some((320, 192))));
-        assert!(parse_size("320").unwrap_err().contains("WIDTHxHEIGHT"));
-        assert!(parse_size("0x10").is_err());
+        assert_eq!("".parse(), Ok(InputSizeSetting(None)));
+        assert_eq!("320x192".parse(), Ok(InputSizeSetting(Some((320, 192)))));
+        assert!(
+            "320"
+                .parse::<InputSizeSetting>()
+                .unwrap_err()
+                .contains("WIDTHxHEIGHT")
+        );
+        assert!("0x10".parse::<InputSizeSetting>().is_err());
+        // What `start` and applications see names the property.
+        let s = Settings {
+            std: "1,0,1".into(),
+            ..Settings::default()
+        };
+        let e = s.checked().unwrap_err();
+        assert_eq!(e.property, "std");
+        let s = Settings {
+            mean: "1,2".into(),
+            ..Settings::default()
+        };
+        assert!(
+            s.checked()
+                .unwrap_err()
+                .reason
+                .starts_with("mean='1,2' is not understood")
+        );
+        let s = Settings {
+            input_size: "320".into(),
+            ..Settings::default()
+        };
+        let e = s.checked().unwrap_err();
+        assert!(
+            e.property == "input-size" && e.reason.starts_with("input-size='320'"),
+            "{e:?}"
+        );
         assert_eq!(rgb_of(0xFFAA01), [255, 170, 1]);
     }
 }

@@ -90,15 +90,8 @@ fn check(paths: &[PathBuf], probe_network: bool) -> Result<(), Error> {
     let models = edgemask::runner::preflight(&settings, probe_network)?;
     println!("config OK: {} camera(s)", settings.cameras.len());
     #[cfg(feature = "cuda")]
-    {
-        let mut devices: Vec<&str> = models.values().map(|m| m.device.as_str()).collect();
-        devices.sort_unstable();
-        devices.dedup();
-        for d in devices {
-            if let Some(line) = gpu_path(d) {
-                println!("{line}");
-            }
-        }
+    for line in edgemask::runner::gpu_paths(&settings)? {
+        println!("{line}");
     }
     for c in &settings.cameras {
         let m = &models[&c.model.path];
@@ -113,20 +106,6 @@ fn check(paths: &[PathBuf], probe_network: bool) -> Result<(), Error> {
         );
     }
     Ok(())
-}
-
-/// Whether the element's GPU path (NVRTC-compiled kernels on the device) will run on a
-/// session device `cuda:N`/`tensorrt:N`; `None` for the CPU.
-#[cfg(feature = "cuda")]
-fn gpu_path(device: &str) -> Option<String> {
-    Some(match gstunetmask::unetmask::probe::gpu_path(device)? {
-        Ok(()) => format!(
-            "GPU path on {device}: kernels compiled and loaded; frames are pre- and post-processed on the GPU"
-        ),
-        Err(e) => format!(
-            "GPU path on {device} NOT available ({e}): inference runs on the GPU, pre- and post-processing on the CPU"
-        ),
-    })
 }
 
 fn describe(s: &config::Source) -> String {

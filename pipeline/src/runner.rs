@@ -53,6 +53,36 @@ pub fn open_model(
     Model::open(element).map_err(err)
 }
 
+/// For `check`: whether each model whose session runs on a CUDA device gets the element's
+/// GPU path (kernels loaded, input and output bound on the device for a 1080p stream), one
+/// line per model. Models on the CPU give no line.
+#[cfg(feature = "cuda")]
+pub fn gpu_paths(settings: &Settings) -> Result<Vec<String>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut lines = Vec::new();
+    for cam in &settings.cameras {
+        if !seen.insert(cam.model.path.clone()) {
+            continue;
+        }
+        let element = camera::check_elements(cam)?;
+        let mut model = open_model(&element, &cam.model.path)?;
+        let device = model.provider().to_string();
+        let file = cam.model.path.display();
+        match model.gpu_path((1920, 1080)) {
+            Some(Ok(())) => lines.push(format!(
+                "GPU path on {device} for {file}: kernels loaded, input and output bound on the device; \
+                 frames are pre- and post-processed on the GPU"
+            )),
+            Some(Err(e)) => lines.push(format!(
+                "GPU path on {device} for {file} NOT available ({e}): inference runs on the GPU, pre- and \
+                 post-processing on the CPU"
+            )),
+            None => {}
+        }
+    }
+    Ok(lines)
+}
+
 /// Everything `run` and `check` verify before any pipeline starts.
 pub fn preflight(settings: &Settings, probe_network: bool) -> Result<HashMap<std::path::PathBuf, ModelInfo>> {
     let mut models = HashMap::new();

@@ -59,6 +59,50 @@ impl Model {
         &self.engine.provider
     }
 
+    /// Whether the element's GPU path can run this model for frames of `frame` (width,
+    /// height): the kernels compiled and loaded on the session's device, and the model's
+    /// input and output bound to device buffers once (ONNX Runtime's IoBinding), as the
+    /// element sets them up at its caps. `None` when the session is not on a CUDA device
+    /// or the build has no `cuda` feature.
+    pub fn gpu_path(&mut self, frame: (u32, u32)) -> Option<Result<(), String>> {
+        #[cfg(feature = "cuda")]
+        {
+            use super::frame::{FrameSpec, PixelFormat, YuvMatrix};
+            use super::gpu::frames::GpuFrames;
+            use super::gpu::launch::GpuKernels;
+            use super::gpu::params::PreParams;
+            use super::model::contract::{ChannelOrder, Normalization, TensorSpec};
+            let device = self.engine.cuda_device?;
+            let mut set_up = || -> Result<(), String> {
+                let kernels = std::sync::Arc::new(GpuKernels::new(device as usize)?);
+                let input = self.engine.input_size_for(frame);
+                let prepared = self.engine.prepare(input).map_err(|e| e.to_string())?;
+                let size = (frame.0 as usize, frame.1 as usize);
+                let spec = FrameSpec {
+                    format: PixelFormat::Rgba,
+                    width: size.0,
+                    height: size.1,
+                    matrix: YuvMatrix::BT709,
+                };
+                let tensor = TensorSpec {
+                    size: (input.0 as usize, input.1 as usize),
+                    layout: self.engine.contract.layout,
+                    order: ChannelOrder::Rgb,
+                    norm: Normalization::default(),
+                };
+                let strides = [size.0 * 4, 0, 0];
+                let pre = PreParams::new(&spec, strides, &tensor);
+                GpuFrames::new(kernels, &self.engine, &prepared, pre, size, strides, None).map(|_| ())
+            };
+            Some(set_up())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = frame;
+            None
+        }
+    }
+
     /// The contract and sizes for frames of `frame` (width, height), with a few warm-up
     /// inferences to time the model.
     pub fn report(&mut self, frame: (u32, u32)) -> Result<ModelReport, String> {
@@ -81,22 +125,6 @@ impl Model {
             person_channel: p.spec.person,
             inference_time: p.inference_time,
         })
-    }
-}
-
-/// Whether the element's GPU path (the NVRTC-compiled kernels on the device) can run for a
-/// session on `device` (`cuda:N` or `tensorrt:N`): `None` for other devices and for builds
-/// without the `cuda` feature, else `Ok` or why not.
-pub fn gpu_path(device: &str) -> Option<Result<(), String>> {
-    #[cfg(feature = "cuda")]
-    {
-        let n: usize = device.split_once(':')?.1.parse().ok()?;
-        Some(super::gpu::launch::GpuKernels::new(n).map(|_| ()))
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = device;
-        None
     }
 }
 

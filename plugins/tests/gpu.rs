@@ -62,21 +62,23 @@ fn both_shared_models_match_the_references_on_the_gpu_path() {
 }
 
 /// Every compositing mode on the GPU path (device upload, the `composite.cu`/`blur.cu`
-/// kernels, the download) passes the checks the CPU path passes (`common::modes`), and the
-/// element says it ran them there.
+/// kernels, the download), in every format, runs there; and passes the checks the CPU path
+/// passes (`common::modes`), each of which asserts the path it ran on.
 #[test]
 fn every_mode_passes_the_cpu_paths_checks_on_the_gpu_path() {
     if !have_gpu() {
         return;
     }
-    let input = frame(&testdata(PHOTO), "NV12", None);
-    for mode in ["meta", "mask", "alpha", "overlay", "blur", "replace"] {
-        let mut h = harness(
-            &format!("model={} device=cuda:0 mode={mode}", model(SELFIE)),
-            &input,
-        );
-        h.push_and_pull(input.buffer_owned().unwrap()).unwrap();
-        assert_on_gpu(&h);
+    for format in FORMATS {
+        let input = frame(&testdata(PHOTO), format, None);
+        for mode in ["meta", "mask", "alpha", "overlay", "blur", "replace"] {
+            let mut h = harness(
+                &format!("model={} device=cuda:0 mode={mode}", model(SELFIE)),
+                &input,
+            );
+            h.push_and_pull(input.buffer_owned().unwrap()).unwrap();
+            assert_on_gpu(&h);
+        }
     }
     let dev = "device=cuda:0";
     modes::mask_mode_equals_the_meta_and_is_gray8_at_frame_size(dev);

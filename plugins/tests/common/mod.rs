@@ -119,6 +119,16 @@ pub fn run_once(props: &str, input: &gst::Sample) -> (gst::Buffer, gst::Caps) {
         .push_and_pull(input.buffer_owned().unwrap())
         .expect("an output buffer");
     let caps = h.sinkpad().unwrap().current_caps().unwrap();
+    // Every check that runs on a GPU device runs on the GPU path, or says why not: a path
+    // that fell back to the CPU would pass the CPU's checks.
+    if props.contains("device=cuda") || props.contains("device=tensorrt") {
+        let stats = element_of(&h).property::<gst::Structure>("stats");
+        assert_eq!(
+            stats.get::<&str>("processing").unwrap(),
+            "gpu",
+            "{props}: not on the GPU path (GST_DEBUG=unetmask:4 says why): {stats}"
+        );
+    }
     (buf, caps)
 }
 

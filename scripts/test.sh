@@ -64,3 +64,9 @@ LD_LIBRARY_PATH="$root/.deps/nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" EDG
 
 step "cargo test (the element's GPU path: runs on a GPU host, says \"skipped: no GPU\" elsewhere)"
 cargo test -p gst-plugin-unetmask --locked --features cuda --test gpu -- --nocapture
+
+step "the GPU host's bundle (scripts/gpu-check.sh): built, under 64 MiB, every library resolved from it alone"
+gpu_bundle="$(mktemp -d)"
+GPU_CHECK_BENCH=0 bash scripts/gpu-check.sh --bundle "$gpu_bundle/bundle"
+env -i PATH=/usr/bin:/bin HOME="$HOME" bash "$gpu_bundle/bundle/gpu-check.sh" --run "$gpu_bundle/bundle" "$gpu_bundle/out"
+rm -rf "$gpu_bundle"

@@ -960,6 +960,21 @@ mod tests {
         assert_eq!(e.exit_code(), crate::error::exit::CONFIG);
     }
 
+    /// Several mistakes: the first in the file is reported, every time (the `config`
+    /// crate's tables keep the file's order; a hash map's order changed from run to run).
+    #[test]
+    fn of_several_mistakes_the_first_in_the_file_is_reported_every_time() {
+        let toml = GOOD
+            .replace("output_dir = \"out\"", "output_dir = \"out\"\ncolour = \"blue\"")
+            .replace("path = \"m.onnx\"", "path = \"m.onnx\"\ndevcie = \"cpu\"")
+            .replace("num_frames = 10", "num_frames = 10\nfps_max = 30");
+        let messages: std::collections::BTreeSet<String> =
+            (0..30).map(|_| parse(&toml).unwrap_err().to_string()).collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        let first = messages.first().unwrap();
+        assert!(first.contains("unknown key `runner.colour`"), "{first}");
+    }
+
     #[test]
     fn unknown_camera_key_is_reported_with_camera_path() {
         let e = parse(&format!("{GOOD}\nfoo = 3\n")).unwrap_err();

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU path's first run, prepared: build here, copy once, run there.
 #
-#   scripts/gpu-check.sh --bundle DIR      here (Debian 12, the toolchain, no GPU needed)
-#   DIR/gpu-check.sh --run DIR OUT         on the GPU host, with nothing else installed
+#   scripts/gpu-check.sh --bundle DIR            here (Debian 12, the toolchain, no GPU needed)
+#   scripts/gpu-check.sh --bundle-ort WHEEL DIR  here: ONNX Runtime's CUDA provider, in parts
+#   DIR/gpu-check.sh --run DIR OUT               on the GPU host, with nothing else installed
 #
 # The GPU host: x86-64, an NVIDIA GPU (driver 580, CUDA 13), no network, no Rust toolchain,
 # no GStreamer; a Python with NVIDIA's CUDA 13 wheels. At most 64 MiB may be copied per run
@@ -11,10 +12,12 @@
 # Stage 1 (this bundle) needs no ONNX Runtime CUDA provider: the kernels compiled by the
 # host's NVRTC, launched through cudarc on the device and held to their CPU mirrors
 # (every kernel, five formats at 1921x1081, 10,000 launches without losing device memory).
-# The element's GPU tests and the GPU bench need ONNX Runtime's CUDA provider built for
-# the host's CUDA major version (see docs/benchmarks.md, "The GPU path"); `--run` runs
-# them when DIR/ort-gpu/ holds one (libonnxruntime.so and its providers) and says so when
-# it does not.
+# Stage 2, the element's GPU tests and the GPU bench, needs ONNX Runtime's CUDA provider
+# (284 MB): `--bundle-ort` packs the onnxruntime-gpu wheel's libraries (built for CUDA 13,
+# as the host) into xz-compressed parts of at most 60 MiB with a SHA256SUMS, to be copied
+# into DIR/ort-gpu-parts/ over successive runs; `--run` joins them into DIR/ort-gpu/ once
+# every part is there and checks out, then runs stage 2 (and says which parts are missing
+# until then).
 #
 # --bundle: the cuda-featured test binaries and bench (stripped), the GStreamer libraries
 # and plugins they load (from this machine's Debian packages), the models and test data,
@@ -29,7 +32,7 @@ LIMIT=$((64 * 1024 * 1024))
 BASE_LIBS='^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv|libutil|libstdc\+\+|libgcc_s)\.'
 
 usage() {
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -87,9 +90,9 @@ for line in sys.stdin:
   # shellcheck disable=SC2046
   cp -L $(closure "$dir"/bin/* "$dir"/gst/*) "$dir/lib/"
   # Their dependencies' dependencies: ldd lists the whole closure of each file already.
-  cp "$EDGEMASK_SHARED"/models/*.onnx "$dir/shared/"
+  # The shared models and test data as the tests find them (SOURCES.md marks the folder).
   mkdir -p "$dir/shared/models" "$dir/shared/testdata"
-  mv "$dir"/shared/*.onnx "$dir/shared/models/"
+  cp "$EDGEMASK_SHARED"/models/*.onnx "$EDGEMASK_SHARED"/models/SOURCES.md "$dir/shared/models/"
   cp "$EDGEMASK_SHARED"/testdata/*.png "$dir/shared/testdata/"
   cp "$root/scripts/gpu-check.sh" "$dir/gpu-check.sh"
   chmod +x "$dir/gpu-check.sh"
@@ -102,6 +105,49 @@ for line in sys.stdin:
     echo "gpu-check: the bundle is over the 64 MiB a run may copy" >&2
     exit 1
   fi
+}
+
+bundle_ort() {
+  local wheel=$1 dir=$2 tmp
+  tmp=$(mktemp -d)
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  python3 -m zipfile -e "$wheel" "$tmp/wheel"
+  local capi="$tmp/wheel/onnxruntime/capi"
+  [ -e "$capi/libonnxruntime_providers_cuda.so" ] || {
+    echo "gpu-check: $wheel holds no CUDA provider (an onnxruntime-gpu wheel is needed)" >&2
+    exit 1
+  }
+  local lib
+  lib=$(cd "$capi" && ls libonnxruntime.so.1.*)
+  ln -s "$lib" "$capi/libonnxruntime.so"
+  tar -C "$capi" -cf - libonnxruntime.so "$lib" libonnxruntime_providers_shared.so \
+    libonnxruntime_providers_cuda.so | xz -T0 -6 | split -b $((60 * 1024 * 1024)) -d -a 2 - "$dir/part-"
+  (cd "$dir" && sha256sum part-* >SHA256SUMS)
+  rm -rf "$tmp"
+  echo "gpu-check: $(ls "$dir"/part-* | wc -l) parts in $dir ($(du -sh "$dir" | cut -f1)); copy them into" \
+    "BUNDLE/ort-gpu-parts/ (each at most 60 MiB), one or more runs at a time"
+}
+
+# DIR/ort-gpu from the parts in DIR/ort-gpu-parts, once all are there: prints what it did.
+join_ort() {
+  local dir=$1 parts="$1/ort-gpu-parts"
+  [ -e "$dir/ort-gpu/libonnxruntime.so" ] && { echo "present"; return 0; }
+  [ -e "$parts/SHA256SUMS" ] || { echo "no parts (run --bundle-ort)"; return 0; }
+  local have want
+  want=$(wc -l <"$parts/SHA256SUMS")
+  have=$(cd "$parts" && ls part-* 2>/dev/null | wc -l)
+  if [ "$have" -lt "$want" ]; then
+    echo "$have of $want parts here: copy the others into $parts"
+    return 0
+  fi
+  if ! (cd "$parts" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
+    echo "parts present but a checksum differs: copy them again"
+    return 0
+  fi
+  mkdir -p "$dir/ort-gpu"
+  cat "$parts"/part-* | xz -dc | tar -C "$dir/ort-gpu" -xf -
+  echo "joined $want parts"
 }
 
 # The host Python's NVIDIA wheel libraries (CUDA 13: nvidia/cu13/lib; CUDA 12: nvidia/*/lib).
@@ -133,6 +179,8 @@ run() {
   export LD_LIBRARY_PATH="$dir/lib:$out/lib${cuda_libs:+:$cuda_libs}"
   export GST_PLUGIN_SYSTEM_PATH="$dir/gst" GST_PLUGIN_PATH="" GST_PLUGIN_SCANNER="$dir/gst/gst-plugin-scanner"
   export GST_REGISTRY="$out/registry.bin" EDGEMASK_SHARED="$dir/shared" EDGEMASK_CUDA_LIBS="$out/lib"
+  local ort
+  ort=$(join_ort "$dir")
   if [ -e "$dir/ort-gpu/libonnxruntime.so" ]; then
     export ORT_DYLIB_PATH="$dir/ort-gpu/libonnxruntime.so" LD_LIBRARY_PATH="$dir/ort-gpu:$LD_LIBRARY_PATH"
   fi
@@ -142,11 +190,13 @@ run() {
   say "# gpu-check $(date -u +%FT%TZ) on $(uname -n)"
   # 1. Everything in the bundle resolves from the bundle (and the host's C/C++ runtime).
   local missing
-  # Not found, or found outside the bundle other than the host's C/C++ runtime (a system
-  # GStreamer here would hide a library the bundle lacks there).
-  missing=$(ldd "$dir"/bin/* "$dir"/gst/*.so "$dir"/gst/gst-plugin-scanner "$dir"/lib/*.so* 2>&1 |
-    awk -v d="$dir/" '/not found/ {print $1 " not found"; next}
-      /=> \// && index($3, d) != 1 {print $1 " from " $3}' | grep -Ev "$BASE_LIBS" | sort -u || true)
+  # Not found, or found outside the bundle, the host's CUDA wheels and its driver other than
+  # the C/C++ runtime (a system GStreamer here would hide a library the bundle lacks there).
+  missing=$(ldd "$dir"/bin/* "$dir"/gst/*.so "$dir"/gst/gst-plugin-scanner "$dir"/lib/*.so* \
+    $(ls "$dir"/ort-gpu/*.so* 2>/dev/null) 2>&1 |
+    awk -v ok="$dir/:$out/lib/:$cuda_libs" '/not found/ {print $1 " not found"; next}
+      /=> \// { n = split(ok, p, ":"); for (i = 1; i <= n; i++) if (p[i] != "" && index($3, p[i]) == 1) next;
+                print $1 " from " $3 }' | grep -Ev "$BASE_LIBS|^libcuda\.so" | sort -u || true)
   if [ -n "$missing" ]; then
     say "libraries: NOT resolved from the bundle:"
     say "$missing"
@@ -154,6 +204,7 @@ run() {
     say "libraries: every binary, plugin and library of the bundle resolves (LD_LIBRARY_PATH=$dir/lib)"
   fi
   say "NVRTC: ${nvrtc:-none found in the Python wheels of this host (nvidia-cuda-nvrtc)}"
+  say "ONNX Runtime CUDA provider: $ort"
   # 2. The GPU.
   local gpu=""
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
@@ -183,10 +234,10 @@ run() {
     gpu::launch gpu::mirror gpu::nvrtc::tests::a_failure_is_not_kept
   if [ -n "${ORT_DYLIB_PATH:-}" ] && [ -x "$dir/bin/element-bench" ]; then
     check element 240 "$dir/bin/gpu-tests" --test-threads=1 --nocapture
-    check bench 120 env BENCH_DEVICE=cuda:0 BENCH_UNET=0 BENCH_STREAMS=1,2,4,8,16,32 \
+    [ -n "$gpu" ] && check bench 120 env BENCH_DEVICE=cuda:0 BENCH_UNET=0 BENCH_STREAMS=1,2,4,8,16,32 \
       BENCH_JSON="$out/bench.json" "$dir/bin/element-bench" --bench
   else
-    say "- element, bench: not run: no ONNX Runtime CUDA provider in $dir/ort-gpu (stage 2)"
+    say "- element, bench (stage 2): not run: no ONNX Runtime CUDA provider in $dir/ort-gpu ($ort)"
   fi
   printf '{"host":"%s","gpu":"%s","nvrtc":"%s","libraries_missing":%s,"checks":[%s]}\n' \
     "$(uname -n)" "$gpu" "$nvrtc" "$([ -n "$missing" ] && echo true || echo false)" \
@@ -197,6 +248,7 @@ run() {
 
 case ${1:-} in
   --bundle) [ $# -eq 2 ] || usage; bundle "$2" ;;
+  --bundle-ort) [ $# -eq 3 ] || usage; bundle_ort "$2" "$3" ;;
   --run) [ $# -eq 3 ] || usage; run "$2" "$3" ;;
   *) usage ;;
 esac

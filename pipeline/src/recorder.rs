@@ -173,7 +173,6 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 pub const QUARANTINE_DIR: &str = ".quarantine";
 
 impl Recorder {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         camera: &str,
         host: &str,

@@ -66,19 +66,27 @@ fn stop_upstream_qos(pad: &gst::Pad) {
     });
 }
 
-/// Links `pad` (the source's video) into a tee with the two branches; `compressed` says
-/// whether it carries an encoded stream (then recorded as is) or raw video (then encoded).
-#[allow(clippy::too_many_arguments)]
-fn attach_video(
-    pipeline: &gst::Pipeline,
-    pad: &gst::Pad,
-    caps_name: &str,
-    cam: &Camera,
-    recorder: &Arc<Mutex<Recorder>>,
-    flow: &Arc<Flow>,
+/// What a camera's video branches are built with, whenever its video pad appears.
+#[derive(Clone)]
+struct Branches {
+    cam: Camera,
+    recorder: Arc<Mutex<Recorder>>,
+    flow: Arc<Flow>,
     epoch: Instant,
     display: Option<gst::Element>,
-) -> Result<gst::Pad> {
+}
+
+/// Links `pad` (the source's video) into a tee with the two branches; `caps_name` says
+/// whether it carries an encoded stream (then recorded as is) or raw video (then encoded).
+fn attach_video(pipeline: &gst::Pipeline, pad: &gst::Pad, caps_name: &str, b: &Branches) -> Result<gst::Pad> {
+    let Branches {
+        cam,
+        recorder,
+        flow,
+        epoch,
+        display,
+    } = b;
+    let (epoch, display) = (*epoch, display.clone());
     // An empty `caps_name`: compressed, codec not known yet.
     let compressed = !caps_name.starts_with("video/x-raw");
     let tee = make("tee")?;
@@ -192,14 +200,19 @@ pub fn build(cam: &Camera, recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoc
     let pipeline = gst::Pipeline::with_name(&format!("camera-{}", cam.name));
     let entry: Arc<Mutex<Option<gst::Pad>>> = Arc::new(Mutex::new(None));
 
+    let branches = Branches {
+        cam: cam.clone(),
+        recorder,
+        flow,
+        epoch,
+        display,
+    };
     // A source whose video pad appears later: link its first video pad, discard the rest.
     let dynamic = |src: &gst::Element| {
         let pipeline_weak = pipeline.downgrade();
+        let branches = branches.clone();
         let cam = cam.clone();
-        let rec = recorder.clone();
-        let flow = flow.clone();
         let entry = entry.clone();
-        let display = display.clone();
         src.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipeline_weak.upgrade() else { return };
             let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
@@ -213,7 +226,7 @@ pub fn build(cam: &Camera, recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoc
                 }
             };
             tracing::debug!(camera = %cam.name, pad = %pad.name(), caps = %caps, "source video pad");
-            match attach_video(&pipeline, pad, &name, &cam, &rec, &flow, epoch, display.clone()) {
+            match attach_video(&pipeline, pad, &name, &branches) {
                 Ok(p) => *slot = Some(p),
                 Err(e) => {
                     tracing::error!(camera = %cam.name, error = %e, "cannot build the recording/mask branches");
@@ -230,16 +243,7 @@ pub fn build(cam: &Camera, recorder: Arc<Mutex<Recorder>>, flow: Arc<Flow>, epoc
     match source::head(&pipeline, cam, &src)? {
         source::Head::Parsed(parse) => dynamic(&parse),
         source::Head::Raw(pad) => {
-            let p = attach_video(
-                &pipeline,
-                &pad,
-                "video/x-raw",
-                cam,
-                &recorder,
-                &flow,
-                epoch,
-                display.clone(),
-            )?;
+            let p = attach_video(&pipeline, &pad, "video/x-raw", &branches)?;
             *entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         }
     }

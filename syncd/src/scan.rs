@@ -346,17 +346,15 @@ impl Scanner {
             }
         }
         self.unsettled.remove(path);
-        match self.new_file(
-            journal,
+        let seen = Seen {
             path,
             name,
             size,
             mtime,
-            &id,
+            id: &id,
             is_manifest,
-            manifest.as_ref(),
-            &root.join(&manifest_rel),
-        ) {
+        };
+        match self.new_file(journal, &seen, manifest.as_ref(), &root.join(&manifest_rel)) {
             Ok(f) => {
                 // Fixed since it was refused: no longer listed (a bad manifest date stays,
                 // it is the manifest's and reported once).
@@ -408,19 +406,22 @@ impl Scanner {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The journal's row for a ready file: its key and the manifest's fields, or why not.
     fn new_file(
         &self,
         journal: Option<&Journal>,
-        path: &Path,
-        name: &str,
-        size: u64,
-        mtime: SystemTime,
-        id: &tree::FileId,
-        is_manifest: bool,
+        seen: &Seen<'_>,
         manifest: Option<&serde_json::Value>,
         manifest_path: &Path,
     ) -> std::result::Result<NewFile, (Refusal, String)> {
+        let Seen {
+            path,
+            name,
+            size,
+            mtime,
+            id,
+            is_manifest,
+        } = *seen;
         let root = self
             .roots
             .iter()
@@ -488,6 +489,17 @@ impl Scanner {
             ident: Some((id.dev, id.ino)),
         })
     }
+}
+
+/// What the scan saw of a ready file.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    path: &'a Path,
+    name: &'a str,
+    size: u64,
+    mtime: SystemTime,
+    id: &'a tree::FileId,
+    is_manifest: bool,
 }
 
 /// `YYYY-MM-DD` from the start of a manifest date, if it has one. Byte offsets are

@@ -231,7 +231,8 @@ run() {
   # the checkout).
   check kernels 240 env EDGEMASK_REQUIRE_NVRTC="$([ -n "$nvrtc" ] && echo 1 || echo 0)" \
     "$dir/bin/unit-tests" --test-threads=1 --nocapture \
-    gpu::launch gpu::mirror gpu::nvrtc::tests::a_failure_is_not_kept
+    gpu::launch gpu::mirror gpu::nvrtc::tests::a_failure_is_not_kept \
+    gpu::nvrtc::tests::kernels_compile_to_cubin
   if [ -n "${ORT_DYLIB_PATH:-}" ] && [ -x "$dir/bin/element-bench" ]; then
     check element 240 "$dir/bin/gpu-tests" --test-threads=1 --nocapture
     [ -n "$gpu" ] && check bench 120 env BENCH_DEVICE=cuda:0 BENCH_UNET=0 BENCH_STREAMS=1,2,4,8,16,32 \

@@ -15,6 +15,7 @@ use cudarc::nvrtc::{Ptx, compile_ptx};
 use std::sync::OnceLock;
 
 use super::nvrtc::once_ok;
+use crate::unetmask::debug::CAT;
 
 use crate::unetmask::gpu::params::{
     self, ALPHA_FN, AlphaParams, BLUR_CU, BlurParams, BlurPlan, BoxParams, COMPOSITE_CU, MASK_FN, MIX_FN,
@@ -67,11 +68,28 @@ fn ptx(slot: usize, src: &dyn Fn() -> String) -> Result<Ptx, String> {
     .cloned()
 }
 
+/// The kernels as a CUBIN for compute capability `cc`, compiled once per process and
+/// architecture; a failure is not kept.
+fn cubin(slot: usize, cc: (i32, i32), src: &dyn Fn() -> String) -> Result<Ptx, String> {
+    /// A compiled module: its source's slot, the compute capability, the CUBIN.
+    type Built = (usize, (i32, i32), Vec<u8>);
+    static CUBIN: std::sync::Mutex<Vec<Built>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CUBIN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((.., image)) = cache.iter().find(|(s, c, _)| (*s, *c) == (slot, cc)) {
+        return Ok(Ptx::from_binary(image.clone()));
+    }
+    let image = super::nvrtc::compile_cubin(&src(), cc)?;
+    cache.push((slot, cc, image.clone()));
+    Ok(Ptx::from_binary(image))
+}
+
 impl GpuKernels {
-    /// Loads the kernels (NVRTC-compiled once per process) on device `ordinal`, with a new
-    /// stream for this instance.
+    /// Loads the kernels on device `ordinal`, with a new stream for this instance: as a
+    /// CUBIN for the device's compute capability (no JIT at load), or as PTX for the
+    /// driver to compile where NVRTC cannot build or the driver cannot load the CUBIN.
     pub fn new(ordinal: usize) -> Result<GpuKernels, String> {
         let ctx = CudaContext::new(ordinal).map_err(err("creating the CUDA context"))?;
+        let cc = crate::unetmask::model::device::compute_capability(ordinal as u32).ok();
         // SAFETY: every buffer made through these kernels is allocated, used and freed on
         // the one stream below (ONNX Runtime's memory is passed by address and ordered by
         // synchronising that stream), so cudarc's cross-stream events, one record per
@@ -80,9 +98,21 @@ impl GpuKernels {
         let stream = ctx.new_stream().map_err(err("creating a CUDA stream"))?;
         let load =
             |slot: usize, src: &dyn Fn() -> String, names: &[&str]| -> Result<Vec<CudaFunction>, String> {
-                let module = ctx
-                    .load_module(ptx(slot, src)?)
-                    .map_err(err("loading the kernels"))?;
+                let native = cc.map(|cc| {
+                    cubin(slot, cc, src)
+                        .and_then(|image| ctx.load_module(image).map_err(err("loading the CUBIN")))
+                });
+                let module = match native {
+                    Some(Ok(module)) => module,
+                    Some(Err(e)) => {
+                        gst::info!(CAT, "kernels as PTX, for the driver to compile: {e}");
+                        ctx.load_module(ptx(slot, src)?)
+                            .map_err(err("loading the kernels"))?
+                    }
+                    None => ctx
+                        .load_module(ptx(slot, src)?)
+                        .map_err(err("loading the kernels"))?,
+                };
                 names
                     .iter()
                     .map(|n| module.load_function(n).map_err(err(n)))

@@ -45,6 +45,50 @@ pub fn nvrtc_present() -> Result<(), String> {
     }
 }
 
+/// `src` compiled by NVRTC to a CUBIN for compute capability `major.minor`: machine code
+/// the driver loads as it is, where PTX is compiled again by the driver's JIT in every
+/// process that loads it. NVRTC needs no GPU for this, only the architecture's name.
+pub(crate) fn compile_cubin(src: &str, (major, minor): (i32, i32)) -> Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result, sys};
+    nvrtc_present()?;
+    let arch = format!("sm_{major}{minor}");
+    let fail = |what: &str, e: result::NvrtcError| format!("NVRTC ({what} for {arch}): {e:?}");
+    let src = std::ffi::CString::new(src).map_err(|e| e.to_string())?;
+    /// Destroys the program whatever happens after it is created.
+    struct Program(sys::nvrtcProgram);
+    impl Drop for Program {
+        fn drop(&mut self) {
+            // SAFETY: created by create_program and destroyed only here.
+            let _ = unsafe { result::destroy_program(self.0) };
+        }
+    }
+    let prog = Program(result::create_program(&src, None).map_err(|e| fail("creating the program", e))?);
+    // SAFETY: `prog` is a live program; the option is a NUL-free string.
+    if let Err(e) = unsafe { result::compile_program(prog.0, &[format!("--gpu-architecture={arch}")]) } {
+        // SAFETY: as above.
+        let log = unsafe { result::get_program_log(prog.0) }
+            .map(|l| {
+                l.iter()
+                    .map(|&c| c as u8 as char)
+                    .take_while(|&c| c != '\0')
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        return Err(format!("{}: {log}", fail("compiling", e)));
+    }
+    let mut size = 0usize;
+    // SAFETY: `prog` compiled; `size` is a valid out-pointer.
+    unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }
+        .result()
+        .map_err(|e| fail("sizing the CUBIN", e))?;
+    let mut cubin = vec![0u8; size];
+    // SAFETY: `cubin` holds the `size` bytes NVRTC said it writes.
+    unsafe { sys::nvrtcGetCUBIN(prog.0, cubin.as_mut_ptr().cast()) }
+        .result()
+        .map_err(|e| fail("reading the CUBIN", e))?;
+    Ok(cubin)
+}
+
 /// `cell`'s value, made by `make` the first time it succeeds. A failure is returned and not
 /// kept: a process whose first try failed (no NVRTC yet, a library path fixed since) gets
 /// the kernels on a later try instead of the first error for the rest of its life.
@@ -59,6 +103,38 @@ pub(crate) fn once_ok<T, E>(cell: &OnceLock<T>, make: impl FnOnce() -> Result<T,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernels build as machine code for the GPU generations a host may have (Turing,
+    /// Ampere, Hopper), with no GPU here: an ELF image each; a source that is not CUDA says
+    /// so with NVRTC's log.
+    #[test]
+    fn kernels_compile_to_cubin_for_each_gpu_generation() {
+        use crate::unetmask::gpu::params::{BLUR_CU, COMPOSITE_CU, POSTPROCESS_CU, PREPROCESS_CU};
+        if let Err(e) = nvrtc_present() {
+            assert!(
+                std::env::var("EDGEMASK_REQUIRE_NVRTC").as_deref() != Ok("1"),
+                "{e}"
+            );
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let sources = [
+            PREPROCESS_CU.to_string(),
+            POSTPROCESS_CU.to_string(),
+            format!("{COMPOSITE_CU}\n{BLUR_CU}"),
+        ];
+        for cc in [(7, 5), (8, 6), (9, 0)] {
+            for src in &sources {
+                let cubin = compile_cubin(src, cc).unwrap_or_else(|e| panic!("{cc:?}: {e}"));
+                assert!(
+                    cubin.starts_with(b"\x7fELF") && cubin.len() > 1024,
+                    "{cc:?}: not a CUBIN"
+                );
+            }
+        }
+        let e = compile_cubin("this is not CUDA", (9, 0)).unwrap_err();
+        assert!(e.contains("compiling for sm_90") && e.contains("error"), "{e}");
+    }
 
     #[test]
     fn a_failure_is_not_kept() {

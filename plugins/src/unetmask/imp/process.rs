@@ -7,7 +7,7 @@ use std::time::Instant;
 use gst_video::VideoFrameExt;
 
 use crate::meta::MaskMeta;
-use crate::unetmask::cpu::composite::{self, Look, Weights};
+use crate::unetmask::cpu::composite::{self, Look, PlaneGeom, Weights};
 use crate::unetmask::cpu::postprocess::MaskStats;
 use crate::unetmask::enums::Mode;
 use crate::unetmask::frame::Frame;
@@ -84,8 +84,7 @@ pub(super) fn begin_frame(
     (index, fresh)
 }
 
-/// A fresh mask for `frame` into `State::mask_u8`, the mask in use from now on. A device
-/// failure moves the stream to the CPU (see [`fall_back_to_cpu`]) and makes the mask there.
+/// A fresh mask for `frame` into `State::mask_u8`, the mask in use from now on.
 pub(super) fn make_mask(
     el: &dyn Element,
     state: &mut State,
@@ -94,17 +93,9 @@ pub(super) fn make_mask(
 ) -> Result<(), gst::FlowError> {
     let stream = state.stream.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
     let (smoothing, threshold) = (live.smoothing as f32, live.threshold().map(|t| t as f32));
-    let mut made =
-        stream
-            .processor
-            .make_mask(&mut state.engine, frame, smoothing, threshold, &mut state.mask_u8);
-    if let Err(ProcessError::Device(e)) = &made {
-        fall_back_to_cpu(el, stream, e, "mask");
-        made = stream
-            .processor
-            .make_mask(&mut state.engine, frame, smoothing, threshold, &mut state.mask_u8);
-    }
-    let (stats, times) = made.map_err(|e| model_failed(el, e))?;
+    let (stats, times) = on_processor(el, stream, "mask", |p, _| {
+        p.make_mask(&mut state.engine, frame, smoothing, threshold, &mut state.mask_u8)
+    })?;
     state.stats.pre += times.pre;
     state.stats.infer += times.infer;
     state.stats.post += times.post;
@@ -112,19 +103,32 @@ pub(super) fn make_mask(
     Ok(())
 }
 
-/// A device failure: the stream carries on with pre-processing, post-processing and
-/// compositing on the CPU (inference stays on the session's provider), with a warning.
-pub(super) fn fall_back_to_cpu(el: &dyn Element, stream: &mut Stream, e: &str, what: &str) {
-    el.gpu_failed(what, e);
-    stream.processor = stream.cpu_processor();
+/// Runs `step` (`what`, for the warning) on the stream's processor, given the stream's plane
+/// layout. A device failure moves the stream to the CPU — pre-processing, post-processing
+/// and compositing; inference stays on the session's provider — with a warning, and runs
+/// `step` there once more. Any other failure is posted and ends the stream.
+pub(super) fn on_processor<T>(
+    el: &dyn Element,
+    stream: &mut Stream,
+    what: &str,
+    mut step: impl FnMut(&mut Processor, &[PlaneGeom]) -> Result<T, ProcessError>,
+) -> Result<T, gst::FlowError> {
+    let mut done = step(&mut stream.processor, &stream.planes);
+    if let Err(ProcessError::Device(e)) = &done {
+        el.gpu_failed(what, e);
+        stream.processor = stream.cpu_processor();
+        done = step(&mut stream.processor, &stream.planes);
+    }
+    done.map_err(|e| model_failed(el, e))
 }
 
 /// Posts a failure that ends the stream (the model's; on the CPU, any).
 pub(super) fn model_failed(el: &dyn Element, e: ProcessError) -> gst::FlowError {
-    match e {
-        ProcessError::Model(e) => element_error!(el, gst::StreamError::Failed, ("{}", e)),
-        ProcessError::Device(e) => element_error!(el, gst::StreamError::Failed, ("{}", e)),
-    }
+    let msg = match e {
+        ProcessError::Model(e) => e.to_string(),
+        ProcessError::Device(e) => e,
+    };
+    element_error!(el, gst::StreamError::Failed, ("{}", msg));
     gst::FlowError::Error
 }
 
@@ -218,7 +222,7 @@ pub(super) fn composite_in_place(
         };
         let colors = composite::plane_colors(spec.format, spec.matrix, rgb_of(rgb));
         // Out of the stream while the look borrows it, so that a fall-back can replace the
-        // stream's processor; put back below.
+        // stream's processor; put back below, before an error returns.
         let picture = stream.replace_planes.take();
         let look = Look {
             mask_weights,
@@ -234,17 +238,11 @@ pub(super) fn composite_in_place(
         let strides = strides_of(vframe.plane_stride());
         let [a, b, c, _] = vframe.planes_data_mut();
         let planes: &mut [&mut [u8]] = &mut [a, b, c];
-        let mut done = stream
-            .processor
-            .composite(&spec, &stream.planes, planes, strides, &map, &look);
-        if let Err(ProcessError::Device(e)) = &done {
-            fall_back_to_cpu(el, stream, e, "compositing");
-            done = stream
-                .processor
-                .composite(&spec, &stream.planes, planes, strides, &map, &look);
-        }
+        let done = on_processor(el, stream, "compositing", |p, geoms| {
+            p.composite(&spec, geoms, planes, strides, &map, &look)
+        });
         stream.replace_planes = picture;
-        done.map_err(|e| model_failed(el, e))?;
+        done?;
     }
     finish_frame(el, state, &live, t_post);
     Ok(gst::FlowSuccess::Ok)
@@ -284,16 +282,10 @@ pub(super) fn render_to_output(
     })?;
     let stride = vout.plane_stride()[0] as usize;
     let out = vout.plane_data_mut(0).map_err(|_| gst::FlowError::Error)?;
-    let mut render = |processor: &mut Processor| match mode {
-        Mode::Mask => processor.render_mask((frame.width, frame.height), &map, &lut, out, stride),
-        _ => processor.render_alpha(&frame, spec.matrix, &map, &lut, out, stride),
-    };
-    let mut done = render(&mut stream.processor);
-    if let Err(ProcessError::Device(e)) = &done {
-        fall_back_to_cpu(el, stream, e, "compositing");
-        done = render(&mut stream.processor);
-    }
-    done.map_err(|e| model_failed(el, e))?;
+    on_processor(el, stream, "compositing", |p, _| match mode {
+        Mode::Mask => p.render_mask((frame.width, frame.height), &map, &lut, out, stride),
+        _ => p.render_alpha(&frame, spec.matrix, &map, &lut, out, stride),
+    })?;
     drop(vout);
     finish_frame(el, state, &live, t_post);
     Ok(gst::FlowSuccess::Ok)

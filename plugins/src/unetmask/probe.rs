@@ -70,7 +70,6 @@ impl Model {
             use super::frame::{FrameSpec, PixelFormat, YuvMatrix};
             use super::gpu::frames::GpuFrames;
             use super::gpu::launch::GpuKernels;
-            use super::gpu::params::PreParams;
             use super::model::contract::{ChannelOrder, Normalization, TensorSpec};
             let device = self.engine.cuda_device?;
             let mut set_up = || -> Result<(), String> {
@@ -91,8 +90,7 @@ impl Model {
                     norm: Normalization::default(),
                 };
                 let strides = [size.0 * 4, 0, 0];
-                let pre = PreParams::new(&spec, strides, &tensor);
-                GpuFrames::new(kernels, &self.engine, &prepared, pre, size, strides, None).map(|_| ())
+                GpuFrames::new(kernels, &self.engine, &prepared, &tensor, &spec, strides, None).map(|_| ())
             };
             Some(set_up())
         }

@@ -31,10 +31,10 @@ use cudarc::driver::CudaSlice;
 
 use crate::unetmask::cpu::composite::{Look, PlaneGeom, Weights};
 use crate::unetmask::cpu::postprocess::MaskStats;
-use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, plane_bytes, rows_bytes};
+use crate::unetmask::frame::{Frame, FrameSpec, PixelFormat, YuvMatrix, plane_bytes, rows_bytes};
 use crate::unetmask::gpu::launch::{BlurBuffers, GpuKernels, Taps};
 use crate::unetmask::gpu::params::{AlphaParams, BlurPlan, MixParams, PostParams, PreParams, stats_of};
-use crate::unetmask::model::contract::OutputSpec;
+use crate::unetmask::model::contract::{OutputSpec, TensorSpec};
 use crate::unetmask::model::engine::{DeviceIo, Engine, EngineError, Prepared};
 use crate::unetmask::stages::StageTimes;
 
@@ -87,18 +87,21 @@ impl std::fmt::Display for GpuError {
 }
 
 impl GpuFrames {
-    /// Sets up the path for frames of `frame_size` with `strides` (the caps' layout; a frame
-    /// laid out larger grows the planes' buffers once): the IoBinding and the buffers, for
-    /// `kernels` loaded on the session's device.
+    /// Sets up the path for frames of `frame` with `strides` (the caps' layout; a frame
+    /// laid out larger grows the planes' buffers once) into the model's `tensor`: the
+    /// IoBinding and the buffers, for `kernels` loaded on the session's device.
     pub fn new(
         kernels: Arc<GpuKernels>,
         engine: &Engine,
         prepared: &Prepared,
-        pre: PreParams,
-        frame_size: (usize, usize),
+        tensor: &TensorSpec,
+        frame: &FrameSpec,
         strides: [usize; 3],
         replace: Option<&[Vec<u8>]>,
     ) -> Result<GpuFrames, String> {
+        // Strides are set per frame, in `run`.
+        let pre = PreParams::new(frame, [0; 3], tensor);
+        let frame_size = (frame.width, frame.height);
         let io = engine
             .bind_device(prepared.input_size)
             .map_err(|e| e.to_string())?;

@@ -14,8 +14,6 @@ use crate::unetmask::frame::FrameSpec;
 use crate::unetmask::gpu::frames::GpuFrames;
 #[cfg(feature = "cuda")]
 use crate::unetmask::gpu::launch::GpuKernels;
-#[cfg(feature = "cuda")]
-use crate::unetmask::gpu::params::PreParams;
 use crate::unetmask::model::contract::TensorSpec;
 use crate::unetmask::model::engine::{Engine, Prepared};
 use crate::unetmask::processor::Processor;
@@ -119,13 +117,19 @@ pub(super) fn gpu_processor(
         Some(k) => Ok(k.clone()),
         None => GpuKernels::new(device as usize).map(std::sync::Arc::new),
     };
-    let pre = PreParams::new(&stream.frame, [0; 3], &stream.tensor);
     let strides = strides_of(stream.in_info.stride());
-    let size = (stream.frame.width, stream.frame.height);
     let replace = stream.replace_planes.as_deref();
     match loaded.and_then(|k| {
         *kernels = Some(k.clone());
-        GpuFrames::new(k, engine, &stream.prepared, pre, size, strides, replace)
+        GpuFrames::new(
+            k,
+            engine,
+            &stream.prepared,
+            &stream.tensor,
+            &stream.frame,
+            strides,
+            replace,
+        )
     }) {
         Ok(gpu) => {
             gst::info!(

@@ -866,39 +866,30 @@ mod tests {
             mean: [0.0; 3],
             std: [1.0; 3],
         };
-        let mut p = Preprocessor::new(
-            &FrameSpec {
-                format: PixelFormat::Rgba,
-                width: w,
-                height: h,
-                matrix: YuvMatrix::BT601,
-            },
-            &TensorSpec {
-                size: (w, h),
-                layout: Layout::Nchw,
-                order: ChannelOrder::Rgb,
-                norm,
-            },
-        );
+        let spec = FrameSpec {
+            format: PixelFormat::Rgba,
+            width: w,
+            height: h,
+            matrix: YuvMatrix::BT601,
+        };
+        let nchw_rgb = TensorSpec {
+            size: (w, h),
+            layout: Layout::Nchw,
+            order: ChannelOrder::Rgb,
+            norm,
+        };
+        let mut p = Preprocessor::new(&spec, &nchw_rgb);
         let mut out = vec![0.0; p.tensor_len()];
         p.run(&frame, &mut out);
         assert_eq!(out[2 * w + 4], 40.0); // R at (4,2)
         assert_eq!(out[w * h + 2 * w + 4], 40.0); // G at (4,2)
         assert_eq!(out[2 * w * h], 7.0); // B
-        let mut p = Preprocessor::new(
-            &FrameSpec {
-                format: PixelFormat::Rgba,
-                width: w,
-                height: h,
-                matrix: YuvMatrix::BT601,
-            },
-            &TensorSpec {
-                size: (w, h),
-                layout: Layout::Nhwc,
-                order: ChannelOrder::Bgr,
-                norm,
-            },
-        );
+        let nhwc_bgr = TensorSpec {
+            layout: Layout::Nhwc,
+            order: ChannelOrder::Bgr,
+            ..nchw_rgb
+        };
+        let mut p = Preprocessor::new(&spec, &nhwc_bgr);
         p.run(&frame, &mut out);
         assert_eq!(&out[(2 * w + 4) * 3..(2 * w + 4) * 3 + 3], &[7.0, 40.0, 40.0]);
     }

@@ -87,9 +87,9 @@ for line in sys.stdin:
     cp "$gstdir/libgst$p.so" "$dir/gst/"
   done
   cp /usr/lib/x86_64-linux-gnu/gstreamer1.0/gstreamer-1.0/gst-plugin-scanner "$dir/gst/"
+  # ldd lists each file's whole closure, dependencies' dependencies included.
   # shellcheck disable=SC2046
   cp -L $(closure "$dir"/bin/* "$dir"/gst/*) "$dir/lib/"
-  # Their dependencies' dependencies: ldd lists the whole closure of each file already.
   # The shared models and test data as the tests find them (SOURCES.md marks the folder).
   mkdir -p "$dir/shared/models" "$dir/shared/testdata"
   cp "$EDGEMASK_SHARED"/models/*.onnx "$EDGEMASK_SHARED"/models/SOURCES.md "$dir/shared/models/"

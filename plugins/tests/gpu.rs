@@ -25,7 +25,8 @@ fn have_gpu() -> bool {
     }
 }
 
-/// The element's stats after a run: the GPU path must have been the one used.
+/// The element's stats after a run: the GPU path must have been the one used, with ONNX
+/// Runtime on the element's stream (one wait per frame).
 fn assert_on_gpu(h: &gst_check::Harness) {
     let stats = element_of(h).property::<gst::Structure>("stats");
     assert_eq!(stats.get::<&str>("provider").unwrap(), "cuda:0", "{stats}");
@@ -33,6 +34,11 @@ fn assert_on_gpu(h: &gst_check::Harness) {
         stats.get::<&str>("processing").unwrap(),
         "gpu",
         "the GPU path did not start (GST_DEBUG=unetmask:4 says why): {stats}"
+    );
+    assert_eq!(
+        stats.get::<&str>("gpu-stream").unwrap(),
+        "shared",
+        "ONNX Runtime did not run on the element's stream: {stats}"
     );
 }
 

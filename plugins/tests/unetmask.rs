@@ -308,6 +308,8 @@ fn stats_messages_and_property() {
     assert_eq!(stats[1].get::<u64>("frames").unwrap(), 4);
     assert_eq!(stats[1].get::<&str>("provider").unwrap(), "cpu");
     assert_eq!(stats[1].get::<&str>("processing").unwrap(), "cpu");
+    // Only the GPU path says which stream ONNX Runtime ran on.
+    assert!(!stats[1].has_field("gpu-stream"), "{:?}", stats[1]);
     assert!(stats[1].get::<f64>("inference-ms").unwrap() > 0.0);
     for field in ["fresh", "carried", "qos-skipped"] {
         assert!(stats[1].has_field(field), "{field}");

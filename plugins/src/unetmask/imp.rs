@@ -301,7 +301,7 @@ impl ObjectImpl for UnetMask {
                 let state = self.state.lock().unwrap();
                 match state.as_ref() {
                     Some(st) => st.stats_structure().to_value(),
-                    None => Stats::default().structure("none", "none").to_value(),
+                    None => Stats::default().structure("none", "none", None).to_value(),
                 }
             }
             other => unreachable!("unknown property {other}"),
@@ -371,7 +371,12 @@ impl BaseTransformImpl for UnetMask {
                 )
             ));
         }
-        let mut engine = Engine::open(&cfg).map_err(|e| Self::engine_error(&e))?;
+        // On a GPU, the session runs on the stream the element's kernels will use.
+        #[cfg(feature = "cuda")]
+        let shared = super::gpu::launch::stream_for(cfg.device);
+        #[cfg(not(feature = "cuda"))]
+        let shared = None;
+        let mut engine = Engine::open_on(&cfg, shared).map_err(|e| Self::engine_error(&e))?;
         gst::info!(
             CAT,
             imp = self,

@@ -50,7 +50,12 @@ impl Model {
         let mut cfg = element.imp().current_engine_config().map_err(|e| e.reason)?;
         cfg.threads = 1;
         cfg.spin = false;
-        let engine = Engine::open(&cfg).map_err(|e| e.to_string())?;
+        // As the element opens it: on a GPU, on the stream its kernels use.
+        #[cfg(feature = "cuda")]
+        let shared = super::gpu::launch::stream_for(cfg.device);
+        #[cfg(not(feature = "cuda"))]
+        let shared = None;
+        let engine = Engine::open_on(&cfg, shared).map_err(|e| e.to_string())?;
         Ok(Model { engine })
     }
 
@@ -69,11 +74,11 @@ impl Model {
         {
             use super::frame::{FrameSpec, PixelFormat, YuvMatrix};
             use super::gpu::frames::GpuFrames;
-            use super::gpu::launch::GpuKernels;
+            use super::gpu::launch::kernels_for;
             use super::model::contract::{ChannelOrder, Normalization, TensorSpec};
-            let device = self.engine.cuda_device?;
-            let mut set_up = || -> Result<(), String> {
-                let kernels = std::sync::Arc::new(GpuKernels::new(device as usize)?);
+            let kernels = kernels_for(&self.engine)?;
+            let set_up = || -> Result<(), String> {
+                let kernels = std::sync::Arc::new(kernels?);
                 let input = self.engine.input_size_for(frame);
                 let prepared = self.engine.prepare(input).map_err(|e| e.to_string())?;
                 let size = (frame.0 as usize, frame.1 as usize);

@@ -60,6 +60,18 @@ impl Processor {
         }
     }
 
+    /// On the GPU path, whether ONNX Runtime queues on its stream (`shared`: one wait per
+    /// frame) or runs on a stream of its own (`separate`), for the `stats` message.
+    pub fn gpu_stream(&self) -> Option<&'static str> {
+        match self {
+            Self::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Self::Gpu(g) => Some(if g.shares_stream() { "shared" } else { "separate" }),
+            #[cfg(test)]
+            Self::FailingGpu => None,
+        }
+    }
+
     /// The CPU implementation, for the modes only it has (pipelined).
     pub fn cpu(&mut self) -> Option<&mut CpuProcessor> {
         match self {

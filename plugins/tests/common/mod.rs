@@ -128,6 +128,11 @@ pub fn run_once(props: &str, input: &gst::Sample) -> (gst::Buffer, gst::Caps) {
             "gpu",
             "{props}: not on the GPU path (GST_DEBUG=unetmask:4 says why): {stats}"
         );
+        assert_eq!(
+            stats.get::<&str>("gpu-stream").unwrap(),
+            "shared",
+            "{props}: ONNX Runtime did not run on the element's stream: {stats}"
+        );
     }
     (buf, caps)
 }

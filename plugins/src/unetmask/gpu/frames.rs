@@ -20,20 +20,25 @@
 //! `mask` (GRAY8) and `alpha` (RGBA) into an output buffer; only the finished frame comes
 //! back. In `meta` mode nothing but the mask does.
 //!
-//! ONNX Runtime runs on its own stream: this stream is synchronised before the run, and a
-//! run returns with its outputs complete (ONNX Runtime's default), so nothing overlaps
-//! unsafely.
+//! ONNX Runtime runs on the same stream ([`Engine::shares`]; the element opens the session
+//! on it), and its runs return once queued, so the whole frame is queued before the host
+//! waits once, for the mask. Where the session has a stream of its own (a session opened
+//! without one), this stream is synchronised before the run, and the run returns with its
+//! outputs complete. Frames travel through page-locked buffers ([`Staging`]); every call
+//! that queues a transfer synchronises the stream before it returns, so a staging buffer is
+//! never written while a copy from it is queued. Stage times come from CUDA events.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice, sys};
 
 use crate::unetmask::cpu::composite::{Look, PlaneGeom, Weights};
 use crate::unetmask::cpu::postprocess::MaskStats;
 use crate::unetmask::frame::{Frame, FrameSpec, PixelFormat, YuvMatrix, plane_bytes, rows_bytes};
 use crate::unetmask::gpu::launch::{BlurBuffers, GpuKernels, Taps};
 use crate::unetmask::gpu::params::{AlphaParams, BlurPlan, MixParams, PostParams, PreParams, stats_of};
+use crate::unetmask::gpu::staging::Staging;
 use crate::unetmask::model::contract::{OutputSpec, TensorSpec};
 use crate::unetmask::model::engine::{DeviceIo, Engine, EngineError, Prepared};
 use crate::unetmask::stages::StageTimes;
@@ -66,7 +71,18 @@ pub struct GpuFrames {
     taps: Vec<Taps>,
     blur: Vec<BlurBuffers>,
     out: Option<CudaSlice<u8>>,
+    staging: Staging,
+    /// The mask's counts, downloaded with it.
+    counts_host: PinnedHostSlice<u32>,
+    /// ONNX Runtime queues on `kernels.stream` (no synchronisation around its runs).
+    shared: bool,
+    /// Recorded before the upload, after pre-processing, after inference and after
+    /// post-processing: the stage times of a frame.
+    marks: [CudaEvent; 4],
 }
+
+/// The mask's plane in [`Staging`] (after the frame's three).
+const MASK_SLOT: usize = 3;
 
 /// Why the GPU path failed: device problems (set-up, a kernel, a copy, a run with the bound
 /// buffers) move the stream to the CPU's pre- and post-processing; a model whose output does
@@ -140,6 +156,16 @@ impl GpuFrames {
             None => None,
         };
         let no_target = alloc_u8(1)?;
+        // SAFETY: filled by a download before it is read.
+        let counts_host = unsafe { s.context().alloc_pinned_with_flags::<u32>(2, 0) }
+            .map_err(|e| format!("allocating page-locked host memory: {e}"))?;
+        let mark = || {
+            s.context()
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| format!("creating a CUDA event: {e}"))
+        };
+        let marks = [mark()?, mark()?, mark()?, mark()?];
+        let shared = engine.shares(s);
         Ok(GpuFrames {
             kernels,
             io,
@@ -158,7 +184,16 @@ impl GpuFrames {
             taps: Vec::new(),
             blur: Vec::new(),
             out: None,
+            staging: Staging::default(),
+            counts_host,
+            shared,
+            marks,
         })
+    }
+
+    /// Whether ONNX Runtime runs on this path's stream (one synchronisation per frame).
+    pub fn shares_stream(&self) -> bool {
+        self.shared
     }
 
     /// Forgets the smoothing history (DISCONT, flush).
@@ -179,9 +214,8 @@ impl GpuFrames {
                     .alloc_zeros::<u8>(used)
                     .map_err(|e| format!("allocating on the GPU: {e}"))?;
             }
-            stream
-                .memcpy_htod(&frame.planes[i][..used], &mut self.planes[i])
-                .map_err(|e| format!("uploading the frame: {e}"))?;
+            self.staging
+                .upload(stream, i, &frame.planes[i][..used], &mut self.planes[i])?;
         }
         Ok(())
     }
@@ -196,8 +230,14 @@ impl GpuFrames {
         threshold: Option<f32>,
         mask: &mut Vec<u8>,
     ) -> Result<(MaskStats, StageTimes), GpuError> {
-        let mut times = StageTimes::default();
-        let t = Instant::now();
+        let stream = self.kernels.stream.clone();
+        let mark = |e: &CudaEvent| {
+            e.record(&stream)
+                .map_err(|e| GpuError::Device(format!("recording a CUDA event: {e}")))
+        };
+        // Before the host's staging copies, so that the pre-processing stage counts them,
+        // the transfer and the kernel.
+        mark(&self.marks[0])?;
         self.uploaded = false;
         self.upload(frame).map_err(GpuError::Device)?;
         self.uploaded = true;
@@ -208,13 +248,14 @@ impl GpuFrames {
         self.kernels
             .preprocess_to(&pre, &self.planes, self.io.input_ptr)
             .map_err(GpuError::Device)?;
-        self.kernels
-            .stream
-            .synchronize()
-            .map_err(|e| GpuError::Device(format!("pre-processing on the GPU: {e}")))?;
-        times.pre = t.elapsed();
+        mark(&self.marks[1])?;
+        if !self.shared {
+            // ONNX Runtime reads the tensor from its own stream.
+            stream
+                .synchronize()
+                .map_err(|e| GpuError::Device(format!("pre-processing on the GPU: {e}")))?;
+        }
 
-        let t = Instant::now();
         // A failed run with the GPU's bound buffers is the GPU path's failure: the stream
         // falls back to the CPU's pre- and post-processing and runs the model there without
         // the binding. Should the model itself fail, it fails there again, as the model's.
@@ -228,24 +269,42 @@ impl GpuFrames {
                 self.pixels, self.spec.channels
             ))));
         }
-        times.infer = t.elapsed();
+        mark(&self.marks[2])?;
 
-        let t = Instant::now();
         let p = PostParams::new(&self.spec, self.pixels, smoothing, self.has_state, threshold);
         self.kernels
             .postprocess_to(&p, output, &mut self.state, &mut self.mask, &mut self.counts)
             .map_err(GpuError::Device)?;
-        mask.resize(self.pixels, 0);
-        let mut counts = [0u32; 2];
-        let stream = &self.kernels.stream;
         let download = |e| GpuError::Device(format!("downloading the mask: {e}"));
+        self.staging
+            .download(&stream, MASK_SLOT, &self.mask.slice(..self.pixels))
+            .map_err(GpuError::Device)?;
         stream
-            .memcpy_dtoh(&self.mask, mask.as_mut_slice())
+            .memcpy_dtoh(&self.counts, &mut self.counts_host)
             .map_err(download)?;
-        stream.memcpy_dtoh(&self.counts, &mut counts).map_err(download)?;
+        mark(&self.marks[3])?;
+        // The frame's one wait.
         stream.synchronize().map_err(download)?;
+        let t = Instant::now();
+        mask.resize(self.pixels, 0);
+        self.staging
+            .take(MASK_SLOT, mask.as_mut_slice())
+            .map_err(GpuError::Device)?;
+        let c = self.counts_host.as_slice().map_err(download)?;
+        let counts = [c[0], c[1]];
+        let copied = t.elapsed();
         self.has_state |= smoothing > 0.0;
-        times.post = t.elapsed();
+        let span = |a: usize, b: usize| -> Result<std::time::Duration, GpuError> {
+            let ms = self.marks[a]
+                .elapsed_ms(&self.marks[b])
+                .map_err(|e| GpuError::Device(format!("reading a CUDA event: {e}")))?;
+            Ok(std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3))
+        };
+        let times = StageTimes {
+            pre: span(0, 1)?,
+            infer: span(1, 2)?,
+            post: span(2, 3)? + copied,
+        };
         Ok((stats_of(counts, self.pixels), times))
     }
 
@@ -327,14 +386,17 @@ impl GpuFrames {
                 .mix_on(&p, &self.mask, &self.taps[t], &mut self.planes[i], target)?;
         }
         let stream = &self.kernels.stream;
-        for (i, host) in planes.iter_mut().enumerate().take(geoms.len()) {
-            stream
-                .memcpy_dtoh(&self.planes[i].slice(..used[i]), &mut host[..used[i]])
-                .map_err(|e| format!("downloading the frame: {e}"))?;
+        let n = geoms.len().min(planes.len());
+        for (i, &len) in used.iter().enumerate().take(n) {
+            self.staging.download(stream, i, &self.planes[i].slice(..len))?;
         }
         stream
             .synchronize()
-            .map_err(|e| format!("downloading the frame: {e}"))
+            .map_err(|e| format!("downloading the frame: {e}"))?;
+        for (i, host) in planes.iter_mut().enumerate().take(n) {
+            self.staging.take(i, host)?;
+        }
+        Ok(())
     }
 
     /// The device buffer for the `mask`/`alpha` output, `len` bytes or more.
@@ -351,15 +413,14 @@ impl GpuFrames {
     }
 
     /// Downloads the first `out.len()` bytes of the output buffer into `out`.
-    fn download_out(&self, out: &mut [u8]) -> Result<(), String> {
+    fn download_out(&mut self, out: &mut [u8]) -> Result<(), String> {
         let dev = self.out.as_ref().expect("allocated by out_buffer");
         let stream = &self.kernels.stream;
-        stream
-            .memcpy_dtoh(&dev.slice(..out.len()), out)
-            .map_err(|e| format!("downloading the output: {e}"))?;
+        self.staging.download(stream, 0, &dev.slice(..out.len()))?;
         stream
             .synchronize()
-            .map_err(|e| format!("downloading the output: {e}"))
+            .map_err(|e| format!("downloading the output: {e}"))?;
+        self.staging.take(0, out)
     }
 
     /// `mask` mode: the GRAY8 mask at frame size into `out` (rows `stride` apart). Needs no

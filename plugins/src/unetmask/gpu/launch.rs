@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 
 use super::nvrtc::once_ok;
 use crate::unetmask::debug::CAT;
+use crate::unetmask::model::engine::{DeviceRequest, Engine};
 
 use crate::unetmask::gpu::params::{
     self, ALPHA_FN, AlphaParams, BLUR_CU, BlurParams, BlurPlan, BoxParams, COMPOSITE_CU, MASK_FN, MIX_FN,
@@ -83,19 +84,58 @@ fn cubin(slot: usize, cc: (i32, i32), src: &dyn Fn() -> String) -> Result<Ptx, S
     Ok(Ptx::from_binary(image))
 }
 
+/// A new CUDA stream on device `ordinal`'s primary context, for one element instance: its
+/// kernels queue on it, and so does ONNX Runtime when the session was opened on it
+/// ([`Engine::open_on`](crate::unetmask::model::engine::Engine::open_on)).
+pub fn new_stream(ordinal: usize) -> Result<Arc<CudaStream>, String> {
+    let ctx = CudaContext::new(ordinal).map_err(err("creating the CUDA context"))?;
+    // SAFETY: every buffer made through the kernels is allocated, used and freed on the one
+    // stream made here, which ONNX Runtime shares (or, where it does not, which is
+    // synchronised around its runs), so cudarc's cross-stream events, one record per
+    // buffer per launch otherwise, are not needed.
+    unsafe { ctx.disable_event_tracking() };
+    ctx.new_stream().map_err(err("creating a CUDA stream"))
+}
+
+/// The stream to open a session for `request` on, so that ONNX Runtime and the kernels
+/// share it: on the requested CUDA device (device 0 for `auto`). `None` for the CPU and
+/// where there is no driver or no such device (the session then says so itself).
+pub fn stream_for(request: DeviceRequest) -> Option<Arc<CudaStream>> {
+    let n = match request {
+        DeviceRequest::Cuda(n) | DeviceRequest::TensorRt(n) => n,
+        DeviceRequest::Auto => 0,
+        DeviceRequest::Cpu => return None,
+    };
+    if n >= crate::unetmask::model::device::device_count().ok()? {
+        return None;
+    }
+    new_stream(n as usize)
+        .inspect_err(|e| gst::info!(CAT, "{e}: ONNX Runtime runs on a stream of its own"))
+        .ok()
+}
+
+/// The kernels for `engine`'s session: on its stream when it runs on one, else on a new
+/// stream of its device. `None` when the session is not on a CUDA device.
+pub fn kernels_for(engine: &Engine) -> Option<Result<GpuKernels, String>> {
+    let device = engine.cuda_device?;
+    Some(match engine.stream() {
+        Some(s) => GpuKernels::on(s.clone()),
+        None => GpuKernels::new(device as usize),
+    })
+}
+
 impl GpuKernels {
-    /// Loads the kernels on device `ordinal`, with a new stream for this instance: as a
-    /// CUBIN for the device's compute capability (no JIT at load), or as PTX for the
-    /// driver to compile where NVRTC cannot build or the driver cannot load the CUBIN.
+    /// Loads the kernels on device `ordinal`, with a new stream for this instance.
     pub fn new(ordinal: usize) -> Result<GpuKernels, String> {
-        let ctx = CudaContext::new(ordinal).map_err(err("creating the CUDA context"))?;
-        let cc = crate::unetmask::model::device::compute_capability(ordinal as u32).ok();
-        // SAFETY: every buffer made through these kernels is allocated, used and freed on
-        // the one stream below (ONNX Runtime's memory is passed by address and ordered by
-        // synchronising that stream), so cudarc's cross-stream events, one record per
-        // buffer per launch otherwise, are not needed.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(err("creating a CUDA stream"))?;
+        Self::on(new_stream(ordinal)?)
+    }
+
+    /// Loads the kernels on `stream`'s device, to run on `stream`: as a CUBIN for the
+    /// device's compute capability (no JIT at load), or as PTX for the driver to compile
+    /// where NVRTC cannot build or the driver cannot load the CUBIN.
+    pub fn on(stream: Arc<CudaStream>) -> Result<GpuKernels, String> {
+        let ctx = stream.context().clone();
+        let cc = crate::unetmask::model::device::compute_capability(ctx.ordinal() as u32).ok();
         let load =
             |slot: usize, src: &dyn Fn() -> String, names: &[&str]| -> Result<Vec<CudaFunction>, String> {
                 let native = cc.map(|cc| {
@@ -521,6 +561,22 @@ mod tests {
             let mut pl = self.upload(plane)?;
             self.blur_on(plan, &mut bufs, &m, &taps, &mut pl)?;
             self.stream.clone_dtoh(&pl).map_err(err("downloading the plane"))
+        }
+    }
+
+    /// The stream a session is opened on exists only for a device that does: never for the
+    /// CPU, and without a driver or past the last device `None` rather than a panic in the
+    /// driver loader (this machine has no GPU; a GPU host checks the other side).
+    #[test]
+    fn a_session_stream_is_made_only_for_a_device_that_exists() {
+        assert!(stream_for(DeviceRequest::Cpu).is_none());
+        let count = gpu::device_count().unwrap_or(0);
+        assert!(stream_for(DeviceRequest::Cuda(count)).is_none());
+        assert!(stream_for(DeviceRequest::TensorRt(count)).is_none());
+        assert_eq!(stream_for(DeviceRequest::Auto).is_some(), count > 0);
+        if count > 0 {
+            let s = stream_for(DeviceRequest::Cuda(count - 1)).expect("a stream on the last GPU");
+            assert_eq!(s.context().ordinal(), count as usize - 1);
         }
     }
 

@@ -13,7 +13,7 @@ use crate::unetmask::frame::FrameSpec;
 #[cfg(feature = "cuda")]
 use crate::unetmask::gpu::frames::GpuFrames;
 #[cfg(feature = "cuda")]
-use crate::unetmask::gpu::launch::GpuKernels;
+use crate::unetmask::gpu::launch::{GpuKernels, kernels_for};
 use crate::unetmask::model::contract::TensorSpec;
 use crate::unetmask::model::engine::{Engine, Prepared};
 use crate::unetmask::processor::Processor;
@@ -64,8 +64,11 @@ impl State {
     /// The stats message / property: the window's figures, where inference and where pre-
     /// and post-processing run.
     pub(super) fn stats_structure(&self) -> gst::Structure {
-        let processing = self.stream.as_ref().map_or("cpu", |s| s.processor.name());
-        self.stats.structure(&self.engine.provider, processing)
+        let processor = self.stream.as_ref().map(|s| &s.processor);
+        let processing = processor.map_or("cpu", |p| p.name());
+        let gpu_stream = processor.and_then(|p| p.gpu_stream());
+        self.stats
+            .structure(&self.engine.provider, processing, gpu_stream)
     }
 }
 
@@ -112,10 +115,9 @@ pub(super) fn gpu_processor(
     kernels: &mut Option<std::sync::Arc<GpuKernels>>,
     stream: &Stream,
 ) -> Option<Processor> {
-    let device = engine.cuda_device?;
     let loaded = match kernels {
         Some(k) => Ok(k.clone()),
-        None => GpuKernels::new(device as usize).map(std::sync::Arc::new),
+        None => kernels_for(engine)?.map(std::sync::Arc::new),
     };
     let strides = strides_of(stream.in_info.stride());
     let replace = stream.replace_planes.as_deref();
@@ -136,8 +138,13 @@ pub(super) fn gpu_processor(
                 CAT,
                 obj = obj,
                 "GPU path on {}: frame upload, pre-processing, inference, post-processing and \
-                 compositing on the device; only the mask or the finished frame comes back",
-                engine.provider
+                 compositing on the device; only the mask or the finished frame comes back; {}",
+                engine.provider,
+                if gpu.shares_stream() {
+                    "ONNX Runtime runs on the element's CUDA stream, one wait per frame"
+                } else {
+                    "ONNX Runtime runs on a CUDA stream of its own, waited for around each run"
+                }
             );
             if stream.filter == ResizeFilter::Antialias {
                 gst::info!(

@@ -40,7 +40,13 @@ impl Default for Stats {
 }
 
 impl Stats {
-    pub(super) fn structure(&self, provider: &str, processing: &str) -> gst::Structure {
+    /// `gpu_stream`: on the GPU path, whether ONNX Runtime shares the element's stream.
+    pub(super) fn structure(
+        &self,
+        provider: &str,
+        processing: &str,
+        gpu_stream: Option<&str>,
+    ) -> gst::Structure {
         let ms = |d: Duration, n: u64| {
             if n == 0 {
                 0.0
@@ -67,6 +73,7 @@ impl Stats {
             )
             .field("provider", provider)
             .field("processing", processing)
+            .field_if_some("gpu-stream", gpu_stream)
             .build()
     }
 

@@ -202,6 +202,15 @@ fn tensor_info(name: &str, dtype: &ValueType) -> TensorInfo {
     }
 }
 
+/// A CUDA stream that ONNX Runtime runs the model on instead of its own (feature `cuda`):
+/// the element's kernels queue on it too, so a frame's pre-processing, inference and
+/// post-processing follow each other on the device with one host synchronisation.
+#[cfg(feature = "cuda")]
+pub type SharedStream = std::sync::Arc<cudarc::driver::CudaStream>;
+/// Without the `cuda` feature there is no stream to share.
+#[cfg(not(feature = "cuda"))]
+pub enum SharedStream {}
+
 /// An opened model, ready to run.
 pub struct Engine {
     session: Session,
@@ -213,6 +222,9 @@ pub struct Engine {
     pub cuda_device: Option<u32>,
     overrides: Overrides,
     prepared: Option<Prepared>,
+    /// The stream the session runs on, when it was opened on one; declared after
+    /// `session` so that it outlives it.
+    stream: Option<SharedStream>,
 }
 
 /// What the probe run established for one input size.
@@ -228,6 +240,17 @@ pub struct Prepared {
 impl Engine {
     /// Opens the model: library, session (on the requested device) and contract detection.
     pub fn open(cfg: &EngineConfig) -> Result<Engine, EngineError> {
+        Self::open_on(cfg, None)
+    }
+
+    /// The stream the session runs on, when it was opened on one.
+    pub fn stream(&self) -> Option<&SharedStream> {
+        self.stream.as_ref()
+    }
+
+    /// As [`Engine::open`], with ONNX Runtime's CUDA provider running on `stream` when the
+    /// session runs on `stream`'s device ([`Engine::shares`] tells).
+    pub fn open_on(cfg: &EngineConfig, stream: Option<SharedStream>) -> Result<Engine, EngineError> {
         if cfg.model.as_os_str().is_empty() {
             return Err(EngineError::NoModel);
         }
@@ -235,7 +258,7 @@ impl Engine {
             return Err(EngineError::ModelMissing(cfg.model.clone()));
         }
         let (env, library) = environment(cfg.library.as_deref())?;
-        let (session, provider) = providers::open_session(&env, cfg)?;
+        let (session, provider, stream) = providers::open_session(&env, cfg, stream)?;
         let inputs: Vec<TensorInfo> = session
             .inputs()
             .iter()
@@ -256,6 +279,7 @@ impl Engine {
             cuda_device,
             overrides: cfg.overrides.clone(),
             prepared: None,
+            stream,
         })
     }
 
@@ -358,6 +382,9 @@ pub struct DeviceIo {
     input: ort::value::Tensor<f32>,
     /// The last run's output, kept alive until the next run replaces it.
     output: Option<ort::value::DynTensor>,
+    /// On a shared stream: runs that return once queued, not once finished (the caller's
+    /// next work on the stream is ordered after them).
+    queued: Option<ort::session::RunOptions>,
     /// Device address of the input tensor: `input_len` `f32` values in the contract's layout.
     pub input_ptr: u64,
     pub input_len: usize,
@@ -365,6 +392,14 @@ pub struct DeviceIo {
 
 #[cfg(feature = "cuda")]
 impl Engine {
+    /// Whether the session runs on `stream`: work queued there after a run is ordered
+    /// after the run's kernels.
+    pub fn shares(&self, stream: &SharedStream) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(|s| std::sync::Arc::ptr_eq(s, stream))
+    }
+
     /// Allocates the input tensor for `input_size` on the session's GPU and binds it, with
     /// the output bound to the same GPU. Fails when the session does not run on CUDA.
     pub fn bind_device(&self, input_size: (u32, u32)) -> Result<DeviceIo, EngineError> {
@@ -397,17 +432,29 @@ impl Engine {
         binding
             .bind_output_to_device(self.contract.output_name.as_str(), &info)
             .map_err(err("binding the output to the GPU"))?;
+        let queued = match &self.stream {
+            Some(_) => {
+                let mut o = ort::session::RunOptions::new().map_err(err("creating run options"))?;
+                o.disable_device_sync()
+                    .map_err(err("asking for runs that do not wait for the GPU"))?;
+                Some(o)
+            }
+            None => None,
+        };
         Ok(DeviceIo {
             binding,
             input,
             output: None,
+            queued,
             input_ptr,
             input_len,
         })
     }
 
-    /// Runs the model on the bound input (already written on the device). Returns the device
-    /// address of the output and its number of `f32` values; valid until the next run.
+    /// Runs the model on the bound input (written on the device: on a shared stream, queued
+    /// there before this call; otherwise finished). Returns the device address of the
+    /// output and its number of `f32` values, valid until the next run: on a shared stream
+    /// the output is complete for work queued after this call, otherwise it is complete now.
     pub fn run_bound(&mut self, io: &mut DeviceIo) -> Result<(u64, usize), EngineError> {
         let inference = |e: ort::Error| EngineError::Inference(e.to_string());
         io.output = None;
@@ -417,7 +464,11 @@ impl Engine {
         io.binding
             .bind_input(self.contract.input_name.as_str(), &io.input)
             .map_err(inference)?;
-        let mut outputs = self.session.run_binding(&io.binding).map_err(inference)?;
+        let mut outputs = match &io.queued {
+            Some(o) => self.session.run_binding_with_options(&io.binding, o),
+            None => self.session.run_binding(&io.binding),
+        }
+        .map_err(inference)?;
         let name = self.contract.output_name.as_str();
         let value = outputs
             .remove(name)
@@ -475,14 +526,18 @@ mod providers {
         })
     }
 
+    /// The session, its provider's name and the stream it runs on (when it runs on one).
+    type Opened = (Session, String, Option<SharedStream>);
+
     #[cfg(not(feature = "cuda"))]
     pub(super) fn open_session(
         env: &Environment,
         cfg: &EngineConfig,
-    ) -> Result<(Session, String), EngineError> {
+        _stream: Option<SharedStream>,
+    ) -> Result<Opened, EngineError> {
         match cfg.device {
             DeviceRequest::Auto | DeviceRequest::Cpu => {
-                Ok((commit(builder(env, cfg)?, &cfg.model)?, "cpu".to_string()))
+                Ok((commit(builder(env, cfg)?, &cfg.model)?, "cpu".to_string(), None))
             }
             d => Err(EngineError::Provider(format!(
                 "device={d} asks for a GPU, but this build of unetmask has no CUDA support: rebuild the plugin \
@@ -492,15 +547,22 @@ mod providers {
         }
     }
 
+    /// `stream` when it is on device `n`.
+    #[cfg(feature = "cuda")]
+    fn on_device(stream: &Option<SharedStream>, n: u32) -> Option<SharedStream> {
+        stream.clone().filter(|s| s.context().ordinal() == n as usize)
+    }
+
     #[cfg(feature = "cuda")]
     pub(super) fn open_session(
         env: &Environment,
         cfg: &EngineConfig,
-    ) -> Result<(Session, String), EngineError> {
+        stream: Option<SharedStream>,
+    ) -> Result<Opened, EngineError> {
         use crate::unetmask::model::device as gpu;
         use ort::ep::ExecutionProvider;
-        let cpu = || -> Result<(Session, String), EngineError> {
-            Ok((commit(builder(env, cfg)?, &cfg.model)?, "cpu".to_string()))
+        let cpu = || -> Result<Opened, EngineError> {
+            Ok((commit(builder(env, cfg)?, &cfg.model)?, "cpu".to_string(), None))
         };
         let cuda_provider = ort::ep::CUDA::is_available().unwrap_or(false);
         let gpu = |n: u32, what: &str| -> Result<(), EngineError> {
@@ -520,16 +582,14 @@ mod providers {
             }
             Ok(())
         };
-        let with_cuda = |n: u32| -> Result<(Session, String), EngineError> {
+        let with_cuda = |n: u32| -> Result<Opened, EngineError> {
             preload_cuda_runtime();
-            let ep = ort::ep::CUDA::default()
-                .with_device_id(n as i32)
-                .build()
-                .error_on_failure();
+            let shared = on_device(&stream, n);
+            let ep = cuda_ep(n, shared.as_ref()).build().error_on_failure();
             let b = builder(env, cfg)?
                 .with_execution_providers([ep])
                 .map_err(|e| EngineError::Provider(e.to_string()))?;
-            Ok((commit(b, &cfg.model)?, format!("cuda:{n}")))
+            Ok((commit(b, &cfg.model)?, format!("cuda:{n}"), shared))
         };
         match cfg.device {
             DeviceRequest::Cpu => cpu(),
@@ -539,7 +599,7 @@ mod providers {
             }
             DeviceRequest::TensorRt(n) => {
                 gpu(n, &cfg.device.to_string())?;
-                tensorrt(env, cfg, n)
+                tensorrt(env, cfg, n, on_device(&stream, n))
             }
             DeviceRequest::Auto => match gpu(0, "auto") {
                 Ok(()) => with_cuda(0).or_else(|e| {
@@ -584,27 +644,51 @@ mod providers {
         });
     }
 
+    /// The CUDA provider on device `n`, running on `stream` when given.
+    #[cfg(feature = "cuda")]
+    fn cuda_ep(n: u32, stream: Option<&SharedStream>) -> ort::ep::CUDA {
+        let ep = ort::ep::CUDA::default().with_device_id(n as i32);
+        match stream {
+            // SAFETY: the engine keeps the stream alive for as long as the session
+            // (`Engine::stream`).
+            Some(s) => unsafe { ep.with_compute_stream(s.cu_stream() as *mut ()) },
+            None => ep,
+        }
+    }
+
     #[cfg(all(feature = "cuda", feature = "tensorrt"))]
-    fn tensorrt(env: &Environment, cfg: &EngineConfig, n: u32) -> Result<(Session, String), EngineError> {
+    fn tensorrt(
+        env: &Environment,
+        cfg: &EngineConfig,
+        n: u32,
+        stream: Option<SharedStream>,
+    ) -> Result<Opened, EngineError> {
         preload_cuda_runtime();
         let cache = crate::unetmask::model::cache::engine_cache_dir(&cfg.model, n)
             .map_err(|e| EngineError::Provider(format!("device=tensorrt:{n}: {e}")))?;
-        let trt = ort::ep::TensorRT::default()
+        let mut trt = ort::ep::TensorRT::default()
             .with_device_id(n as i32)
             .with_engine_cache(true)
             .with_engine_cache_path(cache.display())
-            .with_timing_cache(true)
-            .build()
-            .error_on_failure();
-        let cuda = ort::ep::CUDA::default().with_device_id(n as i32).build();
+            .with_timing_cache(true);
+        if let Some(s) = &stream {
+            // SAFETY: as in `cuda_ep`.
+            trt = unsafe { trt.with_compute_stream(s.cu_stream() as *mut ()) };
+        }
+        let cuda = cuda_ep(n, stream.as_ref()).build();
         let b = builder(env, cfg)?
-            .with_execution_providers([trt, cuda])
+            .with_execution_providers([trt.build().error_on_failure(), cuda])
             .map_err(|e| EngineError::Provider(e.to_string()))?;
-        Ok((commit(b, &cfg.model)?, format!("tensorrt:{n}")))
+        Ok((commit(b, &cfg.model)?, format!("tensorrt:{n}"), stream))
     }
 
     #[cfg(all(feature = "cuda", not(feature = "tensorrt")))]
-    fn tensorrt(_env: &Environment, _cfg: &EngineConfig, n: u32) -> Result<(Session, String), EngineError> {
+    fn tensorrt(
+        _env: &Environment,
+        _cfg: &EngineConfig,
+        n: u32,
+        _stream: Option<SharedStream>,
+    ) -> Result<Opened, EngineError> {
         Err(EngineError::Provider(format!(
             "device=tensorrt:{n}: this build of unetmask has no TensorRT support; rebuild the plugin with \
              --features tensorrt, or use device=cuda:{n}"

@@ -429,7 +429,7 @@ mod tests {
     use crate::unetmask::cpu::composite::{Weights, planes_of};
     use crate::unetmask::frame::PixelFormat;
     use crate::unetmask::frame::{Frame, plane_bytes};
-    use crate::unetmask::gpu::emulation::{KernelRunner, check_kernels};
+    use crate::unetmask::gpu::emulation::{Contraction, KernelRunner, check_kernels};
     use crate::unetmask::model::device as gpu;
     use crate::unetmask::test_bytes::bytes;
     use cudarc::driver::DevicePtr;
@@ -590,7 +590,8 @@ mod tests {
             return;
         }
         let k = GpuKernels::new(0).expect("kernels load on GPU 0");
-        check_kernels(&k);
+        // NVRTC fuses multiply-adds by default (`--fmad=true`).
+        check_kernels(&k, Contraction::Fused);
         let free = || {
             k.stream
                 .context()

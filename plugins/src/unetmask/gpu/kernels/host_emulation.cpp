@@ -9,9 +9,10 @@
 //
 // The CUDA built-ins the kernels use are given their documented meaning here: thread and
 // block indices, `atomicAdd` (sequential execution makes it a plain add), the
-// round-to-nearest intrinsics (IEEE single precision with `-ffp-contract=off`: nothing
-// fused), `__int_as_float`, and integer `min`/`max`. No kernel uses shared memory or
-// barriers, so running the threads one after another is a valid schedule.
+// round-to-nearest intrinsics (each rounded on its own and never fused into a
+// multiply-add, as on the GPU, even in the build that fuses the rest the way NVRTC does),
+// `__int_as_float`, and integer `min`/`max`. No kernel uses shared memory or barriers, so
+// running the threads one after another is a valid schedule.
 
 #include <math.h>
 #include <stddef.h>
@@ -27,10 +28,16 @@ static thread_local EmuDim blockIdx, threadIdx, blockDim, gridDim;
 #define __device__
 #define __forceinline__ inline
 
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __fdiv_rn(float a, float b) { return a / b; }
+// The empty asm takes the rounded result in an SSE register, which the compiler cannot see
+// through, so it cannot contract the operation with its neighbours.
+static inline float rounded(float r) {
+    __asm__("" : "+x"(r));
+    return r;
+}
+static inline float __fadd_rn(float a, float b) { return rounded(a + b); }
+static inline float __fsub_rn(float a, float b) { return rounded(a - b); }
+static inline float __fmul_rn(float a, float b) { return rounded(a * b); }
+static inline float __fdiv_rn(float a, float b) { return rounded(a / b); }
 static inline float __int_as_float(int i) {
     float f;
     memcpy(&f, &i, sizeof f);

@@ -316,6 +316,28 @@ fn stats_messages_and_property() {
     }
 }
 
+/// `gpu-path` is on by default and only matters on a CUDA session: on the CPU, off changes
+/// nothing.
+#[test]
+fn gpu_path_is_on_by_default_and_a_cpu_session_ignores_it() {
+    init();
+    let e = gst::ElementFactory::make("unetmask").build().unwrap();
+    assert!(e.property::<bool>("gpu-path"));
+    let desc = format!(
+        "videotestsrc num-buffers=2 ! video/x-raw,width=64,height=48 ! unetmask model={} device=cpu \
+         gpu-path=false stats-interval=2 ! fakesink",
+        model(LANDSCAPE)
+    );
+    let (err, _, elements) = run_pipeline(&desc);
+    assert!(err.is_none(), "{err:?}");
+    let stats = elements
+        .iter()
+        .find(|s| s.name() == "unetmask-stats")
+        .expect("stats");
+    assert_eq!(stats.get::<u64>("frames").unwrap(), 2);
+    assert_eq!(stats.get::<&str>("processing").unwrap(), "cpu");
+}
+
 fn start_error(props: &str) -> String {
     let desc =
         format!("videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! unetmask {props} ! fakesink");

@@ -225,6 +225,7 @@ impl ObjectImpl for UnetMask {
             "threads" => s.threads = value.get().unwrap(),
             "spin-wait" => s.spin_wait = value.get().unwrap(),
             "pipelined" => s.pipelined = value.get().unwrap(),
+            "gpu-path" => s.gpu_path = value.get().unwrap(),
             "mode" => {
                 let mode = value.get().unwrap();
                 if mode != s.mode {
@@ -276,6 +277,7 @@ impl ObjectImpl for UnetMask {
             "threads" => s.threads.to_value(),
             "spin-wait" => s.spin_wait.to_value(),
             "pipelined" => s.pipelined.to_value(),
+            "gpu-path" => s.gpu_path.to_value(),
             "mode" => s.mode.to_value(),
             "threshold" => s.live.threshold.to_value(),
             "smoothing" => s.live.smoothing.to_value(),
@@ -547,7 +549,14 @@ impl BaseTransformImpl for UnetMask {
         };
         // The one place the GPU build differs: the stream moves to the GPU when it can.
         #[cfg(feature = "cuda")]
-        if let Some(gpu) = state::gpu_processor(
+        if !settings.gpu_path && state.engine.cuda_device.is_some() {
+            gst::info!(
+                CAT,
+                imp = self,
+                "gpu-path=false: pre- and post-processing and compositing on the CPU, inference on {}",
+                state.engine.provider
+            );
+        } else if let Some(gpu) = state::gpu_processor(
             self.obj().upcast_ref(),
             &state.engine,
             &mut state.gpu_kernels,

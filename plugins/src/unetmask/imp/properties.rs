@@ -58,6 +58,16 @@ pub(super) fn specs() -> Vec<glib::ParamSpec> {
             .default_value(false)
             .mutable_ready()
             .build(),
+        glib::ParamSpecBoolean::builder("gpu-path")
+            .nick("GPU path")
+            .blurb(
+                "When the model runs on a CUDA device, do pre- and post-processing and compositing \
+                 there too (feature cuda). Off: they run on the CPU and only inference on the GPU, to \
+                 compare the two paths or to work round a problem in the GPU path",
+            )
+            .default_value(true)
+            .mutable_ready()
+            .build(),
         glib::ParamSpecEnum::builder_with_default("mode", Mode::Overlay)
             .nick("Mode")
             .blurb("What to output; the mask meta is attached in every mode")

@@ -72,6 +72,8 @@ pub(super) struct Settings {
     pub(super) replace_image: Option<PathBuf>,
     /// Infer frame n on a worker while frame n+1 is pre-processed (one frame of latency).
     pub(super) pipelined: bool,
+    /// On a CUDA session, pre/post-processing and compositing on the GPU too.
+    pub(super) gpu_path: bool,
     pub(super) live: Live,
 }
 
@@ -95,6 +97,7 @@ impl Default for Settings {
             person_class: -1,
             replace_image: None,
             pipelined: false,
+            gpu_path: true,
             live: Live::default(),
         }
     }

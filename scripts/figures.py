@@ -215,6 +215,31 @@ def render_soak(d):
     return "\n".join(out) + "\n"
 
 
+def render_fairness(d):
+    from statistics import median
+
+    out = [
+        f"{d['size']} {d['format']} at 30 fps per stream, {d['seconds']} s per run, {d['rounds']} interleaved "
+        f"rounds on {d['machine']}; median (min–max):",
+        "",
+        "| streams | spin-wait | frames / expected (fewest) | fresh masks % | process CPU % |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    keys = []
+    for r in d["runs"]:
+        if (r["streams"], r["spin_wait"]) not in keys:
+            keys.append((r["streams"], r["spin_wait"]))
+    for n, spin in keys:
+        rs = [r for r in d["runs"] if (r["streams"], r["spin_wait"]) == (n, spin)]
+        fresh = [r["fresh_pct"] for r in rs]
+        cpu = [r["cpu_pct"] for r in rs]
+        out.append(
+            f"| {n} | {spin} | {min(r['frames'] for r in rs)} / {rs[0]['expected']} | {median(fresh):.1f} "
+            f"({min(fresh):.1f}–{max(fresh):.1f}) | {median(cpu):.0f} ({min(cpu):.0f}–{max(cpu):.0f}) |"
+        )
+    return "\n".join(out) + "\n"
+
+
 # table name -> (recorded result it reads, renderer)
 RENDERERS = {
     "syncd-vs-rclone": ("syncd-vs-rclone", render_syncd_vs_rclone),
@@ -225,6 +250,7 @@ RENDERERS = {
     "runner": ("runner", render_runner),
     "soak": ("soak", render_soak),
     "soak-10min": ("soak-10min", render_soak),
+    "fairness": ("fairness", render_fairness),
 }
 
 

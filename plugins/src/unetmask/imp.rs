@@ -375,10 +375,10 @@ impl BaseTransformImpl for UnetMask {
         }
         // On a GPU, the session runs on the stream the element's kernels will use.
         #[cfg(feature = "cuda")]
-        let shared = super::gpu::launch::stream_for(cfg.device);
+        let stream_on: &super::model::engine::StreamOn = &super::gpu::launch::stream_on;
         #[cfg(not(feature = "cuda"))]
-        let shared = None;
-        let mut engine = Engine::open_on(&cfg, shared).map_err(|e| Self::engine_error(&e))?;
+        let stream_on: &super::model::engine::StreamOn = &|_| None;
+        let mut engine = Engine::open_on(&cfg, stream_on).map_err(|e| Self::engine_error(&e))?;
         gst::info!(
             CAT,
             imp = self,

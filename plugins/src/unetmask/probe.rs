@@ -52,10 +52,10 @@ impl Model {
         cfg.spin = false;
         // As the element opens it: on a GPU, on the stream its kernels use.
         #[cfg(feature = "cuda")]
-        let shared = super::gpu::launch::stream_for(cfg.device);
+        let stream_on: &super::model::engine::StreamOn = &super::gpu::launch::stream_on;
         #[cfg(not(feature = "cuda"))]
-        let shared = None;
-        let engine = Engine::open_on(&cfg, shared).map_err(|e| e.to_string())?;
+        let stream_on: &super::model::engine::StreamOn = &|_| None;
+        let engine = Engine::open_on(&cfg, stream_on).map_err(|e| e.to_string())?;
         Ok(Model { engine })
     }
 

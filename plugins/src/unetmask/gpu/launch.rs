@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use super::nvrtc::once_ok;
 use crate::unetmask::debug::CAT;
-use crate::unetmask::model::engine::{DeviceRequest, Engine};
+use crate::unetmask::model::engine::Engine;
 
 use crate::unetmask::gpu::params::{
     self, ALPHA_FN, AlphaParams, BLUR_CU, BlurParams, BlurPlan, BoxParams, COMPOSITE_CU, MASK_FN, MIX_FN,
@@ -97,15 +97,10 @@ pub fn new_stream(ordinal: usize) -> Result<Arc<CudaStream>, String> {
     ctx.new_stream().map_err(err("creating a CUDA stream"))
 }
 
-/// The stream to open a session for `request` on, so that ONNX Runtime and the kernels
-/// share it: on the requested CUDA device (device 0 for `auto`). `None` for the CPU and
-/// where there is no driver or no such device (the session then says so itself).
-pub fn stream_for(request: DeviceRequest) -> Option<Arc<CudaStream>> {
-    let n = match request {
-        DeviceRequest::Cuda(n) | DeviceRequest::TensorRt(n) => n,
-        DeviceRequest::Auto => 0,
-        DeviceRequest::Cpu => return None,
-    };
+/// The stream to open a session on CUDA device `n` on, so that ONNX Runtime and the
+/// kernels share it ([`Engine::open_on`]'s `stream_on`). `None` where there is no driver
+/// or no such device (the session then says so itself).
+pub fn stream_on(n: u32) -> Option<Arc<CudaStream>> {
     if n >= crate::unetmask::model::device::device_count().ok()? {
         return None;
     }
@@ -564,18 +559,16 @@ mod tests {
         }
     }
 
-    /// The stream a session is opened on exists only for a device that does: never for the
-    /// CPU, and without a driver or past the last device `None` rather than a panic in the
-    /// driver loader (this machine has no GPU; a GPU host checks the other side).
+    /// The stream a session is opened on exists only for a device that does: without a
+    /// driver or past the last device `None`, rather than a panic in the driver loader
+    /// (this machine has no GPU; a GPU host checks the other side).
     #[test]
     fn a_session_stream_is_made_only_for_a_device_that_exists() {
-        assert!(stream_for(DeviceRequest::Cpu).is_none());
         let count = gpu::device_count().unwrap_or(0);
-        assert!(stream_for(DeviceRequest::Cuda(count)).is_none());
-        assert!(stream_for(DeviceRequest::TensorRt(count)).is_none());
-        assert_eq!(stream_for(DeviceRequest::Auto).is_some(), count > 0);
+        assert!(stream_on(count).is_none());
+        assert!(stream_on(u32::MAX).is_none());
         if count > 0 {
-            let s = stream_for(DeviceRequest::Cuda(count - 1)).expect("a stream on the last GPU");
+            let s = stream_on(count - 1).expect("a stream on the last GPU");
             assert_eq!(s.context().ordinal(), count as usize - 1);
         }
     }

@@ -211,6 +211,10 @@ pub type SharedStream = std::sync::Arc<cudarc::driver::CudaStream>;
 #[cfg(not(feature = "cuda"))]
 pub enum SharedStream {}
 
+/// Makes the stream for a session on CUDA device N, or `None` to let ONNX Runtime use its
+/// own.
+pub type StreamOn = dyn Fn(u32) -> Option<SharedStream>;
+
 /// An opened model, ready to run.
 pub struct Engine {
     session: Session,
@@ -240,7 +244,7 @@ pub struct Prepared {
 impl Engine {
     /// Opens the model: library, session (on the requested device) and contract detection.
     pub fn open(cfg: &EngineConfig) -> Result<Engine, EngineError> {
-        Self::open_on(cfg, None)
+        Self::open_on(cfg, &|_| None)
     }
 
     /// The stream the session runs on, when it was opened on one.
@@ -248,9 +252,10 @@ impl Engine {
         self.stream.as_ref()
     }
 
-    /// As [`Engine::open`], with ONNX Runtime's CUDA provider running on `stream` when the
-    /// session runs on `stream`'s device ([`Engine::shares`] tells).
-    pub fn open_on(cfg: &EngineConfig, stream: Option<SharedStream>) -> Result<Engine, EngineError> {
+    /// As [`Engine::open`], with ONNX Runtime's CUDA provider running on the stream that
+    /// `stream_on` makes for the session's device, asked only once a CUDA session is about
+    /// to be opened there ([`Engine::shares`] tells whether one was).
+    pub fn open_on(cfg: &EngineConfig, stream_on: &StreamOn) -> Result<Engine, EngineError> {
         if cfg.model.as_os_str().is_empty() {
             return Err(EngineError::NoModel);
         }
@@ -258,7 +263,7 @@ impl Engine {
             return Err(EngineError::ModelMissing(cfg.model.clone()));
         }
         let (env, library) = environment(cfg.library.as_deref())?;
-        let (session, provider, stream) = providers::open_session(&env, cfg, stream)?;
+        let (session, provider, stream) = providers::open_session(&env, cfg, stream_on)?;
         let inputs: Vec<TensorInfo> = session
             .inputs()
             .iter()
@@ -533,7 +538,7 @@ mod providers {
     pub(super) fn open_session(
         env: &Environment,
         cfg: &EngineConfig,
-        _stream: Option<SharedStream>,
+        _stream_on: &StreamOn,
     ) -> Result<Opened, EngineError> {
         match cfg.device {
             DeviceRequest::Auto | DeviceRequest::Cpu => {
@@ -547,17 +552,11 @@ mod providers {
         }
     }
 
-    /// `stream` when it is on device `n`.
-    #[cfg(feature = "cuda")]
-    fn on_device(stream: &Option<SharedStream>, n: u32) -> Option<SharedStream> {
-        stream.clone().filter(|s| s.context().ordinal() == n as usize)
-    }
-
     #[cfg(feature = "cuda")]
     pub(super) fn open_session(
         env: &Environment,
         cfg: &EngineConfig,
-        stream: Option<SharedStream>,
+        stream_on: &StreamOn,
     ) -> Result<Opened, EngineError> {
         use crate::unetmask::model::device as gpu;
         use ort::ep::ExecutionProvider;
@@ -584,7 +583,7 @@ mod providers {
         };
         let with_cuda = |n: u32| -> Result<Opened, EngineError> {
             preload_cuda_runtime();
-            let shared = on_device(&stream, n);
+            let shared = stream_on(n);
             let ep = cuda_ep(n, shared.as_ref()).build().error_on_failure();
             let b = builder(env, cfg)?
                 .with_execution_providers([ep])
@@ -599,7 +598,7 @@ mod providers {
             }
             DeviceRequest::TensorRt(n) => {
                 gpu(n, &cfg.device.to_string())?;
-                tensorrt(env, cfg, n, on_device(&stream, n))
+                tensorrt(env, cfg, n, stream_on(n))
             }
             DeviceRequest::Auto => match gpu(0, "auto") {
                 Ok(()) => with_cuda(0).or_else(|e| {

@@ -15,7 +15,7 @@ echo "building (release) the plugin, the runner and the sync daemon…" >&2
 cargo build --release --locked -p gst-plugin-unetmask -p edgemask -p edgemask-syncd
 # shellcheck source=/dev/null
 source scripts/env.sh
-bin="$root/target/release"
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
 
 out="$(mkdir -p "${1:-output}" && cd "${1:-output}" && pwd)"
 clips="$out/clips"

@@ -12,7 +12,7 @@ use multiversion::multiversion;
 use crate::unetmask::cpu::bilinear_x86;
 use crate::unetmask::cpu::resize::Downscaler;
 use crate::unetmask::frame::{Frame, FrameSpec, PixelFormat, YuvToRgb, chroma_size};
-use crate::unetmask::model::contract::{ChannelOrder, Layout, TensorSpec};
+use crate::unetmask::model::contract::{Layout, TensorSpec};
 
 /// How the frame is brought to the model's input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,12 +207,8 @@ impl Preprocessor {
             norm,
         } = *tensor;
         let (tw, th) = tensor_size;
-        let rgb_index = match order {
-            ChannelOrder::Rgb => [0, 1, 2],
-            ChannelOrder::Bgr => [2, 1, 0],
-        };
-        let mul = std::array::from_fn(|k| norm.scale / norm.std[k]);
-        let add = std::array::from_fn(|k| -norm.mean[k] / norm.std[k]);
+        let rgb_index = order.rgb_index();
+        let (mul, add) = norm.affine();
         let (offsets, step) = match format.packed_rgb() {
             Some((off, bpp)) => (rgb_index.map(|c| off[c]), bpp),
             None => ([0; 3], 1),
@@ -739,7 +735,7 @@ fn interpolate_yuv(
 mod tests {
     use super::*;
     use crate::unetmask::frame::YuvMatrix;
-    use crate::unetmask::model::contract::Normalization;
+    use crate::unetmask::model::contract::{ChannelOrder, Normalization};
 
     fn rgba_frame(w: usize, h: usize, f: impl Fn(usize, usize) -> [u8; 4]) -> Vec<u8> {
         let mut v = Vec::with_capacity(w * h * 4);

@@ -11,9 +11,7 @@ use crate::unetmask::cpu::composite::{
 };
 use crate::unetmask::cpu::postprocess::{MaskStats, UNCERTAIN_BAND};
 use crate::unetmask::frame::{FrameSpec, PixelFormat, YuvMatrix};
-use crate::unetmask::model::contract::{
-    Activation, ChannelOrder, Layout, OutputLayout, OutputSpec, TensorSpec,
-};
+use crate::unetmask::model::contract::{Activation, Layout, OutputLayout, OutputSpec, TensorSpec};
 
 // Pre-processing: frame -> the model's input tensor (`kernels/preprocess.cu`).
 
@@ -66,10 +64,8 @@ impl PreParams {
             order,
             norm,
         } = *tensor;
-        let rgb_index = match order {
-            ChannelOrder::Rgb => [0, 1, 2],
-            ChannelOrder::Bgr => [2, 1, 0],
-        };
+        let rgb_index = order.rgb_index();
+        let (mul, add) = norm.affine();
         let (kind, bpp, offsets) = match format.packed_rgb() {
             Some((off, bpp)) => (0, bpp as i32, rgb_index.map(|c| off[c] as i32)),
             None if format == PixelFormat::Nv12 => (1, 1, [0; 3]),
@@ -87,8 +83,8 @@ impl PreParams {
             tensor_h: tensor_size.1 as i32,
             nhwc: (layout == Layout::Nhwc) as i32,
             rgb_index: rgb_index.map(|i| i as i32),
-            mul: std::array::from_fn(|k| norm.scale / norm.std[k]),
-            add: std::array::from_fn(|k| -norm.mean[k] / norm.std[k]),
+            mul,
+            add,
             yuv: [c.y_mul, c.y_off, c.r_v, c.g_u, c.g_v, c.b_u],
         }
     }

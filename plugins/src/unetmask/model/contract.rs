@@ -85,12 +85,33 @@ pub enum ChannelOrder {
     Bgr,
 }
 
+impl ChannelOrder {
+    /// The RGB channel (0 R, 1 G, 2 B) that model channel k takes.
+    pub fn rgb_index(self) -> [usize; 3] {
+        match self {
+            Self::Rgb => [0, 1, 2],
+            Self::Bgr => [2, 1, 0],
+        }
+    }
+}
+
 /// `tensor = (pixel * scale - mean) / std`, per model channel (in the model's order).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalization {
     pub scale: f32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// The same per channel as one multiply-add, `tensor = pixel * mul[k] + add[k]`: the
+    /// form both paths compute.
+    pub fn affine(&self) -> ([f32; 3], [f32; 3]) {
+        (
+            std::array::from_fn(|k| self.scale / self.std[k]),
+            std::array::from_fn(|k| -self.mean[k] / self.std[k]),
+        )
+    }
 }
 
 impl Default for Normalization {

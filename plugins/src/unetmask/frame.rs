@@ -51,6 +51,17 @@ pub struct FrameSpec {
     pub matrix: YuvMatrix,
 }
 
+/// Where output sample `o` of `dst` falls among `src` samples, for bilinear sampling with
+/// half-pixel centres and clamped edges: the two source samples and the weight of the
+/// second. The CPU path's tap tables all come from here (the GPU kernel computes the same
+/// in `f32`, mirrored by `gpu::mirror::pre`).
+pub fn half_pixel_tap(o: usize, src: usize, dst: usize) -> (usize, usize, f64) {
+    let scale = src as f64 / dst as f64;
+    let s = ((o as f64 + 0.5) * scale - 0.5).clamp(0.0, (src - 1) as f64);
+    let i0 = s.floor() as usize;
+    (i0, (i0 + 1).min(src - 1), s - i0 as f64)
+}
+
 /// Size of the chroma planes of a 4:2:0 frame (rounded up for odd sizes).
 pub fn chroma_size(width: usize, height: usize) -> (usize, usize) {
     (width.div_ceil(2), height.div_ceil(2))

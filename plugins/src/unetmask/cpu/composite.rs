@@ -12,7 +12,7 @@
 
 use multiversion::multiversion;
 
-use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, chroma_size};
+use crate::unetmask::frame::{Frame, PixelFormat, YuvMatrix, chroma_size, half_pixel_tap};
 
 /// Bilinear upscaling of the model-resolution mask to one plane's size, separably: each
 /// model row the frame needs is upscaled horizontally once per frame (the only gathers),
@@ -37,13 +37,10 @@ pub struct MaskScaler {
 /// Bilinear taps `(i0, i1, f)` mapping `dst` samples onto `src` (half-pixel centres,
 /// clamped edges), `f` the weight of `i1` in 1/256.
 pub fn fixed_taps(src: usize, dst: usize) -> Vec<(u32, u32, u32)> {
-    let scale = src as f64 / dst as f64;
     (0..dst)
         .map(|o| {
-            let s = ((o as f64 + 0.5) * scale - 0.5).clamp(0.0, (src - 1) as f64);
-            let i0 = s.floor() as usize;
-            let i1 = (i0 + 1).min(src - 1);
-            (i0 as u32, i1 as u32, ((s - i0 as f64) * 256.0).round() as u32)
+            let (i0, i1, f) = half_pixel_tap(o, src, dst);
+            (i0 as u32, i1 as u32, (f * 256.0).round() as u32)
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use multiversion::multiversion;
 
 use crate::unetmask::cpu::bilinear_x86;
 use crate::unetmask::cpu::resize::Downscaler;
-use crate::unetmask::frame::{Frame, FrameSpec, PixelFormat, YuvToRgb, chroma_size};
+use crate::unetmask::frame::{Frame, FrameSpec, PixelFormat, YuvToRgb, chroma_size, half_pixel_tap};
 use crate::unetmask::model::contract::{Layout, TensorSpec};
 
 /// How the frame is brought to the model's input size.
@@ -77,16 +77,13 @@ struct Tap {
 
 /// Bilinear taps mapping `dst` samples onto `src` samples (half-pixel centres, clamped edges).
 fn taps(src: usize, dst: usize, step: usize) -> Vec<Tap> {
-    let scale = src as f64 / dst as f64;
     (0..dst)
         .map(|o| {
-            let s = ((o as f64 + 0.5) * scale - 0.5).clamp(0.0, (src - 1) as f64);
-            let i0 = s.floor() as usize;
-            let i1 = (i0 + 1).min(src - 1);
+            let (i0, i1, f) = half_pixel_tap(o, src, dst);
             Tap {
                 i0: i0 * step,
                 i1: i1 * step,
-                f: (s - i0 as f64) as f32,
+                f: f as f32,
             }
         })
         .collect()

@@ -76,6 +76,16 @@ impl UnetMask {
         settings.checked().map(|(config, _)| config)
     }
 
+    /// Opens `cfg`'s model as the element runs it: on a GPU, with the session on the CUDA
+    /// stream the element's kernels will use.
+    pub(super) fn open_engine(cfg: &EngineConfig) -> Result<Engine, EngineError> {
+        #[cfg(feature = "cuda")]
+        let stream_on: &super::model::engine::StreamOn = &super::gpu::launch::stream_on;
+        #[cfg(not(feature = "cuda"))]
+        let stream_on: &super::model::engine::StreamOn = &|_| None;
+        Engine::open_on(cfg, stream_on)
+    }
+
     fn engine_error(e: &EngineError) -> gst::ErrorMessage {
         match e {
             EngineError::NoModel | EngineError::ModelMissing(_) => {
@@ -373,12 +383,7 @@ impl BaseTransformImpl for UnetMask {
                 )
             ));
         }
-        // On a GPU, the session runs on the stream the element's kernels will use.
-        #[cfg(feature = "cuda")]
-        let stream_on: &super::model::engine::StreamOn = &super::gpu::launch::stream_on;
-        #[cfg(not(feature = "cuda"))]
-        let stream_on: &super::model::engine::StreamOn = &|_| None;
-        let mut engine = Engine::open_on(&cfg, stream_on).map_err(|e| Self::engine_error(&e))?;
+        let mut engine = Self::open_engine(&cfg).map_err(|e| Self::engine_error(&e))?;
         gst::info!(
             CAT,
             imp = self,

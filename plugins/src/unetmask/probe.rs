@@ -50,12 +50,7 @@ impl Model {
         let mut cfg = element.imp().current_engine_config().map_err(|e| e.reason)?;
         cfg.threads = 1;
         cfg.spin = false;
-        // As the element opens it: on a GPU, on the stream its kernels use.
-        #[cfg(feature = "cuda")]
-        let stream_on: &super::model::engine::StreamOn = &super::gpu::launch::stream_on;
-        #[cfg(not(feature = "cuda"))]
-        let stream_on: &super::model::engine::StreamOn = &|_| None;
-        let engine = Engine::open_on(&cfg, stream_on).map_err(|e| e.to_string())?;
+        let engine = super::imp::UnetMask::open_engine(&cfg).map_err(|e| e.to_string())?;
         Ok(Model { engine })
     }
 

@@ -25,21 +25,12 @@ fn have_gpu() -> bool {
     }
 }
 
-/// The element's stats after a run: the GPU path must have been the one used, with ONNX
-/// Runtime on the element's stream (one wait per frame).
+/// The element's stats after a run: inference on `cuda:0`, and the GPU path used
+/// (`common::assert_gpu_path`).
 fn assert_on_gpu(h: &gst_check::Harness) {
     let stats = element_of(h).property::<gst::Structure>("stats");
     assert_eq!(stats.get::<&str>("provider").unwrap(), "cuda:0", "{stats}");
-    assert_eq!(
-        stats.get::<&str>("processing").unwrap(),
-        "gpu",
-        "the GPU path did not start (GST_DEBUG=unetmask:4 says why): {stats}"
-    );
-    assert_eq!(
-        stats.get::<&str>("gpu-stream").unwrap(),
-        "shared",
-        "ONNX Runtime did not run on the element's stream: {stats}"
-    );
+    assert_gpu_path(h, "cuda:0");
 }
 
 #[test]

@@ -122,19 +122,25 @@ pub fn run_once(props: &str, input: &gst::Sample) -> (gst::Buffer, gst::Caps) {
     // Every check that runs on a GPU device runs on the GPU path, or says why not: a path
     // that fell back to the CPU would pass the CPU's checks.
     if props.contains("device=cuda") || props.contains("device=tensorrt") {
-        let stats = element_of(&h).property::<gst::Structure>("stats");
-        assert_eq!(
-            stats.get::<&str>("processing").unwrap(),
-            "gpu",
-            "{props}: not on the GPU path (GST_DEBUG=unetmask:4 says why): {stats}"
-        );
-        assert_eq!(
-            stats.get::<&str>("gpu-stream").unwrap(),
-            "shared",
-            "{props}: ONNX Runtime did not run on the element's stream: {stats}"
-        );
+        assert_gpu_path(&h, props);
     }
     (buf, caps)
+}
+
+/// The element in `h` ran on the GPU path, with ONNX Runtime on the element's own stream
+/// (one wait per frame); `what` names the run in the message.
+pub fn assert_gpu_path(h: &gst_check::Harness, what: &str) {
+    let stats = element_of(h).property::<gst::Structure>("stats");
+    assert_eq!(
+        stats.get::<&str>("processing").unwrap(),
+        "gpu",
+        "{what}: not on the GPU path (GST_DEBUG=unetmask:4 says why): {stats}"
+    );
+    assert_eq!(
+        stats.get::<&str>("gpu-stream").unwrap(),
+        "shared",
+        "{what}: ONNX Runtime did not run on the element's stream: {stats}"
+    );
 }
 
 /// Bytes of a packed single-plane frame with its rows stripped of padding.

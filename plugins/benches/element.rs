@@ -8,7 +8,8 @@
 //! one `memcpy` of the frame as the memory-bandwidth yardstick for the compositing modes.
 //!
 //! Knobs (environment): BENCH_THREADS (ONNX Runtime intra-op threads, default 2),
-//! BENCH_SPIN=1 (ONNX Runtime's busy-waiting threads, for both sides; default off as in the element),
+//! BENCH_SPIN=never|in-run|always (when ONNX Runtime's threads busy-wait, both sides; default
+//! in-run as in the element),
 //! BENCH_FRAMES (frames per measurement, default 48), BENCH_SIZES (e.g. "1280x720,1920x1080"),
 //! BENCH_UNET=0 to skip the original-contract UNet rows (slow: ~1 s per inference on 2 cores),
 //! BENCH_MODES (e.g. "meta,mask") and BENCH_FORMATS (e.g. "NV12") to run a subset,
@@ -34,7 +35,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstunetmask::unetmask::model::engine::{DeviceRequest, Engine, EngineConfig};
+use gstunetmask::unetmask::model::engine::{DeviceRequest, Engine, EngineConfig, Spin};
 
 const MODES: [&str; 9] = [
     "meta",
@@ -96,7 +97,7 @@ struct Bare {
 }
 
 impl Bare {
-    fn new(model: &Path, device: DeviceRequest, threads: u32, spin: bool, frame: (u32, u32)) -> Bare {
+    fn new(model: &Path, device: DeviceRequest, threads: u32, spin: Spin, frame: (u32, u32)) -> Bare {
         let cfg = EngineConfig {
             model: model.into(),
             device,
@@ -265,7 +266,7 @@ fn main() {
     let device: DeviceRequest = device_env
         .parse()
         .expect("BENCH_DEVICE: cpu, cuda:N or tensorrt:N");
-    let spin = env_or("BENCH_SPIN", "0") == "1";
+    let spin: Spin = env_or("BENCH_SPIN", "in-run").parse().expect("BENCH_SPIN");
     let frames: usize = env_or("BENCH_FRAMES", "48").parse().unwrap();
     let sizes: Vec<(u32, u32)> = env_or("BENCH_SIZES", "1280x720,1920x1080,3840x2160")
         .split(',')
@@ -308,7 +309,7 @@ fn main() {
     for round in 1..=rounds {
         println!("round {round} of {rounds}");
         println!(
-            "device={device} threads={threads} spin-wait={spin}; medians of interleaved chunks; ratio = element fps / bare fps"
+            "device={device} threads={threads} spin={spin}; medians of interleaved chunks; ratio = element fps / bare fps"
         );
         println!(
             "| {:<28} | {:>9} | {:<5} | {:<20} | {:>9} | {:>9} | {:>6} | {:>11} | {:>10} | {:>6} | {:>8} | {:>7} |",
@@ -339,7 +340,7 @@ fn main() {
                     let copy = memcpy_time(bytes);
                     for mode in modes {
                         let props = format!(
-                            "model={} threads={threads} spin-wait={spin} device={device} mode={mode}",
+                            "model={} threads={threads} spin={spin} device={device} mode={mode}",
                             model.display()
                         );
                         let mut el = Element::new(&props, mode, &input);
@@ -380,7 +381,7 @@ fn main() {
             let input = frame("NV12", 1920, 1080);
             let model = &models[0].0;
             let props = format!(
-                "model={} threads={threads} spin-wait={spin} device={device} mode=meta",
+                "model={} threads={threads} spin={spin} device={device} mode=meta",
                 model.display()
             );
             println!();
@@ -402,7 +403,7 @@ fn main() {
     if let Ok(path) = std::env::var("BENCH_JSON") {
         let doc = results.json(
             rounds,
-            &format!("device={device} threads={threads} spin-wait={spin} frames={frames}"),
+            &format!("device={device} threads={threads} spin={spin} frames={frames}"),
         );
         std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
         println!("result: {path}");

@@ -14,7 +14,7 @@ use gstunetmask::unetmask::frame::FrameSpec;
 use gstunetmask::unetmask::frame::{Frame, PixelFormat, YuvMatrix};
 use gstunetmask::unetmask::model::contract::Layout;
 use gstunetmask::unetmask::model::contract::{ChannelOrder, Normalization, TensorSpec};
-use gstunetmask::unetmask::model::engine::{DeviceRequest, Engine, EngineConfig};
+use gstunetmask::unetmask::model::engine::{DeviceRequest, Engine, EngineConfig, Spin};
 
 fn shared() -> PathBuf {
     std::env::var_os("EDGEMASK_SHARED")
@@ -40,7 +40,7 @@ fn main() {
         model: shared().join("models/selfie_segmentation_256x256.onnx"),
         device: DeviceRequest::Cpu,
         threads,
-        spin: false,
+        spin: Spin::default(),
         ..Default::default()
     };
     let mut engine = Engine::open(&cfg).expect("open model");

@@ -316,6 +316,39 @@ fn stats_messages_and_property() {
     }
 }
 
+/// `spin` is `in-run` by default; the deprecated `spin-wait` still means what it said
+/// (true: spin between runs too, false: never) and reads back from `spin`.
+#[test]
+fn spin_defaults_to_in_run_and_spin_wait_maps_onto_it() {
+    init();
+    let e = gst::ElementFactory::make("unetmask").build().unwrap();
+    let nick = |e: &gst::Element| {
+        let v = e.property_value("spin");
+        gst::glib::EnumValue::from_value(&v).unwrap().1.nick().to_owned()
+    };
+    assert_eq!(nick(&e), "in-run");
+    assert!(!e.property::<bool>("spin-wait"));
+    e.set_property("spin-wait", true);
+    assert_eq!(nick(&e), "always");
+    assert!(e.property::<bool>("spin-wait"));
+    e.set_property("spin-wait", false);
+    assert_eq!(nick(&e), "never");
+    e.set_property_from_str("spin", "in-run");
+    assert_eq!(nick(&e), "in-run");
+    assert!(!e.property::<bool>("spin-wait"));
+    for spin in ["never", "in-run", "always"] {
+        let desc = format!(
+            "videotestsrc num-buffers=2 ! video/x-raw,width=64,height=48 ! unetmask model={} device=cpu \
+             spin={spin} stats-interval=2 ! fakesink",
+            model(LANDSCAPE)
+        );
+        let (err, _, elements) = run_pipeline(&desc);
+        assert!(err.is_none(), "spin={spin}: {err:?}");
+        let stats = elements.iter().find(|s| s.name() == "unetmask-stats").unwrap();
+        assert_eq!(stats.get::<u64>("fresh").unwrap(), 2, "spin={spin}");
+    }
+}
+
 /// `gpu-path` is on by default and only matters on a CUDA session: on the CPU, off changes
 /// nothing.
 #[test]

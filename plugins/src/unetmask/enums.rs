@@ -97,6 +97,35 @@ pub enum ResizeChoice {
     Bilinear = 1,
 }
 
+/// When ONNX Runtime's worker threads busy-wait for work (see `model::engine::Spin`).
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstUnetMaskSpin")]
+pub enum SpinChoice {
+    #[enum_value(name = "Never: idle workers sleep, even inside an inference", nick = "never")]
+    Never = 0,
+    #[enum_value(
+        name = "In run: workers spin (briefly) while an inference runs, sleep when it returns",
+        nick = "in-run"
+    )]
+    InRun = 1,
+    #[enum_value(
+        name = "Always: workers spin between inferences too (ONNX Runtime's own default)",
+        nick = "always"
+    )]
+    Always = 2,
+}
+
+impl From<SpinChoice> for crate::unetmask::model::engine::Spin {
+    fn from(c: SpinChoice) -> Self {
+        match c {
+            SpinChoice::Never => Self::Never,
+            SpinChoice::InRun => Self::InRun,
+            SpinChoice::Always => Self::Always,
+        }
+    }
+}
+
 /// Output activation override.
 #[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]

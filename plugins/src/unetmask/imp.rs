@@ -32,7 +32,7 @@ use super::cpu::composite;
 use super::cpu::preprocess::ResizeFilter;
 use super::cpu::processor::CpuProcessor;
 use super::debug::CAT;
-use super::enums::{ChannelOrderChoice, Mode, ResizeChoice};
+use super::enums::{ChannelOrderChoice, Mode, ResizeChoice, SpinChoice};
 use super::frame::FrameSpec;
 use super::model::contract::{ChannelOrder, TensorSpec};
 use super::model::engine::{Engine, EngineConfig, EngineError};
@@ -233,7 +233,13 @@ impl ObjectImpl for UnetMask {
                     .unwrap_or_else(|| "auto".into())
             }
             "threads" => s.threads = value.get().unwrap(),
-            "spin-wait" => s.spin_wait = value.get().unwrap(),
+            "spin" => s.spin = value.get().unwrap(),
+            "spin-wait" => {
+                s.spin = match value.get().unwrap() {
+                    true => SpinChoice::Always,
+                    false => SpinChoice::Never,
+                }
+            }
             "pipelined" => s.pipelined = value.get().unwrap(),
             "gpu-path" => s.gpu_path = value.get().unwrap(),
             "mode" => {
@@ -285,7 +291,8 @@ impl ObjectImpl for UnetMask {
             "onnxruntime-library" => path(&s.library),
             "device" => s.device.to_value(),
             "threads" => s.threads.to_value(),
-            "spin-wait" => s.spin_wait.to_value(),
+            "spin" => s.spin.to_value(),
+            "spin-wait" => (s.spin == SpinChoice::Always).to_value(),
             "pipelined" => s.pipelined.to_value(),
             "gpu-path" => s.gpu_path.to_value(),
             "mode" => s.mode.to_value(),

@@ -49,7 +49,7 @@ impl Model {
     pub fn open(element: &UnetMask) -> Result<Model, String> {
         let mut cfg = element.imp().current_engine_config().map_err(|e| e.reason)?;
         cfg.threads = 1;
-        cfg.spin = false;
+        cfg.spin = crate::unetmask::model::engine::Spin::Never;
         let engine = super::imp::UnetMask::open_engine(&cfg).map_err(|e| e.to_string())?;
         Ok(Model { engine })
     }

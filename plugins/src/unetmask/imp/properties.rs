@@ -5,7 +5,9 @@
 use gst::glib;
 use gst::prelude::*;
 
-use crate::unetmask::enums::{ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice};
+use crate::unetmask::enums::{
+    ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice, SpinChoice,
+};
 
 use super::settings::{DEFAULT_OVERLAY_COLOR, DEFAULT_REPLACE_COLOR, Live};
 
@@ -38,14 +40,20 @@ pub(super) fn specs() -> Vec<glib::ParamSpec> {
             .maximum(256)
             .mutable_ready()
             .build(),
+        glib::ParamSpecEnum::builder_with_default("spin", SpinChoice::InRun)
+            .nick("Spin")
+            .blurb(
+                "When ONNX Runtime's threads busy-wait for work. in-run: briefly, inside an inference \
+                 only: as fast as always for one stream, while a live camera's workers sleep between \
+                 frames and many streams cost about the CPU of never",
+            )
+            .mutable_ready()
+            .build(),
         glib::ParamSpecBoolean::builder("spin-wait")
             .nick("Spin wait")
-            .blurb(
-                "Let ONNX Runtime's threads busy-wait between inferences (ONNX Runtime's own default). \
-                 Off: an idle worker sleeps instead of burning the CPU that decoding, pre/post-processing \
-                 and other cameras need",
-            )
+            .blurb("Deprecated, use spin: true sets spin=always, false sets spin=never")
             .default_value(false)
+            .deprecated()
             .mutable_ready()
             .build(),
         glib::ParamSpecBoolean::builder("pipelined")

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::unetmask::enums::{
-    ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice, SettingError,
+    ActivationChoice, ChannelOrderChoice, LayoutChoice, Mode, ResizeChoice, SettingError, SpinChoice,
 };
 use crate::unetmask::model::contract::{Activation, Layout, Normalization, Overrides};
 use crate::unetmask::model::engine::{DeviceRequest, EngineConfig};
@@ -58,7 +58,7 @@ pub(super) struct Settings {
     pub(super) library: Option<PathBuf>,
     pub(super) device: String,
     pub(super) threads: u32,
-    pub(super) spin_wait: bool,
+    pub(super) spin: SpinChoice,
     pub(super) mode: Mode,
     pub(super) layout: LayoutChoice,
     pub(super) channel_order: ChannelOrderChoice,
@@ -84,7 +84,7 @@ impl Default for Settings {
             library: None,
             device: "auto".into(),
             threads: 0,
-            spin_wait: false,
+            spin: SpinChoice::InRun,
             mode: Mode::Overlay,
             layout: LayoutChoice::Auto,
             channel_order: ChannelOrderChoice::Rgb,
@@ -170,7 +170,7 @@ impl Settings {
             library: s.library.clone(),
             device,
             threads: s.threads,
-            spin: s.spin_wait,
+            spin: s.spin.into(),
             overrides: Overrides {
                 layout: match s.layout {
                     LayoutChoice::Auto => None,

@@ -17,6 +17,7 @@ use crate::unetmask::model::contract::OutputSpec;
 use crate::unetmask::model::contract::{
     self, Contract, ContractError, InputSize, OutputLayout, Overrides, TensorInfo,
 };
+pub use crate::unetmask::model::spin::Spin;
 
 /// Where the element runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,10 +74,8 @@ pub struct EngineConfig {
     pub device: DeviceRequest,
     /// Intra-op threads; 0 lets ONNX Runtime decide.
     pub threads: u32,
-    /// Let ONNX Runtime's worker threads busy-wait between runs (its own default). Off here:
-    /// a spinning worker burns the CPU that pre/post-processing, decoders and the other
-    /// cameras of the host need, for no gain at video frame rates.
-    pub spin: bool,
+    /// When ONNX Runtime's worker threads may busy-wait for work.
+    pub spin: Spin,
     pub overrides: Overrides,
 }
 
@@ -510,8 +509,9 @@ mod providers {
         if cfg.threads > 0 {
             b = b.with_intra_threads(cfg.threads as usize).map_err(err)?;
         }
-        b = b.with_intra_op_spinning(cfg.spin).map_err(err)?;
-        b = b.with_inter_op_spinning(cfg.spin).map_err(err)?;
+        for (key, value) in cfg.spin.config_entries() {
+            b = b.with_config_entry(key, value).map_err(err)?;
+        }
         Ok(b)
     }
 

@@ -7,3 +7,4 @@ pub mod contract;
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod engine;
+pub mod spin;

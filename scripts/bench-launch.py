@@ -1,25 +1,26 @@
 #!/usr/bin/env python3
 """The element as people first meet it: a `gst-launch-1.0` line, against bare ONNX Runtime.
 
-    scripts/bench-launch.py [--rounds 3] [--frames 600] [--sizes 1920x1080] \
-        [--formats RGBA,NV12] [--props "" "spin-wait=true" ...] [--json OUT]
+    scripts/bench-launch.py [--rounds 3] [--frames 600] [--formats RGBA,NV12,I420] \
+        [--sizes 1280x720,1920x1080,3840x2160] [--props "" "spin=never" ...] [--json OUT]
 
-Per round, interleaved: bare ONNX Runtime on a ready tensor (the model's input, 2 intra-op
-threads; with its default spinning threads, and without them as the element's default
-spin-wait=false), then for each frame size and format the same frame through
+Per round, interleaved, for each frame size and format: bare ONNX Runtime on a ready tensor
+(the model's input, 2 intra-op threads; with its default spinning threads, and without them
+as the element's spin=never), then the same frame through
 
     videotestsrc num-buffers=1 ! FORMAT,WxH ! imagefreeze num-buffers=N ! X ! fakesink sync=false
 
 with X = `identity` and X = `unetmask model=… mode=meta threads=2 PROPS` for each PROPS.
 Each pipeline runs twice, with N and with a short count, and only the difference counts:
 start-up and model loading cancel out. The element's time per frame is its pipeline's
-minus the identity pipeline's, so it includes what the element makes the pipeline do (a
-writable copy of the frame for the meta, its thread policy), not what the source costs.
+minus the identity pipeline's, so it includes what the element makes the pipeline do (its
+thread policy), not what the source costs.
 
-The table gives, per row, the median over rounds of element fps ÷ bare fps and the spread
-(min..max); --json writes every round. Builds the release plugin first; run from the
-repository root after `scripts/setup.sh`. Measures, never asserts: the machine is shared
-and noisy, so compare ratios from one run.
+The table (`scripts/figures.py --render launch`) gives, per row, the median over rounds of
+element fps ÷ bare fps and the spread (min..max); --json writes every round (record with
+`--rounds 5 --json docs/results/launch.json`, then `scripts/figures.py --write`). Builds
+the release plugin first; run from the repository root after `scripts/setup.sh`. Measures,
+never asserts: the machine is shared and noisy, so compare ratios from one run.
 """
 import argparse
 import json
@@ -83,9 +84,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=600)
     ap.add_argument("--short", type=int, default=60)
-    ap.add_argument("--sizes", default="1920x1080")
-    ap.add_argument("--formats", default="RGBA,NV12")
-    ap.add_argument("--props", nargs="*", default=["", "spin-wait=true", "pipelined=true", "resize=bilinear"])
+    ap.add_argument("--sizes", default="1280x720,1920x1080,3840x2160")
+    ap.add_argument("--formats", default="RGBA,NV12,I420")
+    ap.add_argument("--props", nargs="*", default=["", "spin=never", "resize=bilinear"])
     ap.add_argument("--json")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gst-plugin-unetmask"], cwd=ROOT, check=True)
@@ -96,10 +97,11 @@ def main():
     rows = {}
     bare, bare_nospin = [], []
     for r in range(a.rounds):
-        bare.append(bare_fps(a.frames, "1"))
-        bare_nospin.append(bare_fps(a.frames, "0"))
         for (w, h) in sizes:
             for fmt in formats:
+                # Next to the rows it divides: a shared machine's slow spell then hits both.
+                bare.append(bare_fps(a.frames, "1"))
+                bare_nospin.append(bare_fps(a.frames, "0"))
                 ident = per_frame(fmt, w, h, "identity", a.frames, a.short, env)
                 for props in a.props:
                     el = f"unetmask model={MODEL} mode=meta threads=2 {props}".strip()
@@ -111,25 +113,21 @@ def main():
                                                      "ratio_no_spin": fps / bare_nospin[-1],
                                                      "identity_ms": ident * 1e3})
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
-    for name, b in (("spinning (ORT's default)", bare), ("not spinning", bare_nospin)):
-        print(f"bare ONNX Runtime, 2 threads, {name}: median {statistics.median(b):.1f} inferences/s "
-              f"({min(b):.1f}..{max(b):.1f}) over {a.rounds} rounds")
-    print("| frame/format/properties | element fps | ÷ bare (min..max) | ÷ bare not spinning |")
-    print("|---|---|---|---|")
     out = []
     for key, rs in rows.items():
         ratios = [x["ratio"] for x in rs]
-        nospin = statistics.median(x["ratio_no_spin"] for x in rs)
-        fps = statistics.median(x["element_fps"] for x in rs)
-        print(f"| {key} | {fps:.1f} | {statistics.median(ratios):.3f} ({min(ratios):.3f}..{max(ratios):.3f}) "
-              f"| {nospin:.3f} |")
         out.append({"key": key, "rounds": rs, "ratio": {"median": statistics.median(ratios),
                                                         "min": min(ratios), "max": max(ratios)}})
-    if a.json:
-        with open(a.json, "w", encoding="utf-8") as fh:
-            json.dump({"bench": "scripts/bench-launch.py", "machine": f"{os.cpu_count()} cores",
-                       "frames": a.frames, "short": a.short, "rounds": a.rounds,
-                       "bare_fps": bare, "bare_fps_no_spin": bare_nospin, "rows": out}, fh, indent=1)
+    path = a.json or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench-launch-{os.getpid()}.json")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({"bench": "scripts/bench-launch.py", "date": time.strftime("%Y-%m-%d"),
+                   "machine": f"{os.cpu_count()} cores", "frames": a.frames, "short": a.short,
+                   "rounds": a.rounds, "bare_fps": bare, "bare_fps_no_spin": bare_nospin, "rows": out},
+                  fh, indent=1)
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "--render", "launch", path],
+                   check=True)
+    if not a.json:
+        os.remove(path)
     return 0
 
 

@@ -222,15 +222,15 @@ def render_fairness(d):
         f"{d['size']} {d['format']} at 30 fps per stream, {d['seconds']} s per run, {d['rounds']} interleaved "
         f"rounds on {d['machine']}; median (min–max):",
         "",
-        "| streams | spin-wait | frames / expected (fewest) | fresh masks % | process CPU % |",
+        "| streams | spin | frames / expected (fewest) | fresh masks % | process CPU % |",
         "| --- | --- | --- | --- | --- |",
     ]
     keys = []
     for r in d["runs"]:
-        if (r["streams"], r["spin_wait"]) not in keys:
-            keys.append((r["streams"], r["spin_wait"]))
+        if (r["streams"], r["spin"]) not in keys:
+            keys.append((r["streams"], r["spin"]))
     for n, spin in keys:
-        rs = [r for r in d["runs"] if (r["streams"], r["spin_wait"]) == (n, spin)]
+        rs = [r for r in d["runs"] if (r["streams"], r["spin"]) == (n, spin)]
         fresh = [r["fresh_pct"] for r in rs]
         cpu = [r["cpu_pct"] for r in rs]
         out.append(
@@ -238,6 +238,56 @@ def render_fairness(d):
             f"({min(fresh):.1f}–{max(fresh):.1f}) | {median(cpu):.0f} ({min(cpu):.0f}–{max(cpu):.0f}) |"
         )
     return "\n".join(out) + "\n"
+
+
+def render_launch(d, defaults_only=False):
+    from statistics import median
+
+    spin, nospin = median(d["bare_fps"]), median(d["bare_fps_no_spin"])
+    out = [
+        f"Recorded {d.get('date', '(undated)')} by `scripts/bench-launch.py`: {d['frames']} frames less "
+        f"{d['short']} per pipeline, {d['rounds']} interleaved rounds on {d['machine']}, 2 threads both "
+        f"sides; bare ONNX Runtime {spin:.0f} "
+        f"inferences/s spinning (its default), {nospin:.0f} not. Element fps ÷ bare fps, median (min–max):",
+        "",
+        "| frame | format | properties | element fps | ÷ bare | ÷ bare not spinning |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in d["rows"]:
+        size, fmt, props = row["key"].split("/", 2)
+        if defaults_only and props != "defaults":
+            continue
+        r = row["ratio"]
+        fps = median(x["element_fps"] for x in row["rounds"])
+        ns = median(x["ratio_no_spin"] for x in row["rounds"])
+        out.append(f"| {size} | {fmt} | {props} | {fps:.0f} | {r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f}) "
+                   f"| {ns:.2f} |")
+    return "\n".join(out) + "\n"
+
+
+def render_e2e(d):
+    s = d["summary"]
+
+    def row(k, unit=""):
+        return f"{s[k]['median']:.2f}{unit} ({s[k]['min']:.2f}–{s[k]['max']:.2f})"
+
+    out = [
+        f"Recorded {d['date']}: {d['size']} H.264, {d['frames']} frames less {d['short']}, "
+        f"{len(d['rounds'])} interleaved rounds on {d['machine']}; median (min–max):",
+        "",
+        "| line | fps | ÷ Python |",
+        "| --- | --- | --- |",
+    ]
+    for k in [k for k in s if k.startswith("element") and not k.endswith("_over_python")]:
+        props = k[len("element"):].strip() or "defaults: overlay"
+        ratio = row(k.replace(" ", "_") + "_over_python", "×")
+        out.append(f"| `unetmask` ({props}), x264 ultrafast | {row(k)} | {ratio} |")
+    out += [
+        f"| decode → x264 ultrafast alone | {row('codec')} | |",
+        f"| Python: OpenCV + onnxruntime + `VideoWriter` | {row('python')} | 1 |",
+        "",
+    ]
+    return "\n".join(out)
 
 
 # table name -> (recorded result it reads, renderer)
@@ -251,6 +301,9 @@ RENDERERS = {
     "soak": ("soak", render_soak),
     "soak-10min": ("soak-10min", render_soak),
     "fairness": ("fairness", render_fairness),
+    "e2e": ("e2e", render_e2e),
+    "launch": ("launch", render_launch),
+    "launch.defaults": ("launch", lambda d: render_launch(d, defaults_only=True)),
 }
 
 

@@ -304,6 +304,7 @@ RENDERERS = {
     "e2e": ("e2e", render_e2e),
     "launch": ("launch", render_launch),
     "launch.defaults": ("launch", lambda d: render_launch(d, defaults_only=True)),
+    "launch-policies": ("launch-policies", render_launch),
 }
 
 

@@ -43,9 +43,9 @@ pub(super) fn specs() -> Vec<glib::ParamSpec> {
         glib::ParamSpecEnum::builder_with_default("spin", SpinChoice::InRun)
             .nick("Spin")
             .blurb(
-                "When ONNX Runtime's threads busy-wait for work. in-run: briefly, inside an inference \
-                 only: as fast as always for one stream, while a live camera's workers sleep between \
-                 frames and many streams cost about the CPU of never",
+                "When ONNX Runtime's threads busy-wait for work. in-run: briefly, inside an \
+                 inference only: nearly as fast as always for one stream, while a live camera's \
+                 workers sleep between frames and many streams cost about the CPU of never",
             )
             .mutable_ready()
             .build(),

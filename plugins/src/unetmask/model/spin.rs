@@ -11,9 +11,10 @@ use std::fmt;
 
 /// The longest a worker spins for its next piece of work inside a run before it sleeps.
 /// Parallel sections of one run follow each other within microseconds; a longer wait means
-/// the run's own thread lost its core to another session. Measured: as fast as uncapped
-/// spinning for one stream, and twelve live streams on 2 cores at about the CPU of never
-/// spinning, where uncapped in-run spinning took a third more.
+/// the run's own thread lost its core to another session. Measured in development runs:
+/// one stream within the noise of uncapped spinning (100 us, 500 us and 2 ms alike), and
+/// twelve live streams on 2 cores near the CPU of never spinning, where uncapped in-run
+/// spinning took about a third more.
 pub const IN_RUN_SPIN_US: u32 = 100;
 
 /// The element's `spin` property.

@@ -45,6 +45,7 @@ pub struct ModelFile {
     pub threshold: Option<f64>,
     pub inference_interval: Option<u32>,
     pub pipelined: Option<bool>,
+    pub spin: Option<String>,
     pub resize: Option<String>,
     pub layout: Option<String>,
     pub channel_order: Option<String>,
@@ -355,6 +356,8 @@ pub struct Model {
     /// The element's `pipelined` (CPU path: inference overlaps the next frame's
     /// pre-processing, one frame of latency).
     pub pipelined: bool,
+    /// The element's `spin` (when ONNX Runtime's threads busy-wait); unset: its default.
+    pub spin: Option<String>,
     pub resize: Option<String>,
     pub layout: Option<String>,
     pub channel_order: Option<String>,
@@ -530,6 +533,7 @@ fn merge_model(shared: &ModelFile, cam: Option<&ModelFile>, prefix: &str, base: 
         threshold: pick!(threshold).unwrap_or(0.5),
         inference_interval: pick!(inference_interval).unwrap_or(1),
         pipelined: pick!(pipelined).unwrap_or(false),
+        spin: lower(pick!(spin)),
         resize: lower(pick!(resize)).or_else(|| Some(DEFAULT_RESIZE.to_string())),
         layout: lower(pick!(layout)),
         channel_order: lower(pick!(channel_order)),
@@ -954,7 +958,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "configuration: unknown key `model.devcie` (value \"cpu\"); allowed keys here: path, device, \
-             threads, threshold, inference_interval, pipelined, resize, layout, channel_order, input_size, \
+             threads, threshold, inference_interval, pipelined, spin, resize, layout, channel_order, input_size, \
              activation, person_class, mean, std, scale"
         );
         assert_eq!(e.exit_code(), crate::error::exit::CONFIG);

@@ -245,6 +245,10 @@ fn values_outside_the_elements_ranges_are_config_errors() {
             vec!["cameras.cam.model.resize", "antialias", "bilinear"],
         ),
         (
+            cam_model("spin = \"sometimes\""),
+            vec!["cameras.cam.model.spin", "in-run", "never"],
+        ),
+        (
             cam_model("layout = \"chw\""),
             vec!["cameras.cam.model.layout", "nchw"],
         ),

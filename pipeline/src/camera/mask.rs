@@ -48,6 +48,7 @@ pub fn unetmask(cam: &Camera) -> Result<gst::Element> {
     // the element refuses only when it starts (below).
     let texts = [
         ("device", "device", Some(&m.device)),
+        ("spin", "spin", m.spin.as_ref()),
         ("resize", "resize", m.resize.as_ref()),
         ("layout", "layout", m.layout.as_ref()),
         ("channel_order", "channel-order", m.channel_order.as_ref()),
@@ -165,4 +166,43 @@ pub(super) fn mask_sink(
         .build();
     sink.set_property("qos", live);
     sink
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    /// The `unetmask` element the runner builds for a camera whose `[model]` holds `extra`.
+    fn element_for(extra: &str) -> gst::Element {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| crate::runner::init_gst().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let model = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/selfie_segmentation_256x256.onnx"
+        );
+        let path = dir.path().join("edgemask.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[runner]\noutput_dir = \"out\"\n[model]\npath = \"{model}\"\n{extra}\n\
+                 [cameras.front]\nsource = \"testpattern\"\nnum_frames = 10\n"
+            ),
+        )
+        .unwrap();
+        let settings = config::validate(&config::load(&[path]).unwrap(), dir.path()).unwrap();
+        unetmask(&settings.cameras[0]).unwrap()
+    }
+
+    #[test]
+    fn spin_reaches_the_element_and_unset_keeps_the_elements_default() {
+        let spin = |e: &gst::Element| {
+            let v = e.property_value("spin");
+            gst::glib::EnumValue::from_value(&v).unwrap().1.nick().to_owned()
+        };
+        assert_eq!(spin(&element_for("")), "in-run");
+        assert_eq!(spin(&element_for("spin = \"Never\"")), "never");
+        assert_eq!(spin(&element_for("spin = \"always\"")), "always");
+    }
 }

@@ -25,13 +25,13 @@ from the repository root after `scripts/setup.sh`. Measures, never asserts.
 """
 import argparse
 import importlib.util
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import benchlib
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 MODEL = os.path.join(ROOT, "models", "selfie_segmentation_256x256.onnx")
@@ -119,9 +119,7 @@ def main():
         import cv2  # noqa: F401
     except ImportError:
         sys.exit("bench-e2e: OpenCV is missing: .deps/venv/bin/pip install opencv-python-headless")
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gst-plugin-unetmask"], cwd=ROOT, check=True)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    env = dict(os.environ, GST_PLUGIN_PATH=os.path.join(target, "release"))
+    env = benchlib.release_plugin_env()
     size = tuple(int(v) for v in a.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         videos = make_videos(tmp, size, (a.frames, a.short))
@@ -142,19 +140,11 @@ def main():
             got["codec_over_element"] = got["codec"] / got["element"]
             rounds.append(got)
             print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {v:.2f}" for k, v in got.items()), file=sys.stderr)
-    summary = {}
-    for key in rounds[0]:
-        vals = [x[key] for x in rounds]
-        summary[key] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    summary = {key: benchlib.spread(x[key] for x in rounds) for key in rounds[0]}
     result = {"bench": "scripts/bench-e2e.py", "date": time.strftime("%Y-%m-%d"),
               "machine": f"{os.cpu_count()} cores", "size": a.size, "frames": a.frames, "short": a.short,
               "rounds": rounds, "summary": summary}
-    path = a.json or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench-e2e-{os.getpid()}.json")
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1)
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "--render", "e2e", path], check=True)
-    if not a.json:
-        os.remove(path)
+    benchlib.record(result, "e2e", a.json)
     return 0
 
 

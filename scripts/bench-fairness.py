@@ -23,13 +23,14 @@ release plugin first; run from the repository root after `scripts/setup.sh`. Mea
 never asserts.
 """
 import argparse
-import json
 import os
 import re
 import resource
 import subprocess
 import sys
 import time
+
+import benchlib
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 MODEL = os.path.join(ROOT, "models", "selfie_segmentation_256x256.onnx")
@@ -82,9 +83,7 @@ def main():
     ap.add_argument("--extra", default="", help="more element properties, e.g. resize=bilinear")
     ap.add_argument("--json")
     a = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gst-plugin-unetmask"], cwd=ROOT, check=True)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    env = dict(os.environ, GST_PLUGIN_PATH=os.path.join(target, "release"))
+    env = benchlib.release_plugin_env()
     runs = []
     for r in range(a.rounds):
         for n in (int(s) for s in a.streams.split(",")):
@@ -97,13 +96,7 @@ def main():
     result = {"bench": "scripts/bench-fairness.py", "date": time.strftime("%Y-%m-%d"),
               "machine": f"{os.cpu_count()} cores", "size": a.size,
               "format": a.format, "seconds": a.seconds, "rounds": a.rounds, "extra": a.extra, "runs": runs}
-    path = a.json or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench-fairness-{os.getpid()}.json")
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1)
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "--render", "fairness", path],
-                   check=True)
-    if not a.json:
-        os.remove(path)
+    benchlib.record(result, "fairness", a.json)
     return 0
 
 

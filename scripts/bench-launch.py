@@ -23,12 +23,12 @@ the release plugin first; run from the repository root after `scripts/setup.sh`.
 never asserts: the machine is shared and noisy, so compare ratios from one run.
 """
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import time
+
+import benchlib
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 MODEL = os.path.join(ROOT, "models", "selfie_segmentation_256x256.onnx")
@@ -89,9 +89,7 @@ def main():
     ap.add_argument("--props", nargs="*", default=["", "spin=never", "resize=bilinear"])
     ap.add_argument("--json")
     a = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gst-plugin-unetmask"], cwd=ROOT, check=True)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    env = dict(os.environ, GST_PLUGIN_PATH=os.path.join(target, "release"))
+    env = benchlib.release_plugin_env()
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
     formats = a.formats.split(",")
     rows = {}
@@ -113,21 +111,11 @@ def main():
                                                      "ratio_no_spin": fps / bare_nospin[-1],
                                                      "identity_ms": ident * 1e3})
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
-    out = []
-    for key, rs in rows.items():
-        ratios = [x["ratio"] for x in rs]
-        out.append({"key": key, "rounds": rs, "ratio": {"median": statistics.median(ratios),
-                                                        "min": min(ratios), "max": max(ratios)}})
-    path = a.json or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench-launch-{os.getpid()}.json")
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump({"bench": "scripts/bench-launch.py", "date": time.strftime("%Y-%m-%d"),
-                   "machine": f"{os.cpu_count()} cores", "frames": a.frames, "short": a.short,
-                   "rounds": a.rounds, "bare_fps": bare, "bare_fps_no_spin": bare_nospin, "rows": out},
-                  fh, indent=1)
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "figures.py"), "--render", "launch", path],
-                   check=True)
-    if not a.json:
-        os.remove(path)
+    out = [{"key": k, "rounds": rs, "ratio": benchlib.spread(x["ratio"] for x in rs)} for k, rs in rows.items()]
+    benchlib.record({"bench": "scripts/bench-launch.py", "date": time.strftime("%Y-%m-%d"),
+                     "machine": f"{os.cpu_count()} cores", "frames": a.frames, "short": a.short,
+                     "rounds": a.rounds, "bare_fps": bare, "bare_fps_no_spin": bare_nospin, "rows": out},
+                    "launch", a.json)
     return 0
 
 
